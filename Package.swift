@@ -1,0 +1,107 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// One set of Swift settings for every target: Swift 6 language mode (strict concurrency) everywhere.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+
+let package = Package(
+    name: "media-relay",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "media-relay", targets: ["media-relay"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages (STYLE.md rule 9).
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+
+        .target(name: "RelayCore", dependencies: ["CXXHash"], swiftSettings: swiftSettings),
+        .target(name: "RelayMedia", dependencies: ["CZlib"], swiftSettings: swiftSettings),
+        .target(
+            name: "RelayStore",
+            dependencies: ["RelayCore", "CLZ4"] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RelayJobs",
+            dependencies: ["RelayCore", "RelayStore"] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RelayUpstreams",
+            dependencies: ["RelayCore", "RelayStore", "RelayJobs", "RelayMedia"] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RelayHTTP",
+            dependencies: [
+                "RelayCore", "RelayStore", "RelayJobs",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RelayServer",
+            dependencies: [
+                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "RelayHTTP",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "media-relay",
+            dependencies: [
+                "RelayServer", "RelayCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(name: "RelayCoreTests", dependencies: ["RelayCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "RelayMediaTests", dependencies: ["RelayMedia"], swiftSettings: swiftSettings),
+        .testTarget(name: "RelayStoreTests", dependencies: ["RelayStore"], swiftSettings: swiftSettings),
+        .testTarget(name: "RelayJobsTests", dependencies: ["RelayJobs"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "RelayUpstreamsTests",
+            dependencies: ["RelayUpstreams"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RelayHTTPTests",
+            dependencies: ["RelayHTTP", .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RelayServerTests",
+            dependencies: ["RelayServer", .product(name: "NIOSSL", package: "swift-nio-ssl")],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)
