@@ -1,0 +1,143 @@
+/// An error as a fal client sees it: an HTTP status and a fal-shaped body (PROTOCOL.md §3.5).
+///
+/// Validation errors carry a FastAPI-style `detail` list (422); everything else `{detail, error_type}` plus
+/// the `X-Fal-Error-Type` header. Built only through the static members so that every status and
+/// `error_type` pairing is decided here, once.
+public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// One entry of a 422 `detail` list.
+    public struct ValidationIssue: Error, Sendable, Hashable {
+        public let location: [String]
+        public let message: String
+        public let type: String
+
+        public init(location: [String], message: String, type: String) {
+            self.location = location
+            self.message = message
+            self.type = type
+        }
+
+        public static func missing(_ field: String) -> ValidationIssue {
+            ValidationIssue(location: ["body", field], message: "field required", type: "value_error.missing")
+        }
+
+        public static func invalid(_ field: String, _ message: String, type: String = "value_error") -> ValidationIssue {
+            ValidationIssue(location: ["body", field], message: message, type: type)
+        }
+    }
+
+    private enum Detail: Sendable, Hashable {
+        case message(String)
+        case validation([ValidationIssue])
+    }
+
+    public let status: Int
+    public let errorType: String?
+    private let detail: Detail
+
+    private init(status: Int, detail: Detail, errorType: String?) {
+        self.status = status
+        self.detail = detail
+        self.errorType = errorType
+    }
+
+    /// The human-readable message (for validation errors, the issues joined).
+    public var message: String {
+        switch detail {
+        case .message(let text):
+            return text
+        case .validation(let issues):
+            return issues.map { "\($0.location.joined(separator: ".")): \($0.message)" }.joined(separator: "; ")
+        }
+    }
+
+    public var description: String { "\(status) \(errorType ?? "error"): \(message)" }
+
+    /// The response body: `{"detail": [...]}` for validation errors, `{"detail": "...", "error_type": "..."}` otherwise.
+    public var body: JSONValue {
+        switch detail {
+        case .validation(let issues):
+            let list: [JSONValue] = issues.map { issue in
+                .object([
+                    "loc": .array(issue.location.map { .string($0) }),
+                    "msg": .string(issue.message),
+                    "type": .string(issue.type),
+                ])
+            }
+            return .object(["detail": .array(list)])
+        case .message(let text):
+            var object: JSONObject = ["detail": .string(text)]
+            if let errorType {
+                object["error_type"] = .string(errorType)
+            }
+            return .object(object)
+        }
+    }
+
+    public static func validation(_ issues: [ValidationIssue]) -> FalError {
+        FalError(status: 422, detail: .validation(issues), errorType: nil)
+    }
+
+    public static func validation(_ issue: ValidationIssue) -> FalError {
+        validation([issue])
+    }
+
+    public static func malformedJSON(_ reason: String) -> FalError {
+        FalError(status: 400, detail: .message("Malformed JSON body: \(reason)"), errorType: "invalid_json")
+    }
+
+    public static func badRequest(_ message: String, type: String = "bad_request") -> FalError {
+        FalError(status: 400, detail: .message(message), errorType: type)
+    }
+
+    public static func unauthorized(_ message: String = "Invalid or revoked API key") -> FalError {
+        FalError(status: 401, detail: .message(message), errorType: "unauthorized")
+    }
+
+    public static func notFound(_ message: String = "Not found") -> FalError {
+        FalError(status: 404, detail: .message(message), errorType: "not_found")
+    }
+
+    public static func unknownModel(_ id: String) -> FalError {
+        FalError(status: 404, detail: .message("Unknown model \"\(id)\""), errorType: "model_not_found")
+    }
+
+    public static func methodNotAllowed(_ method: String) -> FalError {
+        FalError(status: 405, detail: .message("Method \(method) is not allowed here"), errorType: "method_not_allowed")
+    }
+
+    public static func payloadTooLarge(limit: Int) -> FalError {
+        FalError(status: 413, detail: .message("Request body exceeds \(limit) bytes"), errorType: "payload_too_large")
+    }
+
+    public static func unsupportedMediaType(_ type: String) -> FalError {
+        FalError(
+            status: 415,
+            detail: .message("Unsupported Content-Type \"\(type)\"; send application/json"),
+            errorType: "unsupported_media_type"
+        )
+    }
+
+    public static func requestNotCompleted(_ id: String) -> FalError {
+        FalError(status: 400, detail: .message("Request \(id) is still in progress"), errorType: "request_in_progress")
+    }
+
+    public static func cancelled() -> FalError {
+        FalError(status: 400, detail: .message("Request was cancelled"), errorType: "request_cancelled")
+    }
+
+    public static func internalError(_ message: String = "Internal server error") -> FalError {
+        FalError(status: 500, detail: .message(message), errorType: "internal_error")
+    }
+
+    public static func upstreamFailed(_ message: String) -> FalError {
+        FalError(status: 500, detail: .message(message), errorType: "upstream_error")
+    }
+
+    public static func insufficientStorage(_ message: String = "The relay's media store is full") -> FalError {
+        FalError(status: 507, detail: .message(message), errorType: "insufficient_storage")
+    }
+
+    public static func unavailable(_ message: String, type: String = "service_unavailable") -> FalError {
+        FalError(status: 503, detail: .message(message), errorType: type)
+    }
+}
