@@ -1,0 +1,347 @@
+public import NIOPosix
+public import RelayCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Content-addressed media bytes on disk (`data/blobs/ab/cd/<digest>`): write → fsync → link → fsync(dir); never a
+/// torn file.
+///
+/// Layout under `directory`:
+/// - `blobs/<hex[0..2]>/<hex[2..4]>/<hex>`: a blob stored raw (served with sendfile);
+/// - `blobs/<hex[0..2]>/<hex[2..4]>/<hex>.lz4`: a compressible blob stored as one LZ4 frame, when that saves at
+///   least 1/16 of its size (less is not worth losing zero-copy serving);
+/// - `tmp/`: files being written. They reach `blobs/` only complete and fsynced, so a crash leaves debris in
+///   `tmp/` (see `removeTemporaryFiles`) and never a partial blob.
+///
+/// The digest is `hasher.digest` of the uncompressed content, and the media type is not part of it: the same bytes
+/// stored as `.wav` and as `.bin` are one file. A file is never replaced: storing bytes whose digest is taken by
+/// other bytes throws `.collision` (see `put`).
+///
+/// All blocking work (hashing, compression, every system call) runs on `threadPool`, never on the caller's event
+/// loop; only `init` (at start-up) and `rawPath` (one `stat`) block their caller.
+public final class BlobStore: Sendable {
+    /// The data directory this store lives in.
+    public let directory: String
+    /// `<directory>/blobs`
+    public let blobsDirectory: String
+    /// `<directory>/tmp`
+    public let temporaryDirectory: String
+
+    private let hasher: KeyedHasher
+    private let threadPool: NIOThreadPool
+
+    /// Creates `directory`, `blobs/` and `tmp/` when missing. Blocks on `mkdir`: call it at start-up.
+    public init(directory: String, hasher: KeyedHasher, threadPool: NIOThreadPool) throws(StoreError) {
+        var directory = directory
+        while directory.count > 1 && directory.hasSuffix("/") { directory.removeLast() }
+        self.directory = directory
+        self.blobsDirectory = directory + "/blobs"
+        self.temporaryDirectory = directory + "/tmp"
+        self.hasher = hasher
+        self.threadPool = threadPool
+        try BlobFileIO.makeDirectories(directory)
+        try BlobFileIO.makeDirectory(blobsDirectory)
+        try BlobFileIO.makeDirectory(temporaryDirectory)
+    }
+
+    // MARK: - Storing
+
+    /// Stores bytes and returns their record. Idempotent: the same bytes give the same digest, and an existing
+    /// identical blob is returned as it is, not rewritten (whatever `mediaType` it was first stored with).
+    ///
+    /// - Throws: `.collision(digest)` when the digest's file holds other bytes: an XXH3 collision or a damaged
+    ///   file. The existing file is kept either way (DESIGN: a collision costs a miss, never a wrong answer); the
+    ///   caller may serve the bytes without caching them, or `remove` the digest if `read` reports it corrupt.
+    ///   `.diskFull` on ENOSPC/EDQUOT, with nothing left behind.
+    public func put(_ bytes: [UInt8], mediaType: MediaType) async throws(StoreError) -> BlobRecord {
+        try await onThreadPool { () throws(StoreError) -> BlobRecord in
+            try self.putBlocking(bytes, mediaType: mediaType)
+        }
+    }
+
+    private func putBlocking(_ bytes: [UInt8], mediaType: MediaType) throws(StoreError) -> BlobRecord {
+        let digest = hasher.digest(bytes)
+        if let existing = try existingRecord(digest, matching: bytes, mediaType: mediaType) {
+            return existing
+        }
+
+        var payload = bytes
+        var compressed = false
+        if mediaType.isCompressible {
+            let frame = LZ4FrameCodec.compress(bytes)
+            if Self.isWorthStoringCompressed(frameSize: frame.count, contentSize: bytes.count) {
+                payload = frame
+                compressed = true
+            }
+        }
+
+        let shard = try makeShard(digest)
+        let target = path(for: digest, compressed: compressed)
+        let temporary = try writeTemporaryFile(payload, digest: digest)
+        let placed: Bool
+        do throws(StoreError) {
+            placed = try BlobFileIO.linkIfAbsent(temporary, target)
+        } catch {
+            _ = try? BlobFileIO.remove(temporary)
+            throw error
+        }
+        // Once linked, the temporary name is only debris; a failed unlink is swept at the next start.
+        _ = try? BlobFileIO.remove(temporary)
+
+        guard placed else {
+            // Another put of this digest won the race between our check and our link. Its file is complete (it
+            // was fsynced before it was linked): compare with it like any existing blob.
+            if let existing = try existingRecord(digest, matching: bytes, mediaType: mediaType) {
+                return existing
+            }
+            throw .io(path: target, errno: EEXIST)  // linked by someone and removed again at once
+        }
+        try BlobFileIO.syncDirectory(shard)
+        return BlobRecord(digest: digest, size: bytes.count, storedSize: payload.count, mediaType: mediaType)
+    }
+
+    /// The record of an existing blob of `digest` when it holds exactly `bytes`; nil when there is none.
+    private func existingRecord(
+        _ digest: Digest128,
+        matching bytes: [UInt8],
+        mediaType: MediaType
+    ) throws(StoreError) -> BlobRecord? {
+        let rawPath = path(for: digest, compressed: false)
+        if let status = try BlobFileIO.status(rawPath) {
+            guard status.size == bytes.count else { throw .collision(digest) }
+            if let stored = try BlobFileIO.readAll(rawPath) {
+                guard Self.equal(stored, bytes) else { throw .collision(digest) }
+                return BlobRecord(digest: digest, size: bytes.count, storedSize: stored.count, mediaType: mediaType)
+            }
+        }
+        let framePath = path(for: digest, compressed: true)
+        if let frame = try BlobFileIO.readAll(framePath) {
+            let header = Array(frame.prefix(LZ4FrameCodec.maximumHeaderSize))
+            guard LZ4FrameCodec.contentSize(ofFrameHeader: header) == bytes.count,
+                let stored = try? LZ4FrameCodec.decompress(frame),
+                Self.equal(stored, bytes)
+            else { throw .collision(digest) }
+            return BlobRecord(digest: digest, size: bytes.count, storedSize: frame.count, mediaType: mediaType)
+        }
+        return nil
+    }
+
+    /// `blobs/ab/cd`, created when missing; a new directory's entry is made durable in its parent.
+    private func makeShard(_ digest: Digest128) throws(StoreError) -> String {
+        let hex = digest.hex
+        let first = blobsDirectory + "/" + hex.prefix(2)
+        let second = first + "/" + hex.dropFirst(2).prefix(2)
+        if try BlobFileIO.status(second)?.isDirectory == true { return second }
+        if try BlobFileIO.makeDirectory(first) { try BlobFileIO.syncDirectory(blobsDirectory) }
+        if try BlobFileIO.makeDirectory(second) { try BlobFileIO.syncDirectory(first) }
+        return second
+    }
+
+    /// Writes and fsyncs `payload` under a new unique name in `tmp/`; on any failure removes it again.
+    private func writeTemporaryFile(_ payload: [UInt8], digest: Digest128) throws(StoreError) -> String {
+        // <digest>.<pid>.<random>: unique across processes sharing the directory; O_EXCL settles the rest.
+        let prefix = "\(temporaryDirectory)/\(digest.hex).\(getpid())."
+        var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
+        var descriptor = try BlobFileIO.createExclusive(path)
+        while descriptor == nil {
+            path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
+            descriptor = try BlobFileIO.createExclusive(path)
+        }
+        guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
+        do throws(StoreError) {
+            try BlobFileIO.writeAll(fd, payload, path: path)
+            try BlobFileIO.sync(fd, path: path)
+        } catch {
+            BlobFileIO.close(fd)
+            _ = try? BlobFileIO.remove(path)
+            throw error
+        }
+        do throws(StoreError) {
+            try BlobFileIO.close(fd, path: path)
+        } catch {
+            _ = try? BlobFileIO.remove(path)
+            throw error
+        }
+        return path
+    }
+
+    /// Compression has to pay for losing sendfile and for decoding on every read: at least 1/16 smaller.
+    static func isWorthStoringCompressed(frameSize: Int, contentSize: Int) -> Bool {
+        frameSize <= contentSize - contentSize / 16 && frameSize < contentSize
+    }
+
+    // MARK: - Reading
+
+    /// The whole blob, decompressed, after checking that it still hashes to `digest`. nil when absent.
+    ///
+    /// - Throws: `.corrupt(digest)` when an LZ4 frame fails to decode or its checksum, or the content does not hash
+    ///   to its digest (a damaged raw file).
+    public func read(_ digest: Digest128) async throws(StoreError) -> [UInt8]? {
+        try await onThreadPool { () throws(StoreError) -> [UInt8]? in
+            try self.readBlocking(digest)
+        }
+    }
+
+    private func readBlocking(_ digest: Digest128) throws(StoreError) -> [UInt8]? {
+        let content: [UInt8]
+        if let raw = try BlobFileIO.readAll(path(for: digest, compressed: false)) {
+            content = raw
+        } else if let frame = try BlobFileIO.readAll(path(for: digest, compressed: true)) {
+            do throws(StoreError) {
+                content = try LZ4FrameCodec.decompress(frame)
+            } catch {
+                throw error.about(digest)
+            }
+        } else {
+            return nil
+        }
+        guard hasher.digest(content) == digest else {
+            throw .corrupt(digest, reason: "content does not hash to its digest")
+        }
+        return content
+    }
+
+    /// Size and metadata without reading the content (a `stat`, and the frame header of a compressed blob).
+    /// nil when absent.
+    public func record(_ digest: Digest128, mediaType: MediaType) async throws(StoreError) -> BlobRecord? {
+        try await onThreadPool { () throws(StoreError) -> BlobRecord? in
+            try self.recordBlocking(digest, mediaType: mediaType)
+        }
+    }
+
+    private func recordBlocking(_ digest: Digest128, mediaType: MediaType) throws(StoreError) -> BlobRecord? {
+        if let status = try BlobFileIO.status(path(for: digest, compressed: false)) {
+            return BlobRecord(digest: digest, size: status.size, storedSize: status.size, mediaType: mediaType)
+        }
+        let framePath = path(for: digest, compressed: true)
+        guard let status = try BlobFileIO.status(framePath),
+            let header = try BlobFileIO.read(framePath, upTo: LZ4FrameCodec.maximumHeaderSize)
+        else { return nil }
+        guard let size = LZ4FrameCodec.contentSize(ofFrameHeader: header) else {
+            throw .corrupt(digest, reason: "LZ4 frame header without a content size")
+        }
+        return BlobRecord(digest: digest, size: size, storedSize: status.size, mediaType: mediaType)
+    }
+
+    /// For zero-copy serving: the on-disk path when the blob is stored raw; nil when it is compressed or absent.
+    /// Blocks on one `stat(2)` (microseconds with a warm dentry cache); on cold storage prefer `record` and
+    /// `path(for:compressed:)`.
+    public func rawPath(_ digest: Digest128) -> String? {
+        let path = path(for: digest, compressed: false)
+        guard let status = try? BlobFileIO.status(path), status.isRegularFile else { return nil }
+        return path
+    }
+
+    /// Where the blob of `digest` is (or would be) stored; no I/O. `record(_:mediaType:).isCompressed` says which.
+    public func path(for digest: Digest128, compressed: Bool) -> String {
+        let hex = digest.hex
+        let shard = "\(blobsDirectory)/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))/\(hex)"
+        return compressed ? shard + ".lz4" : shard
+    }
+
+    // MARK: - Removing
+
+    /// Removes the blob (both forms, should both exist); absent is not an error. Returns whether a file was removed.
+    @discardableResult
+    public func remove(_ digest: Digest128) async throws(StoreError) -> Bool {
+        try await onThreadPool { () throws(StoreError) -> Bool in
+            let removedRaw = try BlobFileIO.remove(self.path(for: digest, compressed: false))
+            let removedFrame = try BlobFileIO.remove(self.path(for: digest, compressed: true))
+            guard removedRaw || removedFrame else { return false }
+            let hex = digest.hex
+            try BlobFileIO.syncDirectory("\(self.blobsDirectory)/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))")
+            return true
+        }
+    }
+
+    /// At start, before any `put`: deletes what is left in `tmp/` (debris of writes a crash interrupted). A `put`
+    /// running meanwhile would lose its temporary file and fail. Returns how many files were removed.
+    @discardableResult
+    public func removeTemporaryFiles() async throws(StoreError) -> Int {
+        try await onThreadPool { () throws(StoreError) -> Int in
+            var removed = 0
+            for name in try BlobFileIO.list(self.temporaryDirectory) {
+                if try BlobFileIO.remove("\(self.temporaryDirectory)/\(name)") { removed += 1 }
+            }
+            return removed
+        }
+    }
+
+    // MARK: - Scanning
+
+    /// Every blob file on disk, for rebuilding the index, expiry and garbage collection. Names that are not
+    /// `<32 hex>` or `<32 hex>.lz4` in their right shard are skipped.
+    public func scan() async throws(StoreError) -> [BlobEntry] {
+        try await onThreadPool { () throws(StoreError) -> [BlobEntry] in
+            try self.scanBlocking()
+        }
+    }
+
+    private func scanBlocking() throws(StoreError) -> [BlobEntry] {
+        var entries: [BlobEntry] = []
+        for first in try BlobFileIO.list(blobsDirectory) where Self.isShardName(first) {
+            let firstPath = blobsDirectory + "/" + first
+            for second in try BlobFileIO.list(firstPath) where Self.isShardName(second) {
+                let shardPath = firstPath + "/" + second
+                for name in try BlobFileIO.list(shardPath) {
+                    let compressed = name.hasSuffix(".lz4")
+                    let hex = compressed ? name.dropLast(4) : Substring(name)
+                    guard let digest = Digest128(hex: hex), digest.hex == hex,
+                        hex.hasPrefix(first + second),
+                        let status = try BlobFileIO.status(shardPath + "/" + name), status.isRegularFile
+                    else { continue }
+                    entries.append(
+                        BlobEntry(
+                            digest: digest,
+                            storedSize: status.size,
+                            isCompressed: compressed,
+                            modified: status.modified
+                        )
+                    )
+                }
+            }
+        }
+        return entries
+    }
+
+    private static func isShardName(_ name: String) -> Bool {
+        name.utf8.count == 2 && name.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    // MARK: - Thread pool
+
+    /// Runs blocking work on the thread pool and brings its typed error back.
+    private func onThreadPool<T: Sendable>(
+        _ body: @escaping @Sendable () throws(StoreError) -> T
+    ) async throws(StoreError) -> T {
+        let result: Result<T, StoreError>
+        do {
+            result = try await threadPool.runIfActive { () -> Result<T, StoreError> in
+                do throws(StoreError) {
+                    return .success(try body())
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            // runIfActive reports a stopped pool as CancellationError too; only a cancelled task is "cancelled".
+            throw Task.isCancelled ? .cancelled : .shutdown
+        }
+        return try result.get()
+    }
+
+    private static func equal(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        return lhs.withUnsafeBytes { left in
+            rhs.withUnsafeBytes { right in
+                left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
+            }
+        }
+    }
+}
