@@ -1,0 +1,66 @@
+import RelayCore
+import Testing
+
+@testable import RelayJobs
+
+@Suite struct JobStateMachineTests {
+    let time = Timestamp(secondsSinceEpoch: 1_800_000_000)
+
+    @Test func happyPathAppendsGaplessEvents() {
+        var machine = JobStateMachine()
+        #expect(machine.apply(.queued(position: 2), at: time)?.sequence == 1)
+        #expect(machine.apply(.queued(position: 1), at: time)?.sequence == 2)
+        #expect(machine.apply(.started, at: time)?.kind == .started)
+        #expect(machine.apply(.log("step 1/2", level: .info), at: time) != nil)
+        #expect(machine.apply(.partial(["x": 1]), at: time) != nil)
+        let done = machine.apply(.succeeded(result: ["ok": true], inferenceSeconds: 1.5), at: time)
+        #expect(done?.isTerminal == true)
+        #expect(machine.events.map(\.sequence) == Array(1...6))
+        #expect(machine.logs.map(\.message) == ["step 1/2"])
+        #expect(machine.phase == .completed(.success(result: ["ok": true], inferenceSeconds: 1.5)))
+    }
+
+    @Test func repeatedQueuePositionIsNotAnEvent() {
+        var machine = JobStateMachine()
+        #expect(machine.apply(.queued(position: 0), at: time) != nil)
+        #expect(machine.apply(.queued(position: 0), at: time) == nil)
+        #expect(machine.lastSequence == 1)
+    }
+
+    @Test func nothingMovesBackwardsOrReopens() {
+        var machine = JobStateMachine()
+        _ = machine.apply(.started, at: time)
+        #expect(machine.apply(.queued(position: 3), at: time) == nil)
+        #expect(machine.phase == .running)
+        _ = machine.apply(.failed(.upstreamFailed("boom")), at: time)
+        #expect(machine.apply(.succeeded(result: [:], inferenceSeconds: nil), at: time) == nil)
+        #expect(machine.apply(.log("late", level: .info), at: time) == nil)
+        #expect(machine.cancel() == nil)
+        #expect(machine.phase == .completed(.failure(.upstreamFailed("boom"))))
+    }
+
+    @Test func logWhileQueuedStartsTheJob() {
+        var machine = JobStateMachine()
+        _ = machine.apply(.queued(position: 0), at: time)
+        _ = machine.apply(.log("warming up", level: .info), at: time)
+        #expect(machine.phase == .running)
+        #expect(machine.events.map(\.kind) == [.queuePosition(0), .started, .log(machine.logs[0])])
+    }
+
+    @Test func replayFromAnyPoint() {
+        var machine = JobStateMachine()
+        for step in 1...5 {
+            _ = machine.apply(.log("step \(step)", level: .info), at: time)
+        }
+        #expect(machine.events(after: 0).count == 6)
+        #expect(machine.events(after: 4).map(\.sequence) == [5, 6])
+        #expect(machine.events(after: 6).isEmpty)
+        #expect(machine.events(after: 99).isEmpty)
+    }
+
+    @Test func cancelEndsOnce() {
+        var machine = JobStateMachine()
+        #expect(machine.cancel()?.kind == .completed(.cancelled))
+        #expect(machine.cancel() == nil)
+    }
+}

@@ -1,0 +1,143 @@
+import RelayCore
+import Synchronization
+import Testing
+
+@testable import RelayJobs
+
+/// An upstream that does nothing until told: the test drives each job by hand.
+final class ManualUpstream: Upstream, Sendable {
+    final class Task: UpstreamTask, Sendable {
+        let job: Job
+        private let cancelled = Atomic<Bool>(false)
+        init(job: Job) { self.job = job }
+        func cancel() { cancelled.store(true, ordering: .relaxed) }
+        var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+    }
+
+    private let started = Mutex<[Task]>([])
+
+    func start(_ job: Job) -> any UpstreamTask {
+        let task = Task(job: job)
+        started.withLock { $0.append(task) }
+        return task
+    }
+
+    var tasks: [Task] { started.withLock { $0 } }
+}
+
+@Suite struct JobTableTests {
+    let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image, defaults: ["num_images": 1])
+    let hasher = KeyedHasher(secret: Array(repeating: 7, count: KeyedHasher.secretSize))
+    let endpoint = EndpointID("fal-ai/flux/dev")!
+
+    func input(_ prompt: String, seed: Int? = 1) throws -> ModelInput {
+        var object: JSONObject = ["prompt": .string(prompt)]
+        if let seed { object["seed"] = .number(Double(seed)) }
+        return try ModelInput(model: model, input: object)
+    }
+
+    func submit(_ table: JobTable, _ input: ModelInput, owner: String? = nil, coalesce: Bool = true) -> RelayRequest {
+        table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner, allowCoalescing: coalesce)
+    }
+
+    @Test func identicalWorkInFlightIsDoneOnce() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let first = submit(table, try input("a fox"))
+        let second = submit(table, try input("a fox"))
+        let other = submit(table, try input("a cat"))
+        #expect(upstream.tasks.count == 2)
+        #expect(first.id != second.id)
+        #expect(first.job === second.job && first.job !== other.job)
+        #expect(first.cacheOutcome == .miss && second.cacheOutcome == .coalesced)
+        upstream.tasks[0].job.receive(.succeeded(result: ["done": true], inferenceSeconds: 1))
+        #expect(table.request(second.id, keyID: nil)?.phase == .completed(.success(result: ["done": true], inferenceSeconds: 1)))
+        // Finished work is not joined: a new submission starts a new job.
+        let third = submit(table, try input("a fox"))
+        #expect(third.job !== first.job && upstream.tasks.count == 3)
+    }
+
+    @Test func noCacheAndNeverPolicyDoNotCoalesce() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        _ = submit(table, try input("a fox"))
+        let bypass = submit(table, try input("a fox"), coalesce: false)
+        #expect(bypass.cacheOutcome == .bypass && upstream.tasks.count == 2)
+
+        let never = ModelSpec(id: "fal-ai/x/y", title: "x", kind: .image, dedup: .never)
+        let a = try ModelInput(model: never, input: ["prompt": "p"])
+        _ = table.submit(a, endpoint: EndpointID("fal-ai/x/y")!, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
+        _ = table.submit(a, endpoint: EndpointID("fal-ai/x/y")!, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
+        #expect(upstream.tasks.count == 4)
+    }
+
+    @Test func cancelIsReferenceCounted() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let first = submit(table, try input("shared"))
+        let second = submit(table, try input("shared"))
+        #expect(table.cancel(first.id, keyID: nil) == .cancellationRequested)
+        #expect(table.request(first.id, keyID: nil)?.phase == .completed(.cancelled))
+        #expect(!upstream.tasks[0].isCancelled)
+        #expect(table.request(second.id, keyID: nil)?.phase == .queued(position: 0))
+        #expect(table.cancel(first.id, keyID: nil) == .alreadyCompleted)
+        #expect(table.cancel(second.id, keyID: nil) == .cancellationRequested)
+        #expect(upstream.tasks[0].isCancelled)
+        #expect(first.job.status.phase == .completed(.cancelled))
+        #expect(table.cancel("0000", keyID: nil) == .notFound)
+    }
+
+    @Test func failuresReachEveryAttachedRequest() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let requests = try (0..<3).map { _ in submit(table, try input("doomed")) }
+        upstream.tasks[0].job.receive(.failed(.upstreamFailed("GPU on fire")))
+        for request in requests {
+            #expect(table.request(request.id, keyID: nil)?.phase == .completed(.failure(.upstreamFailed("GPU on fire"))))
+        }
+    }
+
+    @Test func requestsAreVisibleOnlyToTheirKey() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let mine = submit(table, try input("private"), owner: "key-a")
+        #expect(table.request(mine.id, keyID: "key-a") != nil)
+        #expect(table.request(mine.id, keyID: "key-b") == nil)
+        #expect(table.request(mine.id, keyID: nil) == nil)
+        #expect(table.cancel(mine.id, keyID: "key-b") == .notFound)
+        #expect(table.cancel(mine.id, keyID: "key-a", app: "fal-ai/other") == .notFound)
+        // Coalescing still shares the work across keys (global scope).
+        let theirs = submit(table, try input("private"), owner: "key-b")
+        #expect(theirs.job === mine.job)
+    }
+
+    @Test func subscribersSeeReplayThenLiveEventsInOrder() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let request = submit(table, try input("watch"))
+        let job = request.job
+        job.receive(.queued(position: 1))
+        job.receive(.started)
+        let seen = Mutex<[Int]>([])
+        let subscription = job.subscribe(after: 1) { event in seen.withLock { $0.append(event.sequence) } }
+        #expect(subscription.replay.map(\.sequence) == [2])
+        job.receive(.log("one", level: .info))
+        job.receive(.succeeded(result: [:], inferenceSeconds: nil))
+        #expect(seen.withLock { $0 } == [3, 4])
+        // A finished job replays everything and registers nobody.
+        let late = job.subscribe(after: 0) { _ in Issue.record("no live events after the end") }
+        #expect(late.replay.count == 4 && late.token == 0)
+    }
+
+    @Test func sweepForgetsOldFinishedRequestsOnly() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable(retentionSeconds: 10) { _ in upstream }
+        let done = submit(table, try input("done"))
+        let running = submit(table, try input("running"))
+        upstream.tasks[0].job.receive(.succeeded(result: [:], inferenceSeconds: nil))
+        let later = Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 60)
+        #expect(table.sweep(now: later) == 1)
+        #expect(table.request(done.id, keyID: nil) == nil)
+        #expect(table.request(running.id, keyID: nil) != nil)
+    }
+}
