@@ -1,0 +1,552 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+import RelayStore
+
+/// Serves one HTTP/1.1 connection: the fal queue and run APIs, SSE streams, media files and health checks.
+///
+/// Loop-confined (STYLE.md rule 2). Requests arrive one at a time (HTTPServerPipelineHandler holds pipelined
+/// ones back until the previous response ends). Work that cannot finish on the spot — a media read, a synchronous
+/// run, an SSE stream — is an `Exchange`; its callbacks come back through `NIOLoopBound` and are ignored once the
+/// exchange is over, so a late event can never write into the next request's response.
+final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        case receiving(HTTPRequestHead, ByteBuffer)
+        /// The body broke a limit; the error is answered and the rest of the body is dropped, then we close.
+        case rejecting
+        case exchanging(Exchange)
+    }
+
+    /// A response that completes later.
+    private struct Exchange {
+        enum Kind {
+            case file
+            case run(RelayRequest)
+            case statusStream(RelayRequest, base: FalWire.QueueBase, withLogs: Bool)
+            case partialStream(RelayRequest)
+        }
+
+        let number: Int
+        let kind: Kind
+        let keepAlive: Bool
+        var subscriptionToken = 0
+        var keepAliveTask: RepeatedTask?
+        var headSent = false
+    }
+
+    private let services: RelayServices
+    private let scheme: String
+    private var state = State.idle
+    private var exchangeCount = 0
+
+    init(services: RelayServices, scheme: String) {
+        self.services = services
+        self.scheme = scheme
+    }
+
+    // MARK: - Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch (Self.unwrapInboundIn(data), state) {
+        case (.head(let head), .idle):
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > services.limits.maxJSONBodyBytes {
+                reject(context: context, head: head, error: .payloadTooLarge(limit: services.limits.maxJSONBodyBytes))
+                return
+            }
+            if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            }
+            state = .receiving(head, context.channel.allocator.buffer(capacity: 0))
+        case (.body(var chunk), .receiving(let head, var body)):
+            guard body.readableBytes + chunk.readableBytes <= services.limits.maxJSONBodyBytes else {
+                reject(context: context, head: head, error: .payloadTooLarge(limit: services.limits.maxJSONBodyBytes))
+                return
+            }
+            state = .idle  // drop the reference so the append does not copy
+            body.writeBuffer(&chunk)
+            state = .receiving(head, body)
+        case (.end, .receiving(let head, let body)):
+            state = .idle
+            dispatch(context: context, head: head, body: body)
+        case (.end, .rejecting):
+            state = .idle
+        case (.body, .rejecting):
+            break
+        default:
+            // A request part out of order: HTTPServerPipelineHandler should make this impossible.
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .exchanging(let exchange) = state {
+            finish(exchange, context: context, clientGone: true)
+        }
+        state = .idle
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        services.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: - Routing
+
+    private func dispatch(context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer) {
+        let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        let keepAlive = head.isKeepAlive
+        switch route {
+        case .health:
+            respond(context: context, head: head, status: .ok, json: ["status": "ok"])
+        case .ready:
+            if services.readiness.isReady {
+                respond(context: context, head: head, status: .ok, json: ["status": "ready"])
+            } else {
+                respondError(context: context, head: head, error: .unavailable("starting or draining", type: "not_ready"))
+            }
+        case .notFound:
+            respondError(context: context, head: head, error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))"))
+        case .methodNotAllowed:
+            respondError(context: context, head: head, error: .methodNotAllowed(head.method.rawValue))
+        case .file(let digest, let fileExtension):
+            serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
+        case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
+            guard let principal = authenticate(context: context, head: head) else { return }
+            let input: ModelInput
+            switch prepare(endpoint: endpoint, body: body) {
+            case .success(let prepared): input = prepared
+            case .failure(let error): return respondError(context: context, head: head, error: error)
+            }
+            let bypass = Self.cacheDirectives(head.headers).contains("no-cache")
+            let request = services.jobs.submit(
+                input,
+                endpoint: endpoint,
+                key: RequestKey(input: input, hasher: services.hasher),
+                ownerKeyID: principal.keyID,
+                allowCoalescing: !bypass
+            )
+            switch route {
+            case .submit:
+                let base = queueBase(head: head, app: endpoint.app)
+                respond(
+                    context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
+                    requestID: request.id, extraHeaders: [("x-relay-cache", request.cacheOutcome.rawValue)]
+                )
+            case .run:
+                begin(.run(request), context: context, keepAlive: keepAlive)
+            default:
+                begin(.partialStream(request), context: context, keepAlive: keepAlive)
+            }
+        case .status(let app, let id), .statusStream(let app, let id), .result(let app, let id), .cancel(let app, let id):
+            guard let principal = authenticate(context: context, head: head) else { return }
+            if case .cancel = route {
+                let (status, body) = FalWire.cancelBody(services.jobs.cancel(id, keyID: principal.keyID, app: app.app))
+                respond(context: context, head: head, status: HTTPResponseStatus(statusCode: status), json: body, requestID: id)
+                return
+            }
+            guard let request = services.jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
+                respondError(context: context, head: head, error: .notFound("Request \(id) not found"), requestID: id)
+                return
+            }
+            let query = QueryParameters(uri: head.uri)
+            switch route {
+            case .status:
+                let phase = request.phase
+                let logs = query.flag("logs") ? request.job.status.logs[...] : nil
+                let json = FalWire.status(id: id, phase: phase, logs: logs, base: queueBase(head: head, app: app.app))
+                respond(context: context, head: head, status: HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase)), json: json, requestID: id)
+            case .statusStream:
+                let base = queueBase(head: head, app: app.app)
+                begin(.statusStream(request, base: base, withLogs: query.flag("logs")), context: context, keepAlive: keepAlive)
+            default:
+                switch FalWire.result(for: request.phase, id: id) {
+                case .success(let result):
+                    respond(context: context, head: head, status: .ok, json: result, requestID: id, extraHeaders: [("x-relay-cache", request.cacheOutcome.rawValue)])
+                case .failure(let error):
+                    respondError(context: context, head: head, error: error, requestID: id)
+                }
+            }
+        }
+    }
+
+    private func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
+        guard let principal = services.authenticator.authenticate(authorization: head.headers.first(name: "authorization")) else {
+            respondError(context: context, head: head, error: .unauthorized())
+            return nil
+        }
+        return principal
+    }
+
+    /// Parses, looks up and normalises a submission's input.
+    private func prepare(endpoint: EndpointID, body: ByteBuffer) -> Result<ModelInput, FalError> {
+        let object: JSONObject
+        if body.readableBytes == 0 {
+            object = [:]
+        } else {
+            let parsed: JSONValue
+            do {
+                parsed = try body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }
+            } catch {
+                return .failure(.malformedJSON(error.description))
+            }
+            guard let parsedObject = parsed.objectValue else {
+                return .failure(.validation(FalError.ValidationIssue(location: ["body"], message: "value is not a valid dict", type: "type_error.dict")))
+            }
+            object = parsedObject
+        }
+        guard let model = services.catalog.model(endpoint.description) else {
+            return .failure(.unknownModel(endpoint.description))
+        }
+        do {
+            return .success(try ModelInput(model: model, input: object))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private func queueBase(head: HTTPRequestHead, app: String) -> FalWire.QueueBase {
+        let host = head.headers.first(name: "host").flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
+        return FalWire.QueueBase(origin: "\(scheme)://\(host)", app: app)
+    }
+
+    // MARK: - Media files
+
+    private func serveFile(context: ChannelHandlerContext, head: HTTPRequestHead, digest: Digest128, fileExtension: String) {
+        guard let mediaType = MediaType.forExtension(fileExtension) else {
+            respondError(context: context, head: head, error: .notFound("No such file"))
+            return
+        }
+        let etag = "\"\(digest.hex)\""
+        if let match = head.headers.first(name: "if-none-match"), match == etag || match == "*" || match.contains(etag) {
+            var headers = HTTPHeaders()
+            headers.add(name: "etag", value: etag)
+            headers.add(name: "cache-control", value: "public, max-age=31536000, immutable")
+            write(context: context, head: head, status: .notModified, headers: headers, body: nil)
+            return
+        }
+        let number = begin(.file, context: context, keepAlive: head.isKeepAlive)
+        let store = services.store
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        Task {
+            let outcome: Result<[UInt8]?, StoreError>
+            do throws(StoreError) {
+                outcome = .success(try await store.read(digest))
+            } catch {
+                outcome = .failure(error)
+            }
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.completeFile(context: context, head: head, number: number, outcome: outcome, etag: etag, mediaType: mediaType)
+            }
+        }
+    }
+
+    private func completeFile(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        number: Int,
+        outcome: Result<[UInt8]?, StoreError>,
+        etag: String,
+        mediaType: MediaType
+    ) {
+        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        state = .idle
+        switch outcome {
+        case .success(let bytes?):
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: mediaType.contentType)
+            headers.add(name: "etag", value: etag)
+            headers.add(name: "cache-control", value: "public, max-age=31536000, immutable")
+            var buffer = context.channel.allocator.buffer(capacity: head.method == .HEAD ? 0 : bytes.count)
+            if head.method == .HEAD {
+                headers.add(name: "content-length", value: String(bytes.count))
+            } else {
+                buffer.writeBytes(bytes)
+            }
+            write(context: context, head: head, status: .ok, headers: headers, body: buffer)
+        case .success(nil):
+            respondError(context: context, head: head, error: .notFound("No such file"))
+        case .failure(let error):
+            services.logger.error("media read failed", metadata: ["digest": "\(head.uri)", "error": "\(error)"])
+            respondError(context: context, head: head, error: .internalError("Could not read the file"))
+        }
+    }
+
+    // MARK: - Exchanges that follow a job
+
+    @discardableResult
+    private func begin(_ kind: Exchange.Kind, context: ChannelHandlerContext, keepAlive: Bool) -> Int {
+        exchangeCount += 1
+        var exchange = Exchange(number: exchangeCount, kind: kind, keepAlive: keepAlive)
+        let request: RelayRequest
+        switch kind {
+        case .file:
+            state = .exchanging(exchange)
+            return exchange.number
+        case .run(let r), .partialStream(let r), .statusStream(let r, _, _):
+            request = r
+        }
+        if case .run = kind {} else {
+            writeStreamHead(context: context, request: request, exchange: &exchange)
+        }
+        state = .exchanging(exchange)
+        let number = exchange.number
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let subscription = request.job.subscribe(after: 0) { event in
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.receive(event, context: context, number: number)
+            }
+        }
+        if case .exchanging(var current) = state, current.number == number {
+            current.subscriptionToken = subscription.token
+            state = .exchanging(current)
+        }
+        for event in subscription.replay {
+            receive(event, context: context, number: number)
+        }
+        return number
+    }
+
+    private func writeStreamHead(context: ChannelHandlerContext, request: RelayRequest, exchange: inout Exchange) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "cache-control", value: "no-cache")
+        headers.add(name: "x-fal-request-id", value: request.id)
+        headers.add(name: "x-relay-cache", value: request.cacheOutcome.rawValue)
+        headers.add(name: "x-accel-buffering", value: "no")
+        if !exchange.keepAlive {
+            headers.add(name: "connection", value: "close")
+        }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        context.flush()
+        exchange.headSent = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let number = exchange.number
+        let interval = TimeAmount.seconds(services.limits.sseKeepAliveSeconds)
+        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = bound.value
+            handler.sendKeepAlive(context: context, number: number)
+        }
+    }
+
+    private func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
+        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        writeSSE(context: context, text: ": ping\n\n")
+    }
+
+    private func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
+        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        switch exchange.kind {
+        case .file:
+            return
+        case .run(let request):
+            guard case .completed(let outcome) = event.kind else { return }
+            finish(exchange, context: context, clientGone: false)
+            let extra = [("x-relay-cache", request.cacheOutcome.rawValue)]
+            switch FalWire.result(for: .completed(outcome), id: request.id) {
+            case .success(let result):
+                respond(context: context, keepAlive: exchange.keepAlive, status: .ok, json: result, requestID: request.id, extraHeaders: extra)
+            case .failure(let error):
+                respondError(context: context, keepAlive: exchange.keepAlive, error: error, requestID: request.id)
+            }
+        case .partialStream:
+            switch event.kind {
+            case .partial(let value):
+                writeSSE(context: context, data: value)
+            case .completed(.success(let result, _)):
+                writeSSE(context: context, data: result)
+                endStream(exchange, context: context)
+            case .completed(.failure(let error)):
+                writeSSE(context: context, data: error.body)
+                endStream(exchange, context: context)
+            case .completed(.cancelled):
+                writeSSE(context: context, data: FalError.cancelled().body)
+                endStream(exchange, context: context)
+            default:
+                break
+            }
+        case .statusStream(let request, let base, let withLogs):
+            // A request cancelled on its own ends even while its shared job runs on.
+            let cancelled = services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false
+            let phase: JobPhase
+            var logs: ArraySlice<LogEntry>? = withLogs ? [] : nil
+            switch event.kind {
+            case _ where cancelled:
+                phase = .completed(.cancelled)
+            case .queuePosition(let position):
+                phase = .queued(position: position)
+            case .started:
+                phase = .running
+            case .log(let entry):
+                phase = .running
+                if withLogs { logs = [entry] }
+            case .partial:
+                return
+            case .completed(let outcome):
+                phase = .completed(outcome)
+            }
+            writeSSE(context: context, data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base))
+            if case .completed = phase {
+                endStream(exchange, context: context)
+            }
+        }
+    }
+
+    private func writeSSE(context: ChannelHandlerContext, data: JSONValue) {
+        var bytes: [UInt8] = Array("data: ".utf8)
+        data.write(into: &bytes)
+        bytes.append(contentsOf: [UInt8(ascii: "\n"), UInt8(ascii: "\n")])
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    private func writeSSE(context: ChannelHandlerContext, text: String) {
+        let buffer = context.channel.allocator.buffer(string: text)
+        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    private func endStream(_ exchange: Exchange, context: ChannelHandlerContext) {
+        finish(exchange, context: context, clientGone: false)
+        let keepAlive = exchange.keepAlive
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    /// Ends an exchange's subscriptions and timers. A client that leaves a run or stream detaches its request
+    /// (the job goes on only if other requests wait on it).
+    private func finish(_ exchange: Exchange, context: ChannelHandlerContext, clientGone: Bool) {
+        state = .idle
+        exchange.keepAliveTask?.cancel()
+        switch exchange.kind {
+        case .file:
+            break
+        case .run(let request), .partialStream(let request), .statusStream(let request, _, _):
+            if exchange.subscriptionToken != 0 {
+                request.job.unsubscribe(exchange.subscriptionToken)
+            }
+            if clientGone {
+                switch exchange.kind {
+                case .run, .partialStream:
+                    _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    // MARK: - Writing responses
+
+    private func reject(context: ChannelHandlerContext, head: HTTPRequestHead, error: FalError) {
+        state = .rejecting
+        respondError(context: context, keepAlive: false, error: error, requestID: RequestID.make())
+    }
+
+    private func respond(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        status: HTTPResponseStatus,
+        json: JSONValue,
+        requestID: String? = nil,
+        extraHeaders: [(String, String)] = []
+    ) {
+        respond(context: context, keepAlive: head.isKeepAlive, status: status, json: json, requestID: requestID, extraHeaders: extraHeaders, isHead: head.method == .HEAD)
+    }
+
+    private func respond(
+        context: ChannelHandlerContext,
+        keepAlive: Bool,
+        status: HTTPResponseStatus,
+        json: JSONValue,
+        requestID: String?,
+        extraHeaders: [(String, String)] = [],
+        isHead: Bool = false
+    ) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "x-fal-request-id", value: requestID ?? RequestID.make())
+        for (name, value) in extraHeaders {
+            headers.add(name: name, value: value)
+        }
+        let bytes = json.serialized()
+        var buffer = context.channel.allocator.buffer(capacity: isHead ? 0 : bytes.count)
+        if isHead {
+            headers.add(name: "content-length", value: String(bytes.count))
+        } else {
+            buffer.writeBytes(bytes)
+        }
+        write(context: context, keepAlive: keepAlive, status: status, headers: headers, body: buffer)
+    }
+
+    private func respondError(context: ChannelHandlerContext, head: HTTPRequestHead, error: FalError, requestID: String? = nil) {
+        respondError(context: context, keepAlive: head.isKeepAlive, error: error, requestID: requestID)
+    }
+
+    private func respondError(context: ChannelHandlerContext, keepAlive: Bool, error: FalError, requestID: String?) {
+        var extra: [(String, String)] = []
+        if let type = error.errorType {
+            extra.append(("x-fal-error-type", type))
+        }
+        respond(context: context, keepAlive: keepAlive, status: HTTPResponseStatus(statusCode: error.status), json: error.body, requestID: requestID, extraHeaders: extra)
+    }
+
+    private func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+        var headers = headers
+        if headers.first(name: "x-fal-request-id") == nil {
+            headers.add(name: "x-fal-request-id", value: RequestID.make())
+        }
+        write(context: context, keepAlive: head.isKeepAlive, status: status, headers: headers, body: body)
+    }
+
+    private func write(context: ChannelHandlerContext, keepAlive: Bool, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+        var headers = headers
+        if headers.first(name: "content-length") == nil {
+            headers.add(name: "content-length", value: String(body?.readableBytes ?? 0))
+        }
+        if !keepAlive {
+            headers.replaceOrAdd(name: "connection", value: "close")
+        }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if let body, body.readableBytes > 0 {
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private static func path(_ uri: String) -> Substring {
+        uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+    }
+
+    /// `Cache-Control` request directives, lowercased, without values.
+    static func cacheDirectives(_ headers: HTTPHeaders) -> Set<Substring> {
+        var directives: Set<Substring> = []
+        for value in headers["cache-control"] {
+            for part in value.split(separator: ",") {
+                let name = (part.split(separator: "=", maxSplits: 1).first ?? "").filter { $0 != " " && $0 != "\t" }
+                directives.insert(Substring(name.lowercased()))
+            }
+        }
+        return directives
+    }
+}
+
+@available(*, unavailable)
+extension RelayHTTPHandler: Sendable {}

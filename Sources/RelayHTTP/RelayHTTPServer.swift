@@ -1,0 +1,140 @@
+public import Logging
+public import NIOCore
+import NIOHTTP1
+import NIOPosix
+public import NIOSSL
+public import ServiceLifecycle
+import Synchronization
+
+/// One address to listen on, plain or TLS.
+public struct ListenerSpec: Sendable {
+    public let host: String
+    public let port: Int
+    /// nil = plain HTTP.
+    public let tls: NIOSSLContext?
+
+    public init(host: String, port: Int, tls: NIOSSLContext?) {
+        self.host = host
+        self.port = port
+        self.tls = tls
+    }
+
+    public var scheme: String { tls == nil ? "http" : "https" }
+}
+
+/// A listener that is accepting connections.
+public struct BoundListener: Sendable {
+    public let scheme: String
+    public let host: String
+    public let port: Int
+
+    public init(scheme: String, host: String, port: Int) {
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+    }
+
+    /// `https://127.0.0.1:8443` (IPv6 hosts in brackets).
+    public var url: String {
+        let printable = host.contains(":") ? "[\(host)]" : host
+        return "\(scheme)://\(printable):\(port)"
+    }
+}
+
+/// The relay's listeners, run as a Service: binds, serves, and on shutdown quiesces (STYLE.md rule 5) —
+/// stops accepting, asks every connection to finish its current response, and closes what is left at a deadline.
+public final class RelayHTTPServer: Service, Sendable {
+    private let services: RelayServices
+    private let specs: [ListenerSpec]
+    private let group: any EventLoopGroup
+    private let drainSeconds: Int64
+    private let connections = ConnectionRegistry()
+    private let serverChannels = Mutex<[any Channel]>([])
+
+    public init(services: RelayServices, listeners: [ListenerSpec], group: any EventLoopGroup, drainSeconds: Int64 = 10) {
+        self.services = services
+        self.specs = listeners
+        self.group = group
+        self.drainSeconds = drainSeconds
+    }
+
+    /// Binds every listener (port 0 picks a free port) and returns where they listen.
+    public func bind() async throws -> [BoundListener] {
+        var bound: [BoundListener] = []
+        for spec in specs {
+            let channel = try await makeBootstrap(spec).bind(host: spec.host, port: spec.port).get()
+            serverChannels.withLock { $0.append(channel) }
+            let port = channel.localAddress?.port ?? spec.port
+            bound.append(BoundListener(scheme: spec.scheme, host: spec.host, port: port))
+        }
+        return bound
+    }
+
+    /// Serves until graceful shutdown, then drains.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        services.readiness.set(false)
+        services.logger.info("draining", metadata: ["connections": "\(connections.count)"])
+        let channels = serverChannels.withLock { channels in
+            defer { channels.removeAll() }
+            return channels
+        }
+        for channel in channels {
+            try? await channel.close()
+        }
+        connections.quiesceAll()
+        let deadline = ContinuousClock.now + .seconds(drainSeconds)
+        while connections.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        connections.closeAll()
+    }
+
+    private func makeBootstrap(_ spec: ListenerSpec) -> ServerBootstrap {
+        let services = self.services
+        let connections = self.connections
+        return ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    connections.add(channel)
+                    let pipeline = channel.pipeline.syncOperations
+                    if let tls = spec.tls {
+                        try pipeline.addHandler(NIOSSLServerHandler(context: tls))
+                    }
+                    try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
+                    try pipeline.addHandler(RelayHTTPHandler(services: services, scheme: spec.scheme))
+                }
+            }
+    }
+}
+
+/// Open connections, so that shutdown can quiesce and then close them.
+final class ConnectionRegistry: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    func add(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        channels.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            _ = self?.channels.withLock { $0.removeValue(forKey: id) }
+        }
+    }
+
+    var count: Int { channels.withLock { $0.count } }
+
+    func quiesceAll() {
+        for channel in channels.withLock({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    func closeAll() {
+        for channel in channels.withLock({ Array($0.values) }) {
+            channel.close(promise: nil)
+        }
+    }
+}

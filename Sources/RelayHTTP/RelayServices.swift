@@ -1,0 +1,82 @@
+public import Logging
+public import RelayCore
+public import RelayJobs
+public import RelayStore
+import Synchronization
+
+/// Who a request comes from.
+public enum Principal: Sendable, Hashable {
+    case anonymous
+    case key(id: String, tier: String)
+
+    public var keyID: String? {
+        if case .key(let id, _) = self { return id }
+        return nil
+    }
+}
+
+/// Checks an `Authorization` header (`Key …` or `Bearer …`). Returns nil for a key that is unknown or revoked.
+public protocol Authenticator: Sendable {
+    func authenticate(authorization: String?) -> Principal?
+}
+
+/// Per-request limits enforced by the HTTP layer.
+public struct HTTPLimits: Sendable {
+    /// Largest JSON body accepted (413 beyond).
+    public var maxJSONBodyBytes: Int
+    /// Interval of SSE comment keep-alives.
+    public var sseKeepAliveSeconds: Int64
+
+    public init(maxJSONBodyBytes: Int = 10 * 1024 * 1024, sseKeepAliveSeconds: Int64 = 15) {
+        self.maxJSONBodyBytes = maxJSONBodyBytes
+        self.sseKeepAliveSeconds = sseKeepAliveSeconds
+    }
+}
+
+/// Whether the relay is ready to serve (`/readyz`): set once start-up is complete, cleared when draining.
+public final class Readiness: Sendable {
+    private let ready = Atomic<Bool>(false)
+
+    public init() {}
+
+    public var isReady: Bool { ready.load(ordering: .acquiring) }
+
+    public func set(_ value: Bool) {
+        ready.store(value, ordering: .releasing)
+    }
+}
+
+/// Everything a connection handler needs, shared by all connections.
+public struct RelayServices: Sendable {
+    public let catalog: ModelCatalog
+    public let jobs: JobTable
+    public let store: BlobStore
+    public let hasher: KeyedHasher
+    public let authenticator: any Authenticator
+    public let router: Router
+    public let limits: HTTPLimits
+    public let readiness: Readiness
+    public let logger: Logger
+
+    public init(
+        catalog: ModelCatalog,
+        jobs: JobTable,
+        store: BlobStore,
+        hasher: KeyedHasher,
+        authenticator: any Authenticator,
+        router: Router,
+        limits: HTTPLimits,
+        readiness: Readiness,
+        logger: Logger
+    ) {
+        self.catalog = catalog
+        self.jobs = jobs
+        self.store = store
+        self.hasher = hasher
+        self.authenticator = authenticator
+        self.router = router
+        self.limits = limits
+        self.readiness = readiness
+        self.logger = logger
+    }
+}

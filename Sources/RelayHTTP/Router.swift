@@ -1,0 +1,194 @@
+public import NIOHTTP1
+public import RelayCore
+
+/// Where a request goes: the fal queue and run APIs, media files and health checks (PROTOCOL.md §1.3).
+public enum Route: Sendable, Hashable {
+    case health
+    case ready
+    case submit(EndpointID)
+    case status(app: EndpointID, requestID: String)
+    case statusStream(app: EndpointID, requestID: String)
+    case result(app: EndpointID, requestID: String)
+    case cancel(app: EndpointID, requestID: String)
+    case run(EndpointID)
+    case stream(EndpointID)
+    case file(Digest128, fileExtension: String)
+    case notFound
+    case methodNotAllowed
+}
+
+/// A host name to recognise in the `Host` header, with an optional port (nil = any port).
+public struct HostPattern: Sendable, Hashable, CustomStringConvertible {
+    public let name: String
+    public let port: Int?
+
+    /// `name`, `name:port`, `[v6]` or `[v6]:port`; names compare case-insensitively.
+    public init?(_ text: String) {
+        guard let (name, port) = HostPattern.split(text[...]) else { return nil }
+        self.name = name
+        self.port = port
+    }
+
+    public var description: String { port.map { "\(name):\($0)" } ?? name }
+
+    public func matches(name: Substring, port: Int?) -> Bool {
+        guard name.lowercased() == self.name else { return false }
+        return self.port == nil || self.port == port
+    }
+
+    /// Splits a Host header value into a lowercased name and an optional port; nil when malformed.
+    static func split(_ text: Substring) -> (String, Int?)? {
+        var host = text
+        var port: Int?
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let after = host[host.index(after: close)...]
+            if after.hasPrefix(":") {
+                guard let value = Int(after.dropFirst()), (0...65535).contains(value) else { return nil }
+                port = value
+            } else if !after.isEmpty {
+                return nil
+            }
+            host = host[...close]
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let value = Int(host[host.index(after: colon)...]), (0...65535).contains(value) else { return nil }
+            port = value
+            host = host[..<colon]
+        }
+        guard !host.isEmpty else { return nil }
+        return (host.lowercased(), port)
+    }
+}
+
+/// Maps method, Host and path to a `Route`. Pure: tested without a server.
+///
+/// The queue and run APIs share paths (`POST /{owner}/{alias}`), so the `Host` header tells them apart
+/// (PROTOCOL.md §10); a host that matches neither is treated as the queue host.
+public struct Router: Sendable {
+    public let queueHosts: [HostPattern]
+    public let runHosts: [HostPattern]
+
+    public init(queueHosts: [HostPattern], runHosts: [HostPattern]) {
+        self.queueHosts = queueHosts
+        self.runHosts = runHosts
+    }
+
+    public func isRunHost(_ host: String?) -> Bool {
+        guard let host, let (name, port) = HostPattern.split(host[...]) else { return false }
+        if queueHosts.contains(where: { $0.matches(name: name[...], port: port) }) { return false }
+        return runHosts.contains { $0.matches(name: name[...], port: port) }
+    }
+
+    public func route(method: HTTPMethod, host: String?, uri: String) -> Route {
+        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        guard path.hasPrefix("/") else { return .notFound }
+        let segments = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        let readOnly = method == .GET || method == .HEAD
+
+        switch segments.first {
+        case "healthz" where segments.count == 1:
+            return readOnly ? .health : .methodNotAllowed
+        case "readyz" where segments.count == 1:
+            return readOnly ? .ready : .methodNotAllowed
+        case "files":
+            guard segments.count == 2, let file = Self.file(segments[1]) else { return .notFound }
+            return readOnly ? .file(file.0, fileExtension: file.1) : .methodNotAllowed
+        default:
+            break
+        }
+
+        if isRunHost(host) {
+            guard method == .POST else { return EndpointID(segments: segments) == nil ? .notFound : .methodNotAllowed }
+            if segments.count >= 3, segments.last == "stream", let endpoint = EndpointID(segments: Array(segments.dropLast())) {
+                return .stream(endpoint)
+            }
+            return EndpointID(segments: segments).map(Route.run) ?? .notFound
+        }
+
+        // Queue host: `{ns/}owner/alias/requests/{id}[/status[/stream]|/cancel]` before submit-with-sub-path.
+        let appLength = EndpointID.namespaces.contains(segments.first ?? "") ? 3 : 2
+        if segments.count >= appLength + 2, segments[appLength] == "requests",
+            let app = EndpointID(segments: Array(segments.prefix(appLength)))
+        {
+            let id = segments[appLength + 1]
+            guard RequestID.isPlausible(id) else { return .notFound }
+            let requestID = String(id)
+            let rest = segments.dropFirst(appLength + 2)
+            switch (rest.first, rest.count) {
+            case (nil, 0):
+                return readOnly ? .result(app: app, requestID: requestID) : .methodNotAllowed
+            case ("status"?, 1):
+                return readOnly ? .status(app: app, requestID: requestID) : .methodNotAllowed
+            case ("status"?, 2) where rest.last == "stream":
+                return readOnly ? .statusStream(app: app, requestID: requestID) : .methodNotAllowed
+            case ("cancel"?, 1):
+                return method == .PUT ? .cancel(app: app, requestID: requestID) : .methodNotAllowed
+            default:
+                return .notFound
+            }
+        }
+        guard let endpoint = EndpointID(segments: segments) else { return .notFound }
+        return method == .POST ? .submit(endpoint) : .methodNotAllowed
+    }
+
+    /// `<32 hex>.<ext>` with a short alphanumeric extension.
+    private static func file(_ name: Substring) -> (Digest128, String)? {
+        guard let dot = name.firstIndex(of: "."), let digest = Digest128(hex: name[..<dot]) else { return nil }
+        let ext = name[name.index(after: dot)...]
+        guard (1...8).contains(ext.utf8.count),
+            ext.utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
+        else { return nil }
+        return (digest, String(ext))
+    }
+}
+
+/// Query-string reading for the few parameters the fal protocol uses (`logs`, `fal_webhook`, …).
+public struct QueryParameters: Sendable {
+    private let pairs: [(String, String)]
+
+    public init(uri: String) {
+        guard let mark = uri.firstIndex(of: "?") else {
+            pairs = []
+            return
+        }
+        pairs = uri[uri.index(after: mark)...].split(separator: "&").map { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = Self.decode(parts[0])
+            let value = parts.count > 1 ? Self.decode(parts[1]) : ""
+            return (name, value)
+        }
+    }
+
+    public subscript(name: String) -> String? {
+        pairs.first { $0.0 == name }?.1
+    }
+
+    /// `true`/`1`/`yes` (Python sends `true`/`false`, JS `1`/`0`: PROTOCOL.md §1.4).
+    public func flag(_ name: String) -> Bool {
+        switch self[name]?.lowercased() {
+        case "true", "1", "yes", "on": true
+        default: false
+        }
+    }
+
+    /// Percent-decoding with `+` as space; invalid escapes are kept literally.
+    static func decode(_ text: Substring) -> String {
+        guard text.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) else { return String(text) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = Array(text.utf8)[...]
+        while let byte = iterator.popFirst() {
+            if byte == UInt8(ascii: "+") {
+                bytes.append(UInt8(ascii: " "))
+            } else if byte == UInt8(ascii: "%"), iterator.count >= 2,
+                let high = Hex.value(iterator[iterator.startIndex]), let low = Hex.value(iterator[iterator.startIndex + 1])
+            {
+                bytes.append(high << 4 | low)
+                iterator = iterator.dropFirst(2)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
