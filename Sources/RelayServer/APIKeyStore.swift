@@ -1,0 +1,186 @@
+import Crypto
+public import Foundation
+import RelayCore
+public import RelayHTTP
+import Synchronization
+
+/// API keys, stored as SHA-256 hashes in `<data-dir>/keys.json`; the plain key is shown once, at creation.
+///
+/// A key is `<id>:<secret>` (the shape of fal's keys, so `FAL_KEY` holds it unchanged). Lookup is by id, then a
+/// constant-time comparison of the hash. The file is re-read when it changes (checked at most once a second), so
+/// a key created or revoked by `media-relay keys` takes effect without a restart.
+public final class APIKeyStore: Authenticator, Sendable {
+    public static let tiers = ["signed-in", "pro", "enterprise", "admin"]
+
+    /// One stored key (never the key itself).
+    public struct Entry: Sendable, Hashable {
+        public let id: String
+        public let hash: [UInt8]
+        public let tier: String
+        public let created: String
+        public var revoked: Bool
+    }
+
+    private struct Cache {
+        var entries: [String: Entry] = [:]
+        var modified: Date?
+        var checkedAt: ContinuousClock.Instant?
+    }
+
+    private let path: String
+    private let cache = Mutex(Cache())
+
+    public init(dataDirectory: String) {
+        self.path = (dataDirectory as NSString).appendingPathComponent("keys.json")
+    }
+
+    // MARK: - Authenticator
+
+    public func authenticate(authorization: String?) -> Principal? {
+        guard let authorization else { return .anonymous }
+        let parts = authorization.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, ["key", "bearer"].contains(parts[0].lowercased()) else { return nil }
+        let key = parts[1].trimmingCharacters(in: .whitespaces)
+        guard let colon = key.firstIndex(of: ":") else { return nil }
+        let id = String(key[..<colon])
+        guard let entry = entries()[id], !entry.revoked else { return nil }
+        let hash = Array(SHA256.hash(data: Array(key.utf8)))
+        guard Self.constantTimeEqual(hash, entry.hash) else { return nil }
+        return .key(id: id, tier: entry.tier)
+    }
+
+    // MARK: - Management (the `keys` command)
+
+    /// Makes a key, stores its hash, and returns the key (the only time it exists in plain text).
+    public func create(tier: String) throws(KeyStoreError) -> (key: String, entry: Entry) {
+        guard Self.tiers.contains(tier) else {
+            throw KeyStoreError("unknown tier \"\(tier)\"; use one of \(Self.tiers.joined(separator: ", "))")
+        }
+        let id = Self.randomHex(8)
+        let key = "\(id):\(Self.randomHex(32))"
+        let entry = Entry(
+            id: id,
+            hash: Array(SHA256.hash(data: Array(key.utf8))),
+            tier: tier,
+            created: ISO8601DateFormatter().string(from: Date()),
+            revoked: false
+        )
+        var all = try load()
+        all.append(entry)
+        try save(all)
+        return (key, entry)
+    }
+
+    public func list() throws(KeyStoreError) -> [Entry] {
+        try load()
+    }
+
+    /// Revokes by id; returns false when no such key exists.
+    public func revoke(id: String) throws(KeyStoreError) -> Bool {
+        var all = try load()
+        guard let index = all.firstIndex(where: { $0.id == id }) else { return false }
+        all[index].revoked = true
+        try save(all)
+        return true
+    }
+
+    // MARK: - Storage
+
+    private func entries() -> [String: Entry] {
+        cache.withLock { cache -> [String: Entry] in
+            let now = ContinuousClock.now
+            if let checked = cache.checkedAt, now - checked < .seconds(1) {
+                return cache.entries
+            }
+            cache.checkedAt = now
+            let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+            if modified != cache.modified || modified == nil {
+                cache.modified = modified
+                let loaded = (try? load()) ?? []
+                cache.entries = Dictionary(loaded.map { ($0.id, $0) }, uniquingKeysWith: { _, last in last })
+            }
+            return cache.entries
+        }
+    }
+
+    private func load() throws(KeyStoreError) -> [Entry] {
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        guard let data = FileManager.default.contents(atPath: path),
+            let document = try? JSONValue(parsing: [UInt8](data)), let keys = document["keys"]?.arrayValue
+        else {
+            throw KeyStoreError("\(path) is unreadable or not a key file")
+        }
+        return keys.compactMap { item in
+            guard let id = item["id"]?.stringValue, let hash = item["sha256"]?.stringValue.flatMap(Self.bytes(hex:)),
+                let tier = item["tier"]?.stringValue
+            else { return nil }
+            return Entry(
+                id: id,
+                hash: hash,
+                tier: tier,
+                created: item["created"]?.stringValue ?? "",
+                revoked: item["revoked"]?.boolValue ?? false
+            )
+        }
+    }
+
+    private func save(_ entries: [Entry]) throws(KeyStoreError) {
+        let keys: [JSONValue] = entries.map { entry in
+            .object([
+                "id": .string(entry.id),
+                "sha256": .string(Self.hex(entry.hash)),
+                "tier": .string(entry.tier),
+                "created": .string(entry.created),
+                "revoked": .bool(entry.revoked),
+            ])
+        }
+        let folder = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let temporary = path + ".tmp-\(getpid())"
+        let bytes = JSONValue.object(["keys": .array(keys)]).serialized() + [UInt8(ascii: "\n")]
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes), attributes: [.posixPermissions: 0o600]) else {
+            throw KeyStoreError("cannot write \(temporary)")
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw KeyStoreError("cannot replace \(path): errno \(errno)")
+        }
+        cache.withLock { $0.checkedAt = nil }
+    }
+
+    static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        var difference: UInt8 = 0
+        for index in lhs.indices {
+            difference |= lhs[index] ^ rhs[index]
+        }
+        return difference == 0
+    }
+
+    private static func randomHex(_ count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        return hex((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
+    }
+
+    private static func hex(_ bytes: [UInt8]) -> String {
+        String(decoding: bytes.flatMap { [Hex.digit($0 >> 4), Hex.digit($0 & 0x0F)] }, as: UTF8.self)
+    }
+
+    private static func bytes(hex: String) -> [UInt8]? {
+        let digits = Array(hex.utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(digits.count / 2)
+        for index in stride(from: 0, to: digits.count, by: 2) {
+            guard let high = Hex.value(digits[index]), let low = Hex.value(digits[index + 1]) else { return nil }
+            out.append(high << 4 | low)
+        }
+        return out
+    }
+}
+
+/// A key file that cannot be read or written, or a bad request to the key store.
+public struct KeyStoreError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

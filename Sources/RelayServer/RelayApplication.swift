@@ -1,0 +1,229 @@
+public import Foundation
+public import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RelayCore
+import RelayHTTP
+import RelayJobs
+import RelayStore
+import RelayUpstreams
+import ServiceLifecycle
+import Synchronization
+
+/// The whole relay process: builds every part from a configuration and runs them in one ServiceGroup.
+public struct RelayApplication: Sendable {
+    public let configuration: RelayConfiguration
+
+    public init(configuration: RelayConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// Serves until SIGTERM/SIGINT. `announce` receives the human-readable start banner.
+    public func run(announce: @Sendable (String) -> Void = Self.writeToStandardOutput) async throws {
+        let config = configuration
+        var logger = Logger(label: "media-relay")
+        logger.logLevel = config.logLevel
+
+        guard config.http != nil || config.https != nil else {
+            throw ConfigurationError("both listeners are off: enable --http or --https")
+        }
+        let dataDirectory = config.dataDirectory
+        do {
+            try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
+        }
+        let hasher = KeyedHasher(secret: try DeploymentSecret.load(dataDirectory: dataDirectory))
+        let catalog = try loadCatalog(logger: logger)
+
+        var caPath: String?
+        var tlsContext: NIOSSLContext?
+        if config.https != nil {
+            let (context, ca) = try makeTLSContext()
+            tlsContext = context
+            caPath = ca
+        }
+
+        let threadPool = NIOThreadPool(numberOfThreads: max(2, config.eventLoopThreads))
+        threadPool.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.eventLoopThreads)
+        do {
+            try await serve(config: config, logger: logger, hasher: hasher, catalog: catalog, tlsContext: tlsContext, caPath: caPath, group: group, threadPool: threadPool, announce: announce)
+        } catch {
+            try? await group.shutdownGracefully()
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+        try await threadPool.shutdownGracefully()
+        logger.info("stopped")
+    }
+
+    private func serve(
+        config: RelayConfiguration,
+        logger: Logger,
+        hasher: KeyedHasher,
+        catalog: ModelCatalog,
+        tlsContext: NIOSSLContext?,
+        caPath: String?,
+        group: MultiThreadedEventLoopGroup,
+        threadPool: NIOThreadPool,
+        announce: @Sendable (String) -> Void
+    ) async throws {
+        let dataDirectory = config.dataDirectory
+
+        let store = try BlobStore(directory: dataDirectory, hasher: hasher, threadPool: threadPool)
+        try await store.removeTemporaryFiles()
+
+        let publicOrigin = PublicOrigin()
+        let synthetic = SyntheticUpstream(
+            configuration: .init(slots: config.syntheticSlots, timeScale: config.syntheticTimeScale, publicBaseURL: { publicOrigin.value }),
+            store: store,
+            threadPool: threadPool
+        )
+        let jobs = JobTable(retentionSeconds: config.requestRetentionSeconds) { _ in synthetic }
+        let readiness = Readiness()
+        let relayServices = RelayServices(
+            catalog: catalog,
+            jobs: jobs,
+            store: store,
+            hasher: hasher,
+            authenticator: APIKeyStore(dataDirectory: dataDirectory),
+            router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
+            limits: HTTPLimits(maxJSONBodyBytes: config.maxJSONBodyBytes),
+            readiness: readiness,
+            logger: logger
+        )
+        var listeners: [ListenerSpec] = []
+        if let https = config.https {
+            listeners.append(ListenerSpec(host: https.host, port: https.port, tls: tlsContext))
+        }
+        if let http = config.http {
+            listeners.append(ListenerSpec(host: http.host, port: http.port, tls: nil))
+        }
+        let server = RelayHTTPServer(services: relayServices, listeners: listeners, group: group)
+        let bound = try await server.bind()
+        publicOrigin.set(config.publicURL ?? Self.defaultPublicOrigin(bound))
+        readiness.set(true)
+        announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))
+
+        let sweeper = RequestSweeper(jobs: jobs)
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server), .init(service: sweeper)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await services.run()
+    }
+
+    private func loadCatalog(logger: Logger) throws(ConfigurationError) -> ModelCatalog {
+        guard let path = configuration.catalogPath else {
+            logger.warning("no model catalog configured (--catalog): every model is unknown")
+            return ModelCatalog(models: [])
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError("cannot read model catalog \(path)")
+        }
+        do {
+            return try ModelCatalog(json: [UInt8](data))
+        } catch {
+            throw ConfigurationError("model catalog \(path): \(error.description)")
+        }
+    }
+
+    /// The configured certificate, or the development CA's (made at first start).
+    private func makeTLSContext() throws -> (NIOSSLContext, String?) {
+        let certificatePath: String
+        let keyPath: String
+        var caPath: String?
+        switch (configuration.tlsCertificate, configuration.tlsKey) {
+        case (let certificate?, let key?):
+            certificatePath = certificate
+            keyPath = key
+        case (nil, nil):
+            let authority = DevelopmentCertificateAuthority(directory: (configuration.dataDirectory as NSString).appendingPathComponent("tls"))
+            let paths = try authority.ensure()
+            certificatePath = paths.serverCertificateChain
+            keyPath = paths.serverPrivateKey
+            caPath = paths.caCertificate
+        default:
+            throw ConfigurationError("--tls-cert and --tls-key go together")
+        }
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+            key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+        } catch {
+            throw ConfigurationError("cannot load TLS certificate \(certificatePath) / key \(keyPath): \(error)")
+        }
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        tls.minimumTLSVersion = .tlsv12
+        tls.applicationProtocols = ["http/1.1"]
+        return (try NIOSSLContext(configuration: tls), caPath)
+    }
+
+    /// Unbuffered, so that a supervisor reading a pipe sees the banner (and its READY line) at once.
+    public static func writeToStandardOutput(_ text: String) {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    static func defaultPublicOrigin(_ bound: [BoundListener]) -> String {
+        let listener = bound.first { $0.scheme == "https" } ?? bound[0]
+        let host = ["0.0.0.0", "::", ""].contains(listener.host) ? "127.0.0.1" : listener.host
+        return BoundListener(scheme: listener.scheme, host: host, port: listener.port).url
+    }
+
+    private func banner(bound: [BoundListener], caPath: String?, catalog: ModelCatalog, publicOrigin: String) -> String {
+        var lines = ["MediaRelay is serving \(catalog.models.count) models on the synthetic upstream (no GPU, no network)."]
+        for listener in bound {
+            lines.append("  \(listener.scheme.padding(toLength: 5, withPad: " ", startingAt: 0)) \(listener.url)")
+        }
+        lines.append("  media   \(publicOrigin)/files/…")
+        if let caPath {
+            lines.append("  development CA: \(caPath)")
+        }
+        if let https = bound.first(where: { $0.scheme == "https" }) {
+            let port = https.port
+            lines.append("Point the fal clients at it:")
+            lines.append("  export FAL_KEY=$(media-relay keys create --tier pro --data-dir \(configuration.dataDirectory) | tail -1)")
+            lines.append("  export FAL_QUEUE_RUN_HOST=127.0.0.1:\(port) FAL_RUN_HOST=localhost:\(port)")
+            if let caPath {
+                lines.append("  export SSL_CERT_FILE=\(caPath)")
+            }
+        }
+        let machine = bound.map { "\($0.scheme)=\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" }.joined(separator: " ")
+        lines.append("READY \(machine)")
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Where media URLs point; known only once the listeners are bound (port 0 picks the port).
+final class PublicOrigin: Sendable {
+    private let origin = Mutex("http://127.0.0.1")
+
+    var value: String { origin.withLock { $0 } }
+
+    func set(_ value: String) {
+        let trimmed = value.hasSuffix("/") ? String(value.dropLast()) : value
+        origin.withLock { $0 = trimmed }
+    }
+}
+
+/// Forgets finished requests past their retention, once a minute.
+struct RequestSweeper: Service {
+    let jobs: JobTable
+
+    func run() async throws {
+        // Graceful shutdown does not cancel by itself: turn it into cancellation so the sleep ends at once.
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(60))
+                jobs.sweep()
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+public import Foundation
+public import Logging
+public import RelayCore
+
+/// Everything `media-relay serve` can be told, with the built-in defaults.
+///
+/// Precedence (DESIGN.md "Configuration"): command-line flags > environment (`RELAY_…`) > config file > defaults.
+/// Each setting has one name, spelled `data_dir` in the config file, `RELAY_DATA_DIR` in the environment and
+/// `--data-dir` on the command line, so the three sources cannot drift apart.
+public struct RelayConfiguration: Sendable {
+    /// A listen address; nil means the listener is off.
+    public struct Address: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// `HOST:PORT`, `[v6]:PORT`; `off` disables (nil).
+        static func parse(_ text: String) throws(ConfigurationError) -> Address? {
+            if text.lowercased() == "off" { return nil }
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+                throw ConfigurationError("\"\(text)\" is not HOST:PORT (or off)")
+            }
+            var host = String(text[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") {
+                host = String(host.dropFirst().dropLast())
+            }
+            guard !host.isEmpty else { throw ConfigurationError("\"\(text)\" has no host") }
+            return Address(host: host, port: port)
+        }
+
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    public var dataDirectory = "./data"
+    public var http: Address? = Address(host: "127.0.0.1", port: 8080)
+    public var https: Address? = Address(host: "127.0.0.1", port: 8443)
+    public var tlsCertificate: String?
+    public var tlsKey: String?
+    public var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
+    public var syntheticTimeScale = 1.0
+    public var syntheticSlots = 2
+    /// The model catalog; relative paths are resolved against the config file's folder.
+    public var catalogPath: String?
+    public var queueHosts = ["127.0.0.1", "[::1]"]
+    public var runHosts = ["localhost"]
+    /// Absolute origin of media URLs; default: the HTTPS listener (else the HTTP one) as seen from this machine.
+    public var publicURL: String?
+    public var maxJSONBodyBytes = 10 * 1024 * 1024
+    public var requestRetentionSeconds = 3600.0
+    public var logLevel = Logger.Level.info
+
+    public init() {}
+
+    /// One setting: its name and how a text value is applied.
+    struct Setting: Sendable {
+        let name: String
+        let help: String
+        let apply: @Sendable (inout RelayConfiguration, String) throws(ConfigurationError) -> Void
+
+        var environmentName: String { "RELAY_" + name.uppercased() }
+        var flagName: String { "--" + name.replacingOccurrences(of: "_", with: "-") }
+    }
+
+    static let settings: [Setting] = [
+        Setting(name: "data_dir", help: "data directory (blobs, results, keys, tls)") { $0.dataDirectory = $1 },
+        Setting(name: "http", help: "plain HTTP listener HOST:PORT, or off") { config, value throws(ConfigurationError) in
+            config.http = try Address.parse(value)
+        },
+        Setting(name: "https", help: "HTTPS listener HOST:PORT, or off") { config, value throws(ConfigurationError) in
+            config.https = try Address.parse(value)
+        },
+        Setting(name: "tls_cert", help: "PEM certificate chain (default: a development CA's certificate)") { $0.tlsCertificate = $1 },
+        Setting(name: "tls_key", help: "PEM private key for --tls-cert") { $0.tlsKey = $1 },
+        Setting(name: "event_loop_threads", help: "event loop threads (default: cores)") { config, value throws(ConfigurationError) in
+            config.eventLoopThreads = try integer(value, "event_loop_threads", 1...256)
+        },
+        Setting(name: "synthetic_time_scale", help: "synthetic timings: 1 realistic, 0 instant") { config, value throws(ConfigurationError) in
+            guard let scale = Double(value), scale >= 0, scale <= 100 else {
+                throw ConfigurationError("synthetic_time_scale must be a number in 0...100, not \"\(value)\"")
+            }
+            config.syntheticTimeScale = scale
+        },
+        Setting(name: "synthetic_slots", help: "concurrent synthetic generations (GPU slots)") { config, value throws(ConfigurationError) in
+            config.syntheticSlots = try integer(value, "synthetic_slots", 1...1024)
+        },
+        Setting(name: "catalog", help: "model catalog JSON file") { $0.catalogPath = $1 },
+        Setting(name: "queue_hosts", help: "comma-separated Host names of the queue API") { $0.queueHosts = list($1) },
+        Setting(name: "run_hosts", help: "comma-separated Host names of the run API") { $0.runHosts = list($1) },
+        Setting(name: "public_url", help: "origin used in media URLs, e.g. https://relay.example.com") { $0.publicURL = $1 },
+        Setting(name: "max_json_body_bytes", help: "largest JSON body (413 beyond)") { config, value throws(ConfigurationError) in
+            config.maxJSONBodyBytes = try integer(value, "max_json_body_bytes", 1024...(1 << 30))
+        },
+        Setting(name: "request_retention_seconds", help: "how long finished requests stay addressable") { config, value throws(ConfigurationError) in
+            config.requestRetentionSeconds = Double(try integer(value, "request_retention_seconds", 1...(86_400 * 30)))
+        },
+        Setting(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") { config, value throws(ConfigurationError) in
+            guard let level = Logger.Level(rawValue: value.lowercased()) else {
+                throw ConfigurationError("log_level \"\(value)\" is not one of trace, debug, info, notice, warning, error, critical")
+            }
+            config.logLevel = level
+        },
+    ]
+
+    /// Builds the configuration from its sources. `flags` maps setting names to values given on the command line.
+    public static func load(
+        configFile: String?,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        flags: [String: String] = [:]
+    ) throws(ConfigurationError) -> RelayConfiguration {
+        var config = RelayConfiguration()
+        var fileFolder: String?
+        let configPath = flags["config"] ?? environment["RELAY_CONFIG"] ?? configFile
+        if let configPath {
+            fileFolder = (configPath as NSString).deletingLastPathComponent
+            for (name, value) in try fileValues(configPath) {
+                try apply(name, value, to: &config, source: "config file \(configPath)")
+            }
+        }
+        for setting in settings {
+            if let value = environment[setting.environmentName] {
+                try apply(setting.name, value, to: &config, source: "environment \(setting.environmentName)")
+            }
+        }
+        for (name, value) in flags where name != "config" {
+            try apply(name, value, to: &config, source: "flag --\(name)")
+        }
+        // A catalog named in the config file is relative to that file.
+        if let catalog = config.catalogPath, !catalog.hasPrefix("/"), let folder = fileFolder, flags["catalog"] == nil,
+            environment["RELAY_CATALOG"] == nil
+        {
+            config.catalogPath = folder.isEmpty ? catalog : folder + "/" + catalog
+        }
+        return config
+    }
+
+    static func setting(named name: String) -> Setting? {
+        settings.first { $0.name == name }
+    }
+
+    private static func apply(_ name: String, _ value: String, to config: inout RelayConfiguration, source: String) throws(ConfigurationError) {
+        guard let setting = setting(named: name) else {
+            throw ConfigurationError("\(source): unknown setting \"\(name)\"")
+        }
+        do {
+            try setting.apply(&config, value)
+        } catch {
+            throw ConfigurationError("\(source): \(error.description)")
+        }
+    }
+
+    /// The config file's settings as text values (numbers and booleans as written, lists joined by commas).
+    private static func fileValues(_ path: String) throws(ConfigurationError) -> [(String, String)] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError("cannot read config file \(path)")
+        }
+        let document: JSONValue
+        do {
+            document = try JSONValue(parsing: [UInt8](data))
+        } catch {
+            throw ConfigurationError("config file \(path) is not valid JSON: \(error)")
+        }
+        guard let object = document.objectValue else { throw ConfigurationError("config file \(path) must hold a JSON object") }
+        var values: [(String, String)] = []
+        for (name, value) in object where !name.hasPrefix("_") {
+            switch value {
+            case .string(let text): values.append((name, text))
+            case .number, .bool: values.append((name, value.serializedString))
+            case .array(let items): values.append((name, items.compactMap(\.stringValue).joined(separator: ",")))
+            case .null: continue
+            case .object: throw ConfigurationError("config file \(path): \"\(name)\" must not be an object")
+            }
+        }
+        return values
+    }
+
+    private static func integer(_ value: String, _ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let number = Int(value), range.contains(number) else {
+            throw ConfigurationError("\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not \"\(value)\"")
+        }
+        return number
+    }
+
+    private static func list(_ value: String) -> [String] {
+        value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
