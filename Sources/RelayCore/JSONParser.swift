@@ -5,13 +5,13 @@ extension JSONValue {
     /// UTF-8, unescaped control characters, unknown escapes, unpaired surrogate escapes, duplicate
     /// keys, numbers beyond the range of a Double (underflow to zero is accepted), non-JSON number
     /// forms (`01`, `+1`, `.5`, `1.`, `NaN`), trailing commas, and nesting deeper than `maxDepth`
-    /// arrays/objects (a scalar is depth 0).
+    /// arrays/objects (a scalar is depth 0). Parsing recurses once per level, so keep `maxDepth` modest.
     public init(parsing bytes: UnsafeRawBufferPointer, maxDepth: Int = 128) throws(JSONError) {
         var parser = JSONParser(bytes: bytes, maxDepth: maxDepth)
         self = try parser.parseDocument()
     }
 
-    /// Parses one JSON text; see ``init(parsing:maxDepth:)-(UnsafeRawBufferPointer,_)``.
+    /// Parses one JSON text; the rules are those of the `UnsafeRawBufferPointer` overload.
     public init(parsing bytes: [UInt8], maxDepth: Int = 128) throws(JSONError) {
         let result = bytes.withUnsafeBytes { buffer in
             Result { () throws(JSONError) -> JSONValue in
@@ -21,7 +21,7 @@ extension JSONValue {
         self = try result.get()
     }
 
-    /// Parses one JSON text from its UTF-8 form; see ``init(parsing:maxDepth:)-(UnsafeRawBufferPointer,_)``.
+    /// Parses one JSON text from its UTF-8 form; the rules are those of the `UnsafeRawBufferPointer` overload.
     public init(parsing text: String, maxDepth: Int = 128) throws(JSONError) {
         var text = text
         let result = text.withUTF8 { buffer in
@@ -87,7 +87,11 @@ struct JSONParser {
         case UInt8(ascii: "+"):
             throw JSONError(.invalidNumber, at: position, "invalid number: a leading '+' is not allowed")
         case UInt8(ascii: "."):
-            throw JSONError(.invalidNumber, at: position, "invalid number: a digit is required before the decimal point")
+            throw JSONError(
+                .invalidNumber,
+                at: position,
+                "invalid number: a digit is required before the decimal point"
+            )
         case UInt8(ascii: "N"), UInt8(ascii: "I"):
             throw JSONError(
                 .unexpectedCharacter,
@@ -190,7 +194,11 @@ struct JSONParser {
             let key = try parseString()
             skipWhitespace()
             guard position < bytes.count else {
-                throw JSONError(.unexpectedEnd, at: position, "unexpected end of input: expected ':' after an object key")
+                throw JSONError(
+                    .unexpectedEnd,
+                    at: position,
+                    "unexpected end of input: expected ':' after an object key"
+                )
             }
             guard bytes[position] == UInt8(ascii: ":") else {
                 throw JSONError(
@@ -299,7 +307,8 @@ struct JSONParser {
         case UInt8(ascii: "u"):
             return try unescapeUnicode(at: index)
         default:
-            let shown = bytes[index + 1] >= 0x20 && bytes[index + 1] < 0x7F
+            let shown =
+                bytes[index + 1] >= 0x20 && bytes[index + 1] < 0x7F
                 ? "'\\\(Character(Unicode.Scalar(bytes[index + 1])))'"
                 : "backslash before byte 0x\(Self.hex(bytes[index + 1]))"
             throw JSONError(
@@ -352,21 +361,12 @@ struct JSONParser {
     private func hexQuad(at index: Int, escapeAt escape: Int) throws(JSONError) -> UInt32 {
         var value: UInt32 = 0
         for offset in 0..<4 {
-            guard index + offset < bytes.count, let digit = Self.hexValue(bytes[index + offset]) else {
+            guard index + offset < bytes.count, let digit = Hex.value(bytes[index + offset]) else {
                 throw JSONError(.invalidEscape, at: escape, "invalid escape: \\u must be followed by four hex digits")
             }
             value = value << 4 | UInt32(digit)
         }
         return value
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     private mutating func appendUTF8(_ scalar: UInt32) {
@@ -396,20 +396,40 @@ struct JSONParser {
         var secondRange: ClosedRange<UInt8> = 0x80...0xBF
         switch lead {
         case 0xC2...0xDF: length = 2
-        case 0xE0: length = 3; secondRange = 0xA0...0xBF
+        case 0xE0:
+            length = 3
+            secondRange = 0xA0...0xBF
         case 0xE1...0xEC, 0xEE...0xEF: length = 3
-        case 0xED: length = 3; secondRange = 0x80...0x9F
-        case 0xF0: length = 4; secondRange = 0x90...0xBF
+        case 0xED:
+            length = 3
+            secondRange = 0x80...0x9F
+        case 0xF0:
+            length = 4
+            secondRange = 0x90...0xBF
         case 0xF1...0xF3: length = 4
-        case 0xF4: length = 4; secondRange = 0x80...0x8F
+        case 0xF4:
+            length = 4
+            secondRange = 0x80...0x8F
         default:
-            throw JSONError(.invalidUTF8, at: index, "invalid UTF-8 in string: byte 0x\(Self.hex(lead)) cannot start a character")
+            throw JSONError(
+                .invalidUTF8,
+                at: index,
+                "invalid UTF-8 in string: byte 0x\(Self.hex(lead)) cannot start a character"
+            )
         }
         guard index + length <= bytes.count, secondRange.contains(bytes[index + 1]) else {
-            throw JSONError(.invalidUTF8, at: index, "invalid UTF-8 in string: malformed sequence starting with 0x\(Self.hex(lead))")
+            throw JSONError(
+                .invalidUTF8,
+                at: index,
+                "invalid UTF-8 in string: malformed sequence starting with 0x\(Self.hex(lead))"
+            )
         }
         for offset in 2..<length where bytes[index + offset] & 0xC0 != 0x80 {
-            throw JSONError(.invalidUTF8, at: index, "invalid UTF-8 in string: malformed sequence starting with 0x\(Self.hex(lead))")
+            throw JSONError(
+                .invalidUTF8,
+                at: index,
+                "invalid UTF-8 in string: malformed sequence starting with 0x\(Self.hex(lead))"
+            )
         }
         return length
     }
@@ -485,7 +505,8 @@ struct JSONParser {
         // multiplication or division gives the correctly rounded result.
         if exact, significand <= 1 << 53, exponent >= -22, exponent <= 22 {
             let magnitude = Double(significand)
-            let value = exponent < 0
+            let value =
+                exponent < 0
                 ? magnitude / Self.powersOfTen[-exponent]
                 : magnitude * Self.powersOfTen[exponent]
             return negative ? -value : value

@@ -44,7 +44,8 @@ enum JSONWriter {
             }
             output.append(UInt8(ascii: "]"))
         case .object(let object):
-            let members = canonical
+            let members =
+                canonical && object.count > 1
                 ? object.members.sorted { JSONKey.utf16Precedes($0.key, $1.key) }
                 : object.members
             output.append(UInt8(ascii: "{"))
@@ -89,17 +90,13 @@ enum JSONWriter {
                     output.append(UInt8(ascii: "u"))
                     output.append(UInt8(ascii: "0"))
                     output.append(UInt8(ascii: "0"))
-                    output.append(hexDigit(byte >> 4))
-                    output.append(hexDigit(byte & 0xF))
+                    output.append(Hex.digit(byte >> 4))
+                    output.append(Hex.digit(byte & 0xF))
                 }
             }
             output.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart...]))
         }
         output.append(UInt8(ascii: "\""))
-    }
-
-    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
-        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
     }
 
     // MARK: - Numbers

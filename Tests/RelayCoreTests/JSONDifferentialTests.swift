@@ -20,7 +20,10 @@ import Testing
         }
 
         let reference = try JSONNodeReference.canonicalize(documents)
-        try #require(reference.count == documents.count, "node returned \(reference.count) lines for \(documents.count) documents")
+        try #require(
+            reference.count == documents.count,
+            "node returned \(reference.count) lines for \(documents.count) documents"
+        )
 
         var mismatches = 0
         for (index, document) in documents.enumerated() {
@@ -63,7 +66,9 @@ import Testing
     @Test func generatorCoversTheInterestingCases() throws {
         var generator = JSONDocumentGenerator(seed: 0x5EED_0000_8785)
         let text = (0..<300).map { _ in generator.document() }.joined(separator: "\n")
-        for needle in ["\\u", "\\ud8", "\\\"", "\\\\", "\\n", "e-", "e+", "E", "\u{2028}", "\u{FFFF}", "\u{10000}", "\t"] {
+        for needle in [
+            "\\u", "\\ud8", "\\\"", "\\\\", "\\n", "e-", "e+", "E", "\u{2028}", "\u{FFFF}", "\u{10000}", "\t",
+        ] {
             #expect(text.contains(needle), "no \(needle.debugDescription) in 300 generated documents")
         }
         #expect(text.unicodeScalars.contains { $0.value >= 0x1_0000 })
@@ -73,7 +78,7 @@ import Testing
 /// Runs Tests/clients/jcs_reference.mjs under node.
 enum JSONNodeReference {
     static let isAvailable: Bool = {
-        guard let status = try? run(["node", "--version"]) else { return false }
+        guard let status = try? run(["node", "--version"], quiet: true) else { return false }
         return status == 0
     }()
 
@@ -108,11 +113,12 @@ enum JSONNodeReference {
         return lines
     }
 
-    private static func run(_ arguments: [String]) throws -> Int32 {
+    private static func run(_ arguments: [String], quiet: Bool = false) throws -> Int32 {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
+        if quiet { process.standardError = FileHandle.nullDevice }
         try process.run()
         process.waitUntilExit()
         return process.terminationStatus
@@ -157,7 +163,9 @@ struct JSONDocumentGenerator {
         for _ in 0..<count {
             let key = keyScalars()
             guard seen.insert(key.map(\.value)).inserted else { continue }
-            members.append(whitespace() + stringText(key) + whitespace() + ":" + whitespace() + value(depth: depth) + whitespace())
+            members.append(
+                whitespace() + stringText(key) + whitespace() + ":" + whitespace() + value(depth: depth) + whitespace()
+            )
         }
         return "{" + whitespace() + members.joined(separator: ",") + "}"
     }
@@ -266,7 +274,8 @@ struct JSONDocumentGenerator {
         var text = "\""
         for scalar in scalars {
             let shortEscapes: [UInt32: String] = [
-                0x22: "\\\"", 0x5C: "\\\\", 0x2F: "\\/", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
+                0x22: "\\\"", 0x5C: "\\\\", 0x2F: "\\/", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r",
+                0x09: "\\t",
             ]
             let mustEscape = scalar.value < 0x20 || scalar == "\"" || scalar == "\\"
             if !mustEscape && random.chance(0.7) {

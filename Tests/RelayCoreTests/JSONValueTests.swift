@@ -158,13 +158,15 @@ import Testing
         #expect(JSONValue.string("x")["x"] == nil)
     }
 
-    @Test(arguments: [
-        (3.0, 3),
-        (-0.0, 0),
-        (-7.0, -7),
-        (9_007_199_254_740_992.0, 9_007_199_254_740_992),
-        (-9_223_372_036_854_775_808.0, Int.min),
-    ] as [(Double, Int)])
+    @Test(
+        arguments: [
+            (3.0, 3),
+            (-0.0, 0),
+            (-7.0, -7),
+            (9_007_199_254_740_992.0, 9_007_199_254_740_992),
+            (-9_223_372_036_854_775_808.0, Int.min),
+        ] as [(Double, Int)]
+    )
     func intValueForIntegralNumbers(number: Double, expected: Int) {
         #expect(JSONValue.number(number).intValue == expected)
     }
