@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C libraries from Debian's -dev packages (STYLE.md rule 9).
@@ -43,7 +45,7 @@ let package = Package(
         ),
         .target(
             name: "RelayJobs",
-            dependencies: ["RelayCore", "RelayStore"] + nio,
+            dependencies: ["RelayCore", "RelayStore", .product(name: "CoreMetrics", package: "swift-metrics")] + nio,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -58,6 +60,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -71,6 +74,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -87,7 +92,7 @@ let package = Package(
         .testTarget(name: "RelayCoreTests", dependencies: ["RelayCore"], swiftSettings: swiftSettings),
         .testTarget(name: "RelayMediaTests", dependencies: ["RelayMedia"], swiftSettings: swiftSettings),
         .testTarget(name: "RelayStoreTests", dependencies: ["RelayStore"], swiftSettings: swiftSettings),
-        .testTarget(name: "RelayJobsTests", dependencies: ["RelayJobs"], swiftSettings: swiftSettings),
+        .testTarget(name: "RelayJobsTests", dependencies: ["RelayJobs", "RelayStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RelayUpstreamsTests",
             dependencies: ["RelayUpstreams"],

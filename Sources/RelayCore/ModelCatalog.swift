@@ -32,6 +32,8 @@ public struct ModelSpec: Sendable, Hashable {
     /// Seconds per inference step per megapixel at time scale 1 (synthetic upstream); per second of media for audio.
     public let secondsPerStep: Double
     public let realtime: Bool
+    /// How long a result stays servable from cache; nil = the relay's default.
+    public let cacheTTLSeconds: Double?
     /// The upstream that serves it: "synthetic" or the name of a configured origin.
     public let upstream: String
 
@@ -45,6 +47,7 @@ public struct ModelSpec: Sendable, Hashable {
         ignoredFields: [String] = [],
         secondsPerStep: Double = 0.05,
         realtime: Bool = false,
+        cacheTTLSeconds: Double? = nil,
         upstream: String = "synthetic"
     ) {
         self.id = id
@@ -56,6 +59,7 @@ public struct ModelSpec: Sendable, Hashable {
         self.ignoredFields = ignoredFields
         self.secondsPerStep = secondsPerStep
         self.realtime = realtime
+        self.cacheTTLSeconds = cacheTTLSeconds
         self.upstream = upstream
     }
 
@@ -96,6 +100,8 @@ public struct ModelSpec: Sendable, Hashable {
         }
         let speed = object["seconds_per_step"]?.doubleValue ?? 0.05
         guard speed >= 0, speed.isFinite else { throw CatalogError("model \(id): \"seconds_per_step\" must be ≥ 0") }
+        let ttl = object["cache_ttl_seconds"]?.doubleValue
+        if let ttl, !(ttl > 0 && ttl.isFinite) { throw CatalogError("model \(id): \"cache_ttl_seconds\" must be > 0") }
         self.init(
             id: id,
             title: object["title"]?.stringValue ?? id,
@@ -106,6 +112,7 @@ public struct ModelSpec: Sendable, Hashable {
             ignoredFields: try strings("ignored_fields", default: ["sync_mode"]),
             secondsPerStep: speed,
             realtime: object["realtime"]?.boolValue ?? false,
+            cacheTTLSeconds: ttl,
             upstream: object["upstream"]?.stringValue ?? "synthetic"
         )
     }

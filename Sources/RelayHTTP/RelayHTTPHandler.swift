@@ -111,6 +111,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             } else {
                 respondError(context: context, head: head, error: .unavailable("starting or draining", type: "not_ready"))
             }
+        case .metrics:
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
+            let text = services.metricsText?() ?? []
+            var buffer = context.channel.allocator.buffer(capacity: text.count)
+            buffer.writeBytes(text)
+            write(context: context, head: head, status: .ok, headers: headers, body: buffer)
         case .notFound:
             respondError(context: context, head: head, error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))"))
         case .methodNotAllowed:
@@ -124,20 +131,20 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(let prepared): input = prepared
             case .failure(let error): return respondError(context: context, head: head, error: error)
             }
-            let bypass = Self.cacheDirectives(head.headers).contains("no-cache")
+            let directives = Self.cacheDirectives(head.headers)
             let request = services.jobs.submit(
                 input,
                 endpoint: endpoint,
-                key: RequestKey(input: input, hasher: services.hasher),
+                key: services.requestKey(input, principal: principal),
                 ownerKeyID: principal.keyID,
-                allowCoalescing: !bypass
+                directives: CacheDirectives(noCache: directives.contains("no-cache"), noStore: directives.contains("no-store"))
             )
             switch route {
             case .submit:
                 let base = queueBase(head: head, app: endpoint.app)
                 respond(
                     context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
-                    requestID: request.id, extraHeaders: [("x-relay-cache", request.cacheOutcome.rawValue)]
+                    requestID: request.id, extraHeaders: Self.cacheHeaders(request)
                 )
             case .run:
                 begin(.run(request), context: context, keepAlive: keepAlive)
@@ -161,14 +168,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let phase = request.phase
                 let logs = query.flag("logs") ? request.job.status.logs[...] : nil
                 let json = FalWire.status(id: id, phase: phase, logs: logs, base: queueBase(head: head, app: app.app))
-                respond(context: context, head: head, status: HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase)), json: json, requestID: id)
+                respond(
+                    context: context, head: head, status: HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase)), json: json,
+                    requestID: id, extraHeaders: Self.cacheHeaders(request)
+                )
             case .statusStream:
                 let base = queueBase(head: head, app: app.app)
                 begin(.statusStream(request, base: base, withLogs: query.flag("logs")), context: context, keepAlive: keepAlive)
             default:
                 switch FalWire.result(for: request.phase, id: id) {
                 case .success(let result):
-                    respond(context: context, head: head, status: .ok, json: result, requestID: id, extraHeaders: [("x-relay-cache", request.cacheOutcome.rawValue)])
+                    respond(context: context, head: head, status: .ok, json: result, requestID: id, extraHeaders: Self.cacheHeaders(request))
                 case .failure(let error):
                     respondError(context: context, head: head, error: error, requestID: id)
                 }
@@ -322,7 +332,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
         headers.add(name: "cache-control", value: "no-cache")
         headers.add(name: "x-fal-request-id", value: request.id)
-        headers.add(name: "x-relay-cache", value: request.cacheOutcome.rawValue)
+        for (name, value) in Self.cacheHeaders(request) {
+            headers.add(name: name, value: value)
+        }
         headers.add(name: "x-accel-buffering", value: "no")
         if !exchange.keepAlive {
             headers.add(name: "connection", value: "close")
@@ -352,7 +364,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .run(let request):
             guard case .completed(let outcome) = event.kind else { return }
             finish(exchange, context: context, clientGone: false)
-            let extra = [("x-relay-cache", request.cacheOutcome.rawValue)]
+            let extra = Self.cacheHeaders(request)
             switch FalWire.result(for: .completed(outcome), id: request.id) {
             case .success(let result):
                 respond(context: context, keepAlive: exchange.keepAlive, status: .ok, json: result, requestID: request.id, extraHeaders: extra)
@@ -533,6 +545,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private static func path(_ uri: String) -> Substring {
         uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+    }
+
+    /// `x-relay-cache` and RFC 9211 `Cache-Status`: how the request was served.
+    static func cacheHeaders(_ request: RelayRequest) -> [(String, String)] {
+        [("x-relay-cache", request.cacheOutcome.rawValue), ("cache-status", request.cacheStatus)]
     }
 
     /// `Cache-Control` request directives, lowercased, without values.

@@ -57,6 +57,10 @@ public struct RelayServices: Sendable {
     public let limits: HTTPLimits
     public let readiness: Readiness
     public let logger: Logger
+    /// Whether RequestKeys are shared by all callers (`global`) or separate per API key (`per-key`).
+    public let perKeyScope: Bool
+    /// Prometheus text for `/metrics`.
+    public let metricsText: (@Sendable () -> [UInt8])?
 
     public init(
         catalog: ModelCatalog,
@@ -67,7 +71,9 @@ public struct RelayServices: Sendable {
         router: Router,
         limits: HTTPLimits,
         readiness: Readiness,
-        logger: Logger
+        logger: Logger,
+        perKeyScope: Bool = false,
+        metricsText: (@Sendable () -> [UInt8])? = nil
     ) {
         self.catalog = catalog
         self.jobs = jobs
@@ -78,5 +84,12 @@ public struct RelayServices: Sendable {
         self.limits = limits
         self.readiness = readiness
         self.logger = logger
+        self.perKeyScope = perKeyScope
+        self.metricsText = metricsText
+    }
+
+    /// The RequestKey of an input for this caller, under the configured scope.
+    public func requestKey(_ input: ModelInput, principal: Principal) -> RequestKey {
+        RequestKey(input: input, scope: perKeyScope ? (principal.keyID ?? "anonymous") : "", hasher: hasher)
     }
 }

@@ -5,6 +5,7 @@ public import RelayCore
 public enum Route: Sendable, Hashable {
     case health
     case ready
+    case metrics
     case submit(EndpointID)
     case status(app: EndpointID, requestID: String)
     case statusStream(app: EndpointID, requestID: String)
@@ -90,6 +91,8 @@ public struct Router: Sendable {
             return readOnly ? .health : .methodNotAllowed
         case "readyz" where segments.count == 1:
             return readOnly ? .ready : .methodNotAllowed
+        case "metrics" where segments.count == 1:
+            return readOnly ? .metrics : .methodNotAllowed
         case "files":
             guard segments.count == 2, let file = Self.file(segments[1]) else { return .notFound }
             return readOnly ? .file(file.0, fileExtension: file.1) : .methodNotAllowed

@@ -8,6 +8,8 @@ import RelayHTTP
 import RelayJobs
 import RelayStore
 import RelayUpstreams
+import CoreMetrics
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 
@@ -35,6 +37,7 @@ public struct RelayApplication: Sendable {
             throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
         }
         let hasher = KeyedHasher(secret: try DeploymentSecret.load(dataDirectory: dataDirectory))
+        _ = RelayMetricsSystem.registry
         let catalog = try loadCatalog(logger: logger)
 
         var caPath: String?
@@ -82,7 +85,10 @@ public struct RelayApplication: Sendable {
             store: store,
             threadPool: threadPool
         )
-        let jobs = JobTable(retentionSeconds: config.requestRetentionSeconds) { _ in synthetic }
+        let jobs = JobTable(
+            retentionSeconds: config.requestRetentionSeconds,
+            cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds)
+        ) { _ in synthetic }
         let readiness = Readiness()
         let relayServices = RelayServices(
             catalog: catalog,
@@ -93,7 +99,9 @@ public struct RelayApplication: Sendable {
             router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
             limits: HTTPLimits(maxJSONBodyBytes: config.maxJSONBodyBytes),
             readiness: readiness,
-            logger: logger
+            logger: logger,
+            perKeyScope: config.perKeyCacheScope,
+            metricsText: { RelayMetricsSystem.registry.emitToBuffer() }
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -199,6 +207,15 @@ public struct RelayApplication: Sendable {
         lines.append("READY \(machine)")
         return lines.joined(separator: "\n")
     }
+}
+
+/// The process-wide Prometheus registry behind swift-metrics (bootstrapped once, at the first `run`).
+enum RelayMetricsSystem {
+    static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
 }
 
 /// Where media URLs point; known only once the listeners are bound (port 0 picks the port).

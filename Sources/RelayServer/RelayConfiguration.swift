@@ -51,6 +51,10 @@ public struct RelayConfiguration: Sendable {
     public var publicURL: String?
     public var maxJSONBodyBytes = 10 * 1024 * 1024
     public var requestRetentionSeconds = 3600.0
+    /// How long a cached result stays fresh when its model gives no `cache_ttl_seconds`.
+    public var resultTTLSeconds = 86_400.0
+    /// `global`: identical work is shared by every caller; `per-key`: only by requests of the same API key.
+    public var perKeyCacheScope = false
     public var logLevel = Logger.Level.info
 
     public init() {}
@@ -96,6 +100,16 @@ public struct RelayConfiguration: Sendable {
         },
         Setting(name: "request_retention_seconds", help: "how long finished requests stay addressable") { config, value throws(ConfigurationError) in
             config.requestRetentionSeconds = Double(try integer(value, "request_retention_seconds", 1...(86_400 * 30)))
+        },
+        Setting(name: "result_ttl_seconds", help: "how long cached results stay fresh (default 1 day)") { config, value throws(ConfigurationError) in
+            config.resultTTLSeconds = Double(try integer(value, "result_ttl_seconds", 1...(86_400 * 365)))
+        },
+        Setting(name: "cache_scope", help: "global (share identical work across keys) or per-key") { config, value throws(ConfigurationError) in
+            switch value.lowercased() {
+            case "global": config.perKeyCacheScope = false
+            case "per-key", "per_key": config.perKeyCacheScope = true
+            default: throw ConfigurationError("cache_scope must be global or per-key, not \"\(value)\"")
+            }
         },
         Setting(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") { config, value throws(ConfigurationError) in
             guard let level = Logger.Level(rawValue: value.lowercased()) else {

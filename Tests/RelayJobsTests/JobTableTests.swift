@@ -1,4 +1,5 @@
 import RelayCore
+import RelayStore
 import Synchronization
 import Testing
 
@@ -37,7 +38,7 @@ final class ManualUpstream: Upstream, Sendable {
     }
 
     func submit(_ table: JobTable, _ input: ModelInput, owner: String? = nil, coalesce: Bool = true) -> RelayRequest {
-        table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner, allowCoalescing: coalesce)
+        table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner, directives: CacheDirectives(noCache: !coalesce))
     }
 
     @Test func identicalWorkInFlightIsDoneOnce() throws {
@@ -52,9 +53,90 @@ final class ManualUpstream: Upstream, Sendable {
         #expect(first.cacheOutcome == .miss && second.cacheOutcome == .coalesced)
         upstream.tasks[0].job.receive(.succeeded(result: ["done": true], inferenceSeconds: 1))
         #expect(table.request(second.id, keyID: nil)?.phase == .completed(.success(result: ["done": true], inferenceSeconds: 1)))
-        // Finished work is not joined: a new submission starts a new job.
+        // Finished, seeded work is served from the result cache: no new upstream job.
         let third = submit(table, try input("a fox"))
-        #expect(third.job !== first.job && upstream.tasks.count == 3)
+        #expect(third.job !== first.job && upstream.tasks.count == 2)
+        #expect(third.cacheOutcome == .hit && third.cacheStatus.hasPrefix("MediaRelay; hit; ttl="))
+        #expect(third.phase == .completed(.success(result: ["done": true], inferenceSeconds: 1)))
+    }
+
+    @Test func unseededResultsCoalesceButAreNotCached() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let first = submit(table, try input("random", seed: nil))
+        let second = submit(table, try input("random", seed: nil))
+        #expect(second.cacheOutcome == .coalesced && upstream.tasks.count == 1)
+        #expect(first.cacheStatus.contains("fwd=miss") && !first.cacheStatus.contains("stored"))
+        upstream.tasks[0].job.receive(.succeeded(result: ["r": 1], inferenceSeconds: nil))
+        let third = submit(table, try input("random", seed: nil))
+        #expect(third.cacheOutcome == .miss && upstream.tasks.count == 2)
+    }
+
+    @Test func alwaysPolicyCachesWithoutASeed() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let speech = ModelSpec(id: "fal-ai/tts/x", title: "tts", kind: .audio, dedup: .always, required: ["text"])
+        let a = try ModelInput(model: speech, input: ["text": "hello"])
+        let endpoint = EndpointID("fal-ai/tts/x")!
+        _ = table.submit(a, endpoint: endpoint, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
+        upstream.tasks[0].job.receive(.succeeded(result: ["audio": "x"], inferenceSeconds: nil))
+        let again = table.submit(a, endpoint: endpoint, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
+        #expect(again.cacheOutcome == .hit && upstream.tasks.count == 1)
+    }
+
+    @Test func noCacheRegeneratesAndNoStoreKeepsNothing() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let stored = submit(table, try input("fresh"))
+        upstream.tasks[0].job.receive(.succeeded(result: ["v": 1], inferenceSeconds: nil))
+        #expect(stored.cacheStatus.contains("stored"))
+        let refreshed = submit(table, try input("fresh"), coalesce: false)
+        #expect(refreshed.cacheOutcome == .bypass && refreshed.cacheStatus.contains("fwd=request") && upstream.tasks.count == 2)
+        upstream.tasks[1].job.receive(.succeeded(result: ["v": 2], inferenceSeconds: nil))
+        // The regenerated result replaced the old one.
+        #expect(submit(table, try input("fresh")).phase == .completed(.success(result: ["v": 2], inferenceSeconds: nil)))
+
+        let secret = try input("secret")
+        let key = RequestKey(input: secret, hasher: hasher)
+        let kept = table.submit(secret, endpoint: endpoint, key: key, ownerKeyID: nil, directives: CacheDirectives(noStore: true))
+        #expect(!kept.cacheStatus.contains("stored"))
+        upstream.tasks[2].job.receive(.succeeded(result: ["v": 3], inferenceSeconds: nil))
+        #expect(table.results.count == 1)
+        #expect(submit(table, try input("secret")).cacheOutcome == .miss)
+    }
+
+    @Test func failuresAreNotCachedButRejectionsAreBriefly() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable(cachePolicy: .init(resultTTLSeconds: 100, negativeTTLSeconds: 5)) { _ in upstream }
+        _ = submit(table, try input("flaky"))
+        upstream.tasks[0].job.receive(.failed(.unavailable("busy")))
+        #expect(submit(table, try input("flaky")).cacheOutcome == .miss)
+        #expect(upstream.tasks.count == 2)
+
+        _ = submit(table, try input("invalid"))
+        upstream.tasks[2].job.receive(.failed(.validation(.missing("image_url"))))
+        let again = submit(table, try input("invalid"))
+        #expect(again.cacheOutcome == .hit && upstream.tasks.count == 3)
+        #expect(again.phase == .completed(.failure(.validation(.missing("image_url")))))
+        // Negative entries expire quickly.
+        table.sweep(now: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 10))
+        #expect(submit(table, try input("invalid")).cacheOutcome == .miss)
+    }
+
+    @Test func cacheHitsAreVerifiedByteForByte() throws {
+        let table = JobTable { _ in ManualUpstream() }
+        let a = try input("one")
+        let b = try input("two")
+        let key = RequestKey(input: a, hasher: hasher)
+        let now = Timestamp.now()
+        table.results.store(key, CachedResult(
+            modelID: model.id, canonicalInput: a.canonicalBytes, outcome: .success(result: ["a": 1], inferenceSeconds: nil),
+            storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + 60)
+        ))
+        // Same key, other input (a forced collision): a miss, never a wrong answer.
+        let collided = table.submit(b, endpoint: endpoint, key: key, ownerKeyID: nil)
+        #expect(collided.cacheOutcome == .miss)
+        #expect(table.submit(a, endpoint: endpoint, key: key, ownerKeyID: nil).cacheOutcome == .hit)
     }
 
     @Test func noCacheAndNeverPolicyDoNotCoalesce() throws {

@@ -74,7 +74,7 @@ import Testing
     }
 
     func job(_ model: String, _ input: JSONObject) throws -> Job {
-        let spec = try #require(Self.catalog.model(model))
+        guard let spec = Self.catalog.model(model) else { throw CatalogError("\(model) is not in the catalog") }
         let modelInput = try ModelInput(model: spec, input: input)
         return Job(input: modelInput, key: RequestKey(digest: Digest128(high: 1, low: 2)))
     }

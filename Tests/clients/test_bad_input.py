@@ -116,6 +116,7 @@ def test_strict_tls_verification_accepts_the_development_ca(relay):
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tls_1_1_is_refused(relay):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(relay.ca)
