@@ -8,7 +8,7 @@ struct MediaRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "media-relay",
         abstract: "An edge relay for generative-media APIs that speaks the fal queue and run protocols.",
-        subcommands: [Serve.self, Keys.self],
+        subcommands: [Serve.self, Keys.self, Canonicalize.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -105,6 +105,40 @@ struct Keys: AsyncParsableCommand {
                 throw ValidationError("no key with id \(id)")
             }
             print("revoked \(id)")
+        }
+    }
+}
+
+/// `media-relay canonicalize`: explains a cache miss by showing what the relay keys on.
+struct Canonicalize: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Read one JSON document on stdin and print its canonical form (RFC 8785).",
+        discussion: """
+            With --model, the model's catalog rules apply first (defaults filled in, presets expanded, \
+            ignored fields dropped). With --key, the RequestKey (hex) is printed instead, as this relay's data \
+            directory keys it (global scope).
+            """
+    )
+
+    @Option(help: "Apply this model's normalisation from the catalog") var model: String?
+    @Flag(help: "Print the RequestKey in hex instead of the canonical bytes (needs --model)") var key = false
+    @Option(help: "Model catalog (default Config/models.json)") var catalog: String = "Config/models.json"
+    @Option(help: "Data directory holding the deployment secret (default ./data, or RELAY_DATA_DIR)") var dataDir: String?
+
+    func run() async throws {
+        let input = FileHandle.standardInput.readDataToEndOfFile()
+        do {
+            let output = try CanonicalForm.render(
+                input: [UInt8](input),
+                model: model,
+                printKey: key,
+                catalogPath: catalog,
+                dataDirectory: dataDir ?? ProcessInfo.processInfo.environment["RELAY_DATA_DIR"] ?? "./data"
+            )
+            FileHandle.standardOutput.write(Data(output + [UInt8(ascii: "\n")]))
+        } catch {
+            FileHandle.standardError.write(Data("media-relay canonicalize: \(error)\n".utf8))
+            throw ExitCode(2)
         }
     }
 }
