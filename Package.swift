@@ -17,6 +17,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "media-relay", targets: ["media-relay"]),
+        // Libraries for the side packages in loadtest/ and fuzz/ (benchmarks and fuzzers build apart from CI).
+        .library(name: "RelayCore", targets: ["RelayCore"]),
+        .library(name: "RelayJobs", targets: ["RelayJobs"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
