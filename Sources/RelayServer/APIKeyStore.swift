@@ -7,8 +7,8 @@ import Synchronization
 /// API keys, stored as SHA-256 hashes in `<data-dir>/keys.json`; the plain key is shown once, at creation.
 ///
 /// A key is `<id>:<secret>` (the shape of fal's keys, so `FAL_KEY` holds it unchanged). Lookup is by id, then a
-/// constant-time comparison of the hash. The file is re-read when it changes (checked at most once a second), so
-/// a key created or revoked by `media-relay keys` takes effect without a restart.
+/// constant-time comparison of the hash. Every check stats the file (one syscall) and re-reads it when it changed,
+/// so a key created or revoked by `media-relay keys` takes effect at once, without a restart.
 public final class APIKeyStore: Authenticator, Sendable {
     public static let tiers = ["signed-in", "pro", "enterprise", "admin"]
 
@@ -23,8 +23,15 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     private struct Cache {
         var entries: [String: Entry] = [:]
-        var modified: Date?
-        var checkedAt: ContinuousClock.Instant?
+        /// Identity of the file version loaded (inode, size, mtime): a change means reload.
+        var version: FileVersion?
+    }
+
+    private struct FileVersion: Equatable {
+        let inode: UInt64
+        let size: Int64
+        let seconds: Int
+        let nanoseconds: Int
     }
 
     private let path: String
@@ -87,15 +94,18 @@ public final class APIKeyStore: Authenticator, Sendable {
     // MARK: - Storage
 
     private func entries() -> [String: Entry] {
-        cache.withLock { cache -> [String: Entry] in
-            let now = ContinuousClock.now
-            if let checked = cache.checkedAt, now - checked < .seconds(1) {
-                return cache.entries
-            }
-            cache.checkedAt = now
-            let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
-            if modified != cache.modified || modified == nil {
-                cache.modified = modified
+        var info = stat()
+        let version: FileVersion? =
+            stat(path, &info) == 0
+            ? FileVersion(
+                inode: UInt64(info.st_ino),
+                size: Int64(info.st_size),
+                seconds: info.st_mtim.tv_sec,
+                nanoseconds: info.st_mtim.tv_nsec
+            ) : nil
+        return cache.withLock { cache -> [String: Entry] in
+            if cache.version != version || version == nil {
+                cache.version = version
                 let loaded = (try? load()) ?? []
                 cache.entries = Dictionary(loaded.map { ($0.id, $0) }, uniquingKeysWith: { _, last in last })
             }
@@ -145,7 +155,7 @@ public final class APIKeyStore: Authenticator, Sendable {
             unlink(temporary)
             throw KeyStoreError("cannot replace \(path): errno \(errno)")
         }
-        cache.withLock { $0.checkedAt = nil }
+        cache.withLock { $0.version = nil }
     }
 
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
