@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
@@ -53,7 +54,11 @@ let package = Package(
         ),
         .target(
             name: "RelayUpstreams",
-            dependencies: ["RelayCore", "RelayStore", "RelayJobs", "RelayMedia"] + nio,
+            dependencies: [
+                "RelayCore", "RelayStore", "RelayJobs", "RelayMedia",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -61,6 +66,7 @@ let package = Package(
             dependencies: [
                 "RelayCore", "RelayStore", "RelayJobs",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),

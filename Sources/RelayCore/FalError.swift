@@ -125,6 +125,22 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         FalError(status: 400, detail: .message("Request was cancelled"), errorType: "request_cancelled")
     }
 
+    public static func rateLimited(_ detail: String) -> FalError {
+        FalError(status: 429, detail: .message(detail), errorType: "rate_limited")
+    }
+
+    public static func upgradeRequired() -> FalError {
+        FalError(status: 426, detail: .message("This endpoint is a WebSocket: send Upgrade: websocket"), errorType: "upgrade_required")
+    }
+
+    public static func rangeNotSatisfiable(length: Int) -> FalError {
+        FalError(
+            status: 416,
+            detail: .message("Range not satisfiable: the file is \(length) bytes long"),
+            errorType: "range_not_satisfiable"
+        )
+    }
+
     public static func internalError(_ message: String = "Internal server error") -> FalError {
         FalError(status: 500, detail: .message(message), errorType: "internal_error")
     }

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOWebSocket
 import RelayCore
 import RelayJobs
 import RelayStore
@@ -93,6 +94,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A declined WebSocket upgrade is reported as an error, and then the request itself arrives here: answer
+        // it (401, 404, 426) instead of dropping the connection.
+        if let upgradeError = error as? NIOWebSocketUpgradeError, upgradeError == .unsupportedWebSocketTarget {
+            return
+        }
         services.logger.debug("connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
@@ -111,6 +117,24 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             } else {
                 respondError(context: context, head: head, error: .unavailable("starting or draining", type: "not_ready"))
             }
+        case .webSocket, .realtime:
+            // Only requests the upgrader declined get here: say why.
+            switch WebSocketGate.target(for: head, services: services) {
+            case .failure(let error):
+                respondError(context: context, head: head, error: error)
+            case .success:
+                respondError(context: context, head: head, error: .upgradeRequired())
+            }
+        case .tokens:
+            guard let principal = authenticate(context: context, head: head) else { return }
+            let request = (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
+            let apps = request["allowed_apps"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            let seconds = request["token_expiration"]?.intValue ?? 120
+            guard let token = services.authenticator.issueToken(for: principal, apps: apps, seconds: seconds) else {
+                respondError(context: context, head: head, error: .unauthorized("Tokens need an API key"))
+                return
+            }
+            respond(context: context, head: head, status: .ok, json: .string(token))
         case .metrics:
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
@@ -123,9 +147,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .methodNotAllowed:
             respondError(context: context, head: head, error: .methodNotAllowed(head.method.rawValue))
         case .file(let digest, let fileExtension):
+            // Media URLs are capabilities: no key needed, but the caller's address pays from the reads budget.
+            guard admit(context: context, head: head, route: route, principal: .anonymous) != nil else { return }
             serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
-            guard let principal = authenticate(context: context, head: head) else { return }
+            guard let principal = authenticate(context: context, head: head),
+                let limitHeaders = admit(context: context, head: head, route: route, principal: principal)
+            else { return }
             let input: ModelInput
             switch prepare(endpoint: endpoint, body: body) {
             case .success(let prepared): input = prepared
@@ -144,7 +172,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let base = queueBase(head: head, app: endpoint.app)
                 respond(
                     context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
-                    requestID: request.id, extraHeaders: Self.cacheHeaders(request)
+                    requestID: request.id, extraHeaders: Self.cacheHeaders(request) + limitHeaders
                 )
             case .run:
                 begin(.run(request), context: context, keepAlive: keepAlive)
@@ -152,7 +180,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 begin(.partialStream(request), context: context, keepAlive: keepAlive)
             }
         case .status(let app, let id), .statusStream(let app, let id), .result(let app, let id), .cancel(let app, let id):
-            guard let principal = authenticate(context: context, head: head) else { return }
+            guard let principal = authenticate(context: context, head: head),
+                admit(context: context, head: head, route: route, principal: principal) != nil
+            else { return }
             if case .cancel = route {
                 let (status, body) = FalWire.cancelBody(services.jobs.cancel(id, keyID: principal.keyID, app: app.app))
                 respond(context: context, head: head, status: HTTPResponseStatus(statusCode: status), json: body, requestID: id)
@@ -173,8 +203,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     requestID: id, extraHeaders: Self.cacheHeaders(request)
                 )
             case .statusStream:
+                // Resume after the last event the client saw: the header on reconnects, the query parameter for
+                // browsers (EventSource cannot set headers on its first connect).
+                let lastSeen = (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
+                if lastSeen > 0, request.phase.isCompleted, lastSeen >= request.job.status.lastSequence {
+                    write(context: context, head: head, status: .noContent, headers: HTTPHeaders(), body: nil)
+                    return
+                }
                 let base = queueBase(head: head, app: app.app)
-                begin(.statusStream(request, base: base, withLogs: query.flag("logs")), context: context, keepAlive: keepAlive)
+                begin(.statusStream(request, base: base, withLogs: query.flag("logs")), after: max(0, lastSeen), context: context, keepAlive: keepAlive)
             default:
                 switch FalWire.result(for: request.phase, id: id) {
                 case .success(let result):
@@ -184,6 +221,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
         }
+    }
+
+    /// Charges the request to its caller's budget; on refusal answers 429 (with Retry-After and RateLimit headers)
+    /// and returns nil. Returns the RateLimit headers to add to the response otherwise.
+    private func admit(context: ChannelHandlerContext, head: HTTPRequestHead, route: Route, principal: Principal) -> [(String, String)]? {
+        guard let limiter = services.rateLimiter, let budget = RateLimitPolicy.Budget(route: route) else { return [] }
+        let ip = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let decision = limiter.check(principal: principal, clientIP: ip, budget: budget)
+        guard let rejection = decision.rejection else { return decision.headers }
+        respondError(context: context, head: head, error: .rateLimited(rejection.detail), extraHeaders: rejection.headers)
+        return nil
     }
 
     private func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
@@ -228,72 +276,105 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Media files
 
+    /// `GET`/`HEAD /files/<digest>.<ext>`: stat on the pool → a pure plan (200/206/304/416) → the body as sendfile
+    /// (plain HTTP), a buffer, or 256 KiB chunks read only as fast as the client takes them (TLS).
     private func serveFile(context: ChannelHandlerContext, head: HTTPRequestHead, digest: Digest128, fileExtension: String) {
         guard let mediaType = MediaType.forExtension(fileExtension) else {
-            respondError(context: context, head: head, error: .notFound("No such file"))
-            return
-        }
-        let etag = "\"\(digest.hex)\""
-        if let match = head.headers.first(name: "if-none-match"), match == etag || match == "*" || match.contains(etag) {
-            var headers = HTTPHeaders()
-            headers.add(name: "etag", value: etag)
-            headers.add(name: "cache-control", value: "public, max-age=31536000, immutable")
-            write(context: context, head: head, status: .notModified, headers: headers, body: nil)
-            return
+            return respondError(context: context, head: head, error: .notFound("No such file"))
         }
         let number = begin(.file, context: context, keepAlive: head.isKeepAlive)
-        let store = services.store
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        Task {
-            let outcome: Result<[UInt8]?, StoreError>
-            do throws(StoreError) {
-                outcome = .success(try await store.read(digest))
-            } catch {
-                outcome = .failure(error)
-            }
-            eventLoop.execute {
-                let (handler, context) = bound.value
-                handler.completeFile(context: context, head: head, number: number, outcome: outcome, etag: etag, mediaType: mediaType)
-            }
+        services.media.record(digest, mediaType: mediaType, eventLoop: context.eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            handler.planFile(context: context, head: head, number: number, result: result)
         }
     }
 
-    private func completeFile(
+    private func planFile(context: ChannelHandlerContext, head: HTTPRequestHead, number: Int, result: Result<BlobRecord?, any Error>) {
+        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        let record: BlobRecord
+        switch result {
+        case .success(let found?):
+            record = found
+        case .success(nil):
+            state = .idle
+            return respondError(context: context, head: head, error: .notFound("No such file"))
+        case .failure(let error):
+            state = .idle
+            services.logger.error("media stat failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
+            return respondError(context: context, head: head, error: .internalError("Could not read the file"))
+        }
+        let plan = MediaResponsePlan(method: head.method, requestHeaders: head.headers, record: record)
+        if plan.outcome == .unsatisfiable {
+            state = .idle
+            return respondError(
+                context: context, head: head, error: .rangeNotSatisfiable(length: record.size),
+                extraHeaders: plan.headers.map { ($0.name, $0.value) }
+            )
+        }
+        guard let range = plan.body else {
+            // HEAD (keeps Content-Length and Content-Range), 304, or an empty blob.
+            state = .idle
+            return write(context: context, head: head, status: plan.status, headers: plan.headers, body: nil)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        services.media.body(
+            of: record, range: range, zeroCopy: scheme == "http", allocator: context.channel.allocator, eventLoop: context.eventLoop
+        ).whenComplete { result in
+            let (handler, context) = bound.value
+            handler.sendFile(context: context, head: head, number: number, plan: plan, result: result)
+        }
+    }
+
+    private func sendFile(
         context: ChannelHandlerContext,
         head: HTTPRequestHead,
         number: Int,
-        outcome: Result<[UInt8]?, StoreError>,
-        etag: String,
-        mediaType: MediaType
+        plan: MediaResponsePlan,
+        result: Result<MediaBody?, any Error>
     ) {
-        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
-        state = .idle
-        switch outcome {
-        case .success(let bytes?):
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: mediaType.contentType)
-            headers.add(name: "etag", value: etag)
-            headers.add(name: "cache-control", value: "public, max-age=31536000, immutable")
-            var buffer = context.channel.allocator.buffer(capacity: head.method == .HEAD ? 0 : bytes.count)
-            if head.method == .HEAD {
-                headers.add(name: "content-length", value: String(bytes.count))
-            } else {
-                buffer.writeBytes(bytes)
-            }
-            write(context: context, head: head, status: .ok, headers: headers, body: buffer)
+        guard case .exchanging(let exchange) = state, exchange.number == number else {
+            if case .success(let body?) = result { body.discard() }  // the client left meanwhile: close the file
+            return
+        }
+        state = .idle  // HTTPServerPipelineHandler holds the next request back until .end
+        let body: MediaBody
+        switch result {
+        case .success(let loaded?):
+            body = loaded
         case .success(nil):
-            respondError(context: context, head: head, error: .notFound("No such file"))
+            return respondError(context: context, head: head, error: .notFound("No such file"))
         case .failure(let error):
-            services.logger.error("media read failed", metadata: ["digest": "\(head.uri)", "error": "\(error)"])
-            respondError(context: context, head: head, error: .internalError("Could not read the file"))
+            services.logger.error("media read failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
+            return respondError(context: context, head: head, error: .internalError("Could not read the file"))
+        }
+        var headers = plan.headers
+        headers.add(name: "x-fal-request-id", value: RequestID.make())
+        let keepAlive = head.isKeepAlive
+        if !keepAlive {
+            headers.replaceOrAdd(name: "connection", value: "close")
+        }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: plan.status, headers: headers))), promise: nil)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let channel = context.channel
+        body.write(on: context.eventLoop) { part in
+            bound.value.writeAndFlush(Self.wrapOutboundOut(.body(part)))
+        }.whenComplete { result in
+            switch result {
+            case .success:
+                bound.value.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+                    if !keepAlive { channel.close(promise: nil) }
+                }
+            case .failure:
+                channel.close(promise: nil)  // the body was cut short: never end it as if complete
+            }
         }
     }
 
     // MARK: - Exchanges that follow a job
 
     @discardableResult
-    private func begin(_ kind: Exchange.Kind, context: ChannelHandlerContext, keepAlive: Bool) -> Int {
+    private func begin(_ kind: Exchange.Kind, after sequence: Int = 0, context: ChannelHandlerContext, keepAlive: Bool) -> Int {
         exchangeCount += 1
         var exchange = Exchange(number: exchangeCount, kind: kind, keepAlive: keepAlive)
         let request: RelayRequest
@@ -311,7 +392,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let number = exchange.number
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        let subscription = request.job.subscribe(after: 0) { event in
+        let subscription = request.job.subscribe(after: sequence) { event in
             eventLoop.execute {
                 let (handler, context) = bound.value
                 handler.receive(event, context: context, number: number)
@@ -407,15 +488,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .completed(let outcome):
                 phase = .completed(outcome)
             }
-            writeSSE(context: context, data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base))
+            // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
+            writeSSE(context: context, data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence)
             if case .completed = phase {
                 endStream(exchange, context: context)
             }
         }
     }
 
-    private func writeSSE(context: ChannelHandlerContext, data: JSONValue) {
-        var bytes: [UInt8] = Array("data: ".utf8)
+    private func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
+        var bytes: [UInt8] = id.map { Array("id: \($0)\n".utf8) } ?? []
+        bytes.append(contentsOf: "data: ".utf8)
         data.write(into: &bytes)
         bytes.append(contentsOf: [UInt8(ascii: "\n"), UInt8(ascii: "\n")])
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
@@ -504,16 +587,36 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         write(context: context, keepAlive: keepAlive, status: status, headers: headers, body: buffer)
     }
 
-    private func respondError(context: ChannelHandlerContext, head: HTTPRequestHead, error: FalError, requestID: String? = nil) {
-        respondError(context: context, keepAlive: head.isKeepAlive, error: error, requestID: requestID)
+    private func respondError(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        error: FalError,
+        requestID: String? = nil,
+        extraHeaders: [(String, String)] = []
+    ) {
+        respondError(
+            context: context, keepAlive: head.isKeepAlive, error: error, requestID: requestID, extraHeaders: extraHeaders,
+            isHead: head.method == .HEAD
+        )
     }
 
-    private func respondError(context: ChannelHandlerContext, keepAlive: Bool, error: FalError, requestID: String?) {
+    private func respondError(
+        context: ChannelHandlerContext,
+        keepAlive: Bool,
+        error: FalError,
+        requestID: String?,
+        extraHeaders: [(String, String)] = [],
+        isHead: Bool = false
+    ) {
         var extra: [(String, String)] = []
         if let type = error.errorType {
             extra.append(("x-fal-error-type", type))
         }
-        respond(context: context, keepAlive: keepAlive, status: HTTPResponseStatus(statusCode: error.status), json: error.body, requestID: requestID, extraHeaders: extra)
+        extra.append(contentsOf: extraHeaders)
+        respond(
+            context: context, keepAlive: keepAlive, status: HTTPResponseStatus(statusCode: error.status), json: error.body,
+            requestID: requestID, extraHeaders: extra, isHead: isHead
+        )
     }
 
     private func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
@@ -536,9 +639,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let body, body.readableBytes > 0 {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
+        let channel = context.channel
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
             if !keepAlive {
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
         }
     }

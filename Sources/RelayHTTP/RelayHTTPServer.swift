@@ -2,6 +2,7 @@ public import Logging
 public import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOWebSocket
 public import NIOSSL
 public import ServiceLifecycle
 import Synchronization
@@ -105,10 +106,57 @@ public final class RelayHTTPServer: Service, Sendable {
                     if let tls = spec.tls {
                         try pipeline.addHandler(NIOSSLServerHandler(context: tls))
                     }
-                    try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
-                    try pipeline.addHandler(RelayHTTPHandler(services: services, scheme: spec.scheme))
+                    let handler = RelayHTTPHandler(services: services, scheme: spec.scheme)
+                    let boundHandler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                    try pipeline.configureHTTPServerPipeline(
+                        withServerUpgrade: (
+                            upgraders: [Self.webSocketUpgrader(services: services)],
+                            completionHandler: { context in
+                                // The socket speaks WebSocket now: the HTTP handler leaves.
+                                _ = try? context.pipeline.syncOperations.removeHandler(boundHandler.value)
+                            }
+                        ),
+                        withErrorHandling: true
+                    )
+                    try pipeline.addHandler(handler)
                 }
             }
+    }
+}
+
+extension RelayHTTPServer {
+    /// Largest WebSocket message (after reassembly of fragments).
+    static let maxWebSocketMessageBytes = 1 << 20
+
+    /// Upgrades `/ws` and `…/realtime` when the caller is admitted; otherwise the request reaches the HTTP handler,
+    /// which answers with the reason (401, 404 or 426).
+    static func webSocketUpgrader(services: RelayServices) -> NIOWebSocketServerUpgrader {
+        NIOWebSocketServerUpgrader(
+            maxFrameSize: maxWebSocketMessageBytes,
+            automaticErrorHandling: true,
+            shouldUpgrade: { channel, head in
+                guard case .success = WebSocketGate.target(for: head, services: services) else {
+                    return channel.eventLoop.makeSucceededFuture(nil)
+                }
+                return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+            },
+            upgradePipelineHandler: { channel, head in
+                channel.eventLoop.makeCompletedFuture {
+                    guard case .success(let target) = WebSocketGate.target(for: head, services: services) else {
+                        throw ChannelError.inappropriateOperationForState
+                    }
+                    let pipeline = channel.pipeline.syncOperations
+                    try pipeline.addHandler(
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0,
+                            maxAccumulatedFrameCount: 1024,
+                            maxAccumulatedFrameSize: maxWebSocketMessageBytes
+                        )
+                    )
+                    try pipeline.addHandler(WebSocketSessionHandler(services: services, target: target))
+                }
+            }
+        )
     }
 }
 

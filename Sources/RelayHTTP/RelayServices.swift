@@ -18,6 +18,11 @@ public enum Principal: Sendable, Hashable {
 /// Checks an `Authorization` header (`Key …` or `Bearer …`). Returns nil for a key that is unknown or revoked.
 public protocol Authenticator: Sendable {
     func authenticate(authorization: String?) -> Principal?
+    /// A short-lived token for clients that cannot set headers (browsers' WebSockets, fal realtime): fal's
+    /// `POST /tokens/` (PROTOCOL.md §6). nil when the principal may not have one (anonymous).
+    func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String?
+    /// The principal a token stands for, if it is genuine, unexpired and allows `app` (the endpoint's alias).
+    func authenticate(token: String, app: String?) -> Principal?
 }
 
 /// Per-request limits enforced by the HTTP layer.
@@ -51,6 +56,8 @@ public struct RelayServices: Sendable {
     public let catalog: ModelCatalog
     public let jobs: JobTable
     public let store: BlobStore
+    /// Media bytes for `/files`: sendfile on plain HTTP, chunked reads under TLS.
+    public let media: MediaFileSource
     public let hasher: KeyedHasher
     public let authenticator: any Authenticator
     public let router: Router
@@ -61,11 +68,14 @@ public struct RelayServices: Sendable {
     public let perKeyScope: Bool
     /// Prometheus text for `/metrics`.
     public let metricsText: (@Sendable () -> [UInt8])?
+    /// Per-tier token buckets; nil switches rate limiting off.
+    public let rateLimiter: RateLimiter?
 
     public init(
         catalog: ModelCatalog,
         jobs: JobTable,
         store: BlobStore,
+        media: MediaFileSource,
         hasher: KeyedHasher,
         authenticator: any Authenticator,
         router: Router,
@@ -73,11 +83,13 @@ public struct RelayServices: Sendable {
         readiness: Readiness,
         logger: Logger,
         perKeyScope: Bool = false,
-        metricsText: (@Sendable () -> [UInt8])? = nil
+        metricsText: (@Sendable () -> [UInt8])? = nil,
+        rateLimiter: RateLimiter? = nil
     ) {
         self.catalog = catalog
         self.jobs = jobs
         self.store = store
+        self.media = media
         self.hasher = hasher
         self.authenticator = authenticator
         self.router = router
@@ -86,6 +98,7 @@ public struct RelayServices: Sendable {
         self.logger = logger
         self.perKeyScope = perKeyScope
         self.metricsText = metricsText
+        self.rateLimiter = rateLimiter
     }
 
     /// The RequestKey of an input for this caller, under the configured scope.

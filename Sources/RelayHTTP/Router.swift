@@ -6,6 +6,12 @@ public enum Route: Sendable, Hashable {
     case health
     case ready
     case metrics
+    /// fal's `POST /tokens/` (short-lived tokens for WebSockets).
+    case tokens
+    /// `GET /ws`: the relay's own progress WebSocket.
+    case webSocket
+    /// `GET /{app}[/{path}]/realtime`: fal realtime (msgpack frames).
+    case realtime(EndpointID)
     case submit(EndpointID)
     case status(app: EndpointID, requestID: String)
     case statusStream(app: EndpointID, requestID: String)
@@ -93,11 +99,21 @@ public struct Router: Sendable {
             return readOnly ? .ready : .methodNotAllowed
         case "metrics" where segments.count == 1:
             return readOnly ? .metrics : .methodNotAllowed
+        case "tokens" where segments.count == 1 || (segments.count == 2 && segments[1].isEmpty):
+            return method == .POST ? .tokens : .methodNotAllowed
+        case "ws" where segments.count == 1:
+            return method == .GET ? .webSocket : .methodNotAllowed
         case "files":
             guard segments.count == 2, let file = Self.file(segments[1]) else { return .notFound }
             return readOnly ? .file(file.0, fileExtension: file.1) : .methodNotAllowed
         default:
             break
+        }
+
+        if method == .GET, segments.count >= 3, segments.last == "realtime",
+            let endpoint = EndpointID(segments: Array(segments.dropLast()))
+        {
+            return .realtime(endpoint)
         }
 
         if isRunHost(host) {

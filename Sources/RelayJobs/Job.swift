@@ -71,13 +71,18 @@ public final class Job: Sendable {
     /// A finished job returns its whole replay and registers nothing.
     public func subscribe(after sequence: Int, _ subscriber: @escaping Subscriber) -> Subscription {
         state.withLock { state in
-            let replay = Array(state.machine.events(after: sequence))
+            let replay = state.machine.replay(after: sequence)
             guard !state.machine.isTerminal else { return Subscription(replay: replay, token: 0) }
             let token = state.nextToken
             state.nextToken += 1
             state.subscribers[token] = subscriber
             return Subscription(replay: replay, token: token)
         }
+    }
+
+    /// The log after `sequence` without subscribing (a subscriber that fell behind catches up from here).
+    public func replay(after sequence: Int) -> [JobEvent] {
+        state.withLock { $0.machine.replay(after: sequence) }
     }
 
     public func unsubscribe(_ token: Int) {

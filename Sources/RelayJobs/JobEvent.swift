@@ -62,6 +62,15 @@ public struct JobEvent: Sendable, Hashable {
         if case .completed = kind { return true }
         return false
     }
+
+    /// A state snapshot (queue position, start) as opposed to a stream item (log line, partial, the end): a late
+    /// joiner needs only the latest snapshot.
+    public var isSnapshot: Bool {
+        switch kind {
+        case .queuePosition, .started: true
+        case .log, .partial, .completed: false
+        }
+    }
 }
 
 /// Where a job stands: the three fal states, with what each carries.
@@ -69,4 +78,9 @@ public enum JobPhase: Sendable, Hashable {
     case queued(position: Int)
     case running
     case completed(JobOutcome)
+
+    public var isCompleted: Bool {
+        if case .completed = self { return true }
+        return false
+    }
 }

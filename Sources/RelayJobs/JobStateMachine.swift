@@ -63,7 +63,17 @@ public struct JobStateMachine: Sendable {
         return finish(.cancelled)
     }
 
-    /// Events after `sequence` (all of them for 0), for replay.
+    /// What a subscriber joining after `sequence` needs: every stream item (logs, partials, the end) but only the
+    /// latest snapshot (a queue position that a later position or the start superseded is left out).
+    public func replay(after sequence: Int) -> [JobEvent] {
+        let slice = events(after: sequence)
+        guard let lastSnapshot = slice.lastIndex(where: { $0.isSnapshot }) else { return Array(slice) }
+        return slice.enumerated().compactMap { offset, event in
+            event.isSnapshot && slice.startIndex + offset < lastSnapshot ? nil : event
+        }
+    }
+
+    /// Events after `sequence` (all of them for 0).
     public func events(after sequence: Int) -> ArraySlice<JobEvent> {
         let start = max(0, min(sequence, events.count))
         // Sequence numbers are 1-based and gapless, so event n sits at index n-1.

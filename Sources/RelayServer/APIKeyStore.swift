@@ -36,9 +36,20 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     private let path: String
     private let cache = Mutex(Cache())
+    /// Signs realtime tokens; nil (no tokens) when the store is used only to manage keys. Kept as bytes because
+    /// `SymmetricKey` is not Sendable.
+    private let signingKeyBytes: [UInt8]?
 
-    public init(dataDirectory: String) {
+    var signingKey: SymmetricKey? { signingKeyBytes.map { SymmetricKey(data: $0) } }
+
+    /// `secret`: the deployment secret, from which the token-signing key is derived.
+    public init(dataDirectory: String, secret: [UInt8]? = nil) {
         self.path = (dataDirectory as NSString).appendingPathComponent("keys.json")
+        self.signingKeyBytes = secret.map { secret in
+            HKDF<SHA256>.deriveKey(
+                inputKeyMaterial: SymmetricKey(data: secret), info: Array("media-relay token signing v1".utf8), outputByteCount: 32
+            ).withUnsafeBytes { Array($0) }
+        }
     }
 
     // MARK: - Authenticator
@@ -93,7 +104,7 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     // MARK: - Storage
 
-    private func entries() -> [String: Entry] {
+    func entries() -> [String: Entry] {
         var info = stat()
         let version: FileVersion? =
             stat(path, &info) == 0
@@ -172,11 +183,11 @@ public final class APIKeyStore: Authenticator, Sendable {
         return hex((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
 
-    private static func hex(_ bytes: [UInt8]) -> String {
+    static func hex(_ bytes: [UInt8]) -> String {
         String(decoding: bytes.flatMap { [Hex.digit($0 >> 4), Hex.digit($0 & 0x0F)] }, as: UTF8.self)
     }
 
-    private static func bytes(hex: String) -> [UInt8]? {
+    static func bytes(hex: String) -> [UInt8]? {
         let digits = Array(hex.utf8)
         guard digits.count % 2 == 0 else { return nil }
         var out: [UInt8] = []
@@ -193,4 +204,37 @@ public final class APIKeyStore: Authenticator, Sendable {
 public struct KeyStoreError: Error, Sendable, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Short-lived tokens (fal's `POST /tokens/`): `hex(payload).hex(HMAC-SHA256(payload))` under a key derived from
+/// the deployment secret, so any relay process of the deployment can check them and nobody else can make one.
+/// The payload is `v1|<key id>|<tier>|<expiry unix seconds>|<app,app,…>`.
+extension APIKeyStore {
+    public func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String? {
+        guard case .key(let id, let tier) = principal, let signingKey else { return nil }
+        let lifetime = min(max(seconds, 10), 3600)
+        let expiry = Int(Date().timeIntervalSince1970) + lifetime
+        let cleanApps = apps.filter { !$0.contains(",") && !$0.contains("|") }
+        let payload = Array("v1|\(id)|\(tier)|\(expiry)|\(cleanApps.joined(separator: ","))".utf8)
+        let mac = Array(HMAC<SHA256>.authenticationCode(for: payload, using: signingKey))
+        return Self.hex(payload) + "." + Self.hex(mac)
+    }
+
+    public func authenticate(token: String, app: String?) -> Principal? {
+        guard let signingKey else { return nil }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, let payload = Self.bytes(hex: String(parts[0])), let mac = Self.bytes(hex: String(parts[1])),
+            HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: payload, using: signingKey)
+        else { return nil }
+        let fields = String(decoding: payload, as: UTF8.self).split(separator: "|", omittingEmptySubsequences: false)
+        guard fields.count == 5, fields[0] == "v1", let expiry = Int(fields[3]), expiry >= Int(Date().timeIntervalSince1970) else {
+            return nil
+        }
+        let id = String(fields[1])
+        // A revoked key's tokens die with it.
+        guard let entry = entries()[id], !entry.revoked else { return nil }
+        let apps = fields[4].split(separator: ",").map(String.init)
+        if let app, !apps.isEmpty, !apps.contains(app) { return nil }
+        return .key(id: id, tier: entry.tier)
+    }
 }

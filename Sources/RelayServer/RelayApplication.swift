@@ -36,7 +36,8 @@ public struct RelayApplication: Sendable {
         } catch {
             throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
         }
-        let hasher = KeyedHasher(secret: try DeploymentSecret.load(dataDirectory: dataDirectory))
+        let secret = try DeploymentSecret.load(dataDirectory: dataDirectory)
+        let hasher = KeyedHasher(secret: secret)
         _ = RelayMetricsSystem.registry
         let catalog = try loadCatalog(logger: logger)
 
@@ -52,7 +53,7 @@ public struct RelayApplication: Sendable {
         threadPool.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.eventLoopThreads)
         do {
-            try await serve(config: config, logger: logger, hasher: hasher, catalog: catalog, tlsContext: tlsContext, caPath: caPath, group: group, threadPool: threadPool, announce: announce)
+            try await serve(config: config, logger: logger, secret: secret, hasher: hasher, catalog: catalog, tlsContext: tlsContext, caPath: caPath, group: group, threadPool: threadPool, announce: announce)
         } catch {
             try? await group.shutdownGracefully()
             try? await threadPool.shutdownGracefully()
@@ -66,6 +67,7 @@ public struct RelayApplication: Sendable {
     private func serve(
         config: RelayConfiguration,
         logger: Logger,
+        secret: [UInt8],
         hasher: KeyedHasher,
         catalog: ModelCatalog,
         tlsContext: NIOSSLContext?,
@@ -94,14 +96,16 @@ public struct RelayApplication: Sendable {
             catalog: catalog,
             jobs: jobs,
             store: store,
+            media: MediaFileSource(store: store, threadPool: threadPool),
             hasher: hasher,
-            authenticator: APIKeyStore(dataDirectory: dataDirectory),
+            authenticator: APIKeyStore(dataDirectory: dataDirectory, secret: secret),
             router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
             limits: HTTPLimits(maxJSONBodyBytes: config.maxJSONBodyBytes),
             readiness: readiness,
             logger: logger,
             perKeyScope: config.perKeyCacheScope,
-            metricsText: { RelayMetricsSystem.registry.emitToBuffer() }
+            metricsText: { RelayMetricsSystem.registry.emitToBuffer() },
+            rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -125,6 +129,12 @@ public struct RelayApplication: Sendable {
             )
         )
         try await services.run()
+    }
+
+    private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
+        var policy = RateLimitPolicy.standard
+        policy.enterprisePerMinute = config.enterpriseRequestsPerMinute
+        return policy
     }
 
     private func loadCatalog(logger: Logger) throws(ConfigurationError) -> ModelCatalog {

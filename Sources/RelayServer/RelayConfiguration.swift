@@ -55,6 +55,9 @@ public struct RelayConfiguration: Sendable {
     public var resultTTLSeconds = 86_400.0
     /// `global`: identical work is shared by every caller; `per-key`: only by requests of the same API key.
     public var perKeyCacheScope = false
+    /// Per-tier rate limits (anonymous 20, signed-in 100, pro 500 submissions a minute; reads apart).
+    public var rateLimits = true
+    public var enterpriseRequestsPerMinute = 2000
     public var logLevel = Logger.Level.info
 
     public init() {}
@@ -110,6 +113,16 @@ public struct RelayConfiguration: Sendable {
             case "per-key", "per_key": config.perKeyCacheScope = true
             default: throw ConfigurationError("cache_scope must be global or per-key, not \"\(value)\"")
             }
+        },
+        Setting(name: "rate_limits", help: "on (per-tier token buckets) or off") { config, value throws(ConfigurationError) in
+            switch value.lowercased() {
+            case "on", "true", "1": config.rateLimits = true
+            case "off", "false", "0": config.rateLimits = false
+            default: throw ConfigurationError("rate_limits must be on or off, not \"\(value)\"")
+            }
+        },
+        Setting(name: "enterprise_rpm", help: "submissions per minute for the enterprise tier") { config, value throws(ConfigurationError) in
+            config.enterpriseRequestsPerMinute = try integer(value, "enterprise_rpm", 1...1_000_000)
         },
         Setting(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") { config, value throws(ConfigurationError) in
             guard let level = Logger.Level(rawValue: value.lowercased()) else {

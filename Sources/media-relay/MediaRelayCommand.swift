@@ -34,6 +34,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Origin used in media URLs (default: the HTTPS listener)") var publicURL: String?
     @Option(help: "Largest JSON body in bytes (default 10 MiB)") var maxJSONBodyBytes: String?
     @Option(help: "Log level: trace … critical (default info)") var logLevel: String?
+    @Option(help: "Result cache freshness in seconds (default 86400)") var resultTTLSeconds: String?
+    @Option(help: "Cache scope: global or per-key") var cacheScope: String?
+    @Option(help: "Rate limits: on or off") var rateLimits: String?
 
     func run() async throws {
         let flags: [String: String?] = [
@@ -41,6 +44,7 @@ struct Serve: AsyncParsableCommand {
             "event_loop_threads": eventLoopThreads, "synthetic_time_scale": syntheticTimeScale,
             "synthetic_slots": syntheticSlots, "catalog": catalog, "queue_hosts": queueHosts, "run_hosts": runHosts,
             "public_url": publicURL, "max_json_body_bytes": maxJSONBodyBytes, "log_level": logLevel,
+            "result_ttl_seconds": resultTTLSeconds, "cache_scope": cacheScope, "rate_limits": rateLimits,
         ]
         let defaultFile = FileManager.default.fileExists(atPath: "Config/relay.json") ? "Config/relay.json" : nil
         let configuration: RelayConfiguration

@@ -58,6 +58,22 @@ import Testing
         #expect(machine.events(after: 99).isEmpty)
     }
 
+    @Test func lateJoinersGetTheLatestSnapshotAndEveryStreamItem() {
+        var machine = JobStateMachine()
+        _ = machine.apply(.queued(position: 3), at: time)
+        _ = machine.apply(.queued(position: 2), at: time)
+        _ = machine.apply(.queued(position: 1), at: time)
+        #expect(machine.replay(after: 0).map(\.kind) == [.queuePosition(1)])
+        _ = machine.apply(.started, at: time)
+        _ = machine.apply(.log("a", level: .info), at: time)
+        _ = machine.apply(.partial(["p": 1]), at: time)
+        _ = machine.apply(.log("b", level: .info), at: time)
+        let replay = machine.replay(after: 0)
+        #expect(replay.map(\.sequence) == [4, 5, 6, 7])
+        #expect(machine.replay(after: 5).map(\.sequence) == [6, 7])
+        #expect(machine.replay(after: 2).map(\.sequence) == [4, 5, 6, 7])
+    }
+
     @Test func cancelEndsOnce() {
         var machine = JobStateMachine()
         #expect(machine.cancel()?.kind == .completed(.cancelled))

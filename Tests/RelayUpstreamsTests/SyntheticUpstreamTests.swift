@@ -135,14 +135,15 @@ import Testing
     @Test func queuePositionsWithOneSlot() async throws {
         try await withUpstream(slots: 1, timeScale: 0.05) { upstream, _ in
             let jobs = try (0..<3).map { try job("fal-ai/flux/schnell", ["prompt": .string("q\($0)"), "image_size": "square", "seed": 1]) }
-            for job in jobs { _ = upstream.start(job) }
-            for job in jobs { _ = try await finish(job) }
-            let firstPositions = jobs.map { job in
-                job.subscribe(after: 0) { _ in }.replay.compactMap { event -> Int? in
-                    if case .queuePosition(let position) = event.kind { return position }
-                    return nil
+            let positions = Recorder<[Int: [Int]]>([:])
+            for (index, job) in jobs.enumerated() {
+                _ = job.subscribe(after: 0) { event in
+                    if case .queuePosition(let position) = event.kind { positions.update { $0[index, default: []].append(position) } }
                 }
+                _ = upstream.start(job)
             }
+            for job in jobs { _ = try await finish(job) }
+            let firstPositions = (0..<3).map { positions.value[$0] ?? [] }
             #expect(firstPositions.map { $0.first ?? -1 }.sorted() == [0, 0, 1])
         }
     }

@@ -25,6 +25,11 @@ class Relay:
             check=True, capture_output=True, text=True, timeout=60,
         )
         self.key = created.stdout.strip().splitlines()[-1]
+        admin = subprocess.run(
+            [BINARY, "keys", "create", "--tier", "admin", "--data-dir", data_dir],
+            check=True, capture_output=True, text=True, timeout=60,
+        )
+        self.admin_key = admin.stdout.strip().splitlines()[-1]
         args = [
             BINARY, "serve",
             "--data-dir", data_dir,
