@@ -1,6 +1,7 @@
 public import Logging
 public import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import NIOWebSocket
 public import NIOSSL
@@ -100,27 +101,53 @@ public final class RelayHTTPServer: Service, Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    connections.add(channel)
-                    let pipeline = channel.pipeline.syncOperations
-                    if let tls = spec.tls {
-                        try pipeline.addHandler(NIOSSLServerHandler(context: tls))
+                connections.add(channel)
+                guard let tls = spec.tls else {
+                    return channel.eventLoop.makeCompletedFuture {
+                        try Self.configureHTTP1(channel, services: services, scheme: spec.scheme)
                     }
-                    let handler = RelayHTTPHandler(services: services, scheme: spec.scheme)
-                    let boundHandler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
-                    try pipeline.configureHTTPServerPipeline(
-                        withServerUpgrade: (
-                            upgraders: [Self.webSocketUpgrader(services: services)],
-                            completionHandler: { context in
-                                // The socket speaks WebSocket now: the HTTP handler leaves.
-                                _ = try? context.pipeline.syncOperations.removeHandler(boundHandler.value)
-                            }
-                        ),
-                        withErrorHandling: true
-                    )
-                    try pipeline.addHandler(handler)
                 }
+                // TLS: ALPN picks HTTP/2 (one handler per stream, so a browser holds many SSE streams on one
+                // connection) or HTTP/1.1 (with WebSocket upgrades).
+                do {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return channel.configureHTTP2SecureUpgrade(
+                    h2ChannelConfigurator: { channel in
+                        channel.configureHTTP2Pipeline(mode: .server) { stream in
+                            stream.eventLoop.makeCompletedFuture {
+                                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                                try stream.pipeline.syncOperations.addHandler(RelayHTTPHandler(services: services, scheme: spec.scheme))
+                            }
+                        }.map { _ in }
+                    },
+                    http1ChannelConfigurator: { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try Self.configureHTTP1(channel, services: services, scheme: spec.scheme)
+                        }
+                    }
+                )
             }
+    }
+
+    /// HTTP/1.1 with pipelining assistance, protocol error handling and WebSocket upgrades.
+    static func configureHTTP1(_ channel: any Channel, services: RelayServices, scheme: String) throws {
+        let pipeline = channel.pipeline.syncOperations
+        let handler = RelayHTTPHandler(services: services, scheme: scheme)
+        let boundHandler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        try pipeline.configureHTTPServerPipeline(
+            withServerUpgrade: (
+                upgraders: [Self.webSocketUpgrader(services: services)],
+                completionHandler: { context in
+                    // The socket speaks WebSocket now: the HTTP handler leaves.
+                    _ = try? context.pipeline.syncOperations.removeHandler(boundHandler.value)
+                }
+            ),
+            withErrorHandling: true
+        )
+        try pipeline.addHandler(handler)
     }
 }
 
