@@ -1,3 +1,5 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -194,6 +196,152 @@ enum BlobFileIO {
     }
 }
 
+// MARK: - Additions for result manifests and snapshots
+
+extension BlobFileIO {
+    /// `rename(2)`: atomically replaces `destination` when it exists (a manifest's newer version wins).
+    static func replace(_ destination: String, with source: String) throws(StoreError) {
+        guard systemRename(source, destination) == 0 else {
+            throw .posix("rename", path: destination, errno: errno)
+        }
+    }
+
+    /// Writes the readable bytes of `buffer` (without consuming them).
+    static func writeAll(_ fd: Int32, _ buffer: ByteBuffer, path: String) throws(StoreError) {
+        let failure: Int32? = buffer.withUnsafeReadableBytes { bytes -> Int32? in
+            var written = 0
+            while written < bytes.count {
+                let count = systemWrite(fd, bytes.baseAddress! + written, bytes.count - written)
+                if count < 0 {
+                    let code = errno
+                    if code == EINTR { continue }
+                    return code
+                }
+                written += count
+            }
+            return nil
+        }
+        if let failure { throw .posix("write", path: path, errno: failure) }
+    }
+
+    /// At most `limit` bytes from the start (the whole file when nil) as a `ByteBuffer`; nil when the file does not
+    /// exist.
+    static func readBuffer(_ path: String, upTo limit: Int? = nil) throws(StoreError) -> ByteBuffer? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT || code == ENOTDIR { return nil }
+            throw .posix("open", path: path, errno: code)
+        }
+        defer { close(fd) }
+        return try readBuffer(fd, path: path, upTo: limit)
+    }
+
+    private static func readBuffer(_ fd: Int32, path: String, upTo limit: Int?) throws(StoreError) -> ByteBuffer {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .posix("fstat", path: path, errno: errno) }
+        let capacity = min(limit ?? Int(info.st_size), Int(info.st_size))
+        var buffer = ByteBufferAllocator().buffer(capacity: capacity)
+        var failure: Int32?
+        while buffer.readableBytes < capacity {
+            let wanted = capacity - buffer.readableBytes
+            var result = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: wanted) { target -> Int in
+                result = systemRead(fd, target.baseAddress!, wanted)
+                return max(result, 0)
+            }
+            if result < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                failure = code
+                break
+            }
+            if result == 0 { break }  // shorter than fstat said: the caller sees the short buffer
+        }
+        if let failure { throw .posix("read", path: path, errno: failure) }
+        return buffer
+    }
+
+    /// An open directory whose entries are listed, stat'ed, read and unlinked relative to it: each call resolves one
+    /// path component instead of the whole path (a start-up scan makes one such call per file).
+    final class OpenDirectory {
+        let path: String
+        private let fd: Int32
+
+        /// nil when the directory does not exist.
+        init?(_ path: String) throws(StoreError) {
+            let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else {
+                let code = errno
+                if code == ENOENT || code == ENOTDIR { return nil }
+                throw .posix("open", path: path, errno: code)
+            }
+            self.path = path
+            self.fd = fd
+        }
+
+        deinit { BlobFileIO.close(fd) }
+
+        /// Entry names, without `.` and `..`.
+        func names() throws(StoreError) -> [String] {
+            let copy = dup(fd)
+            guard copy >= 0 else { throw .posix("dup", path: path, errno: errno) }
+            guard let directory = fdopendir(copy) else {
+                let code = errno
+                BlobFileIO.close(copy)
+                throw .posix("fdopendir", path: path, errno: code)
+            }
+            defer { closedir(directory) }
+            rewinddir(directory)
+            var names: [String] = []
+            while true {
+                errno = 0
+                guard let entry = readdir(directory) else {
+                    if errno != 0 { throw .posix("readdir", path: path, errno: errno) }
+                    return names
+                }
+                let name = withUnsafePointer(to: &entry.pointee.d_name) { pointer in
+                    String(cString: UnsafeRawPointer(pointer).assumingMemoryBound(to: CChar.self))
+                }
+                if name != "." && name != ".." { names.append(name) }
+            }
+        }
+
+        /// `fstatat` without following a final symlink; nil when the entry does not exist.
+        func status(_ name: String) throws(StoreError) -> Status? {
+            var info = stat()
+            guard fstatat(fd, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
+                let code = errno
+                if code == ENOENT || code == ENOTDIR { return nil }
+                throw .posix("fstatat", path: path + "/" + name, errno: code)
+            }
+            return Status(info)
+        }
+
+        /// At most `limit` bytes from the start of the entry; nil when it does not exist.
+        func read(_ name: String, upTo limit: Int? = nil) throws(StoreError) -> ByteBuffer? {
+            let file = openat(fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard file >= 0 else {
+                let code = errno
+                if code == ENOENT || code == ENOTDIR { return nil }
+                throw .posix("openat", path: path + "/" + name, errno: code)
+            }
+            defer { BlobFileIO.close(file) }
+            return try BlobFileIO.readBuffer(file, path: path + "/" + name, upTo: limit)
+        }
+
+        /// `unlinkat`; false when there was nothing to remove.
+        func remove(_ name: String) throws(StoreError) -> Bool {
+            guard unlinkat(fd, name, 0) == 0 else {
+                let code = errno
+                if code == ENOENT { return false }
+                throw .posix("unlinkat", path: path + "/" + name, errno: code)
+            }
+            return true
+        }
+    }
+}
+
 extension BlobFileIO.Status {
     init(_ info: stat) {
         size = Int(info.st_size)
@@ -218,4 +366,8 @@ private func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) 
 
 private func systemClose(_ fd: Int32) -> Int32 {
     close(fd)
+}
+
+private func systemRename(_ source: String, _ destination: String) -> Int32 {
+    rename(source, destination)
 }

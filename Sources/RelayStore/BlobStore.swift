@@ -260,6 +260,39 @@ public final class BlobStore: Sendable {
         }
     }
 
+    /// Removes many blobs (both forms each) with one directory fsync per shard instead of one per blob; absent ones
+    /// are skipped. Returns the digests whose files were removed. On a failure, what was removed before it stays
+    /// removed and the first error is thrown after every digest was tried.
+    @discardableResult
+    public func remove(_ digests: [Digest128]) async throws(StoreError) -> [Digest128] {
+        try await onThreadPool { () throws(StoreError) -> [Digest128] in
+            var removed: [Digest128] = []
+            var shards: Set<String> = []
+            var firstError: StoreError?
+            for digest in digests {
+                do throws(StoreError) {
+                    let removedRaw = try BlobFileIO.remove(self.path(for: digest, compressed: false))
+                    let removedFrame = try BlobFileIO.remove(self.path(for: digest, compressed: true))
+                    guard removedRaw || removedFrame else { continue }
+                    removed.append(digest)
+                    let hex = digest.hex
+                    shards.insert("\(self.blobsDirectory)/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))")
+                } catch {
+                    if firstError == nil { firstError = error }
+                }
+            }
+            for shard in shards {
+                do throws(StoreError) {
+                    try BlobFileIO.syncDirectory(shard)
+                } catch {
+                    if firstError == nil { firstError = error }
+                }
+            }
+            if let firstError { throw firstError }
+            return removed
+        }
+    }
+
     /// At start, before any `put`: deletes what is left in `tmp/` (debris of writes a crash interrupted). A `put`
     /// running meanwhile would lose its temporary file and fail. Returns how many files were removed.
     @discardableResult

@@ -1,0 +1,557 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import RelayCore
+import Testing
+
+@testable import RelayStore
+
+@Suite("ResultIndex durability")
+struct ResultIndexDurabilityTests {
+    // MARK: - Manifest format
+
+    @Test func manifestRoundTripsEveryOutcome() throws {
+        let digests = [Fixtures.hasher.digest([1]), Fixtures.hasher.digest([2])]
+        let cases: [CachedResult] = [
+            ResultFixtures.success(1, digests: digests),
+            ResultFixtures.success(2, seconds: nil),
+            ResultFixtures.rejection(3),
+        ]
+        for result in cases {
+            let key = ResultFixtures.key(7)
+            let manifest = ResultManifest(key: key, result: result, digests: ResultIndex.referencedDigests(in: result.json))
+            let bytes = try #require(manifest.encoded())
+            let decoded = try ResultManifest.decode(bytes, expectedKey: key)
+            #expect(decoded == manifest)
+            #expect(decoded.result == result)
+            let header = try ResultManifest.decodeHeader(bytes, fileSize: bytes.readableBytes)
+            #expect(header.expiresAt == result.expiresAt.secondsSinceEpoch)
+            #expect(header.digests == manifest.digests)
+        }
+    }
+
+    @Test func manifestRejectsDamage() throws {
+        let key = ResultFixtures.key(1)
+        let manifest = ResultManifest(key: key, result: ResultFixtures.success(1), digests: [])
+        let bytes = try #require(manifest.encoded())
+        // Every single flipped byte is caught (by magic, version, length or checksum).
+        for offset in stride(from: 0, to: bytes.readableBytes, by: 7) {
+            var damaged = bytes
+            damaged.setInteger(bytes.getInteger(at: offset, as: UInt8.self)! ^ 0x40, at: offset)
+            #expect(throws: ResultManifestError.self) { try ResultManifest.decode(damaged, expectedKey: key) }
+        }
+        // Truncated anywhere.
+        for length in [0, 10, 47, 48, bytes.readableBytes - 1] {
+            #expect(throws: ResultManifestError.self) {
+                try ResultManifest.decode(bytes.getSlice(at: 0, length: length)!, expectedKey: key)
+            }
+        }
+        // Filed under another key.
+        #expect(throws: ResultManifestError.self) { try ResultManifest.decode(bytes, expectedKey: ResultFixtures.key(2)) }
+    }
+
+    @Test func snapshotRoundTrips() throws {
+        let records = (0..<50).map { number in
+            ResultManifestSnapshot.Record(
+                key: ResultFixtures.key(number), storedAt: Double(number), expiresAt: Double(number) + 0.5, size: number * 10,
+                digests: (0..<(number % 4)).map { Fixtures.hasher.digest([UInt8(number), UInt8($0)]) }
+            )
+        }
+        for list in [[], records, Array(records.prefix(1)), Array(records.filter { $0.digests.isEmpty })] {
+            let snapshot = ResultManifestSnapshot(createdAt: 1_234.5, records: list)
+            let decoded = try ResultManifestSnapshot(decoding: snapshot.encoded())
+            #expect(decoded.createdAt == 1_234.5)
+            #expect(decoded.records == list)
+        }
+        let bytes = ResultManifestSnapshot(createdAt: 1, records: records).encoded()
+        for length in [0, 27, 28, bytes.readableBytes - 1] {
+            #expect(throws: ResultManifestError.self) { try ResultManifestSnapshot(decoding: bytes.getSlice(at: 0, length: length)!) }
+        }
+    }
+
+    @Test func referencedDigestsFindsRelayFileURLs() {
+        let a = Fixtures.hasher.digest([1])
+        let b = Fixtures.hasher.digest([2])
+        let c = Fixtures.hasher.digest([3])
+        let result: JSONValue = [
+            "images": [["url": .string("https://relay.example/files/\(a.hex).png")], ["url": .string("/files/\(b.hex).webp")]],
+            "video": ["url": .string("http://x/files/\(a.hex).mp4")],  // same blob, another type: once
+            "text": .string("see /files/\(c.hex).txt and /files/\(c.hex.prefix(31)).txt and /files/\(c.hex)x"),
+            "not": .string("/files/\(c.hex.uppercased()).png"),  // upper case hex is still a digest
+            "numbers": [1, 2, 3],
+        ]
+        #expect(ResultIndex.referencedDigests(in: result) == [a, b, c])
+        #expect(ResultIndex.referencedDigests(in: ["url": "https://v3.fal.media/files/monkey/abc.png"]) == [])
+    }
+
+    // MARK: - Round trips
+
+    @Test func durableRoundTripAcrossInstances() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let digest = Fixtures.hasher.digest([9])
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        first.store(ResultFixtures.key(1), ResultFixtures.success(1, digests: [digest]))
+        first.store(ResultFixtures.key(2), ResultFixtures.rejection(2))
+        first.store(ResultFixtures.key(3), ResultFixtures.success(3, seconds: nil))
+        await first.flush()
+        #expect(first.pendingWrites == 0)
+        #expect(first.writeFailures == 0)
+        #expect(FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(1))))
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.entries == 3)
+        #expect(!report.usedSnapshot)
+        #expect(second.count == 3)
+        for number in 1...3 {
+            let hit = try #require(ResultFixtures.lookup(second, number))
+            #expect(hit == ResultFixtures.lookup(first, number))
+        }
+        #expect(second.references(digest))
+        // Model and canonical input are compared byte for byte, also for entries read from disk.
+        #expect(second.lookup(ResultFixtures.key(1), modelID: "fal-ai/flux/dev", canonicalInput: ResultFixtures.input(2)) == nil)
+        #expect(second.lookup(ResultFixtures.key(1), modelID: "fal-ai/flux/schnell", canonicalInput: ResultFixtures.input(1)) == nil)
+        if case .rejected(let error) = ResultFixtures.lookup(second, 2)?.outcome {
+            #expect(error.status == 422)
+            #expect(error.body == ResultFixtures.rejection(2).json)
+        } else {
+            Issue.record("the rejection did not survive")
+        }
+    }
+
+    @Test func laterWriteOfTheSameKeyWins() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let index = ResultFixtures.durableIndex(in: directory)
+        try await index.load()
+        let key = ResultFixtures.key(1)
+        var last: CachedResult?
+        for round in 0..<50 {
+            let result = ResultFixtures.success(1, seconds: Double(round))
+            index.store(key, result)
+            last = result
+        }
+        index.remove(ResultFixtures.key(2))  // absent: nothing to do
+        await index.flush()
+        let reloaded = ResultFixtures.durableIndex(in: directory)
+        try await reloaded.load()
+        #expect(ResultFixtures.lookup(reloaded, 1) == last)
+
+        // And a store after a remove resurrects, a remove after a store deletes.
+        index.remove(key)
+        index.store(key, ResultFixtures.success(1, seconds: 99))
+        index.store(ResultFixtures.key(3), ResultFixtures.success(3))
+        index.remove(ResultFixtures.key(3))
+        await index.flush()
+        let again = ResultFixtures.durableIndex(in: directory)
+        try await again.load()
+        #expect(again.count == 1)
+        #expect(ResultFixtures.lookup(again, 1)?.outcome == ResultFixtures.success(1, seconds: 99).outcome)
+        #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(3))))
+    }
+
+    @Test func expiredEntriesAreNotServedAfterReload() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let now = Timestamp.now().secondsSinceEpoch
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        first.store(ResultFixtures.key(1), ResultFixtures.success(1, storedAt: now - 100, ttl: 50))  // already expired
+        // Expires in 30 min: long enough for a slow, loaded CI machine to get to the reload first.
+        first.store(ResultFixtures.key(2), ResultFixtures.success(2, storedAt: now, ttl: 1800))
+        first.store(ResultFixtures.key(3), ResultFixtures.success(3, storedAt: now, ttl: 3600))
+        await first.flush()
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.expired == 1)
+        #expect(second.count == 2)
+        #expect(ResultFixtures.lookup(second, 1) == nil)
+        #expect(ResultFixtures.lookup(second, 2) != nil)
+        // Later, entry 2 expires: not served, and its file goes.
+        #expect(ResultFixtures.lookup(second, 2, now: Timestamp(secondsSinceEpoch: now + 1801)) == nil)
+        #expect(second.sweep(now: Timestamp(secondsSinceEpoch: now + 1801)) == 0)
+        #expect(second.sweep(now: Timestamp(secondsSinceEpoch: now + 7200)) == 1)
+        await second.flush()
+        #expect(second.count == 0)
+        for number in 1...3 {
+            #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))))
+        }
+    }
+
+    @Test(arguments: [1, 4])
+    func concurrentStoresAllSurviveAReload(writers: Int) async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        // More writers only on a pool of their own (the shared pool also serves media).
+        let pool = writers == 1 ? NIOThreadPool.singleton : NIOThreadPool(numberOfThreads: writers)
+        if writers > 1 { pool.start() }
+        let index = ResultIndex(directory: directory.path + "/data", threadPool: pool, writers: writers)
+        try await index.load()
+        let total = 800
+        await withTaskGroup(of: Void.self) { group in
+            for task in 0..<8 {
+                group.addTask {
+                    for number in stride(from: task, to: total, by: 8) {
+                        index.store(ResultFixtures.key(number), ResultFixtures.success(number, digests: [Fixtures.hasher.digest([UInt8(number & 0xFF)])]))
+                    }
+                }
+            }
+        }
+        // From plain threads too: store() is called under job locks on arbitrary threads.
+        DispatchQueue.concurrentPerform(iterations: 4) { part in
+            for number in stride(from: total + part, to: total + 200, by: 4) {
+                index.store(ResultFixtures.key(number), ResultFixtures.success(number))
+            }
+        }
+        await index.flush()
+        #expect(index.writeFailures == 0)
+        #expect(index.pendingWrites == 0)
+        if writers > 1 { try await pool.shutdownGracefully() }
+
+        let reloaded = ResultFixtures.durableIndex(in: directory)
+        let report = try await reloaded.load()
+        #expect(report.entries == total + 200)
+        for number in 0..<(total + 200) {
+            #expect(ResultFixtures.lookup(reloaded, number)?.canonicalInput == ResultFixtures.input(number))
+        }
+    }
+
+    // MARK: - Damage
+
+    @Test func corruptManifestsAreQuarantinedAndNeverServed() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        for number in 1...4 { first.store(ResultFixtures.key(number), ResultFixtures.success(number)) }
+        await first.flush()
+        #expect(try await first.writeSnapshot())
+
+        // 1: garbage; 2: a future version; 3: body damaged behind an intact header; 4: untouched.
+        let path1 = ResultFixtures.manifestPath(directory, ResultFixtures.key(1))
+        try Fixtures.write(Array("not a manifest".utf8), to: path1)
+        let path2 = ResultFixtures.manifestPath(directory, ResultFixtures.key(2))
+        var bytes2 = try #require(Fixtures.contents(path2))
+        bytes2[4] = 9
+        try Fixtures.write(bytes2, to: path2)
+        let path3 = ResultFixtures.manifestPath(directory, ResultFixtures.key(3))
+        var bytes3 = try #require(Fixtures.contents(path3))
+        bytes3[bytes3.count - 20] ^= 0xFF
+        try Fixtures.write(bytes3, to: path3)
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.quarantined == 2, "bad headers are found at load")
+        #expect(ResultFixtures.lookup(second, 1) == nil)
+        #expect(ResultFixtures.lookup(second, 2) == nil)
+        #expect(ResultFixtures.lookup(second, 3) == nil, "a bad body is found at the first lookup")
+        #expect(ResultFixtures.lookup(second, 4) != nil)
+        await second.flush()
+        #expect(second.count == 1)
+        let corrupt = ResultFixtures.resultsDirectory(directory) + "/corrupt"
+        for number in 1...3 {
+            let hex = ResultFixtures.key(number).digest.hex
+            #expect(FileManager.default.fileExists(atPath: corrupt + "/" + hex), "manifest \(number) quarantined")
+            #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))))
+        }
+
+        // A later start does not see them at all.
+        let third = ResultFixtures.durableIndex(in: directory)
+        #expect(try await third.load().entries == 1)
+    }
+
+    @Test func tornTemporaryFilesAreIgnored() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        first.store(ResultFixtures.key(1), ResultFixtures.success(1))
+        await first.flush()
+        #expect(try await first.writeSnapshot())
+
+        // What a crash mid-write leaves: half a manifest under a temporary name, half a snapshot, stray names.
+        let key = ResultFixtures.key(2)
+        let full = try #require(ResultManifest(key: key, result: ResultFixtures.success(2), digests: []).encoded())
+        let half = Array(full.readableBytesView.prefix(full.readableBytes / 2))
+        let shard = ResultFixtures.resultsDirectory(directory) + "/" + key.digest.hex.prefix(2)
+        let tornOld = "\(shard)/\(key.digest.hex).tmp.1234.abcdef"
+        let tornNew = "\(shard)/\(key.digest.hex).tmp.1234.fedcba"
+        try Fixtures.write(half, to: tornOld)
+        try Fixtures.write(half, to: tornNew)
+        try ResultFixtures.setModified(tornOld, to: Timestamp.now().secondsSinceEpoch - 3600)
+        try Fixtures.write([1, 2, 3], to: ResultFixtures.resultsDirectory(directory) + "/index.snapshot.tmp.1234.99")
+        try Fixtures.write([1, 2, 3], to: shard + "/README")
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.entries == 1)
+        #expect(report.quarantined == 0)
+        #expect(report.temporaryFilesRemoved == 1, "old debris is removed, a fresh one may be a write in flight")
+        #expect(ResultFixtures.lookup(second, 2) == nil)
+        #expect(ResultFixtures.lookup(second, 1) != nil)
+        #expect(!FileManager.default.fileExists(atPath: tornOld))
+    }
+
+    // MARK: - Snapshot
+
+    @Test func snapshotPlusRescanOfChangedShards() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        for number in 0..<300 { first.store(ResultFixtures.key(number), ResultFixtures.success(number)) }
+        await first.flush()
+        #expect(try await first.writeSnapshot())
+        // Age everything so that only what changes next looks newer than the snapshot.
+        try ageResults(directory, by: 3600)
+
+        // After the snapshot: one new, one replaced, one removed; then a crash (no new snapshot).
+        first.store(ResultFixtures.key(1000), ResultFixtures.success(1000))
+        first.store(ResultFixtures.key(5), ResultFixtures.success(5, seconds: 55))
+        first.remove(ResultFixtures.key(6))
+        await first.flush()
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.usedSnapshot)
+        #expect(report.scannedShards <= 3)
+        #expect(report.headersRead == 2)
+        #expect(report.entries == 300)
+        #expect(ResultFixtures.lookup(second, 1000) != nil)
+        #expect(ResultFixtures.lookup(second, 6) == nil)
+        if case .success(_, let seconds) = ResultFixtures.lookup(second, 5)?.outcome {
+            #expect(seconds == 55)
+        } else {
+            Issue.record("entry 5 missing")
+        }
+        for number in 0..<300 where number != 6 {
+            #expect(ResultFixtures.lookup(second, number) != nil, "entry \(number)")
+        }
+    }
+
+    @Test func manifestTheSnapshotDoesNotListIsAnOrphan() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        for number in 0..<3 { first.store(ResultFixtures.key(number), ResultFixtures.success(number)) }
+        await first.flush()
+        // Removed before the snapshot, but the unlink "did not happen" (a crash): put the file back, older than the
+        // snapshot, in a shard that changed since (so it is rescanned).
+        let path = ResultFixtures.manifestPath(directory, ResultFixtures.key(1))
+        let saved = try #require(Fixtures.contents(path))
+        first.remove(ResultFixtures.key(1))
+        await first.flush()
+        #expect(try await first.writeSnapshot())
+        try Fixtures.write(saved, to: path)
+        try ageResults(directory, by: 3600, shards: false, snapshot: false)
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(report.orphansRemoved == 1)
+        #expect(ResultFixtures.lookup(second, 1) == nil)
+        await second.flush()
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test func damagedSnapshotFallsBackToAFullScan() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        for number in 0..<20 { first.store(ResultFixtures.key(number), ResultFixtures.success(number)) }
+        await first.flush()
+        #expect(try await first.writeSnapshot())
+        let snapshot = ResultFixtures.resultsDirectory(directory) + "/index.snapshot"
+        var bytes = try #require(Fixtures.contents(snapshot))
+        bytes[30] ^= 1
+        try Fixtures.write(bytes, to: snapshot)
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        let report = try await second.load()
+        #expect(!report.usedSnapshot)
+        #expect(report.snapshotProblem != nil)
+        #expect(report.entries == 20)
+    }
+
+    @Test func snapshotListsWhatIsOnDiskWhileANewerVersionIsQueued() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let index = ResultIndex(directory: directory.path + "/data", threadPool: pool)
+        try await index.load()
+        let old = Fixtures.hasher.digest(Array("v1".utf8))
+        let new = Fixtures.hasher.digest(Array("v2".utf8))
+        let key = ResultFixtures.key(1)
+        index.store(key, ResultFixtures.success(1, digests: [old]))
+        await index.flush()
+
+        // Hold the pool's only thread: version 2 stays queued while the snapshot is collected.
+        let gate = DispatchSemaphore(value: 0)
+        pool.submit { _ in gate.wait() }
+        index.store(key, ResultFixtures.success(1, digests: [new]))
+        #expect(index.references(new) && !index.references(old), "in memory the newest version counts")
+        let snapshotting = Task { try await index.writeSnapshot() }
+        try await Task.sleep(for: .milliseconds(200))  // the snapshot is collected, its write waits for the pool
+        gate.signal()
+        #expect(try await snapshotting.value)
+        await index.flush()
+        try await pool.shutdownGracefully()
+
+        let path = ResultFixtures.resultsDirectory(directory) + "/index.snapshot"
+        let snapshot = try ResultManifestSnapshot(decoding: ByteBuffer(bytes: try #require(Fixtures.contents(path))))
+        #expect(snapshot.records.map(\.digests) == [[old]], "the snapshot lists the version the file held")
+        // Version 2 landed after the snapshot: its shard is rescanned, so a restart knows version 2.
+        let reloaded = ResultFixtures.durableIndex(in: directory)
+        let report = try await reloaded.load()
+        #expect(report.headersRead == 1)
+        #expect(reloaded.references(new) && !reloaded.references(old))
+        #expect(ResultIndex.referencedDigests(in: try #require(ResultFixtures.lookup(reloaded, 1)).json) == [new])
+    }
+
+    @Test func snapshotIsNotWrittenBeforeLoad() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let index = ResultFixtures.durableIndex(in: directory)
+        index.store(ResultFixtures.key(1), ResultFixtures.success(1))  // before load: kept, and wins over disk
+        #expect(try await index.writeSnapshot() == false)
+        try await index.load()
+        #expect(try await index.writeSnapshot())
+        #expect(try await ResultIndex().writeSnapshot() == false)
+    }
+
+    // MARK: - Memory
+
+    @Test func decodedEntriesAreBounded() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory, decodedLimit: 10)
+        try await first.load()
+        for number in 0..<100 { first.store(ResultFixtures.key(number), ResultFixtures.success(number)) }
+        await first.flush()
+        // Fresh entries are dropped from memory once written; lookups read them back.
+        for number in 0..<100 { #expect(ResultFixtures.lookup(first, number) != nil) }
+
+        let second = ResultFixtures.durableIndex(in: directory, decodedLimit: 10)
+        try await second.load()
+        #expect(await second.warm() == 10)
+        for round in 0..<2 {
+            for number in 0..<100 { #expect(ResultFixtures.lookup(second, number) != nil, "round \(round) entry \(number)") }
+        }
+        #expect(second.count == 100)
+    }
+
+    @Test func memoryOnlyIndexKeepsItsBehaviour() async throws {
+        let index = ResultIndex()
+        let now = Timestamp.now().secondsSinceEpoch
+        index.store(ResultFixtures.key(1), ResultFixtures.success(1, storedAt: now, ttl: 10))
+        #expect(try await index.load().entries == 0)
+        await index.flush()
+        #expect(ResultFixtures.lookup(index, 1) != nil)
+        #expect(ResultFixtures.lookup(index, 1, now: Timestamp(secondsSinceEpoch: now + 11)) == nil)
+        #expect(index.count == 0)
+        index.store(ResultFixtures.key(2), ResultFixtures.success(2, storedAt: now, ttl: 10))
+        #expect(index.remove(ResultFixtures.key(2)))
+        #expect(!index.remove(ResultFixtures.key(2)))
+    }
+
+    /// Moves manifests (and shard directories, and the snapshot's clock) `seconds` into the past, as if written long
+    /// ago; the snapshot is made to look taken a minute after the manifests.
+    private func ageResults(_ directory: TemporaryDirectory, by seconds: Double, shards: Bool = true, snapshot: Bool = true) throws {
+        let root = ResultFixtures.resultsDirectory(directory)
+        let past = Timestamp.now().secondsSinceEpoch - seconds
+        for file in Fixtures.files(under: root) where !file.hasPrefix("corrupt") && !file.hasPrefix("index.snapshot") {
+            try ResultFixtures.setModified(root + "/" + file, to: past)
+        }
+        if shards {
+            for name in try FileManager.default.contentsOfDirectory(atPath: root) where name.count == 2 {
+                try ResultFixtures.setModified(root + "/" + name, to: past)
+            }
+        }
+        if snapshot {
+            let path = root + "/index.snapshot"
+            var decoded = try ResultManifestSnapshot(decoding: ByteBuffer(bytes: try #require(Fixtures.contents(path))))
+            decoded.createdAt -= seconds - 60
+            // Rewriting it changes the results directory, which is not a shard.
+            try Fixtures.write(Array(decoded.encoded().readableBytesView), to: path)
+        }
+    }
+}
+
+extension CachedResult {
+    /// The result JSON or, for a rejection, the error body.
+    var json: JSONValue {
+        switch outcome {
+        case .success(let result, _): result
+        case .rejected(let error): error.body
+        }
+    }
+}
+/// Keys, results and file helpers for the ResultIndex and BlobExpiry tests.
+enum ResultFixtures {
+    static func key(_ index: Int, salt: String = "") -> RequestKey {
+        RequestKey(digest: Fixtures.hasher.digest(Array("request \(salt)\(index)".utf8)))
+    }
+
+    static func input(_ index: Int) -> [UInt8] {
+        Array(#"{"prompt":"a lighthouse at dusk \#(index)","seed":\#(index)}"#.utf8)
+    }
+
+    /// A fal-style image result whose URLs point at `digests` on this relay.
+    static func success(
+        _ index: Int,
+        digests: [Digest128] = [],
+        storedAt: Double = Timestamp.now().secondsSinceEpoch,
+        ttl: Double = 3600,
+        seconds: Double? = 1.25
+    ) -> CachedResult {
+        let images: [JSONValue] = digests.map { digest in
+            ["url": .string("https://relay.test/files/\(digest.hex).png"), "width": 1024, "height": 768, "content_type": "image/png"]
+        }
+        return CachedResult(
+            modelID: "fal-ai/flux/dev",
+            canonicalInput: input(index),
+            outcome: .success(
+                result: ["images": .array(images), "seed": .number(Double(index)), "prompt": .string("a lighthouse at dusk \(index)"), "has_nsfw_concepts": [false]],
+                inferenceSeconds: seconds
+            ),
+            storedAt: Timestamp(secondsSinceEpoch: storedAt),
+            expiresAt: Timestamp(secondsSinceEpoch: storedAt + ttl)
+        )
+    }
+
+    static func rejection(_ index: Int, storedAt: Double = Timestamp.now().secondsSinceEpoch, ttl: Double = 60) -> CachedResult {
+        CachedResult(
+            modelID: "fal-ai/flux/dev",
+            canonicalInput: input(index),
+            outcome: .rejected(
+                .validation([.invalid("num_images", "ensure this value is less than or equal to 4", type: "value_error.number.not_le"), .missing("prompt")])
+            ),
+            storedAt: Timestamp(secondsSinceEpoch: storedAt),
+            expiresAt: Timestamp(secondsSinceEpoch: storedAt + ttl)
+        )
+    }
+
+    static func durableIndex(in directory: TemporaryDirectory, decodedLimit: Int = 20_000) -> ResultIndex {
+        ResultIndex(directory: directory.path + "/data", threadPool: .singleton, decodedLimit: decodedLimit)
+    }
+
+    static func resultsDirectory(_ directory: TemporaryDirectory) -> String { directory.path + "/data/results" }
+
+    static func manifestPath(_ directory: TemporaryDirectory, _ key: RequestKey) -> String {
+        "\(resultsDirectory(directory))/\(key.digest.hex.prefix(2))/\(key.digest.hex)"
+    }
+
+    static func lookup(_ index: ResultIndex, _ number: Int, salt: String = "", now: Timestamp = .now()) -> CachedResult? {
+        index.lookup(key(number, salt: salt), modelID: "fal-ai/flux/dev", canonicalInput: input(number), now: now)
+    }
+
+    /// Sets a file's or directory's modification time.
+    static func setModified(_ path: String, to seconds: Double) throws {
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSince1970: seconds)], ofItemAtPath: path)
+    }
+}
