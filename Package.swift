@@ -58,6 +58,8 @@ let package = Package(
             dependencies: [
                 "RelayCore", "RelayStore", "RelayJobs", "RelayMedia",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -106,7 +108,12 @@ let package = Package(
         .testTarget(name: "RelayJobsTests", dependencies: ["RelayJobs", "RelayStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RelayUpstreamsTests",
-            dependencies: ["RelayUpstreams"],
+            dependencies: [
+                "RelayUpstreams",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

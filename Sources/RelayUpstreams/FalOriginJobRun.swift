@@ -1,0 +1,383 @@
+import AsyncHTTPClient
+import Logging
+import NIOCore
+import RelayCore
+import RelayJobs
+import RelayStore
+import Synchronization
+
+/// One job's trip through a fal-compatible origin: submit, follow (status stream, else polling), fetch the result,
+/// pull its media into the blob store, report. Exactly one terminal update reaches the job, unless it was cancelled.
+///
+/// The submit is shielded from cancellation: once it may be on the wire it runs to its end, so that a job it
+/// created at the origin is known and can be cancelled there (`PUT cancel_url`) instead of running on unseen. The
+/// per-job deadline fails the job at once, whatever the calls in flight are doing, and cancels the origin's job too.
+final class FalOriginJobRun: Sendable {
+    /// What the origin's submit answer names (PROTOCOL.md §3.1).
+    struct Handle: Sendable, Hashable {
+        let requestID: String
+        let statusURL: String
+        let responseURL: String
+        let cancelURL: String
+    }
+
+    private struct State: Sendable {
+        var handle: Handle?
+        /// Cancelled, or past the deadline: no more calls, no more updates.
+        var abandoned = false
+        /// A terminal update was delivered.
+        var finished = false
+        var cancelSent = false
+    }
+
+    let job: Job
+    private let client: FalOriginClient
+    private let store: BlobStore
+    private let logger: Logger
+    private let probeTicket: Int?
+    private let state = Mutex(State())
+
+    init(job: Job, client: FalOriginClient, store: BlobStore, logger: Logger, probeTicket: Int?) {
+        self.job = job
+        self.client = client
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "model"] = "\(job.model.id)"
+        self.logger = logger
+        self.probeTicket = probeTicket
+    }
+
+    private var configuration: FalOriginUpstream.Configuration { client.configuration }
+
+    /// The origin's handle once the submit was accepted.
+    var handle: Handle? { state.withLock { $0.handle } }
+
+    private var isAbandoned: Bool { state.withLock { $0.abandoned } }
+
+    // MARK: - Lifecycle
+
+    /// Runs the job to its end, or until the deadline, or until the task is cancelled.
+    func run() async {
+        let deadline = configuration.jobDeadline
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.work() }
+            group.addTask {
+                do {
+                    try await Task.sleep(for: deadline)
+                } catch {
+                    return
+                }
+                self.expire()
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// The job was cancelled (its last request left): stop, and cancel at the origin once the job exists there.
+    func cancel() {
+        let proceed = state.withLock { state -> Bool in
+            guard !state.finished else { return false }
+            state.abandoned = true
+            return true
+        }
+        if proceed { sendCancel() }
+    }
+
+    private func expire() {
+        let report = state.withLock { state -> Bool in
+            guard !state.finished, !state.abandoned else { return false }
+            state.finished = true
+            state.abandoned = true
+            return true
+        }
+        guard report else { return }
+        logger.warning("origin job passed its deadline", metadata: ["deadline": "\(configuration.jobDeadline)"])
+        job.receive(.failed(.unavailable("origin did not finish the job within \(configuration.jobDeadline)", type: "request_timeout")))
+        sendCancel()
+    }
+
+    private func finish(_ update: JobUpdate) {
+        let deliver = state.withLock { state -> Bool in
+            guard !state.finished, !state.abandoned else { return false }
+            state.finished = true
+            return true
+        }
+        if deliver { job.receive(update) }
+    }
+
+    /// Best effort, once: `PUT cancel_url` on a task of its own (the job's task is being torn down).
+    private func sendCancel() {
+        let handle = state.withLock { state -> Handle? in
+            guard let handle = state.handle, !state.cancelSent else { return nil }
+            state.cancelSent = true
+            return handle
+        }
+        guard let handle else { return }
+        let call = FalOriginClient.Call(
+            method: .PUT, url: handle.cancelURL, replay: .safe, timeout: configuration.requestTimeout,
+            maxBodyBytes: 64 << 10, purpose: "cancel"
+        )
+        let client = self.client
+        let logger = self.logger
+        Task {
+            do {
+                let reply = try await client.send(call)
+                logger.debug("origin cancel answered", metadata: ["status": "\(reply.status)", "origin_request_id": "\(handle.requestID)"])
+            } catch {
+                logger.info("origin cancel failed", metadata: ["error": "\(error)", "origin_request_id": "\(handle.requestID)"])
+            }
+        }
+    }
+
+    // MARK: - The work
+
+    private func work() async {
+        do {
+            let handle = try await submit()
+            var cursor = FalOriginLogCursor()
+            var completion: FalOriginStatus?
+            if configuration.useStatusStream {
+                completion = try await followStream(handle, cursor: &cursor)
+            }
+            let final: FalOriginStatus
+            if let completion {
+                final = completion
+            } else {
+                final = try await poll(handle, cursor: &cursor)
+            }
+            if let message = final.error {
+                finish(.failed(await failure(of: handle, message: message, type: final.errorType)))
+                return
+            }
+            let result = try await fetchResult(handle)
+            let rewritten = try await pullMedia(of: result)
+            let seconds = final.inferenceSeconds ?? result["metrics"]?["inference_time"]?.doubleValue
+            logger.debug("origin job succeeded", metadata: ["origin_request_id": "\(handle.requestID)"])
+            finish(.succeeded(result: rewritten, inferenceSeconds: seconds))
+        } catch is CancellationError {
+            return
+        } catch let error as FalError {
+            logger.info("origin job failed", metadata: ["error": "\(error)"])
+            finish(.failed(error))
+        } catch {
+            logger.info("origin job failed", metadata: ["error": "\(error)"])
+            finish(.failed(.upstreamFailed("origin: \(error)")))
+        }
+    }
+
+    private func submit() async throws -> Handle {
+        let model = job.model.id
+        let call = FalOriginClient.Call(
+            method: .POST,
+            url: configuration.baseURL + "/" + model,
+            body: ByteBuffer(bytes: JSONValue.object(job.input.fields).serialized()),
+            replay: .onlyIfNotAccepted,
+            timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes,
+            purpose: "submit"
+        )
+        let client = self.client
+        if isAbandoned {
+            if let probeTicket { client.abandonProbe(probeTicket) }
+            throw CancellationError()
+        }
+        let shielded = Task { try await client.send(call, keepTrying: { !self.isAbandoned }) }
+        let outcome = await shielded.result
+        if case .failure(let error) = outcome, error is CancellationError, let probeTicket {
+            client.abandonProbe(probeTicket)
+        }
+        let reply = try outcome.get()
+        guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "submit") }
+        guard let answer = try? Self.parse(reply.body), let requestID = answer["request_id"]?.stringValue, !requestID.isEmpty else {
+            throw FalError.upstreamFailed("origin submit answer has no request_id: \(Self.excerpt(reply.body))")
+        }
+        let canonical = configuration.baseURL + "/" + (EndpointID(model)?.app ?? model) + "/requests/" + requestID
+        func url(_ key: String, _ fallback: String) -> String {
+            guard let text = answer[key]?.stringValue, FalOriginMediaReferences.isHTTPURL(text) else { return fallback }
+            return text
+        }
+        let handle = Handle(
+            requestID: requestID,
+            statusURL: url("status_url", canonical + "/status"),
+            responseURL: url("response_url", canonical),
+            cancelURL: url("cancel_url", canonical + "/cancel")
+        )
+        let abandoned = state.withLock { state -> Bool in
+            state.handle = handle
+            return state.abandoned
+        }
+        logger.debug("origin accepted the job", metadata: ["origin_request_id": "\(requestID)", "attempts": "\(reply.attempts)"])
+        if abandoned {
+            sendCancel()
+            throw CancellationError()
+        }
+        return handle
+    }
+
+    /// Follows `{status_url}/stream`; nil when the stream is unavailable or ends early (then polling takes over).
+    private func followStream(_ handle: Handle, cursor: inout FalOriginLogCursor) async throws -> FalOriginStatus? {
+        let url = Self.appending("/stream", query: "logs=1", to: handle.statusURL)
+        let response: HTTPClientResponse
+        do {
+            response = try await client.open(url, accept: "text/event-stream", timeout: configuration.requestTimeout)
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            logger.info("origin status stream unavailable; polling", metadata: ["error": "\(error)"])
+            return nil
+        }
+        let contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
+        guard (200..<300).contains(response.status.code), contentType.hasPrefix("text/event-stream") else {
+            logger.info(
+                "origin status stream unavailable; polling",
+                metadata: ["status": "\(response.status.code)", "content_type": "\(contentType)"]
+            )
+            return nil
+        }
+        var parser = FalOriginEventStreamParser(maxEventBytes: configuration.maxJSONBytes)
+        do {
+            for try await chunk in response.body {
+                for event in try parser.feed(chunk) where event.readableBytes > 0 {
+                    guard let value = try? Self.parse(event), let status = FalOriginStatus(json: value) else {
+                        logger.info("origin status stream sent a malformed event; polling", metadata: ["event": "\(Self.excerpt(event))"])
+                        return nil
+                    }
+                    apply(status, cursor: &cursor, streamed: true)
+                    if status.isCompleted { return status }
+                }
+            }
+            logger.info("origin status stream ended before COMPLETED; polling")
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            logger.info("origin status stream dropped; polling", metadata: ["error": "\(error)"])
+        }
+        return nil
+    }
+
+    private func poll(_ handle: Handle, cursor: inout FalOriginLogCursor) async throws -> FalOriginStatus {
+        let call = FalOriginClient.Call(
+            method: .GET, url: Self.appending("", query: "logs=1", to: handle.statusURL), replay: .safe,
+            timeout: configuration.requestTimeout, maxBodyBytes: configuration.maxJSONBytes, purpose: "status"
+        )
+        while true {
+            let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
+            guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "status") }
+            guard let value = try? Self.parse(reply.body), let status = FalOriginStatus(json: value) else {
+                throw FalError.upstreamFailed("origin status answer is not a status object: \(Self.excerpt(reply.body))")
+            }
+            apply(status, cursor: &cursor, streamed: false)
+            if status.isCompleted { return status }
+            try await Task.sleep(for: configuration.statusPollInterval)
+        }
+    }
+
+    private func apply(_ status: FalOriginStatus, cursor: inout FalOriginLogCursor, streamed: Bool) {
+        let fresh = streamed ? cursor.newLines(streamed: status.logs) : cursor.newLines(cumulative: status.logs)
+        switch status.phase {
+        case .inQueue(let position):
+            job.receive(.queued(position: position))
+        case .inProgress:
+            job.receive(.started)
+        case .completed, .other:
+            break
+        }
+        for line in fresh {
+            job.receive(.log(line.message, level: line.level))
+        }
+    }
+
+    /// The error of a job that COMPLETED with one: the result endpoint's error answer (the origin's status and
+    /// detail), else the status object's message.
+    private func failure(of handle: Handle, message: String, type: String?) async -> FalError {
+        let fallback = FalError.upstreamFailed("origin job failed: \(message)" + (type.map { " (\($0))" } ?? ""))
+        let call = FalOriginClient.Call(
+            method: .GET, url: handle.responseURL, replay: .safe, timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes, purpose: "result"
+        )
+        guard let reply = try? await client.send(call, keepTrying: { !self.isAbandoned }), !reply.isSuccess else {
+            return fallback
+        }
+        return FalOriginClient.error(for: reply, purpose: "result")
+    }
+
+    private func fetchResult(_ handle: Handle) async throws -> JSONValue {
+        let call = FalOriginClient.Call(
+            method: .GET, url: handle.responseURL, replay: .safe, timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes, purpose: "result"
+        )
+        let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
+        guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "result") }
+        do {
+            return try Self.parse(reply.body)
+        } catch {
+            throw FalError.upstreamFailed("origin result is not valid JSON (\(error)): \(Self.excerpt(reply.body))")
+        }
+    }
+
+    // MARK: - Media
+
+    private func pullMedia(of result: JSONValue) async throws -> JSONValue {
+        let references = FalOriginMediaReferences(in: result).references
+        guard !references.isEmpty else { return result }
+        var records: [String: BlobRecord] = [:]
+        try await withThrowingTaskGroup(of: (String, BlobRecord).self) { group in
+            var pending = references.makeIterator()
+            for _ in 0..<max(1, configuration.mediaConcurrency) {
+                guard let reference = pending.next() else { break }
+                group.addTask { (reference.url, try await self.pull(reference)) }
+            }
+            while let (url, record) = try await group.next() {
+                records[url] = record
+                if let reference = pending.next() {
+                    group.addTask { (reference.url, try await self.pull(reference)) }
+                }
+            }
+        }
+        return FalOriginMediaReferences.rewrite(result, records: records, publicBaseURL: configuration.publicBaseURL())
+    }
+
+    private func pull(_ reference: FalOriginMediaReferences.Reference) async throws -> BlobRecord {
+        let call = FalOriginClient.Call(
+            method: .GET, url: reference.url, accept: "*/*", replay: .safe, timeout: configuration.mediaTimeout,
+            maxBodyBytes: configuration.maxMediaBytes, credentials: client.isOnOrigin(reference.url),
+            countsForBreaker: false, purpose: "media"
+        )
+        let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
+        guard reply.isSuccess else {
+            throw FalError.upstreamFailed("could not fetch origin media \(reference.url): HTTP \(reply.status)")
+        }
+        let type = FalOriginMediaReferences.mediaType(
+            declared: reference.declaredContentType,
+            served: reply.headers.first(name: "content-type"),
+            url: reference.url
+        )
+        do {
+            return try await store.put(Array(reply.body.readableBytesView), mediaType: type)
+        } catch {
+            if error == .cancelled { throw CancellationError() }
+            if error.isDiskFull { throw FalError.insufficientStorage() }
+            throw FalError.internalError("media store: \(error)")
+        }
+    }
+
+    // MARK: - Helpers
+
+    private static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
+        try buffer.withUnsafeReadableBytes { try JSONValue(parsing: $0) }
+    }
+
+    private static func excerpt(_ buffer: ByteBuffer) -> String {
+        let text = String(decoding: buffer.readableBytesView.prefix(200), as: UTF8.self)
+        return buffer.readableBytes > 200 ? text + "…" : text
+    }
+
+    /// `url` with `suffix` added to its path and `query` to its query string.
+    static func appending(_ suffix: String, query: String, to url: String) -> String {
+        let parts = url.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = String(parts[0]) + suffix
+        if parts.count == 2, !parts[1].isEmpty {
+            return path + "?" + parts[1] + "&" + query
+        }
+        return path + "?" + query
+    }
+}

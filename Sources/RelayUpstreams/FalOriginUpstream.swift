@@ -1,0 +1,73 @@
+public import Logging
+public import NIOCore
+public import NIOPosix
+import RelayCore
+public import RelayJobs
+public import RelayStore
+
+/// Forwards jobs to a fal-compatible queue API: fal itself, or another MediaRelay as a shield tier (DESIGN.md
+/// "Upstreams").
+///
+/// Per job: submit, follow progress on the status stream (falling back to polling), fetch the result, pull its
+/// media into the blob store and rewrite their URLs to this relay's `/files/`. Transient failures are retried
+/// (`RetryPolicy`); an origin that keeps failing trips the circuit breaker, and new jobs then fail at once with
+/// 503 until a probe gets through. Every job ends — succeeded, failed or cancelled — within `jobDeadline`.
+public final class FalOriginUpstream: Upstream {
+    public let configuration: Configuration
+    private let client: FalOriginClient
+    private let store: BlobStore
+    private let logger: Logger
+
+    /// Builds the origin's HTTP client. Throws when `additionalCAPath` cannot be read as PEM certificates.
+    /// Call `shutdown()` before the event loop group goes away.
+    public init(
+        configuration: Configuration,
+        store: BlobStore,
+        logger: Logger,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) throws {
+        self.configuration = configuration
+        self.client = try FalOriginClient(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "origin"] = "\(configuration.baseURL)"
+        self.logger = logger
+    }
+
+    /// Where the circuit breaker stands (for metrics and admin).
+    public var circuitState: OriginCircuitBreaker.State { client.circuitState }
+
+    public func start(_ job: Job) -> any UpstreamTask {
+        let ticket: Int?
+        switch client.acquire() {
+        case .rejected:
+            logger.debug("origin circuit open; failing the job at once", metadata: ["model": "\(job.model.id)"])
+            job.receive(.failed(.unavailable("origin circuit open", type: "runner_connection_refused")))
+            return FalOriginTask(run: nil, task: nil)
+        case .probe(let probe):
+            logger.info("origin circuit half-open; this job is the probe", metadata: ["model": "\(job.model.id)"])
+            ticket = probe
+        case .allowed:
+            ticket = nil
+        }
+        let run = FalOriginJobRun(job: job, client: client, store: store, logger: logger, probeTicket: ticket)
+        let task = Task { await run.run() }
+        return FalOriginTask(run: run, task: task)
+    }
+
+    /// Closes the origin's connections. Jobs still running fail with transport errors.
+    public func shutdown() async throws {
+        try await client.shutdown()
+    }
+}
+
+/// The handle `start` returns: cancelling stops the job's task and cancels the origin's job (best effort).
+struct FalOriginTask: UpstreamTask {
+    let run: FalOriginJobRun?
+    let task: Task<Void, Never>?
+
+    func cancel() {
+        run?.cancel()
+        task?.cancel()
+    }
+}
