@@ -304,6 +304,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             services.logger.error("media stat failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
             return respondError(context: context, head: head, error: .internalError("Could not read the file"))
         }
+        services.mediaServed(record.digest)
         let plan = MediaResponsePlan(method: head.method, requestHeaders: head.headers, record: record)
         if plan.outcome == .unsatisfiable {
             state = .idle

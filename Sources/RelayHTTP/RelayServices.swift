@@ -58,6 +58,8 @@ public struct RelayServices: Sendable {
     public let store: BlobStore
     /// Media bytes for `/files`: sendfile on plain HTTP, chunked reads under TLS.
     public let media: MediaFileSource
+    /// Told about every media file served (the store's LRU keeps what is read).
+    public let mediaServed: @Sendable (Digest128) -> Void
     public let hasher: KeyedHasher
     public let authenticator: any Authenticator
     public let router: Router
@@ -76,6 +78,7 @@ public struct RelayServices: Sendable {
         jobs: JobTable,
         store: BlobStore,
         media: MediaFileSource,
+        mediaServed: @escaping @Sendable (Digest128) -> Void = { _ in },
         hasher: KeyedHasher,
         authenticator: any Authenticator,
         router: Router,
@@ -90,6 +93,7 @@ public struct RelayServices: Sendable {
         self.jobs = jobs
         self.store = store
         self.media = media
+        self.mediaServed = mediaServed
         self.hasher = hasher
         self.authenticator = authenticator
         self.router = router

@@ -87,16 +87,41 @@ public struct RelayApplication: Sendable {
             store: store,
             threadPool: threadPool
         )
+        // Results survive restarts: manifests on disk, index rebuilt from a snapshot plus a scan before serving.
+        let results = ResultIndex(directory: dataDirectory, threadPool: threadPool)
+        let loaded = try await results.load()
+        logger.info("result cache loaded", metadata: ["entries": "\(loaded.entries)", "snapshot": "\(loaded.usedSnapshot)"])
+        let expiry = BlobExpiry(store: store, results: results, configuration: .init(maxBytes: config.cacheMaxBytes))
+
+        let origin: FalOriginUpstream? = try config.origin.map { url in
+            var originConfig = FalOriginUpstream.Configuration(
+                baseURL: url,
+                apiKey: config.originKey ?? ProcessInfo.processInfo.environment["FAL_KEY"],
+                additionalCAPath: config.originCA,
+                publicBaseURL: { publicOrigin.value }
+            )
+            originConfig.userAgent = "MediaRelay"
+            return try FalOriginUpstream(configuration: originConfig, store: store, logger: logger, eventLoopGroup: group)
+        }
+        if origin == nil, let model = catalog.models.first(where: { $0.upstream == "origin" }) {
+            throw ConfigurationError("model \(model.id) is served by the origin, but no --origin is configured")
+        }
+        let sendEverythingToOrigin = origin != nil
         let jobs = JobTable(
             retentionSeconds: config.requestRetentionSeconds,
+            results: results,
             cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds)
-        ) { _ in synthetic }
+        ) { model in
+            if let origin, sendEverythingToOrigin || model.upstream == "origin" { return origin }
+            return synthetic
+        }
         let readiness = Readiness()
         let relayServices = RelayServices(
             catalog: catalog,
             jobs: jobs,
             store: store,
             media: MediaFileSource(store: store, threadPool: threadPool),
+            mediaServed: { digest in expiry.touch(digest) },
             hasher: hasher,
             authenticator: APIKeyStore(dataDirectory: dataDirectory, secret: secret),
             router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
@@ -121,14 +146,21 @@ public struct RelayApplication: Sendable {
         announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))
 
         let sweeper = RequestSweeper(jobs: jobs)
+        let storeSweeper = StoreSweeper(expiry: expiry, results: results, logger: logger)
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server), .init(service: sweeper)],
+                services: [.init(service: server), .init(service: sweeper), .init(service: storeSweeper)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
         )
-        try await services.run()
+        do {
+            try await services.run()
+        } catch {
+            try? await origin?.shutdown()
+            throw error
+        }
+        try? await origin?.shutdown()
     }
 
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
@@ -237,6 +269,30 @@ final class PublicOrigin: Sendable {
     func set(_ value: String) {
         let trimmed = value.hasSuffix("/") ? String(value.dropLast()) : value
         origin.withLock { $0 = trimmed }
+    }
+}
+
+/// Expires media by TTL and byte budget every 30 s; at shutdown flushes pending manifests and writes the
+/// result index's snapshot so the next start is fast.
+struct StoreSweeper: Service {
+    let expiry: BlobExpiry
+    let results: ResultIndex
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await expiry.run(every: .seconds(30)) { outcome in
+                if case .failure(let error) = outcome {
+                    logger.warning("store sweep failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        await results.flush()
+        do {
+            _ = try await results.writeSnapshot()
+        } catch {
+            logger.warning("result snapshot not written", metadata: ["error": "\(error)"])
+        }
     }
 }
 

@@ -55,6 +55,13 @@ public struct RelayConfiguration: Sendable {
     public var resultTTLSeconds = 86_400.0
     /// `global`: identical work is shared by every caller; `per-key`: only by requests of the same API key.
     public var perKeyCacheScope = false
+    /// Byte budget of the media store (LRU eviction between watermarks); nil = unbounded.
+    public var cacheMaxBytes: Int?
+    /// A fal-compatible queue API to send every model to (fal itself, or another MediaRelay), instead of the synthetic
+    /// generator; models whose catalog entry says `"upstream": "origin"` go there too.
+    public var origin: String?
+    public var originKey: String?
+    public var originCA: String?
     /// Per-tier rate limits (anonymous 20, signed-in 100, pro 500 submissions a minute; reads apart).
     public var rateLimits = true
     public var enterpriseRequestsPerMinute = 2000
@@ -114,6 +121,17 @@ public struct RelayConfiguration: Sendable {
             default: throw ConfigurationError("cache_scope must be global or per-key, not \"\(value)\"")
             }
         },
+        Setting(name: "cache_max_bytes", help: "media store byte budget (LRU eviction), e.g. 10737418240") { config, value throws(ConfigurationError) in
+            config.cacheMaxBytes = try integer(value, "cache_max_bytes", (1 << 20)...Int.max)
+        },
+        Setting(name: "origin", help: "fal-compatible queue API URL to relay to, e.g. https://queue.fal.run") { config, value throws(ConfigurationError) in
+            guard value.hasPrefix("https://") || value.hasPrefix("http://") else {
+                throw ConfigurationError("origin must be an http(s) URL, not \"\(value)\"")
+            }
+            config.origin = value
+        },
+        Setting(name: "origin_key", help: "API key for the origin (default: FAL_KEY from the environment)") { $0.originKey = $1 },
+        Setting(name: "origin_ca", help: "extra PEM CA to trust for the origin (e.g. another relay's development CA)") { $0.originCA = $1 },
         Setting(name: "rate_limits", help: "on (per-tier token buckets) or off") { config, value throws(ConfigurationError) in
             switch value.lowercased() {
             case "on", "true", "1": config.rateLimits = true

@@ -37,6 +37,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Result cache freshness in seconds (default 86400)") var resultTTLSeconds: String?
     @Option(help: "Cache scope: global or per-key") var cacheScope: String?
     @Option(help: "Rate limits: on or off") var rateLimits: String?
+    @Option(help: "Media store byte budget; least recently used media are evicted beyond it") var cacheMaxBytes: String?
+    @Option(help: "fal-compatible queue API to relay every model to (fal, or another MediaRelay)") var origin: String?
+    @Option(help: "API key for --origin (default: FAL_KEY)") var originKey: String?
+    @Option(help: "Extra PEM CA to trust for --origin") var originCa: String?
 
     func run() async throws {
         let flags: [String: String?] = [
@@ -45,6 +49,7 @@ struct Serve: AsyncParsableCommand {
             "synthetic_slots": syntheticSlots, "catalog": catalog, "queue_hosts": queueHosts, "run_hosts": runHosts,
             "public_url": publicURL, "max_json_body_bytes": maxJSONBodyBytes, "log_level": logLevel,
             "result_ttl_seconds": resultTTLSeconds, "cache_scope": cacheScope, "rate_limits": rateLimits,
+            "cache_max_bytes": cacheMaxBytes, "origin": origin, "origin_key": originKey, "origin_ca": originCa,
         ]
         let defaultFile = FileManager.default.fileExists(atPath: "Config/relay.json") ? "Config/relay.json" : nil
         let configuration: RelayConfiguration
