@@ -1,8 +1,15 @@
 /// A random 128-bit request id in UUID text form (version 4), what status, result and cancel address.
 public enum RequestID {
     public static func make() -> String {
+        // Two 64-bit draws (one getrandom each), not sixteen byte-sized ones: this runs for every response.
         var generator = SystemRandomNumberGenerator()
-        var bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let high = generator.next()
+        let low = generator.next()
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for index in 0..<8 {
+            bytes[index] = UInt8(truncatingIfNeeded: high >> UInt64(8 * index))
+            bytes[8 + index] = UInt8(truncatingIfNeeded: low >> UInt64(8 * index))
+        }
         bytes[6] = (bytes[6] & 0x0F) | 0x40
         bytes[8] = (bytes[8] & 0x3F) | 0x80
         var text: [UInt8] = []

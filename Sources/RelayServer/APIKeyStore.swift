@@ -58,7 +58,7 @@ public final class APIKeyStore: Authenticator, Sendable {
         guard let authorization else { return .anonymous }
         let parts = authorization.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, ["key", "bearer"].contains(parts[0].lowercased()) else { return nil }
-        let key = parts[1].trimmingCharacters(in: .whitespaces)
+        let key = parts[1].filter { $0 != " " && $0 != "\t" }
         guard let colon = key.firstIndex(of: ":") else { return nil }
         let id = String(key[..<colon])
         guard let entry = entries()[id], !entry.revoked else { return nil }
