@@ -121,7 +121,9 @@ public final class BlobExpiry: Sendable {
         let unreferenced = results.unreferenced(among: entries.map(\.digest))
         let blobs = state.withLock { state -> [BlobExpiryPlan.Blob] in
             // Forget touches of blobs that are gone (but not of one put since the scan began).
-            state.touched = state.touched.filter { present.contains($0.key) || $0.value >= scanStarted.secondsSinceEpoch }
+            state.touched = state.touched.filter {
+                present.contains($0.key) || $0.value >= scanStarted.secondsSinceEpoch
+            }
             return entries.map { entry in
                 BlobExpiryPlan.Blob(
                     digest: entry.digest,
@@ -174,7 +176,10 @@ public final class BlobExpiry: Sendable {
 
     /// Sweeps now and then every `interval` until the task is cancelled (wrap it in a `Service` and cancel it on
     /// graceful shutdown). `onSweep` sees each outcome, for logging and metrics.
-    public func run(every interval: Duration, onSweep: @Sendable (Result<SweepReport, StoreError>) -> Void = { _ in }) async {
+    public func run(
+        every interval: Duration,
+        onSweep: @Sendable (Result<SweepReport, StoreError>) -> Void = { _ in }
+    ) async {
         while !Task.isCancelled {
             do throws(StoreError) {
                 onSweep(.success(try await sweep()))

@@ -41,7 +41,12 @@ public struct BlobExpiryPlan: Sendable, Hashable {
         /// How long an unreferenced blob is kept after its last use.
         public var gracePeriodSeconds: Double
 
-        public init(maxBytes: Int? = nil, highWatermark: Double = 0.95, lowWatermark: Double = 0.85, gracePeriodSeconds: Double = 600) {
+        public init(
+            maxBytes: Int? = nil,
+            highWatermark: Double = 0.95,
+            lowWatermark: Double = 0.85,
+            gracePeriodSeconds: Double = 600
+        ) {
             self.maxBytes = maxBytes
             self.highWatermark = min(max(highWatermark, 0), 1)
             self.lowWatermark = min(max(lowWatermark, 0), self.highWatermark)

@@ -113,7 +113,14 @@ public final class ResultIndex: Sendable {
 
     // MARK: - Lookup and store
 
-    public func lookup(_ key: RequestKey, modelID: String, canonicalInput: [UInt8], now: Timestamp = .now()) -> CachedResult? {
+    /// The fresh entry for `key` when its model and canonical input are exactly these; nil otherwise. In durable mode
+    /// the first lookup of an entry not in memory reads its manifest (see the type's documentation).
+    public func lookup(
+        _ key: RequestKey,
+        modelID: String,
+        canonicalInput: [UInt8],
+        now: Timestamp = .now()
+    ) -> CachedResult? {
         enum Step {
             case done(CachedResult?)
             case read(generation: UInt64)
@@ -175,13 +182,15 @@ public final class ResultIndex: Sendable {
         if startWriter { startWriting() }
     }
 
+    /// Removes the entry for `key` (and its file); false when there was none. During `load()` the key's file is
+    /// removed even if the scan has not reached it yet.
     @discardableResult
     public func remove(_ key: RequestKey) -> Bool {
         var startWriter = false
         let removed = state.withLock { state -> Bool in
-            guard state.forget(key) != nil else { return false }
-            startWriter = enqueue(.delete, for: key, in: &state)
-            return true
+            let existed = state.forget(key) != nil
+            if existed || state.loading { startWriter = enqueue(.delete, for: key, in: &state) }
+            return existed
         }
         if startWriter { startWriting() }
         return removed
@@ -193,6 +202,7 @@ public final class ResultIndex: Sendable {
         removeAll { _, slot in slot.expiresAt <= now.secondsSinceEpoch }
     }
 
+    /// Entries in the index (decoded or not).
     public var count: Int { state.withLock { $0.entries.slots.count } }
 
     /// Whether `load()` has finished (always true for a memory-only index). Until then the index may lack results
@@ -268,7 +278,8 @@ public final class ResultIndex: Sendable {
         state.withLock { $0.writeFailures }
     }
 
-    /// Returns when every manifest operation queued before it has finished (for shutdown and tests).
+    /// Returns when the writer is idle: nothing queued, nothing being written (for shutdown and tests; under a steady
+    /// stream of stores it waits for a gap).
     public func flush() async {
         guard files != nil else { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -339,7 +350,12 @@ public final class ResultIndex: Sendable {
 
         let scan: ResultManifestFiles.ScanResult
         do throws(StoreError) {
-            scan = try await self.scan(changed, known: known, snapshotTime: snapshot?.createdAt, now: now.secondsSinceEpoch)
+            scan = try await self.scan(
+                changed,
+                known: known,
+                snapshotTime: snapshot?.createdAt,
+                now: now.secondsSinceEpoch
+            )
         } catch {
             state.withLock { state in
                 state.loading = false
@@ -390,7 +406,10 @@ public final class ResultIndex: Sendable {
     }
 
     /// Slots for records found on disk, and the keys of those already expired.
-    private static func entries(from records: [ResultManifestSnapshot.Record], now: Double) -> (entries: Entries, expired: [RequestKey]) {
+    private static func entries(
+        from records: [ResultManifestSnapshot.Record],
+        now: Double
+    ) -> (entries: Entries, expired: [RequestKey]) {
         var entries = Entries()
         entries.slots.reserveCapacity(records.count)
         var expired: [RequestKey] = []
@@ -407,8 +426,13 @@ public final class ResultIndex: Sendable {
     /// A slot for a manifest on disk: generation 0, not decoded.
     private static func slot(_ record: ResultManifestSnapshot.Record) -> Slot {
         Slot(
-            storedAt: record.storedAt, expiresAt: record.expiresAt, digests: record.digests, size: record.size,
-            entry: nil, generation: 0, persisted: true
+            storedAt: record.storedAt,
+            expiresAt: record.expiresAt,
+            digests: record.digests,
+            size: record.size,
+            entry: nil,
+            generation: 0,
+            persisted: true
         )
     }
 
@@ -464,7 +488,9 @@ public final class ResultIndex: Sendable {
         let candidates = state.withLock { state -> [(RequestKey, UInt64, Double)] in
             let room = min(limit ?? .max, decodedLimit - state.entries.decodedCount)
             guard room > 0 else { return [] }
-            let cold = state.entries.slots.lazy.filter { $0.value.entry == nil }.map { ($0.key, $0.value.generation, $0.value.storedAt) }
+            let cold = state.entries.slots.lazy.filter { $0.value.entry == nil }.map {
+                ($0.key, $0.value.generation, $0.value.storedAt)
+            }
             return Array(cold.sorted { $0.2 > $1.2 }.prefix(room))
         }
         var decoded = 0
@@ -477,7 +503,8 @@ public final class ResultIndex: Sendable {
             }
             guard let reads else { break }
             let now = Timestamp.now().secondsSinceEpoch
-            for (key, generation, outcome) in reads where install(outcome, for: key, generation: generation, now: now) != nil {
+            for (key, generation, outcome) in reads
+            where install(outcome, for: key, generation: generation, now: now) != nil {
                 decoded += 1
             }
         }
@@ -503,7 +530,13 @@ public final class ResultIndex: Sendable {
         var previous: ResultManifestSnapshot.Record? = nil
 
         func record(_ key: RequestKey) -> ResultManifestSnapshot.Record {
-            ResultManifestSnapshot.Record(key: key, storedAt: storedAt, expiresAt: expiresAt, size: size, digests: digests)
+            ResultManifestSnapshot.Record(
+                key: key,
+                storedAt: storedAt,
+                expiresAt: expiresAt,
+                size: size,
+                digests: digests
+            )
         }
     }
 
@@ -668,8 +701,11 @@ public final class ResultIndex: Sendable {
                         } else if !slot.persisted {
                             // A newer version is queued; until it lands, the file holds this one.
                             state.entries.slots[item.key]?.previous = ResultManifestSnapshot.Record(
-                                key: item.key, storedAt: manifest.result.storedAt.secondsSinceEpoch,
-                                expiresAt: manifest.result.expiresAt.secondsSinceEpoch, size: size, digests: manifest.digests
+                                key: item.key,
+                                storedAt: manifest.result.storedAt.secondsSinceEpoch,
+                                expiresAt: manifest.result.expiresAt.secondsSinceEpoch,
+                                size: size,
+                                digests: manifest.digests
                             )
                         }
                     case .removed:
@@ -700,7 +736,12 @@ public final class ResultIndex: Sendable {
 
     /// Puts a manifest read from disk into its slot, unless a newer store replaced the slot meanwhile (then the
     /// slot's own entry is the answer). Returns the entry to compare, nil for a miss.
-    private func install(_ outcome: ResultManifestFiles.ReadOutcome, for key: RequestKey, generation: UInt64, now: Double) -> CachedResult? {
+    private func install(
+        _ outcome: ResultManifestFiles.ReadOutcome,
+        for key: RequestKey,
+        generation: UInt64,
+        now: Double
+    ) -> CachedResult? {
         var startWriter = false
         let entry = state.withLock { state -> CachedResult? in
             guard let slot = state.entries.slots[key] else { return nil }
@@ -717,7 +758,10 @@ public final class ResultIndex: Sendable {
                     Slot(
                         storedAt: manifest.result.storedAt.secondsSinceEpoch,
                         expiresAt: manifest.result.expiresAt.secondsSinceEpoch,
-                        digests: manifest.digests, size: size, entry: manifest.result, generation: generation,
+                        digests: manifest.digests,
+                        size: size,
+                        entry: manifest.result,
+                        generation: generation,
                         persisted: true
                     ),
                     for: key
@@ -744,7 +788,9 @@ public final class ResultIndex: Sendable {
     private func noteDecoded(_ key: RequestKey, generation: UInt64, in state: inout State) {
         state.decodedOrder.append((key, generation))
         var attempts = 0
-        while state.entries.decodedCount > decodedLimit, attempts < 16, let (oldKey, oldGeneration) = state.decodedOrder.popFirst() {
+        while state.entries.decodedCount > decodedLimit, attempts < 16,
+            let (oldKey, oldGeneration) = state.decodedOrder.popFirst()
+        {
             attempts += 1
             guard let slot = state.entries.slots[oldKey], slot.generation == oldGeneration, slot.entry != nil else {
                 continue  // stale: replaced, removed or already dropped
@@ -797,7 +843,13 @@ public final class ResultIndex: Sendable {
                             try await self.onThreadPool { () throws(StoreError) in
                                 var result = ResultManifestFiles.ScanResult()
                                 for (shard, known) in zip(mine, knownForMine) {
-                                    try files.scan(shard, known: known, snapshotTime: snapshotTime, now: now, into: &result)
+                                    try files.scan(
+                                        shard,
+                                        known: known,
+                                        snapshotTime: snapshotTime,
+                                        now: now,
+                                        into: &result
+                                    )
                                 }
                                 return result
                             }
@@ -825,7 +877,9 @@ public final class ResultIndex: Sendable {
     }
 
     /// Runs blocking work on the thread pool and brings its typed error back.
-    private func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(StoreError) -> T) async throws(StoreError) -> T {
+    private func onThreadPool<T: Sendable>(
+        _ body: @escaping @Sendable () throws(StoreError) -> T
+    ) async throws(StoreError) -> T {
         guard let threadPool else { throw .shutdown }
         let result: Result<T, StoreError>
         do {
@@ -853,13 +907,19 @@ public final class ResultIndex: Sendable {
                 guard bytes.count >= marker.count + 33 else { return }
                 var index = 0
                 while index + marker.count + 33 <= bytes.count {
-                    guard bytes[index] == marker[0], (1..<marker.count).allSatisfy({ bytes[index + $0] == marker[$0] }) else {
+                    guard bytes[index] == marker[0], (1..<marker.count).allSatisfy({ bytes[index + $0] == marker[$0] })
+                    else {
                         index += 1
                         continue
                     }
                     let start = index + marker.count
                     if bytes[start + 32] == UInt8(ascii: "."),
-                        let digest = Digest128(hex: String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<start + 32]), as: UTF8.self)),
+                        let digest = Digest128(
+                            hex: String(
+                                decoding: UnsafeBufferPointer(rebasing: bytes[start..<start + 32]),
+                                as: UTF8.self
+                            )
+                        ),
                         seen.insert(digest).inserted
                     {
                         found.append(digest)

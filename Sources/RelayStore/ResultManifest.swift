@@ -152,7 +152,12 @@ struct ResultManifest: Sendable, Hashable {
         guard header.key == expectedKey else {
             throw .init("holds key \(header.key), its file name says \(expectedKey)")
         }
-        guard let stored = file.getInteger(at: file.readerIndex + file.readableBytes - checksumSize, endianness: .little, as: UInt64.self),
+        guard
+            let stored = file.getInteger(
+                at: file.readerIndex + file.readableBytes - checksumSize,
+                endianness: .little,
+                as: UInt64.self
+            ),
             let body = file.getSlice(at: file.readerIndex, length: file.readableBytes - checksumSize),
             checksum(body.readableBytesView) == stored
         else { throw .init("checksum mismatch") }
@@ -190,7 +195,9 @@ struct ResultManifest: Sendable, Hashable {
         default:
             throw .init("unknown outcome kind \(kind)")
         }
-        guard buffer.readableBytes == 0 else { throw .init("\(buffer.readableBytes) unexpected bytes before the checksum") }
+        guard buffer.readableBytes == 0 else {
+            throw .init("\(buffer.readableBytes) unexpected bytes before the checksum")
+        }
 
         let result = CachedResult(
             modelID: modelID,
@@ -261,9 +268,10 @@ struct ResultManifest: Sendable, Hashable {
 
     /// Integrity only (a flipped bit, a torn sector), not secrecy: XXH3 under a fixed, public secret.
     static func checksum(_ bytes: ByteBufferView) -> UInt64 {
-        let digest = bytes.withContiguousStorageIfAvailable { buffer in
-            checksumHasher.digest(UnsafeRawBufferPointer(buffer))
-        } ?? checksumHasher.digest(Array(bytes))
+        let digest =
+            bytes.withContiguousStorageIfAvailable { buffer in
+                checksumHasher.digest(UnsafeRawBufferPointer(buffer))
+            } ?? checksumHasher.digest(Array(bytes))
         return digest.low
     }
 

@@ -264,7 +264,13 @@ struct ResultManifestFiles: Sendable {
 
     /// Lists one changed shard: a manifest the snapshot lists and that is older than it keeps the snapshot's record
     /// (one `fstatat`, no read); a newer or unlisted one has its header read.
-    func scan(_ shard: Shard, known: [ResultManifestSnapshot.Record], snapshotTime: Double?, now: Double, into result: inout ScanResult)
+    func scan(
+        _ shard: Shard,
+        known: [ResultManifestSnapshot.Record],
+        snapshotTime: Double?,
+        now: Double,
+        into result: inout ScanResult
+    )
         throws(StoreError)
     {
         guard let directory = try BlobFileIO.OpenDirectory(root + "/" + shard.name) else { return }
@@ -292,7 +298,10 @@ struct ResultManifestFiles: Sendable {
                 case .success(let header) where header.key == key:
                     result.records.append(
                         ResultManifestSnapshot.Record(
-                            key: key, storedAt: header.storedAt, expiresAt: header.expiresAt, size: status.size,
+                            key: key,
+                            storedAt: header.storedAt,
+                            expiresAt: header.expiresAt,
+                            size: status.size,
                             digests: header.digests
                         )
                     )
@@ -340,7 +349,11 @@ struct ResultManifestFiles: Sendable {
         case failed(StoreError)
     }
 
-    private func readHeader(_ name: String, in directory: BlobFileIO.OpenDirectory, size: Int) -> Result<ResultManifest.Header, HeaderFailure> {
+    private func readHeader(
+        _ name: String,
+        in directory: BlobFileIO.OpenDirectory,
+        size: Int
+    ) -> Result<ResultManifest.Header, HeaderFailure> {
         do throws(StoreError) {
             guard let prefix = try directory.read(name, upTo: ResultManifest.headerReadSize) else {
                 return .failure(.corrupt(.init("vanished while scanning")))

@@ -59,7 +59,11 @@ struct ResultManifestSnapshot: Sendable {
 
     init(decoding file: ByteBuffer) throws(ResultManifestError) {
         guard file.readableBytes >= 28,
-            let stored = file.getInteger(at: file.readerIndex + file.readableBytes - 8, endianness: .little, as: UInt64.self),
+            let stored = file.getInteger(
+                at: file.readerIndex + file.readableBytes - 8,
+                endianness: .little,
+                as: UInt64.self
+            ),
             var buffer = file.getSlice(at: file.readerIndex, length: file.readableBytes - 8)
         else { throw .truncated }
         guard ResultManifest.checksum(buffer.readableBytesView) == stored else { throw .init("checksum mismatch") }
@@ -90,17 +94,27 @@ struct ResultManifestSnapshot: Sendable {
                 let storedAt = Double(bitPattern: u64le())
                 let expiresAt = Double(bitPattern: u64le())
                 let size = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-                let digestCount = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self)))
+                let digestCount = Int(
+                    UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self))
+                )
                 offset += 6
                 guard bytes.count - offset >= digestCount * 16 else { return .failure(.truncated) }
                 var digests: [Digest128] = []
                 digests.reserveCapacity(digestCount)
                 for _ in 0..<digestCount { digests.append(Digest128(high: u64be(), low: u64be())) }
                 records.append(
-                    Record(key: RequestKey(digest: key), storedAt: storedAt, expiresAt: expiresAt, size: Int(size), digests: digests)
+                    Record(
+                        key: RequestKey(digest: key),
+                        storedAt: storedAt,
+                        expiresAt: expiresAt,
+                        size: Int(size),
+                        digests: digests
+                    )
                 )
             }
-            guard offset == bytes.count else { return .failure(.init("\(bytes.count - offset) bytes after the last record")) }
+            guard offset == bytes.count else {
+                return .failure(.init("\(bytes.count - offset) bytes after the last record"))
+            }
             return .success(records)
         }
         self.createdAt = Double(bitPattern: createdAt)

@@ -7,8 +7,14 @@ import Testing
 struct BlobExpiryPlanTests {
     static let now = 1_800_000_000.0
 
-    static func blob(_ number: Int, size: Int = 1_000, lastUsed: Double, referenced: Bool = true) -> BlobExpiryPlan.Blob {
-        BlobExpiryPlan.Blob(digest: Digest128(high: 0, low: UInt64(number)), storedSize: size, lastUsed: lastUsed, referenced: referenced)
+    static func blob(_ number: Int, size: Int = 1_000, lastUsed: Double, referenced: Bool = true) -> BlobExpiryPlan.Blob
+    {
+        BlobExpiryPlan.Blob(
+            digest: Digest128(high: 0, low: UInt64(number)),
+            storedSize: size,
+            lastUsed: lastUsed,
+            referenced: referenced
+        )
     }
 
     static func digests(_ numbers: [Int]) -> [Digest128] { numbers.map { Digest128(high: 0, low: UInt64($0)) } }
@@ -25,7 +31,9 @@ struct BlobExpiryPlanTests {
     @Test func evictsLeastRecentlyUsedFirstDownToTheLowWatermark() {
         // Used in a scrambled order; 10 × 1,000 bytes against a 10,000-byte budget (high 9,500, low 8,500).
         let order = [3, 7, 0, 9, 1, 5, 8, 2, 6, 4]  // 3 is the least recently used, 4 the most
-        let blobs = order.enumerated().map { rank, number in Self.blob(number, lastUsed: Self.now - 1_000 + Double(rank)) }
+        let blobs = order.enumerated().map { rank, number in
+            Self.blob(number, lastUsed: Self.now - 1_000 + Double(rank))
+        }
         let plan = BlobExpiryPlan(blobs: blobs.shuffled(), budget: .init(maxBytes: 10_000), now: Self.now)
         #expect(plan.evicted == Self.digests([3, 7]))
         #expect(plan.bytesAfter == 8_000)
@@ -37,7 +45,8 @@ struct BlobExpiryPlanTests {
         #expect(budget.highBytes == 900)
         #expect(budget.lowBytes == 500)
         let blobs = [
-            Self.blob(1, size: 300, lastUsed: 10), Self.blob(2, size: 300, lastUsed: 20), Self.blob(3, size: 300, lastUsed: 30),
+            Self.blob(1, size: 300, lastUsed: 10), Self.blob(2, size: 300, lastUsed: 20),
+            Self.blob(3, size: 300, lastUsed: 30),
             Self.blob(4, size: 100, lastUsed: 40),
         ]
         let plan = BlobExpiryPlan(blobs: blobs, budget: budget, now: Self.now)
@@ -72,8 +81,15 @@ struct BlobExpiryPlanTests {
     }
 
     @Test func tiesBreakTowardsTheBiggerBlobThenTheDigest() {
-        let blobs = [Self.blob(1, size: 100, lastUsed: 5), Self.blob(2, size: 900, lastUsed: 5), Self.blob(3, size: 100, lastUsed: 5)]
-        let plan = BlobExpiryPlan(blobs: blobs, budget: .init(maxBytes: 1_000, highWatermark: 0.5, lowWatermark: 0.05), now: Self.now)
+        let blobs = [
+            Self.blob(1, size: 100, lastUsed: 5), Self.blob(2, size: 900, lastUsed: 5),
+            Self.blob(3, size: 100, lastUsed: 5),
+        ]
+        let plan = BlobExpiryPlan(
+            blobs: blobs,
+            budget: .init(maxBytes: 1_000, highWatermark: 0.5, lowWatermark: 0.05),
+            now: Self.now
+        )
         #expect(plan.evicted == Self.digests([2, 1, 3]))
         let watermarks = BlobExpiryPlan.Budget(maxBytes: 100, highWatermark: 0.5, lowWatermark: 0.9)
         #expect(watermarks.lowWatermark == 0.5, "low is clamped to high")

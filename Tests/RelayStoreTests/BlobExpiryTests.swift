@@ -27,7 +27,10 @@ struct BlobExpiryTests {
 
         /// Makes the blob's file look stored `secondsAgo` ago.
         func age(_ digest: Digest128, secondsAgo: Double) throws {
-            try ResultFixtures.setModified(store.path(for: digest, compressed: false), to: Timestamp.now().secondsSinceEpoch - secondsAgo)
+            try ResultFixtures.setModified(
+                store.path(for: digest, compressed: false),
+                to: Timestamp.now().secondsSinceEpoch - secondsAgo
+            )
         }
 
         func exists(_ digest: Digest128) -> Bool {
@@ -43,7 +46,10 @@ struct BlobExpiryTests {
         for number in 0..<10 {
             let digest = try await setup.put(number)
             try setup.age(digest, secondsAgo: 7_200)
-            setup.results.store(ResultFixtures.key(number), ResultFixtures.success(number, digests: [digest], storedAt: now - 7_000, ttl: 86_400))
+            setup.results.store(
+                ResultFixtures.key(number),
+                ResultFixtures.success(number, digests: [digest], storedAt: now - 7_000, ttl: 86_400)
+            )
             digests.append(digest)
         }
         // 10,000 bytes against 10,000 (high 9,500, low 8,500): two must go, the two least recently served.
@@ -79,7 +85,11 @@ struct BlobExpiryTests {
         // And the removed results' manifests are gone from disk too.
         await setup.results.flush()
         for number in [6, 2] {
-            #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(setup.directory, ResultFixtures.key(number))))
+            #expect(
+                !FileManager.default.fileExists(
+                    atPath: ResultFixtures.manifestPath(setup.directory, ResultFixtures.key(number))
+                )
+            )
         }
     }
 
@@ -123,8 +133,14 @@ struct BlobExpiryTests {
         let kept = try await setup.put(3, size: 1_000)
         try setup.age(shared, secondsAgo: 7_200)
         try setup.age(other, secondsAgo: 7_200)
-        setup.results.store(ResultFixtures.key(1), ResultFixtures.success(1, digests: [shared, other], storedAt: now - 7_000, ttl: 86_400))
-        setup.results.store(ResultFixtures.key(2), ResultFixtures.success(2, digests: [shared], storedAt: now - 7_000, ttl: 86_400))
+        setup.results.store(
+            ResultFixtures.key(1),
+            ResultFixtures.success(1, digests: [shared, other], storedAt: now - 7_000, ttl: 86_400)
+        )
+        setup.results.store(
+            ResultFixtures.key(2),
+            ResultFixtures.success(2, digests: [shared], storedAt: now - 7_000, ttl: 86_400)
+        )
         setup.results.store(ResultFixtures.key(3), ResultFixtures.success(3, digests: [kept], storedAt: now - 10))
 
         // 6,000 bytes against 5,000: the shared blob (least recently used, biggest) goes.
@@ -152,7 +168,10 @@ struct BlobExpiryTests {
         let present = try await setup.put(1)
         let lost = Fixtures.hasher.digest(Array("never stored".utf8))
         setup.results.store(ResultFixtures.key(1), ResultFixtures.success(1, digests: [present], storedAt: now - 60))
-        setup.results.store(ResultFixtures.key(2), ResultFixtures.success(2, digests: [present, lost], storedAt: now - 60))
+        setup.results.store(
+            ResultFixtures.key(2),
+            ResultFixtures.success(2, digests: [present, lost], storedAt: now - 60)
+        )
         let expiry = BlobExpiry(store: setup.store, results: setup.results, configuration: .init(maxBytes: nil))
         let report = try await expiry.sweep()
         #expect(report.resultsWithMissingBlobs == 1)
@@ -160,9 +179,14 @@ struct BlobExpiryTests {
         #expect(ResultFixtures.lookup(setup.results, 2) == nil)
 
         let lenient = BlobExpiry(
-            store: setup.store, results: setup.results, configuration: .init(budget: .init(), removeResultsWithMissingBlobs: false)
+            store: setup.store,
+            results: setup.results,
+            configuration: .init(budget: .init(), removeResultsWithMissingBlobs: false)
         )
-        setup.results.store(ResultFixtures.key(2), ResultFixtures.success(2, digests: [present, lost], storedAt: now - 60))
+        setup.results.store(
+            ResultFixtures.key(2),
+            ResultFixtures.success(2, digests: [present, lost], storedAt: now - 60)
+        )
         #expect(try await lenient.sweep().resultsWithMissingBlobs == 0)
         #expect(ResultFixtures.lookup(setup.results, 2) != nil)
     }
@@ -173,7 +197,10 @@ struct BlobExpiryTests {
         let now = Timestamp.now().secondsSinceEpoch
         let digest = try await setup.put(1)
         try setup.age(digest, secondsAgo: 7_200)
-        setup.results.store(ResultFixtures.key(1), ResultFixtures.success(1, digests: [digest], storedAt: now - 7_200, ttl: 3_600))
+        setup.results.store(
+            ResultFixtures.key(1),
+            ResultFixtures.success(1, digests: [digest], storedAt: now - 7_200, ttl: 3_600)
+        )
         let expiry = BlobExpiry(store: setup.store, results: setup.results, configuration: .init(maxBytes: nil))
         let report = try await expiry.sweep()
         #expect(report.resultsExpired == 1)
@@ -186,7 +213,10 @@ struct BlobExpiryTests {
         defer { directory.remove() }
         let store = try Fixtures.store(in: directory)
         let digest = try await store.put(Fixtures.randomBytes(1_000), mediaType: .png).digest
-        try ResultFixtures.setModified(store.path(for: digest, compressed: false), to: Timestamp.now().secondsSinceEpoch - 86_400)
+        try ResultFixtures.setModified(
+            store.path(for: digest, compressed: false),
+            to: Timestamp.now().secondsSinceEpoch - 86_400
+        )
         let results = ResultFixtures.durableIndex(in: directory)
         results.store(ResultFixtures.key(1), ResultFixtures.success(1))  // a store before load does not make it loaded
         #expect(!results.isLoaded)
@@ -222,4 +252,3 @@ struct BlobExpiryTests {
         var value: Int { count.withLock { $0 } }
     }
 }
-

@@ -19,7 +19,11 @@ struct ResultIndexDurabilityTests {
         ]
         for result in cases {
             let key = ResultFixtures.key(7)
-            let manifest = ResultManifest(key: key, result: result, digests: ResultIndex.referencedDigests(in: result.json))
+            let manifest = ResultManifest(
+                key: key,
+                result: result,
+                digests: ResultIndex.referencedDigests(in: result.json)
+            )
             let bytes = try #require(manifest.encoded())
             let decoded = try ResultManifest.decode(bytes, expectedKey: key)
             #expect(decoded == manifest)
@@ -47,13 +51,18 @@ struct ResultIndexDurabilityTests {
             }
         }
         // Filed under another key.
-        #expect(throws: ResultManifestError.self) { try ResultManifest.decode(bytes, expectedKey: ResultFixtures.key(2)) }
+        #expect(throws: ResultManifestError.self) {
+            try ResultManifest.decode(bytes, expectedKey: ResultFixtures.key(2))
+        }
     }
 
     @Test func snapshotRoundTrips() throws {
         let records = (0..<50).map { number in
             ResultManifestSnapshot.Record(
-                key: ResultFixtures.key(number), storedAt: Double(number), expiresAt: Double(number) + 0.5, size: number * 10,
+                key: ResultFixtures.key(number),
+                storedAt: Double(number),
+                expiresAt: Double(number) + 0.5,
+                size: number * 10,
                 digests: (0..<(number % 4)).map { Fixtures.hasher.digest([UInt8(number), UInt8($0)]) }
             )
         }
@@ -65,7 +74,9 @@ struct ResultIndexDurabilityTests {
         }
         let bytes = ResultManifestSnapshot(createdAt: 1, records: records).encoded()
         for length in [0, 27, 28, bytes.readableBytes - 1] {
-            #expect(throws: ResultManifestError.self) { try ResultManifestSnapshot(decoding: bytes.getSlice(at: 0, length: length)!) }
+            #expect(throws: ResultManifestError.self) {
+                try ResultManifestSnapshot(decoding: bytes.getSlice(at: 0, length: length)!)
+            }
         }
     }
 
@@ -74,7 +85,9 @@ struct ResultIndexDurabilityTests {
         let b = Fixtures.hasher.digest([2])
         let c = Fixtures.hasher.digest([3])
         let result: JSONValue = [
-            "images": [["url": .string("https://relay.example/files/\(a.hex).png")], ["url": .string("/files/\(b.hex).webp")]],
+            "images": [
+                ["url": .string("https://relay.example/files/\(a.hex).png")], ["url": .string("/files/\(b.hex).webp")],
+            ],
             "video": ["url": .string("http://x/files/\(a.hex).mp4")],  // same blob, another type: once
             "text": .string("see /files/\(c.hex).txt and /files/\(c.hex.prefix(31)).txt and /files/\(c.hex)x"),
             "not": .string("/files/\(c.hex.uppercased()).png"),  // upper case hex is still a digest
@@ -111,8 +124,17 @@ struct ResultIndexDurabilityTests {
         }
         #expect(second.references(digest))
         // Model and canonical input are compared byte for byte, also for entries read from disk.
-        #expect(second.lookup(ResultFixtures.key(1), modelID: "fal-ai/flux/dev", canonicalInput: ResultFixtures.input(2)) == nil)
-        #expect(second.lookup(ResultFixtures.key(1), modelID: "fal-ai/flux/schnell", canonicalInput: ResultFixtures.input(1)) == nil)
+        #expect(
+            second.lookup(ResultFixtures.key(1), modelID: "fal-ai/flux/dev", canonicalInput: ResultFixtures.input(2))
+                == nil
+        )
+        #expect(
+            second.lookup(
+                ResultFixtures.key(1),
+                modelID: "fal-ai/flux/schnell",
+                canonicalInput: ResultFixtures.input(1)
+            ) == nil
+        )
         if case .rejected(let error) = ResultFixtures.lookup(second, 2)?.outcome {
             #expect(error.status == 422)
             #expect(error.body == ResultFixtures.rejection(2).json)
@@ -177,7 +199,11 @@ struct ResultIndexDurabilityTests {
         await second.flush()
         #expect(second.count == 0)
         for number in 1...3 {
-            #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))))
+            #expect(
+                !FileManager.default.fileExists(
+                    atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))
+                )
+            )
         }
     }
 
@@ -195,7 +221,10 @@ struct ResultIndexDurabilityTests {
             for task in 0..<8 {
                 group.addTask {
                     for number in stride(from: task, to: total, by: 8) {
-                        index.store(ResultFixtures.key(number), ResultFixtures.success(number, digests: [Fixtures.hasher.digest([UInt8(number & 0xFF)])]))
+                        index.store(
+                            ResultFixtures.key(number),
+                            ResultFixtures.success(number, digests: [Fixtures.hasher.digest([UInt8(number & 0xFF)])])
+                        )
                     }
                 }
             }
@@ -255,7 +284,11 @@ struct ResultIndexDurabilityTests {
         for number in 1...3 {
             let hex = ResultFixtures.key(number).digest.hex
             #expect(FileManager.default.fileExists(atPath: corrupt + "/" + hex), "manifest \(number) quarantined")
-            #expect(!FileManager.default.fileExists(atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))))
+            #expect(
+                !FileManager.default.fileExists(
+                    atPath: ResultFixtures.manifestPath(directory, ResultFixtures.key(number))
+                )
+            )
         }
 
         // A later start does not see them at all.
@@ -440,7 +473,9 @@ struct ResultIndexDurabilityTests {
         try await second.load()
         #expect(await second.warm() == 10)
         for round in 0..<2 {
-            for number in 0..<100 { #expect(ResultFixtures.lookup(second, number) != nil, "round \(round) entry \(number)") }
+            for number in 0..<100 {
+                #expect(ResultFixtures.lookup(second, number) != nil, "round \(round) entry \(number)")
+            }
         }
         #expect(second.count == 100)
     }
@@ -461,7 +496,12 @@ struct ResultIndexDurabilityTests {
 
     /// Moves manifests (and shard directories, and the snapshot's clock) `seconds` into the past, as if written long
     /// ago; the snapshot is made to look taken a minute after the manifests.
-    private func ageResults(_ directory: TemporaryDirectory, by seconds: Double, shards: Bool = true, snapshot: Bool = true) throws {
+    private func ageResults(
+        _ directory: TemporaryDirectory,
+        by seconds: Double,
+        shards: Bool = true,
+        snapshot: Bool = true
+    ) throws {
         let root = ResultFixtures.resultsDirectory(directory)
         let past = Timestamp.now().secondsSinceEpoch - seconds
         for file in Fixtures.files(under: root) where !file.hasPrefix("corrupt") && !file.hasPrefix("index.snapshot") {
@@ -510,13 +550,19 @@ enum ResultFixtures {
         seconds: Double? = 1.25
     ) -> CachedResult {
         let images: [JSONValue] = digests.map { digest in
-            ["url": .string("https://relay.test/files/\(digest.hex).png"), "width": 1024, "height": 768, "content_type": "image/png"]
+            [
+                "url": .string("https://relay.test/files/\(digest.hex).png"), "width": 1024, "height": 768,
+                "content_type": "image/png",
+            ]
         }
         return CachedResult(
             modelID: "fal-ai/flux/dev",
             canonicalInput: input(index),
             outcome: .success(
-                result: ["images": .array(images), "seed": .number(Double(index)), "prompt": .string("a lighthouse at dusk \(index)"), "has_nsfw_concepts": [false]],
+                result: [
+                    "images": .array(images), "seed": .number(Double(index)),
+                    "prompt": .string("a lighthouse at dusk \(index)"), "has_nsfw_concepts": [false],
+                ],
                 inferenceSeconds: seconds
             ),
             storedAt: Timestamp(secondsSinceEpoch: storedAt),
@@ -524,12 +570,22 @@ enum ResultFixtures {
         )
     }
 
-    static func rejection(_ index: Int, storedAt: Double = Timestamp.now().secondsSinceEpoch, ttl: Double = 60) -> CachedResult {
+    static func rejection(
+        _ index: Int,
+        storedAt: Double = Timestamp.now().secondsSinceEpoch,
+        ttl: Double = 60
+    ) -> CachedResult {
         CachedResult(
             modelID: "fal-ai/flux/dev",
             canonicalInput: input(index),
             outcome: .rejected(
-                .validation([.invalid("num_images", "ensure this value is less than or equal to 4", type: "value_error.number.not_le"), .missing("prompt")])
+                .validation([
+                    .invalid(
+                        "num_images",
+                        "ensure this value is less than or equal to 4",
+                        type: "value_error.number.not_le"
+                    ), .missing("prompt"),
+                ])
             ),
             storedAt: Timestamp(secondsSinceEpoch: storedAt),
             expiresAt: Timestamp(secondsSinceEpoch: storedAt + ttl)
@@ -546,12 +602,16 @@ enum ResultFixtures {
         "\(resultsDirectory(directory))/\(key.digest.hex.prefix(2))/\(key.digest.hex)"
     }
 
-    static func lookup(_ index: ResultIndex, _ number: Int, salt: String = "", now: Timestamp = .now()) -> CachedResult? {
+    static func lookup(_ index: ResultIndex, _ number: Int, salt: String = "", now: Timestamp = .now()) -> CachedResult?
+    {
         index.lookup(key(number, salt: salt), modelID: "fal-ai/flux/dev", canonicalInput: input(number), now: now)
     }
 
     /// Sets a file's or directory's modification time.
     static func setModified(_ path: String, to seconds: Double) throws {
-        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSince1970: seconds)], ofItemAtPath: path)
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date(timeIntervalSince1970: seconds)],
+            ofItemAtPath: path
+        )
     }
 }

@@ -43,7 +43,10 @@ struct ResultIndexLoadBenchmarkTests {
             let bytes = try #require(ResultManifest(key: key, result: result, digests: digests).encoded())
             let hex = key.digest.hex
             if shardsMade.insert(hex.prefix(2)).inserted {
-                try FileManager.default.createDirectory(atPath: root + "/" + hex.prefix(2), withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: root + "/" + hex.prefix(2),
+                    withIntermediateDirectories: true
+                )
             }
             let path = "\(root)/\(hex.prefix(2))/\(hex)"
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
@@ -77,7 +80,9 @@ struct ResultIndexLoadBenchmarkTests {
         let past = now - 3600
         try Self.age(root, to: past)
         let snapshotPath = root + "/index.snapshot"
-        var snapshot = try ResultManifestSnapshot(decoding: ByteBuffer(bytes: try #require(Fixtures.contents(snapshotPath))))
+        var snapshot = try ResultManifestSnapshot(
+            decoding: ByteBuffer(bytes: try #require(Fixtures.contents(snapshotPath)))
+        )
         snapshot.createdAt = past + 60
         try Fixtures.write(Array(snapshot.encoded().readableBytesView), to: snapshotPath)
 
@@ -114,7 +119,9 @@ struct ResultIndexLoadBenchmarkTests {
         #expect(rescanned.usedSnapshot)
         #expect(rescanned.headersRead == 1_000)
         #expect(rescanned.entries == live + 1_000)
-        print("100k: load from snapshot + \(rescanned.scannedShards) changed shards, \(rescanned.headersRead) headers: \(rescanTime)")
+        print(
+            "100k: load from snapshot + \(rescanned.scannedShards) changed shards, \(rescanned.headersRead) headers: \(rescanTime)"
+        )
 
         // Every live entry is served, and no expired one.
         for number in stride(from: 0, to: Self.total, by: 97) {
