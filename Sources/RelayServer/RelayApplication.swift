@@ -281,9 +281,19 @@ struct StoreSweeper: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            await expiry.run(every: .seconds(30)) { outcome in
-                if case .failure(let error) = outcome {
-                    logger.warning("store sweep failed", metadata: ["error": "\(error)"])
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await expiry.run(every: .seconds(30)) { outcome in
+                        if case .failure(let error) = outcome {
+                            logger.warning("store sweep failed", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+                // A fresh snapshot keeps the rescan after a crash small.
+                group.addTask {
+                    while (try? await Task.sleep(for: .seconds(300))) != nil {
+                        _ = try? await results.writeSnapshot()
+                    }
                 }
             }
         }
