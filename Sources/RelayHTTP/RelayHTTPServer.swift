@@ -160,7 +160,9 @@ extension RelayHTTPServer {
     static func webSocketUpgrader(services: RelayServices) -> NIOWebSocketServerUpgrader {
         NIOWebSocketServerUpgrader(
             maxFrameSize: maxWebSocketMessageBytes,
-            automaticErrorHandling: true,
+            // Protocol errors reach WebSocketSessionHandler, which closes gracefully (close frame, half-close, drain)
+            // instead of the decoder closing at once and turning the close frame into a TCP reset.
+            automaticErrorHandling: false,
             shouldUpgrade: { channel, head in
                 guard case .success = WebSocketGate.target(for: head, services: services) else {
                     return channel.eventLoop.makeSucceededFuture(nil)

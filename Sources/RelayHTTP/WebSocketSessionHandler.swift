@@ -73,6 +73,10 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? NIOWebSocketError, error == .invalidFrameLength {
             close(context: context, code: .messageTooLarge, reason: "message too large")
+        } else if let error = error as? NIOWebSocketFrameAggregator.Error,
+            case .accumulatedFrameSizeIsTooLarge = error
+        {
+            close(context: context, code: .messageTooLarge, reason: "message too large")
         } else {
             services.logger.debug("websocket error", metadata: ["error": "\(error)"])
             close(context: context, code: .protocolError, reason: "protocol error")
