@@ -89,6 +89,37 @@ enum BlobFileIO {
     }
 
     /// A new file that did not exist before (`O_EXCL`); nil when the name is taken.
+    /// Creates a new file named `prefix` + a random suffix (O_EXCL, retried on a name clash), lets `write` fill
+    /// it, fsyncs and closes it. On any failure the file is removed again, so no half-written file is left behind.
+    /// The step every durable write starts with: the caller then renames or links the returned path into place.
+    static func writeTemporaryFile(
+        prefix: String,
+        _ write: (Int32, String) throws(StoreError) -> Void
+    ) throws(StoreError) -> String {
+        var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
+        var descriptor = try createExclusive(path)
+        while descriptor == nil {
+            path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
+            descriptor = try createExclusive(path)
+        }
+        guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
+        do throws(StoreError) {
+            try write(fd, path)
+            try sync(fd, path: path)
+        } catch {
+            close(fd)
+            _ = try? remove(path)
+            throw error
+        }
+        do throws(StoreError) {
+            try close(fd, path: path)
+        } catch {
+            _ = try? remove(path)
+            throw error
+        }
+        return path
+    }
+
     static func createExclusive(_ path: String) throws(StoreError) -> Int32? {
         while true {
             let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)

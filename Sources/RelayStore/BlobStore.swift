@@ -146,29 +146,9 @@ public final class BlobStore: Sendable {
     /// Writes and fsyncs `payload` under a new unique name in `tmp/`; on any failure removes it again.
     private func writeTemporaryFile(_ payload: [UInt8], digest: Digest128) throws(StoreError) -> String {
         // <digest>.<pid>.<random>: unique across processes sharing the directory; O_EXCL settles the rest.
-        let prefix = "\(temporaryDirectory)/\(digest.hex).\(getpid())."
-        var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-        var descriptor = try BlobFileIO.createExclusive(path)
-        while descriptor == nil {
-            path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-            descriptor = try BlobFileIO.createExclusive(path)
-        }
-        guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
-        do throws(StoreError) {
+        try BlobFileIO.writeTemporaryFile(prefix: "\(temporaryDirectory)/\(digest.hex).\(getpid()).") { fd, path throws(StoreError) in
             try BlobFileIO.writeAll(fd, payload, path: path)
-            try BlobFileIO.sync(fd, path: path)
-        } catch {
-            BlobFileIO.close(fd)
-            _ = try? BlobFileIO.remove(path)
-            throw error
         }
-        do throws(StoreError) {
-            try BlobFileIO.close(fd, path: path)
-        } catch {
-            _ = try? BlobFileIO.remove(path)
-            throw error
-        }
-        return path
     }
 
     /// Compression has to pay for losing sendfile and for decoding on every read: at least 1/16 smaller.

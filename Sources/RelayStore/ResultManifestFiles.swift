@@ -137,29 +137,9 @@ struct ResultManifestFiles: Sendable {
     }
 
     private func writeTemporaryFile(_ bytes: ByteBuffer, key: RequestKey, shard: String) throws(StoreError) -> String {
-        let prefix = "\(shard)/\(key.digest.hex).tmp.\(getpid())."
-        var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-        var descriptor = try BlobFileIO.createExclusive(path)
-        while descriptor == nil {
-            path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-            descriptor = try BlobFileIO.createExclusive(path)
-        }
-        guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
-        do throws(StoreError) {
+        try BlobFileIO.writeTemporaryFile(prefix: "\(shard)/\(key.digest.hex).tmp.\(getpid()).") { fd, path throws(StoreError) in
             try BlobFileIO.writeAll(fd, bytes, path: path)
-            try BlobFileIO.sync(fd, path: path)
-        } catch {
-            BlobFileIO.close(fd)
-            _ = try? BlobFileIO.remove(path)
-            throw error
         }
-        do throws(StoreError) {
-            try BlobFileIO.close(fd, path: path)
-        } catch {
-            _ = try? BlobFileIO.remove(path)
-            throw error
-        }
-        return path
     }
 
     // MARK: - Reading
@@ -201,22 +181,8 @@ struct ResultManifestFiles: Sendable {
 
     func writeSnapshot(_ snapshot: ResultManifestSnapshot) throws(StoreError) {
         let bytes = snapshot.encoded()
-        let prefix = "\(snapshotPath).tmp.\(getpid())."
-        var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-        var descriptor = try BlobFileIO.createExclusive(path)
-        while descriptor == nil {
-            path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
-            descriptor = try BlobFileIO.createExclusive(path)
-        }
-        guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
-        do throws(StoreError) {
+        let path = try BlobFileIO.writeTemporaryFile(prefix: "\(snapshotPath).tmp.\(getpid()).") { fd, path throws(StoreError) in
             try BlobFileIO.writeAll(fd, bytes, path: path)
-            try BlobFileIO.sync(fd, path: path)
-            try BlobFileIO.close(fd, path: path)
-        } catch {
-            BlobFileIO.close(fd)
-            _ = try? BlobFileIO.remove(path)
-            throw error
         }
         do throws(StoreError) {
             try BlobFileIO.replace(snapshotPath, with: path)
