@@ -7,8 +7,9 @@ import Synchronization
 /// API keys, stored as SHA-256 hashes in `<data-dir>/keys.json`; the plain key is shown once, at creation.
 ///
 /// A key is `<id>:<secret>` (the shape of fal's keys, so `FAL_KEY` holds it unchanged). Lookup is by id, then a
-/// constant-time comparison of the hash. Every check stats the file (one syscall) and re-reads it when it changed,
-/// so a key created or revoked by `media-relay keys` takes effect at once, without a restart.
+/// constant-time comparison of the hash. The file is re-read when it changed (a stat at most every 100 ms, and at once
+/// for an unknown id), so a key created by `media-relay keys` works at once and a revocation bites within 100 ms,
+/// without a restart.
 public final class APIKeyStore: Authenticator, Sendable {
     public static let tiers = ["signed-in", "pro", "enterprise", "admin"]
 
@@ -25,7 +26,11 @@ public final class APIKeyStore: Authenticator, Sendable {
         var entries: [String: Entry] = [:]
         /// Identity of the file version loaded (inode, size, mtime): a change means reload.
         var version: FileVersion?
+        var checkedAt: ContinuousClock.Instant?
     }
+
+    /// How stale the key table may be for a key it knows: bounds the time a revocation takes to bite.
+    static let recheckInterval = Duration.milliseconds(100)
 
     private struct FileVersion: Equatable {
         let inode: UInt64
@@ -61,7 +66,7 @@ public final class APIKeyStore: Authenticator, Sendable {
         let key = parts[1].filter { $0 != " " && $0 != "\t" }
         guard let colon = key.firstIndex(of: ":") else { return nil }
         let id = String(key[..<colon])
-        guard let entry = entries()[id], !entry.revoked else { return nil }
+        guard let entry = entries()[id] ?? entries(fresh: true)[id], !entry.revoked else { return nil }
         let hash = Array(SHA256.hash(data: Array(key.utf8)))
         guard Self.constantTimeEqual(hash, entry.hash) else { return nil }
         return .key(id: id, tier: entry.tier)
@@ -104,7 +109,16 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     // MARK: - Storage
 
-    func entries() -> [String: Entry] {
+    /// The key table. The file is stat'ed at most every `recheckInterval` (a stat per request on an event loop was
+    /// measurable), or at once with `fresh`, which lookups use for an id they do not know yet (a key just created).
+    func entries(fresh: Bool = false) -> [String: Entry] {
+        let now = ContinuousClock.now
+        if !fresh, let cached = cache.withLock({ cache -> [String: Entry]? in
+            guard let checked = cache.checkedAt, now - checked < Self.recheckInterval else { return nil }
+            return cache.entries
+        }) {
+            return cached
+        }
         var info = stat()
         let version: FileVersion? =
             stat(path, &info) == 0
@@ -115,6 +129,7 @@ public final class APIKeyStore: Authenticator, Sendable {
                 nanoseconds: info.st_mtim.tv_nsec
             ) : nil
         return cache.withLock { cache -> [String: Entry] in
+            cache.checkedAt = now
             if cache.version != version || version == nil {
                 cache.version = version
                 let loaded = (try? load()) ?? []
@@ -166,7 +181,7 @@ public final class APIKeyStore: Authenticator, Sendable {
             unlink(temporary)
             throw KeyStoreError("cannot replace \(path): errno \(errno)")
         }
-        cache.withLock { $0.version = nil }
+        cache.withLock { $0.version = nil; $0.checkedAt = nil }
     }
 
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
@@ -232,7 +247,7 @@ extension APIKeyStore {
         }
         let id = String(fields[1])
         // A revoked key's tokens die with it.
-        guard let entry = entries()[id], !entry.revoked else { return nil }
+        guard let entry = entries()[id] ?? entries(fresh: true)[id], !entry.revoked else { return nil }
         let apps = fields[4].split(separator: ",").map(String.init)
         if let app, !apps.isEmpty, !apps.contains(app) { return nil }
         return .key(id: id, tier: entry.tier)
