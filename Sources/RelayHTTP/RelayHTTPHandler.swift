@@ -472,22 +472,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .statusStream(let request, let base, let withLogs):
             // A request cancelled on its own ends even while its shared job runs on.
             let cancelled = services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false
-            let phase: JobPhase
-            var logs: ArraySlice<LogEntry>? = withLogs ? [] : nil
-            switch event.kind {
-            case _ where cancelled:
+            guard var (phase, logs) = FalWire.statusUpdate(for: event, withLogs: withLogs) else { return }
+            if cancelled {
                 phase = .completed(.cancelled)
-            case .queuePosition(let position):
-                phase = .queued(position: position)
-            case .started:
-                phase = .running
-            case .log(let entry):
-                phase = .running
-                if withLogs { logs = [entry] }
-            case .partial:
-                return
-            case .completed(let outcome):
-                phase = .completed(outcome)
+                logs = withLogs ? [] : nil
             }
             // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
             writeSSE(context: context, data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence)

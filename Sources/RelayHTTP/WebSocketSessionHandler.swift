@@ -207,17 +207,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     private func send(_ event: JobEvent, requestID: String, context: ChannelHandlerContext) {
-        let phase: JobPhase
-        var logs: ArraySlice<LogEntry> = []
-        switch event.kind {
-        case .queuePosition(let position): phase = .queued(position: position)
-        case .started: phase = .running
-        case .log(let entry):
-            phase = .running
-            logs = [entry]
-        case .partial: return
-        case .completed(let outcome): phase = .completed(outcome)
-        }
+        guard let (phase, logs) = FalWire.statusUpdate(for: event, withLogs: true) else { return }
         sendJSON(context: context, [
             "type": "event",
             "request_id": .string(requestID),
