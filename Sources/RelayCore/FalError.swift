@@ -93,6 +93,10 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         FalError(status: 401, detail: .message(message), errorType: "unauthorized")
     }
 
+    public static func forbidden(_ message: String) -> FalError {
+        FalError(status: 403, detail: .message(message), errorType: "forbidden")
+    }
+
     public static func notFound(_ message: String = "Not found") -> FalError {
         FalError(status: 404, detail: .message(message), errorType: "not_found")
     }

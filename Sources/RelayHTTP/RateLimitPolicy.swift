@@ -43,9 +43,9 @@ public struct RateLimitPolicy: Sendable, Hashable {
             switch route {
             case .submit, .run, .stream:
                 self = .submissions
-            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime:
+            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin:
                 self = .reads
-            case .health, .ready, .metrics, .notFound, .methodNotAllowed:
+            case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
                 return nil
             }
         }

@@ -31,6 +31,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case run(RelayRequest)
             case statusStream(RelayRequest, base: FalWire.QueueBase, withLogs: Bool)
             case partialStream(RelayRequest)
+            /// `/relay/stats/stream`: a statistics snapshot every second (the dashboard).
+            case statsStream
         }
 
         let number: Int
@@ -41,8 +43,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var headSent = false
     }
 
-    private let services: RelayServices
-    private let scheme: String
+    let services: RelayServices
+    let scheme: String
     private var state = State.idle
     private var exchangeCount = 0
 
@@ -146,6 +148,20 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respondError(context: context, head: head, error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))"))
         case .methodNotAllowed:
             respondError(context: context, head: head, error: .methodNotAllowed(head.method.rawValue))
+        case .ui(let name):
+            serveAsset(context: context, head: head, name: name)
+        case .catalog:
+            serveCatalog(context: context, head: head)
+        case .stats(stream: false):
+            respond(context: context, head: head, status: .ok, json: services.jobs.statistics.snapshot(), extraHeaders: [("cache-control", "no-store")])
+        case .stats(stream: true):
+            begin(.statsStream, context: context, keepAlive: keepAlive)
+        case .admin(let action):
+            guard let principal = authenticate(context: context, head: head) else { return }
+            guard principal.isAdmin else {
+                return respondError(context: context, head: head, error: .forbidden("The admin API needs an admin key"))
+            }
+            serveAdmin(action, context: context, head: head, body: body)
         case .file(let digest, let fileExtension):
             // Media URLs are capabilities: no key needed, but the caller's address pays from the reads budget.
             guard admit(context: context, head: head, route: route, principal: .anonymous) != nil else { return }
@@ -225,7 +241,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Charges the request to its caller's budget; on refusal answers 429 (with Retry-After and RateLimit headers)
     /// and returns nil. Returns the RateLimit headers to add to the response otherwise.
-    private func admit(context: ChannelHandlerContext, head: HTTPRequestHead, route: Route, principal: Principal) -> [(String, String)]? {
+    func admit(context: ChannelHandlerContext, head: HTTPRequestHead, route: Route, principal: Principal) -> [(String, String)]? {
         guard let limiter = services.rateLimiter, let budget = RateLimitPolicy.Budget(route: route) else { return [] }
         let ip = context.channel.remoteAddress?.ipAddress ?? "unknown"
         let decision = limiter.check(principal: principal, clientIP: ip, budget: budget)
@@ -234,7 +250,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         return nil
     }
 
-    private func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
+    func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
         guard let principal = services.authenticator.authenticate(authorization: head.headers.first(name: "authorization")) else {
             respondError(context: context, head: head, error: .unauthorized())
             return nil
@@ -383,6 +399,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .file:
             state = .exchanging(exchange)
             return exchange.number
+        case .statsStream:
+            writeStatsStreamHead(context: context, exchange: &exchange)
+            state = .exchanging(exchange)
+            return exchange.number
         case .run(let r), .partialStream(let r), .statusStream(let r, _, _):
             request = r
         }
@@ -433,6 +453,28 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The dashboard's feed: one snapshot at once, then one a second; `: ping` is not needed (data flows).
+    private func writeStatsStreamHead(context: ChannelHandlerContext, exchange: inout Exchange) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "cache-control", value: "no-store")
+        headers.add(name: "x-accel-buffering", value: "no")
+        headers.add(name: "x-fal-request-id", value: RequestID.make())
+        if !exchange.keepAlive {
+            headers.add(name: "connection", value: "close")
+        }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        exchange.headSent = true
+        writeSSE(context: context, data: services.jobs.statistics.snapshot())
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let number = exchange.number
+        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            let (handler, context) = bound.value
+            guard case .exchanging(let current) = handler.state, current.number == number else { return }
+            handler.writeSSE(context: context, data: handler.services.jobs.statistics.snapshot())
+        }
+    }
+
     private func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
         guard case .exchanging(let exchange) = state, exchange.number == number else { return }
         writeSSE(context: context, text: ": ping\n\n")
@@ -441,7 +483,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
         guard case .exchanging(let exchange) = state, exchange.number == number else { return }
         switch exchange.kind {
-        case .file:
+        case .file, .statsStream:
             return
         case .run(let request):
             guard case .completed(let outcome) = event.kind else { return }
@@ -485,7 +527,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
+    func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
         var bytes: [UInt8] = id.map { Array("id: \($0)\n".utf8) } ?? []
         bytes.append(contentsOf: "data: ".utf8)
         data.write(into: &bytes)
@@ -495,7 +537,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
     }
 
-    private func writeSSE(context: ChannelHandlerContext, text: String) {
+    func writeSSE(context: ChannelHandlerContext, text: String) {
         let buffer = context.channel.allocator.buffer(string: text)
         context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
     }
@@ -516,7 +558,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .idle
         exchange.keepAliveTask?.cancel()
         switch exchange.kind {
-        case .file:
+        case .file, .statsStream:
             break
         case .run(let request), .partialStream(let request), .statusStream(let request, _, _):
             if exchange.subscriptionToken != 0 {
@@ -540,7 +582,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         respondError(context: context, keepAlive: false, error: error, requestID: RequestID.make())
     }
 
-    private func respond(
+    func respond(
         context: ChannelHandlerContext,
         head: HTTPRequestHead,
         status: HTTPResponseStatus,
@@ -551,7 +593,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         respond(context: context, keepAlive: head.isKeepAlive, status: status, json: json, requestID: requestID, extraHeaders: extraHeaders, isHead: head.method == .HEAD)
     }
 
-    private func respond(
+    func respond(
         context: ChannelHandlerContext,
         keepAlive: Bool,
         status: HTTPResponseStatus,
@@ -576,7 +618,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         write(context: context, keepAlive: keepAlive, status: status, headers: headers, body: buffer)
     }
 
-    private func respondError(
+    func respondError(
         context: ChannelHandlerContext,
         head: HTTPRequestHead,
         error: FalError,
@@ -589,7 +631,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         )
     }
 
-    private func respondError(
+    func respondError(
         context: ChannelHandlerContext,
         keepAlive: Bool,
         error: FalError,
@@ -608,7 +650,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         )
     }
 
-    private func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+    func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
         var headers = headers
         if headers.first(name: "x-fal-request-id") == nil {
             headers.add(name: "x-fal-request-id", value: RequestID.make())
@@ -616,7 +658,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         write(context: context, keepAlive: head.isKeepAlive, status: status, headers: headers, body: body)
     }
 
-    private func write(context: ChannelHandlerContext, keepAlive: Bool, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+    func write(context: ChannelHandlerContext, keepAlive: Bool, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
         var headers = headers
         if headers.first(name: "content-length") == nil {
             headers.add(name: "content-length", value: String(body?.readableBytes ?? 0))

@@ -13,6 +13,12 @@ public enum Principal: Sendable, Hashable {
         if case .key(let id, _) = self { return id }
         return nil
     }
+
+    /// Keys of the `admin` tier may use `/admin/…`.
+    public var isAdmin: Bool {
+        if case .key(_, "admin") = self { return true }
+        return false
+    }
 }
 
 /// Checks an `Authorization` header (`Key …` or `Bearer …`). Returns nil for a key that is unknown or revoked.
@@ -72,6 +78,10 @@ public struct RelayServices: Sendable {
     public let metricsText: (@Sendable () -> [UInt8])?
     /// Per-tier token buckets; nil switches rate limiting off.
     public let rateLimiter: RateLimiter?
+    /// The browser UI's files (`/`, `/dashboard`, `/ui/…`); nil serves 404 there.
+    public let site: StaticSite?
+    /// Admin operations that reach beyond the HTTP layer (purge, drain).
+    public let admin: AdminOperations
 
     public init(
         catalog: ModelCatalog,
@@ -87,8 +97,12 @@ public struct RelayServices: Sendable {
         logger: Logger,
         perKeyScope: Bool = false,
         metricsText: (@Sendable () -> [UInt8])? = nil,
-        rateLimiter: RateLimiter? = nil
+        rateLimiter: RateLimiter? = nil,
+        site: StaticSite? = nil,
+        admin: AdminOperations = AdminOperations()
     ) {
+        self.site = site
+        self.admin = admin
         self.catalog = catalog
         self.jobs = jobs
         self.store = store

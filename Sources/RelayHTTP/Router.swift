@@ -20,8 +20,26 @@ public enum Route: Sendable, Hashable {
     case run(EndpointID)
     case stream(EndpointID)
     case file(Digest128, fileExtension: String)
+    /// The browser UI: `/` (playground), `/dashboard`, and `/ui/<asset>`; the string is the asset name.
+    case ui(String)
+    /// `GET /relay/models`: the catalog as the playground's gallery.
+    case catalog
+    /// `GET /relay/stats`: one statistics snapshot (JSON); `/relay/stats/stream`: one per second over SSE.
+    case stats(stream: Bool)
+    /// `/admin/…` (admin key): cache statistics, purge, drain.
+    case admin(AdminAction)
     case notFound
     case methodNotAllowed
+}
+
+/// What the admin API is asked to do.
+public enum AdminAction: Sendable, Hashable {
+    /// `GET /admin/stats`
+    case stats
+    /// `POST /admin/purge` with `{"key": hex}`, `{"model": id}` or `{"digest": hex}`.
+    case purge
+    /// `POST /admin/drain`: stop being ready (load balancers move traffic away), then stop serving.
+    case drain
 }
 
 /// A host name to recognise in the `Host` header, with an optional port (nil = any port).
@@ -103,6 +121,24 @@ public struct Router: Sendable {
             return method == .POST ? .tokens : .methodNotAllowed
         case "ws" where segments.count == 1:
             return method == .GET ? .webSocket : .methodNotAllowed
+        case "" where segments.count == 1:
+            return readOnly ? .ui("index.html") : .methodNotAllowed
+        case "dashboard" where segments.count == 1:
+            return readOnly ? .ui("dashboard.html") : .methodNotAllowed
+        case "ui" where segments.count == 2 && Self.isAssetName(segments[1]):
+            return readOnly ? .ui(String(segments[1])) : .methodNotAllowed
+        case "relay" where segments.count == 2 && segments[1] == "models":
+            return readOnly ? .catalog : .methodNotAllowed
+        case "relay" where segments.count >= 2 && segments[1] == "stats" && segments.count <= 3:
+            guard segments.count == 2 || segments[2] == "stream" else { return .notFound }
+            return readOnly ? .stats(stream: segments.count == 3) : .methodNotAllowed
+        case "admin" where segments.count == 2:
+            switch segments[1] {
+            case "stats": return readOnly ? .admin(.stats) : .methodNotAllowed
+            case "purge": return method == .POST ? .admin(.purge) : .methodNotAllowed
+            case "drain": return method == .POST ? .admin(.drain) : .methodNotAllowed
+            default: return .notFound
+            }
         case "files":
             guard segments.count == 2, let file = Self.file(segments[1]) else { return .notFound }
             return readOnly ? .file(file.0, fileExtension: file.1) : .methodNotAllowed
@@ -148,6 +184,16 @@ public struct Router: Sendable {
         }
         guard let endpoint = EndpointID(segments: segments) else { return .notFound }
         return method == .POST ? .submit(endpoint) : .methodNotAllowed
+    }
+
+    /// `name.ext` of letters, digits, `-` and `_`: never a path, never a dot file.
+    private static func isAssetName(_ name: Substring) -> Bool {
+        guard let first = name.utf8.first, first != UInt8(ascii: "."), name.utf8.count <= 64 else { return false }
+        return name.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+                || byte == UInt8(ascii: ".")
+        }
     }
 
     /// `<32 hex>.<ext>` with a short alphanumeric extension.

@@ -35,6 +35,7 @@ public final class Job: Sendable {
     public let key: RequestKey
     public let createdAt: Timestamp
     private let state = Mutex(State())
+    private let everAttached = Atomic<Int>(0)
 
     public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now()) {
         self.input = input
@@ -94,6 +95,7 @@ public final class Job: Sendable {
         state.withLock { state in
             guard !state.machine.isTerminal else { return false }
             state.attachedRequests += 1
+            everAttached.wrappingAdd(1, ordering: .relaxed)
             return true
         }
     }
@@ -121,6 +123,12 @@ public final class Job: Sendable {
         if cancelNow, case .completed(.cancelled) = status.phase {
             task.cancel()
         }
+    }
+
+    /// Requests that ever waited on this job (coalesced ones included), for dedup savings.
+    /// An atomic outside the lock, so a subscriber (called under the lock) may read it.
+    var requestsEverAttached: Int {
+        everAttached.load(ordering: .relaxed)
     }
 
     var attachedRequests: Int {

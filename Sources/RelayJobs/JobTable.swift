@@ -75,25 +75,10 @@ public final class JobTable: Sendable {
         var inFlight: [RequestKey: Job] = [:]
     }
 
-    private struct Metrics: Sendable {
-        let requests: [CacheOutcome: Counter]
-        let upstreamJobsStarted: Counter
-        let jobsInFlight: Meter
-
-        init() {
-            var requests: [CacheOutcome: Counter] = [:]
-            for outcome in CacheOutcome.allCases {
-                requests[outcome] = Counter(label: "relay_requests_total", dimensions: [("cache", outcome.rawValue)])
-            }
-            self.requests = requests
-            upstreamJobsStarted = Counter(label: "relay_upstream_jobs_started_total")
-            jobsInFlight = Meter(label: "relay_jobs_in_flight")
-        }
-    }
-
     private let state = Mutex(State())
     private let resolveUpstream: UpstreamResolver
-    private let metrics = Metrics()
+    /// Counters for `/metrics`, the dashboard and `/admin/stats`.
+    public let statistics: RelayStatistics
     public let results: ResultIndex
     public let cachePolicy: CachePolicy
     /// How long a finished request stays addressable (status, result) after it was created.
@@ -103,8 +88,10 @@ public final class JobTable: Sendable {
         retentionSeconds: Double = 3600,
         results: ResultIndex = ResultIndex(),
         cachePolicy: CachePolicy = CachePolicy(),
+        statistics: RelayStatistics = RelayStatistics(),
         upstream: @escaping UpstreamResolver
     ) {
+        self.statistics = statistics
         self.retentionSeconds = retentionSeconds
         self.results = results
         self.cachePolicy = cachePolicy
@@ -141,6 +128,7 @@ public final class JobTable: Sendable {
             switch cached.outcome {
             case .success(let result, let seconds):
                 job.receive(.succeeded(result: result, inferenceSeconds: seconds))
+                statistics.recordSaved(inferenceSeconds: seconds ?? 0)
             case .rejected(let error):
                 job.receive(.failed(error))
             }
@@ -167,7 +155,7 @@ public final class JobTable: Sendable {
             state.requests[request.id] = request
             return (request, job)
         }
-        metrics.requests[request.cacheOutcome]?.increment()
+        statistics.recordSubmission(request.cacheOutcome)
         if let newJob {
             start(newJob, storeResult: cacheable && !directives.noStore, storeRejection: !directives.noStore)
         }
@@ -229,7 +217,7 @@ public final class JobTable: Sendable {
 
     private func record(_ request: RelayRequest) -> RelayRequest {
         state.withLock { $0.requests[request.id] = request }
-        metrics.requests[request.cacheOutcome]?.increment()
+        statistics.recordSubmission(request.cacheOutcome)
         return request
     }
 
@@ -241,14 +229,25 @@ public final class JobTable: Sendable {
     /// Starts the upstream and, when the job ends, stores what may be reused. The callback runs under the job's
     /// lock and takes only the result index's.
     private func start(_ job: Job, storeResult: Bool, storeRejection: Bool) {
-        metrics.upstreamJobsStarted.increment()
-        metrics.jobsInFlight.increment()
+        statistics.recordUpstreamJobStarted()
         let results = self.results
         let policy = cachePolicy
-        let inFlight = metrics.jobsInFlight
+        let statistics = self.statistics
         _ = job.subscribe(after: 0) { event in
             guard case .completed(let outcome) = event.kind else { return }
-            inFlight.decrement()
+            switch outcome {
+            case .success(_, let seconds):
+                statistics.recordUpstreamJobEnded(failed: false)
+                // Every waiter beyond the first was served without a generation of its own.
+                let sharedWith = job.requestsEverAttached - 1
+                if sharedWith > 0 {
+                    statistics.recordSaved(inferenceSeconds: (seconds ?? 0) * Double(sharedWith))
+                }
+            case .failure:
+                statistics.recordUpstreamJobEnded(failed: true)
+            case .cancelled:
+                statistics.recordUpstreamJobEnded(failed: false)
+            }
             let now = Timestamp.now()
             let input = job.input
             switch outcome {

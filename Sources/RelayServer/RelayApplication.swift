@@ -116,6 +116,33 @@ public struct RelayApplication: Sendable {
             return synthetic
         }
         let readiness = Readiness()
+        jobs.statistics.setStoreBytesProvider { expiry.bytes }
+        var site: StaticSite?
+        if let uiDirectory = config.uiDirectory {
+            do {
+                site = try StaticSite(directory: uiDirectory, hasher: hasher)
+            } catch {
+                throw ConfigurationError("\(error.description) (set --ui-dir, or --ui-dir off)")
+            }
+        }
+        let shutdownTrigger = ShutdownTrigger()
+        let admin = AdminOperations(
+            purge: { target in await Self.purge(target, results: results, store: store) },
+            cacheStatistics: {
+                [
+                    "results": .number(Double(results.count)),
+                    "store_bytes": .number(Double(expiry.bytes)),
+                    "store_budget_bytes": config.cacheMaxBytes.map { .number(Double($0)) } ?? .null,
+                    "evictions": .number(Double(expiry.evictions)),
+                    "collected": .number(Double(expiry.collected)),
+                    "manifest_write_failures": .number(Double(results.writeFailures)),
+                ]
+            },
+            drain: { shutdown in
+                readiness.set(false)
+                if shutdown { shutdownTrigger.fire() }
+            }
+        )
         let relayServices = RelayServices(
             catalog: catalog,
             jobs: jobs,
@@ -130,7 +157,9 @@ public struct RelayApplication: Sendable {
             logger: logger,
             perKeyScope: config.perKeyCacheScope,
             metricsText: { RelayMetricsSystem.registry.emitToBuffer() },
-            rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil
+            rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil,
+            site: site,
+            admin: admin
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -154,6 +183,7 @@ public struct RelayApplication: Sendable {
                 logger: logger
             )
         )
+        shutdownTrigger.set { Task { await services.triggerGracefulShutdown() } }
         do {
             try await services.run()
         } catch {
@@ -161,6 +191,30 @@ public struct RelayApplication: Sendable {
             throw error
         }
         try? await origin?.shutdown()
+    }
+
+    /// The admin API's purge: results by key or model; for a digest, the blob and every result pointing at it.
+    static func purge(_ target: AdminOperations.PurgeTarget, results: ResultIndex, store: BlobStore) async -> Result<JSONValue, FalError> {
+        switch target {
+        case .key(let digest):
+            let removed = results.remove(RequestKey(digest: digest))
+            return .success(["purged": ["results": .number(removed ? 1 : 0)]])
+        case .model(let id):
+            do {
+                let removed = try await results.remove(modelID: id)
+                return .success(["purged": ["results": .number(Double(removed))]])
+            } catch {
+                return .failure(.internalError("purge failed: \(error)"))
+            }
+        case .digest(let digest):
+            let removed = results.removeResults(referencing: [digest])
+            do {
+                let blob = try await store.remove(digest)
+                return .success(["purged": ["results": .number(Double(removed)), "blobs": .number(blob ? 1 : 0)]])
+            } catch {
+                return .failure(.internalError("purge failed: \(error)"))
+            }
+        }
     }
 
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
@@ -258,6 +312,23 @@ enum RelayMetricsSystem {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         return registry
     }()
+}
+
+/// Lets the admin API stop the service group, which exists only after the services are built.
+final class ShutdownTrigger: Sendable {
+    private let action = Mutex<(@Sendable () -> Void)?>(nil)
+    private let fired = Mutex(false)
+
+    func set(_ body: @escaping @Sendable () -> Void) {
+        let early = fired.withLock { $0 }
+        action.withLock { $0 = body }
+        if early { body() }
+    }
+
+    func fire() {
+        fired.withLock { $0 = true }
+        action.withLock { $0 }?()
+    }
 }
 
 /// Where media URLs point; known only once the listeners are bound (port 0 picks the port).

@@ -45,6 +45,8 @@ public struct RelayConfiguration: Sendable {
     public var syntheticSlots = 2
     /// The model catalog; relative paths are resolved against the config file's folder.
     public var catalogPath: String?
+    /// The browser UI's folder (`/`, `/dashboard`); relative paths as for the catalog. nil: no UI.
+    public var uiDirectory: String?
     public var queueHosts = ["127.0.0.1", "[::1]"]
     public var runHosts = ["localhost"]
     /// Absolute origin of media URLs; default: the HTTPS listener (else the HTTP one) as seen from this machine.
@@ -102,6 +104,9 @@ public struct RelayConfiguration: Sendable {
             config.syntheticSlots = try integer(value, "synthetic_slots", 1...1024)
         },
         Setting(name: "catalog", help: "model catalog JSON file") { $0.catalogPath = $1 },
+        Setting(name: "ui_dir", help: "folder of the browser UI (playground at /, /dashboard), or off") { config, value in
+            config.uiDirectory = value == "off" ? nil : value
+        },
         Setting(name: "queue_hosts", help: "comma-separated Host names of the queue API") { $0.queueHosts = list($1) },
         Setting(name: "run_hosts", help: "comma-separated Host names of the run API") { $0.runHosts = list($1) },
         Setting(name: "public_url", help: "origin used in media URLs, e.g. https://relay.example.com") { $0.publicURL = $1 },
@@ -178,6 +183,11 @@ public struct RelayConfiguration: Sendable {
             environment["RELAY_CATALOG"] == nil
         {
             config.catalogPath = folder.isEmpty ? catalog : folder + "/" + catalog
+        }
+        if let ui = config.uiDirectory, !ui.hasPrefix("/"), let folder = fileFolder, flags["ui_dir"] == nil,
+            environment["RELAY_UI_DIR"] == nil
+        {
+            config.uiDirectory = folder.isEmpty ? ui : folder + "/" + ui
         }
         return config
     }

@@ -196,6 +196,23 @@ public final class ResultIndex: Sendable {
         return removed
     }
 
+    /// Removes every result of the model `modelID` (the admin API's purge); returns how many. Entries not decoded in
+    /// memory are identified by reading their manifests on the thread pool.
+    public func remove(modelID: String) async throws(StoreError) -> Int {
+        let candidates = state.withLock { state in state.entries.slots.map { ($0.key, $0.value.entry?.modelID) } }
+        var doomed = candidates.compactMap { $0.1 == modelID ? $0.0 : nil }
+        let unknown = candidates.compactMap { $0.1 == nil ? $0.0 : nil }
+        if !unknown.isEmpty, let files {
+            doomed += try await onThreadPool { () throws(StoreError) -> [RequestKey] in
+                unknown.filter { key in
+                    if case .manifest(let manifest, _) = files.read(key) { return manifest.result.modelID == modelID }
+                    return false
+                }
+            }
+        }
+        return doomed.reduce(0) { count, key in remove(key) ? count + 1 : count }
+    }
+
     /// Drops expired entries (and, in durable mode, their files); returns how many.
     @discardableResult
     public func sweep(now: Timestamp = .now()) -> Int {

@@ -29,6 +29,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Synthetic upstream timings: 1 realistic, 0 instant") var syntheticTimeScale: String?
     @Option(help: "Concurrent synthetic generations (GPU slots, default 2)") var syntheticSlots: String?
     @Option(help: "Model catalog JSON file") var catalog: String?
+    @Option(help: "Folder of the browser UI (playground at /, /dashboard), or off") var uiDir: String?
     @Option(help: "Comma-separated Host names of the queue API (default 127.0.0.1,[::1])") var queueHosts: String?
     @Option(help: "Comma-separated Host names of the run API (default localhost)") var runHosts: String?
     @Option(help: "Origin used in media URLs (default: the HTTPS listener)") var publicURL: String?
@@ -46,7 +47,7 @@ struct Serve: AsyncParsableCommand {
         let flags: [String: String?] = [
             "config": config, "data_dir": dataDir, "http": http, "https": https, "tls_cert": tlsCert, "tls_key": tlsKey,
             "event_loop_threads": eventLoopThreads, "synthetic_time_scale": syntheticTimeScale,
-            "synthetic_slots": syntheticSlots, "catalog": catalog, "queue_hosts": queueHosts, "run_hosts": runHosts,
+            "synthetic_slots": syntheticSlots, "catalog": catalog, "ui_dir": uiDir, "queue_hosts": queueHosts, "run_hosts": runHosts,
             "public_url": publicURL, "max_json_body_bytes": maxJSONBodyBytes, "log_level": logLevel,
             "result_ttl_seconds": resultTTLSeconds, "cache_scope": cacheScope, "rate_limits": rateLimits,
             "cache_max_bytes": cacheMaxBytes, "origin": origin, "origin_key": originKey, "origin_ca": originCa,

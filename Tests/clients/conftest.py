@@ -34,6 +34,7 @@ class Relay:
             BINARY, "serve",
             "--data-dir", data_dir,
             "--catalog", os.path.join(ROOT, "Config", "models.json"),
+            "--ui-dir", os.path.join(ROOT, "Public"),
             "--http", "127.0.0.1:0",
             "--https", "127.0.0.1:0",
             "--synthetic-time-scale", "0.1",

@@ -1,0 +1,139 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOHTTP1
+public import RelayCore
+
+/// The browser UI's files, read once at start-up from a directory and served from memory with strong ETags.
+///
+/// Only plain file names (no paths) are served; the router already refuses anything else.
+public struct StaticSite: Sendable {
+    public struct Asset: Sendable {
+        public let bytes: [UInt8]
+        public let contentType: String
+        /// `"<xxh3-128 hex>"` of the bytes.
+        public let etag: String
+    }
+
+    public let assets: [String: Asset]
+
+    public init(assets: [String: Asset]) {
+        self.assets = assets
+    }
+
+    /// Reads every regular file directly in `directory` (not its subfolders).
+    public init(directory: String, hasher: KeyedHasher) throws(StaticSiteError) {
+        var assets: [String: Asset] = [:]
+        for name in try StaticSiteFiles.list(directory) {
+            guard let contentType = Self.contentType(for: name), let bytes = StaticSiteFiles.contents(directory + "/" + name) else { continue }
+            assets[name] = Asset(bytes: bytes, contentType: contentType, etag: "\"\(hasher.digest(bytes).hex)\"")
+        }
+        self.assets = assets
+    }
+
+    public subscript(name: String) -> Asset? { assets[name] }
+
+    static func contentType(for name: String) -> String? {
+        guard let dot = name.lastIndex(of: ".") else { return nil }
+        switch name[name.index(after: dot)...] {
+        case "html": return "text/html; charset=utf-8"
+        case "js": return "text/javascript; charset=utf-8"
+        case "css": return "text/css; charset=utf-8"
+        case "svg": return "image/svg+xml"
+        case "png": return "image/png"
+        case "ico": return "image/x-icon"
+        case "json": return "application/json"
+        default: return nil
+        }
+    }
+}
+
+public struct StaticSiteError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+/// Directory listing and whole-file reads for start-up (never on an event loop).
+enum StaticSiteFiles {
+    static func list(_ directory: String) throws(StaticSiteError) -> [String] {
+        guard let dir = opendir(directory) else { throw StaticSiteError(description: "cannot open UI directory \(directory)") }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if !name.hasPrefix(".") { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    static func contents(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            done += n
+        }
+        return bytes
+    }
+}
+
+extension RelayHTTPHandler {
+    /// `/`, `/dashboard`, `/ui/<name>`: from memory, `ETag` + `If-None-Match` → 304, revalidated on every use
+    /// (`no-cache`) so a new relay version is picked up at once.
+    func serveAsset(context: ChannelHandlerContext, head: HTTPRequestHead, name: String) {
+        guard let asset = services.site?[name] else {
+            return respondError(context: context, head: head, error: .notFound("No such page"))
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "etag", value: asset.etag)
+        headers.add(name: "cache-control", value: "no-cache")
+        headers.add(name: "x-content-type-options", value: "nosniff")
+        if head.headers["if-none-match"].contains(where: { $0.split(separator: ",").contains { $0.trimmingSpaces == asset.etag || $0.trimmingSpaces == "*" } }) {
+            return write(context: context, head: head, status: .notModified, headers: headers, body: nil)
+        }
+        headers.add(name: "content-type", value: asset.contentType)
+        if name.hasSuffix(".html") {
+            // The UI talks only to this relay; no inline script, no framing by others.
+            headers.add(name: "content-security-policy", value: "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'")
+        }
+        if head.method == .HEAD {
+            headers.add(name: "content-length", value: String(asset.bytes.count))
+            return write(context: context, head: head, status: .ok, headers: headers, body: nil)
+        }
+        write(context: context, head: head, status: .ok, headers: headers, body: context.channel.allocator.buffer(bytes: asset.bytes))
+    }
+
+    /// The catalog as the playground shows it: id, title, kind, required fields and defaults (the form).
+    func serveCatalog(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let models: [JSONValue] = services.catalog.models.map { model in
+            .object([
+                "id": .string(model.id),
+                "title": .string(model.title),
+                "kind": .string(model.kind.rawValue),
+                "required": .array(model.required.map(JSONValue.string)),
+                "defaults": .object(model.defaults),
+                "dedup": .string(model.dedup.rawValue),
+                "realtime": .bool(model.realtime),
+            ])
+        }
+        respond(context: context, head: head, status: .ok, json: .object(["models": .array(models)]), extraHeaders: [("cache-control", "no-cache")])
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var text = self
+        while text.first == " " || text.first == "\t" { text.removeFirst() }
+        while text.last == " " || text.last == "\t" { text.removeLast() }
+        return text
+    }
+}
