@@ -9,6 +9,9 @@ import Synchronization
 /// `eventLoop.execute`) and never call back into the job.
 public final class Job: Sendable {
     public typealias Subscriber = @Sendable (JobEvent) -> Void
+    /// Runs when the upstream reports the end, before anyone sees it: it makes the outcome durable and then calls
+    /// `publish` (from any thread), which applies and announces the end. Called outside the job's lock.
+    public typealias CompletionGate = @Sendable (_ outcome: JobOutcome, _ publish: @escaping @Sendable () -> Void) -> Void
 
     /// Snapshot for a status poll.
     public struct Status: Sendable {
@@ -29,18 +32,45 @@ public final class Job: Sendable {
         var nextToken = 1
         var attachedRequests = 0
         var task: (any UpstreamTask)?
+        var gate: CompletionGate?
+        /// The end was reported and is being made durable: later updates are ignored, the end is not shown yet.
+        var finishing = false
     }
 
+    /// Names the job in the request log (unique across restarts: random).
+    public let id: UInt64
     public let input: ModelInput
     public let key: RequestKey
     public let createdAt: Timestamp
     private let state = Mutex(State())
     private let everAttached = Atomic<Int>(0)
 
-    public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now()) {
+    public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now(), id: UInt64 = .random(in: 1 ... .max)) {
+        self.id = id
         self.input = input
         self.key = key
         self.createdAt = createdAt
+    }
+
+    /// A job that ended before a restart, rebuilt from the request log: already terminal with `outcome`.
+    /// `input` stands in for the original (only its model id is known): such a job is never started.
+    convenience init(restoredID id: UInt64, key: RequestKey, input: ModelInput, outcome: JobOutcome, createdAt: Timestamp) {
+        self.init(input: input, key: key, createdAt: createdAt, id: id)
+        state.withLock { state in
+            switch outcome {
+            case .success(let result, let seconds):
+                _ = state.machine.apply(.succeeded(result: result, inferenceSeconds: seconds), at: createdAt)
+            case .failure(let error):
+                _ = state.machine.apply(.failed(error), at: createdAt)
+            case .cancelled:
+                _ = state.machine.cancel()
+            }
+        }
+    }
+
+    /// Installs the gate the end must pass through (before the upstream starts).
+    func setCompletionGate(_ gate: @escaping CompletionGate) {
+        state.withLock { $0.gate = gate }
     }
 
     public var model: ModelSpec { input.model }
@@ -53,16 +83,41 @@ public final class Job: Sendable {
         state.withLock { $0.machine.isTerminal }
     }
 
-    /// Applies an upstream update and tells every subscriber. Safe from any thread.
+    /// Applies an upstream update and tells every subscriber. Safe from any thread. The end (`succeeded`, `failed`)
+    /// first passes the completion gate, if one is set: until the gate publishes it nobody sees it, and updates
+    /// meanwhile are ignored.
     public func receive(_ update: JobUpdate) {
+        let outcome: JobOutcome
+        switch update {
+        case .succeeded(let result, let seconds): outcome = .success(result: result, inferenceSeconds: seconds)
+        case .failed(let error): outcome = .failure(error)
+        default:
+            apply(update)
+            return
+        }
+        let gate = state.withLock { state -> CompletionGate? in
+            guard !state.finishing, !state.machine.isTerminal, let gate = state.gate else { return nil }
+            state.finishing = true
+            return gate
+        }
+        guard let gate else {
+            apply(update)
+            return
+        }
+        gate(outcome) { self.apply(update, publishing: true) }
+    }
+
+    private func apply(_ update: JobUpdate, publishing: Bool = false) {
         let now = Timestamp.now()
         state.withLock { state in
+            guard publishing || !state.finishing else { return }
             let before = state.machine.lastSequence
             guard state.machine.apply(update, at: now) != nil else { return }
             Self.deliver(state.machine.events(after: before), to: state.subscribers.values)
             if state.machine.isTerminal {
                 state.subscribers.removeAll()
                 state.task = nil
+                state.gate = nil
             }
         }
     }
@@ -107,6 +162,7 @@ public final class Job: Sendable {
             guard state.attachedRequests == 0, let event = state.machine.cancel() else { return nil }
             Self.deliver(CollectionOfOne(event), to: state.subscribers.values)
             state.subscribers.removeAll()
+            state.gate = nil
             let task = state.task
             state.task = nil
             return task

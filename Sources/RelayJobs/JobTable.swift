@@ -36,6 +36,9 @@ public struct RelayRequest: Sendable {
     /// The RFC 9211 `Cache-Status` value for this request's responses.
     public let cacheStatus: String
     public internal(set) var cancelled: Bool
+    /// Done once the request's record is durable: its id may be given to the client only then, or a crash could
+    /// make the id unknown (404) after the restart. Already done when the table keeps no log.
+    public let recorded: RecordCommit
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {
@@ -54,6 +57,13 @@ public enum CancelOutcome: Sendable, Hashable {
 ///
 /// Lock order is always table → job → result index (never the reverse): a finished job stays in `inFlight` until
 /// the next submission of its key replaces it or `sweep` removes it, so a job never calls back into the table.
+///
+/// **Durability** (with a `RequestLog`): every request's creation, every job's end and every cancellation is a log
+/// record, so after a crash `restore()` serves each request by id again, and requests in flight at the crash end with
+/// `restartedError`. The order makes what a client saw survive: a submission is answered (the id handed out) only
+/// after its creation record is fsynced (`RelayRequest.recorded`), and a job's end passes a completion gate that
+/// publishes it only after its result manifest and end record are fsynced. A cache hit is answered after its records
+/// and the manifest it was served from are on disk.
 public final class JobTable: Sendable {
     public typealias UpstreamResolver = @Sendable (ModelSpec) -> any Upstream
 
@@ -77,6 +87,9 @@ public final class JobTable: Sendable {
 
     private let state = Mutex(State())
     private let resolveUpstream: UpstreamResolver
+    /// The durable request log; nil keeps requests in memory only.
+    public let log: RequestLog?
+    private let latency = CommitLatency()
     /// Counters for `/metrics`, the dashboard and `/admin/stats`.
     public let statistics: RelayStatistics
     public let results: ResultIndex
@@ -89,8 +102,10 @@ public final class JobTable: Sendable {
         results: ResultIndex = ResultIndex(),
         cachePolicy: CachePolicy = CachePolicy(),
         statistics: RelayStatistics = RelayStatistics(),
+        log: RequestLog? = nil,
         upstream: @escaping UpstreamResolver
     ) {
+        self.log = log
         self.statistics = statistics
         self.retentionSeconds = retentionSeconds
         self.results = results
@@ -125,21 +140,38 @@ public final class JobTable: Sendable {
             cacheable || isRejection(cached)
         {
             let job = Job(input: input, key: key)
+            let logged: RequestLogRecord.Outcome
             switch cached.outcome {
             case .success(let result, let seconds):
                 job.receive(.succeeded(result: result, inferenceSeconds: seconds))
                 statistics.recordSaved(inferenceSeconds: seconds ?? 0)
+                logged = .success(result: result, inferenceSeconds: seconds)
             case .rejected(let error):
                 job.receive(.failed(error))
+                logged = .failure(error)
             }
             let status = "MediaRelay; hit; ttl=\(cached.ttl(at: .now())); \(keyParameter)"
-            return record(Self.makeRequest(endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .hit, cacheStatus: status))
+            // The request's records, and the manifest it was served from (it may still be on its way to the disk).
+            let commit = RecordCommit(pending: log == nil ? 0 : 2)
+            let request = Self.makeRequest(endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .hit, cacheStatus: status, recorded: commit)
+            if let log {
+                let started = ContinuousClock.now
+                commit.whenDone { [latency] in latency.record(submission: ContinuousClock.now - started) }
+                log.append([.created(Self.creation(request)), .finished(jobID: job.id, at: request.createdAt, outcome: logged)]) { _ in
+                    commit.arrive()
+                }
+                results.whenWritten(key) { _ in commit.arrive() }
+            }
+            return record(request)
         }
 
+        let commit = RecordCommit(pending: log == nil ? 0 : 1)
         let (request, newJob) = state.withLock { state -> (RelayRequest, Job?) in
             if coalesce, let job = state.inFlight[key], job.attach() {
                 let status = "MediaRelay; fwd=miss; collapsed; \(keyParameter)"
-                let request = Self.makeRequest(endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .coalesced, cacheStatus: status)
+                let request = Self.makeRequest(
+                    endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .coalesced, cacheStatus: status, recorded: commit
+                )
                 state.requests[request.id] = request
                 return (request, nil)
             }
@@ -151,9 +183,16 @@ public final class JobTable: Sendable {
             let stored = cacheable && !directives.noStore ? "; stored" : ""
             let status = directives.noCache ? "MediaRelay; fwd=request\(stored); \(keyParameter)" : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
             let outcome: CacheOutcome = directives.noCache ? .bypass : .miss
-            let request = Self.makeRequest(endpoint: endpoint, job: job, owner: ownerKeyID, outcome: outcome, cacheStatus: status)
+            let request = Self.makeRequest(
+                endpoint: endpoint, job: job, owner: ownerKeyID, outcome: outcome, cacheStatus: status, recorded: commit
+            )
             state.requests[request.id] = request
             return (request, job)
+        }
+        if let log {
+            let started = ContinuousClock.now
+            commit.whenDone { [latency] in latency.record(submission: ContinuousClock.now - started) }
+            log.append([.created(Self.creation(request))]) { _ in commit.arrive() }
         }
         statistics.recordSubmission(request.cacheOutcome)
         if let newJob {
@@ -188,6 +227,10 @@ public final class JobTable: Sendable {
             state.requests[id] = request
             return (.cancellationRequested, request.job)
         }
+        if job != nil {
+            // Not awaited: lost in a crash, the request reads as interrupted (COMPLETED with an error) instead.
+            log?.append([.cancelled(requestID: id, at: .now())])
+        }
         job?.detach()
         return outcome
     }
@@ -210,6 +253,72 @@ public final class JobTable: Sendable {
         }
     }
 
+    /// Unlinks request-log segments nothing still served needs (past retention, older than every request kept).
+    @discardableResult
+    public func sweepLog(now: Timestamp = .now()) async -> Int {
+        guard let log else { return 0 }
+        let oldest = state.withLock { state in state.requests.values.lazy.map(\.createdAt).min() }
+        return await log.sweep(now: now, oldestWanted: oldest)
+    }
+
+    /// How a request in flight when the relay died ends after the restart: COMPLETED with this error, so its
+    /// status, result and streams answer at once instead of hanging or 404.
+    public static let restartedError = FalError.unavailable(
+        "The relay restarted while this request was in flight; submit it again",
+        type: "relay_restarted"
+    )
+
+    /// Reads the request log (call once at start-up, before serving): every request created within retention is
+    /// served again by id to its owner, ended as it ended, or with `restartedError` when it was in flight. Returns
+    /// nil without a log.
+    @discardableResult
+    public func restore(now: Timestamp = .now()) async throws(StoreError) -> RequestLog.LoadReport? {
+        guard let log else { return nil }
+        let (restored, report) = try await log.load(now: now, interrupted: .failure(Self.restartedError))
+        var jobs: [UInt64: Job] = [:]
+        var requests: [RelayRequest] = []
+        requests.reserveCapacity(restored.count)
+        for item in restored {
+            let creation = item.creation
+            guard let endpoint = EndpointID(creation.endpoint), let input = Self.standInInput(for: endpoint) else { continue }
+            let job: Job
+            if item.cancelled {
+                job = Job(restoredID: creation.jobID, key: creation.key, input: input, outcome: .cancelled, createdAt: creation.createdAt)
+            } else if let shared = jobs[creation.jobID] {
+                job = shared
+            } else {
+                job = Job(
+                    restoredID: creation.jobID, key: creation.key, input: input,
+                    outcome: Self.jobOutcome(item.outcome), createdAt: creation.createdAt
+                )
+                jobs[creation.jobID] = job
+            }
+            requests.append(RelayRequest(
+                id: creation.id,
+                endpoint: endpoint,
+                job: job,
+                ownerKeyID: creation.ownerKeyID,
+                createdAt: creation.createdAt,
+                cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
+                cacheStatus: creation.cacheStatus,
+                cancelled: item.cancelled,
+                recorded: RecordCommit(pending: 0)
+            ))
+        }
+        state.withLock { state in
+            for request in requests where state.requests[request.id] == nil {
+                state.requests[request.id] = request
+            }
+        }
+        return report
+    }
+
+    /// Time from a submission to its durable record, and from a job's reported end to its published end (the
+    /// price of durability), since start.
+    public var commitLatency: (submissions: LatencySummary, ends: LatencySummary) {
+        latency.summaries
+    }
+
     /// Requests and jobs currently tracked (for metrics and tests).
     public var counts: (requests: Int, jobsInFlight: Int) {
         state.withLock { state in (state.requests.count, state.inFlight.values.count { !$0.isTerminal }) }
@@ -226,12 +335,26 @@ public final class JobTable: Sendable {
         return false
     }
 
-    /// Starts the upstream and, when the job ends, stores what may be reused. The callback runs under the job's
-    /// lock and takes only the result index's.
+    /// Starts the upstream. Its end passes the completion gate: the reusable result is stored and the end recorded,
+    /// and only once both are on disk is the end published (see the type's documentation).
     private func start(_ job: Job, storeResult: Bool, storeRejection: Bool) {
         statistics.recordUpstreamJobStarted()
         let results = self.results
         let policy = cachePolicy
+        let log = self.log
+        let latency = self.latency
+        job.setCompletionGate { [weak job] outcome, publish in
+            guard let job else { return publish() }
+            let started = ContinuousClock.now
+            let stored = Self.store(outcome, of: job, in: results, policy: policy, storeResult: storeResult, storeRejection: storeRejection)
+            let commit = RecordCommit(pending: (log == nil ? 0 : 1) + (stored ? 1 : 0))
+            commit.whenDone {
+                latency.record(end: ContinuousClock.now - started)
+                publish()
+            }
+            if stored { results.whenWritten(job.key) { _ in commit.arrive() } }
+            log?.append([.finished(jobID: job.id, at: .now(), outcome: Self.logged(outcome))]) { _ in commit.arrive() }
+        }
         let statistics = self.statistics
         _ = job.subscribe(after: 0) { event in
             guard case .completed(let outcome) = event.kind else { return }
@@ -248,29 +371,49 @@ public final class JobTable: Sendable {
             case .cancelled:
                 statistics.recordUpstreamJobEnded(failed: false)
             }
-            let now = Timestamp.now()
-            let input = job.input
-            switch outcome {
-            case .success(let result, let seconds) where storeResult:
-                let ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
-                results.store(job.key, CachedResult(
-                    modelID: input.model.id, canonicalInput: input.canonicalBytes,
-                    outcome: .success(result: result, inferenceSeconds: seconds),
-                    storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
-                ))
-            case .failure(let error) where storeRejection && error.status == 422:
-                results.store(job.key, CachedResult(
-                    modelID: input.model.id, canonicalInput: input.canonicalBytes, outcome: .rejected(error),
-                    storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
-                ))
-            default:
-                break
-            }
         }
         job.setTask(resolveUpstream(job.model).start(job))
     }
 
-    private static func makeRequest(endpoint: EndpointID, job: Job, owner: String?, outcome: CacheOutcome, cacheStatus: String) -> RelayRequest {
+    /// Stores what of `outcome` may be reused; true when something was stored.
+    private static func store(
+        _ outcome: JobOutcome,
+        of job: Job,
+        in results: ResultIndex,
+        policy: CachePolicy,
+        storeResult: Bool,
+        storeRejection: Bool
+    ) -> Bool {
+        let now = Timestamp.now()
+        let input = job.input
+        switch outcome {
+        case .success(let result, let seconds) where storeResult:
+            let ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
+            results.store(job.key, CachedResult(
+                modelID: input.model.id, canonicalInput: input.canonicalBytes,
+                outcome: .success(result: result, inferenceSeconds: seconds),
+                storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
+            ))
+            return true
+        case .failure(let error) where storeRejection && error.status == 422:
+            results.store(job.key, CachedResult(
+                modelID: input.model.id, canonicalInput: input.canonicalBytes, outcome: .rejected(error),
+                storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
+            ))
+            return true
+        default:
+            return false
+        }
+    }
+
+    private static func makeRequest(
+        endpoint: EndpointID,
+        job: Job,
+        owner: String?,
+        outcome: CacheOutcome,
+        cacheStatus: String,
+        recorded: RecordCommit
+    ) -> RelayRequest {
         RelayRequest(
             id: RequestID.make(),
             endpoint: endpoint,
@@ -279,7 +422,69 @@ public final class JobTable: Sendable {
             createdAt: .now(),
             cacheOutcome: outcome,
             cacheStatus: cacheStatus,
-            cancelled: false
+            cancelled: false,
+            recorded: recorded
         )
     }
+
+    /// A restored job's input: only its model id is known (it is never started again).
+    private static func standInInput(for endpoint: EndpointID) -> ModelInput? {
+        let model = ModelSpec(id: endpoint.description, title: endpoint.description, kind: .image, dedup: .never, required: [])
+        return try? ModelInput(model: model, input: [:])
+    }
+
+    private static func creation(_ request: RelayRequest) -> RequestLogRecord.Creation {
+        RequestLogRecord.Creation(
+            id: request.id,
+            jobID: request.job.id,
+            endpoint: request.endpoint.description,
+            key: request.job.key,
+            ownerKeyID: request.ownerKeyID,
+            createdAt: request.createdAt,
+            cacheOutcome: request.cacheOutcome.rawValue,
+            cacheStatus: request.cacheStatus
+        )
+    }
+
+    private static func logged(_ outcome: JobOutcome) -> RequestLogRecord.Outcome {
+        switch outcome {
+        case .success(let result, let seconds): .success(result: result, inferenceSeconds: seconds)
+        case .failure(let error): .failure(error)
+        case .cancelled: .cancelled
+        }
+    }
+
+    private static func jobOutcome(_ outcome: RequestLogRecord.Outcome) -> JobOutcome {
+        switch outcome {
+        case .success(let result, let seconds): .success(result: result, inferenceSeconds: seconds)
+        case .failure(let error): .failure(error)
+        case .cancelled: .cancelled
+        }
+    }
+}
+
+/// Count, mean and maximum of a duration series.
+public struct LatencySummary: Sendable, Hashable {
+    public private(set) var count = 0
+    public private(set) var total: Duration = .zero
+    public private(set) var maximum: Duration = .zero
+
+    public var mean: Duration { count == 0 ? .zero : total / count }
+
+    mutating func add(_ sample: Duration) {
+        count += 1
+        total += sample
+        maximum = max(maximum, sample)
+    }
+}
+
+/// What `JobTable.commitLatency` reports.
+private final class CommitLatency: Sendable {
+    private let state = Mutex((submissions: LatencySummary(), ends: LatencySummary()))
+
+    var summaries: (submissions: LatencySummary, ends: LatencySummary) { state.withLock { $0 } }
+
+    func record(submission: Duration) { state.withLock { $0.submissions.add(submission) } }
+
+    func record(end: Duration) { state.withLock { $0.ends.add(end) } }
 }

@@ -182,6 +182,20 @@ public final class ResultIndex: Sendable {
         if startWriter { startWriting() }
     }
 
+    /// Calls `completion` once the entry stored for `key` now is on disk: true when written, false when it never will
+    /// be (its write failed, it was removed first, the pool stopped). At once, on the caller's stack, when there is
+    /// nothing to wait for (memory-only index, no entry, entry already written); otherwise on a pool thread.
+    ///
+    /// A newer `store` of the key before the write satisfies it too: the key's file then holds the newer version.
+    public func whenWritten(_ key: RequestKey, _ completion: @escaping @Sendable (Bool) -> Void) {
+        let waiting = state.withLock { state -> Bool in
+            guard files != nil, let slot = state.entries.slots[key], !slot.persisted else { return false }
+            state.writeWaiters[key, default: []].append((slot.generation, completion))
+            return true
+        }
+        if !waiting { completion(true) }
+    }
+
     /// Removes the entry for `key` (and its file); false when there was none. During `load()` the key's file is
     /// removed even if the scan has not reached it yet.
     @discardableResult
@@ -625,6 +639,28 @@ public final class ResultIndex: Sendable {
 
         var isIdle: Bool { writers == 0 && pending.isEmpty && busy.isEmpty }
 
+        /// `whenWritten` callers per key, with the generation each waits for.
+        var writeWaiters: [RequestKey: [(generation: UInt64, callback: @Sendable (Bool) -> Void)]] = [:]
+
+        /// The waiters an operation on `key` just settled: a written version satisfies those waiting for it or an
+        /// older one; a removal, quarantine or failure ends every wait (false: that version will not be on disk).
+        mutating func takeWriteWaiters(
+            _ key: RequestKey,
+            after operation: Operation,
+            outcome: ResultManifestFiles.Outcome
+        ) -> [(@Sendable (Bool) -> Void, Bool)] {
+            guard let waiting = writeWaiters[key] else { return [] }
+            switch (operation, outcome) {
+            case (.write(_, let generation), .written):
+                let (done, left) = (waiting.filter { $0.generation <= generation }, waiting.filter { $0.generation > generation })
+                writeWaiters[key] = left.isEmpty ? nil : left
+                return done.map { ($0.callback, true) }
+            default:
+                writeWaiters[key] = nil
+                return waiting.map { ($0.callback, false) }
+            }
+        }
+
         /// Between a load's snapshot and its scan: what was removed meanwhile stays removed when the scan lands.
         var loading = false
         var removedDuringLoad: Set<RequestKey> = []
@@ -700,10 +736,12 @@ public final class ResultIndex: Sendable {
 
             let outcomes = files.apply(batch.map { ($0.key, $0.operation.onDisk) })
 
+            var written: [(@Sendable (Bool) -> Void, Bool)] = []
             state.withLock { state in
                 for (item, outcome) in zip(batch, outcomes) {
                     state.busy.remove(item.key)
                     if state.pending[item.key] != nil { state.queue.append(item.key) }
+                    written += state.takeWriteWaiters(item.key, after: item.operation, outcome: outcome)
                     switch outcome {
                     case .failed:
                         state.writeFailures += 1
@@ -733,21 +771,24 @@ public final class ResultIndex: Sendable {
                 }
                 if state.paused > 0 && state.busy.isEmpty { swap(&quiesced, &state.quiesceWaiters) }
             }
+            for (waiter, ok) in written { waiter(ok) }
             for waiter in quiesced { waiter.resume(returning: true) }
         }
     }
 
     /// The pool is not running: what is queued will not be written.
     private func abandonWrites() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let (waiters, written) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [@Sendable (Bool) -> Void]) in
             state.writeFailures += state.pending.count
+            let written = state.pending.keys.flatMap { state.writeWaiters.removeValue(forKey: $0)?.map(\.callback) ?? [] }
             state.pending.removeAll()
             state.queue.removeAll()
             state.writers -= 1
-            guard state.isIdle else { return [] }
+            guard state.isIdle else { return ([], written) }
             defer { state.idleWaiters.removeAll() }
-            return state.idleWaiters
+            return (state.idleWaiters, written)
         }
+        for waiter in written { waiter(false) }
         for waiter in waiters { waiter.resume() }
     }
 
