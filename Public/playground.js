@@ -1,7 +1,9 @@
-// The playground: the catalog as a gallery, each model's inputs as a form, a run followed live over the fal
-// queue's SSE status stream, and the result rendered by kind. `/?model=…&prompt=…&seed=…&run=1` fills and runs.
+// The playground: the catalog as a gallery, each model's inputs as a form, a run followed live over the relay's
+// `/ws` watch socket (status, logs and partial outputs: image previews, text as it streams) or, when the socket cannot
+// be used, the fal queue's SSE status stream, and the result rendered by kind. `/?model=…&prompt=…&seed=…&run=1`
+// fills and runs.
 import {
-  authHeaders, el, errorText, formatBytes, readEventStream, sameOriginMedia, sameOriginPath, setUpKeyForm, toast,
+  apiKey, authHeaders, el, errorText, formatBytes, readEventStream, sameOriginMedia, sameOriginPath, setUpKeyForm, toast,
 } from "/ui/common.js";
 
 const IMAGE_SIZES = ["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"];
@@ -265,6 +267,13 @@ function addLog(entry) {
   if (match && Number(match[2]) > 0) setProgress(Number(match[1]) / Number(match[2]), `${match[1]} / ${match[2]}`);
 }
 
+/** How the run is followed (`ws`, `sse`, `poll`), shown on the run panel. */
+function setTransport(run, transport) {
+  if (state.run !== run) return;
+  $("run-panel").dataset.transport = transport;
+  $("run-status").title = { ws: "Followed over the /ws socket", sse: "Followed over the SSE status stream", poll: "Followed by polling the status" }[transport];
+}
+
 function showError(text) {
   const box = $("error");
   box.textContent = text;
@@ -309,6 +318,8 @@ async function run() {
   setProgress(0, "–");
   setStatus("SUBMITTING", "Submitting…");
   $("result").replaceChildren(el("div", { class: "placeholder" }, "Waiting for the result…"));
+  $("result").dataset.partials = "0";
+  delete $("run-panel").dataset.transport;
   try {
     const response = await fetch(`/${run.model.id}`, {
       method: "POST",
@@ -358,9 +369,13 @@ async function run() {
   }
 }
 
-/** Follows the status stream to COMPLETED; if the stream breaks first, polls the status until it completes. */
+/**
+ * Follows the run to COMPLETED: over the `/ws` socket (with partial outputs), else the SSE status stream, else by
+ * polling the status. Each step resumes after the last sequence number the previous one delivered.
+ */
 async function follow(submitted, run) {
   const statusPath = sameOriginPath(submitted.status_url);
+  const cursor = { seq: 0 };
   let final = null;
   const onStatus = (status) => {
     if (state.run !== run) return;
@@ -381,17 +396,30 @@ async function follow(submitted, run) {
     }
   };
   try {
-    const response = await fetch(`${statusPath}/stream?logs=1`, {
-      headers: authHeaders({ Accept: "text/event-stream" }), signal: run.controller.signal, cache: "no-store",
-    });
-    if (!response.ok) throw new Error(await errorText(response));
-    await readEventStream(response, onStatus);
+    await watchOverSocket(submitted.request_id, run, cursor, onStatus, (data) => renderPartial(data, run));
   } catch (error) {
     if (error.name === "AbortError") throw error;
+  }
+  if (!final) {
+    setTransport(run, "sse");
+    try {
+      const resume = cursor.seq ? `&last_event_id=${cursor.seq}` : "";
+      const response = await fetch(`${statusPath}/stream?logs=1${resume}`, {
+        headers: authHeaders({ Accept: "text/event-stream" }), signal: run.controller.signal, cache: "no-store",
+      });
+      if (!response.ok) throw new Error(await errorText(response));
+      await readEventStream(response, (status, id) => {
+        if (id) cursor.seq = Math.max(cursor.seq, Number(id) || 0);
+        onStatus(status);
+      });
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+    }
   }
   let seenLogs = $("logs").childElementCount;
   const deadline = performance.now() + 10 * 60 * 1000;
   while (!final && performance.now() < deadline) {
+    setTransport(run, "poll");
     const response = await fetch(`${statusPath}?logs=1`, { headers: authHeaders(), signal: run.controller.signal, cache: "no-store" });
     if (!response.ok) throw new Error(await errorText(response));
     const status = await response.json();
@@ -403,6 +431,112 @@ async function follow(submitted, run) {
   }
   if (!final) throw new Error("Gave up waiting for the result");
   return final;
+}
+
+/**
+ * The `/ws` URL for this tab: browsers cannot set headers on a WebSocket, so a key is exchanged for a short-lived
+ * token (`POST /tokens/`) carried as `fal_jwt_token`; without a key the socket is anonymous, as the relay admits.
+ */
+async function watchSocketURL(run) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = `${scheme}//${location.host}/ws`;
+  if (!apiKey()) return url;
+  const response = await fetch("/tokens/", {
+    method: "POST",
+    headers: authHeaders({ "Content-Type": "application/json" }),
+    body: JSON.stringify({ allowed_apps: [run.model.id.split("/")[1]], token_expiration: 60 }),
+    signal: run.controller.signal,
+  });
+  if (!response.ok) throw new Error(await errorText(response));
+  return `${url}?fal_jwt_token=${encodeURIComponent(await response.json())}`;
+}
+
+/**
+ * Watches one request over `/ws` until its COMPLETED event, advancing `cursor.seq` with every message taken.
+ * Resolves when it completed or the socket could not be used (did not open in time, refused the watch, closed
+ * early): the caller then goes on after `cursor.seq` another way.
+ */
+async function watchOverSocket(requestID, run, cursor, onStatus, onPartial) {
+  const url = await watchSocketURL(run);
+  setTransport(run, "ws");
+  await new Promise((resolve) => {
+    let socket;
+    try {
+      socket = new WebSocket(url);
+    } catch {
+      resolve();
+      return;
+    }
+    const openTimer = setTimeout(() => done(), 5000);
+    const done = () => {
+      clearTimeout(openTimer);
+      run.controller.signal.removeEventListener("abort", done);
+      socket.onmessage = socket.onclose = socket.onerror = null;
+      if (socket.readyState <= WebSocket.OPEN) socket.close();
+      resolve();
+    };
+    run.controller.signal.addEventListener("abort", done);
+    socket.onopen = () => {
+      clearTimeout(openTimer);
+      socket.send(JSON.stringify({ type: "watch", request_id: requestID, after: cursor.seq }));
+    };
+    socket.onmessage = (message) => {
+      let data;
+      try {
+        data = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      if (data.request_id !== requestID || state.run !== run) return;
+      if (data.type === "error") {
+        done();
+        return;
+      }
+      // Sequence numbers are the job's: nothing at or before the cursor is new.
+      if (!(data.seq > cursor.seq)) return;
+      cursor.seq = data.seq;
+      if (data.type === "partial") {
+        onPartial(data.data);
+      } else if (data.type === "event") {
+        onStatus(data.status);
+        if (data.status?.status === "COMPLETED") done();
+      }
+    };
+    socket.onerror = done;
+    socket.onclose = done;
+  });
+  run.controller.signal.throwIfAborted();
+}
+
+/** Shows a partial output while the run goes on: the latest preview image, or the text streamed so far. */
+function renderPartial(data, run) {
+  if (state.run !== run || !data) return;
+  const result = $("result");
+  const image = Array.isArray(data.images) ? data.images[0] : null;
+  if (image && typeof image.url === "string") {
+    let preview = $("preview-image");
+    if (!preview) {
+      preview = el("img", { id: "preview-image", alt: `Preview of ${run.input.prompt || run.model.title}`, decoding: "async" });
+      result.replaceChildren(el("figure", { class: "preview" }, preview, el("figcaption", { id: "preview-caption" })));
+    }
+    // Previews are small; CSS stretches them to the panel, and the size attributes keep its aspect ratio.
+    if (image.width && image.height) {
+      preview.width = image.width;
+      preview.height = image.height;
+    }
+    preview.src = sameOriginMedia(image.url);
+    $("preview-caption").textContent = Number.isFinite(data.step) ? `Preview · step ${data.step}` : "Preview";
+  } else if (typeof data.output === "string") {
+    let text = $("text-output");
+    if (!text) {
+      text = el("pre", { class: "text-output streaming", id: "text-output", "aria-live": "polite" });
+      result.replaceChildren(text);
+    }
+    text.textContent = data.output;
+  } else {
+    return;
+  }
+  result.dataset.partials = String(Number(result.dataset.partials || 0) + 1);
 }
 
 async function cancel() {

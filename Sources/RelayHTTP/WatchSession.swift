@@ -1,4 +1,5 @@
 public import RelayCore
+public import RelayJobs
 
 /// The `/ws` protocol for one socket as a pure value: which requests it watches, how far each has been sent, and
 /// which fell behind while the socket was not writable (STYLE.md rule 1; the handler performs the actions).
@@ -6,8 +7,10 @@ public import RelayCore
 /// Client messages (JSON text):
 /// `{"type":"watch","request_id":"…","after":<seq, optional>}`, `{"type":"unwatch","request_id":"…"}`,
 /// `{"type":"submit","model":"…","input":{…}}`.
-/// Server messages: `{"type":"event","request_id":"…","seq":n,"status":{…}}`, `{"type":"submitted","request_id":"…"}`,
-/// `{"type":"error","request_id":"…","detail":"…"}`.
+/// Server messages: `{"type":"event","request_id":"…","seq":n,"status":{…}}` (status changes and log lines),
+/// `{"type":"partial","request_id":"…","seq":n,"data":<partial output>}` (a preview image, the text so far),
+/// `{"type":"submitted","request_id":"…"}`, `{"type":"error","request_id":"…","detail":"…"}`. Events and partials
+/// share one sequence, the job's log, so `after` resumes both and a replay carries every partial.
 public struct WatchSession: Sendable {
     public enum Command: Sendable, Hashable {
         case watch(requestID: String, after: Int)
@@ -83,6 +86,21 @@ public struct WatchSession: Sendable {
 
     public func isWatching(_ requestID: String) -> Bool {
         watches[requestID] != nil
+    }
+
+    /// The message that carries `event` of a watched request: a status `event` or a `partial`, numbered by the job's
+    /// sequence; nil for an event that shows as neither.
+    public static func message(for event: JobEvent, requestID: String) -> JSONObject? {
+        var message: JSONObject = ["type": "event", "request_id": .string(requestID), "seq": .number(Double(event.sequence))]
+        if case .partial(let data) = event.kind {
+            message["type"] = "partial"
+            message["data"] = data
+        } else if let (phase, logs) = FalWire.statusUpdate(for: event, withLogs: true) {
+            message["status"] = FalWire.status(id: requestID, phase: phase, logs: logs, base: nil)
+        } else {
+            return nil
+        }
+        return message
     }
 
     /// Decides about one event; `writable` is the channel's writability now.

@@ -7,10 +7,10 @@ import RelayJobs
 /// One upgraded WebSocket: the `/ws` watch protocol (JSON text) or fal realtime (msgpack binary), RFC 6455 via
 /// NIOWebSocket with fragments aggregated up to a size limit.
 ///
-/// Slow sockets never hold a job back: events arrive from the job on this loop and are written only while the
-/// channel is writable; otherwise the watch is marked behind and, once writable again, caught up from the job's log
-/// (which keeps only the latest snapshot, so a resync is short). Pings every 30 s; a socket silent for the idle
-/// timeout is closed with 1001.
+/// Slow sockets never hold a job back: events and partial outputs arrive from the job on this loop and are written
+/// only while the channel is writable; otherwise the watch is marked behind and, once writable again, caught up from
+/// the job's log (which keeps every stream item — logs, partials, the end — but only the latest snapshot). Pings
+/// every 30 s; a socket silent for the idle timeout is closed with 1001.
 final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -21,7 +21,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     private let services: RelayServices
     private let target: WebSocketTarget
     private var session = WatchSession()
-    private var subscriptions: [String: (request: RelayRequest, token: Int)] = [:]
+    private var subscriptions: [String: (request: RelayRequest, token: Int)] = [:] {
+        didSet { services.jobs.statistics.adjustWatchers(.webSocket, by: subscriptions.count - oldValue.count) }
+    }
     /// Realtime: client-side correlation ids to echo, by relay request id.
     private var realtimeEcho: [String: JSONValue] = [:]
     private var pingTask: RepeatedTask?
@@ -160,8 +162,17 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         case .submit(let model, let input):
             switch submit(model: model, input: input) {
             case .success(let request):
-                sendJSON(context: context, ["type": "submitted", "request_id": .string(request.id), "cache": .string(request.cacheOutcome.rawValue)])
-                watch(request, after: 0, context: context)
+                // The id goes out only once the request's record is durable (see `RelayRequest.recorded`).
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                let eventLoop = context.eventLoop
+                request.recorded.whenDone {
+                    eventLoop.execute {
+                        let (handler, context) = bound.value
+                        guard context.channel.isActive else { return }
+                        handler.sendJSON(context: context, ["type": "submitted", "request_id": .string(request.id), "cache": .string(request.cacheOutcome.rawValue)])
+                        handler.watch(request, after: 0, context: context)
+                    }
+                }
             case .failure(let error):
                 sendJSON(context: context, ["type": "error", "detail": .string(error.message), "status": .number(Double(error.status))])
             }
@@ -185,9 +196,14 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
                 handler.deliver(event, requestID: id, context: context)
             }
         }
-        if subscription.token != 0 {
-            subscriptions[request.id] = (request, subscription.token)
+        if subscription.token == 0 && subscription.replay.isEmpty {
+            // A finished job watched after its end: nothing will ever come.
+            session.end(request.id)
+            return
         }
+        // Kept for a finished job too (token 0): its replay ends with the terminal event, whose send removes the
+        // entry, and a part of it deferred on a full socket is caught up from `request` on resync.
+        subscriptions[request.id] = (request, subscription.token)
         for event in subscription.replay {
             deliver(event, requestID: request.id, context: context)
         }
@@ -207,13 +223,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     private func send(_ event: JobEvent, requestID: String, context: ChannelHandlerContext) {
-        guard let (phase, logs) = FalWire.statusUpdate(for: event, withLogs: true) else { return }
-        sendJSON(context: context, [
-            "type": "event",
-            "request_id": .string(requestID),
-            "seq": .number(Double(event.sequence)),
-            "status": FalWire.status(id: requestID, phase: phase, logs: logs, base: nil),
-        ])
+        if let message = WatchSession.message(for: event, requestID: requestID) {
+            sendJSON(context: context, message)
+        }
         if event.isTerminal {
             session.end(requestID)
             subscriptions[requestID] = nil

@@ -1,5 +1,6 @@
 """The browser UI in headless Chromium (Debian `chromium` + `chromium-driver`, Selenium): a shared playground URL
-runs to a loaded image with live progress on the way, the cache outcome shows, and the dashboard counts traffic.
+runs to a loaded image with live progress and partial previews on the way (followed over /ws), text streams in as it
+is generated, the cache outcome shows, and the dashboard counts traffic.
 
 Screenshots go to Tests/clients/artifacts/ (or $MEDIA_RELAY_ARTIFACTS). Every wait is bounded; only loopback is used.
 """
@@ -94,6 +95,35 @@ def loaded_images(driver):
     )
 
 
+# One round trip per sample: the run's state, its progress, and what partial output the page shows.
+SAMPLE = """
+const result = document.getElementById('result');
+const preview = document.getElementById('preview-image');
+const streamed = document.getElementById('text-output');
+return {
+  state: document.getElementById('run-status').dataset.state,
+  progress: Number(document.getElementById('progress').value),
+  partials: Number(result.dataset.partials || 0),
+  preview: preview ? preview.getAttribute('src').slice(0, 22) : null,
+  previewLoaded: !!(preview && preview.complete && preview.naturalWidth > 0),
+  streamed: streamed && streamed.classList.contains('streaming') ? streamed.textContent : null,
+  transport: document.getElementById('run-panel').dataset.transport || null,
+};
+"""
+
+
+def sample_run(driver):
+    """Samples the run until it ends; returns the samples (the last one has the final state)."""
+    samples = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        samples.append(driver.execute_script(SAMPLE))
+        if samples[-1]["state"] in ("COMPLETED", "FAILED"):
+            break
+        time.sleep(0.03)
+    return samples
+
+
 def severe_console_errors(driver):
     # CSP violations, script errors and failed loads are logged at SEVERE.
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
@@ -108,24 +138,34 @@ def test_share_url_runs_with_live_progress_and_shows_the_image(ui_relay, browser
     assert browser.find_element(By.ID, "field-prompt").get_attribute("value") == PROMPT
     assert browser.find_element(By.ID, "field-seed").get_attribute("value") == str(SEED)
 
-    seen_states, seen_progress, progress_shot = set(), [], False
+    samples, progress_shot, preview_shot = [], False, False
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        state = attribute(browser, "run-status", "data-state")
-        seen_states.add(state)
-        if state == "IN_PROGRESS":
-            value = float(attribute(browser, "progress", "value"))
-            seen_progress.append(value)
-            if 0 < value < 1 and not progress_shot:
-                shot(browser, "playground-progress.png")
-                progress_shot = True
-        if state in ("COMPLETED", "FAILED"):
+        sample = browser.execute_script(SAMPLE)
+        samples.append(sample)
+        if sample["state"] == "IN_PROGRESS" and 0 < sample["progress"] < 1 and not progress_shot:
+            shot(browser, "playground-progress.png")
+            progress_shot = True
+        if sample["state"] == "IN_PROGRESS" and sample["previewLoaded"] and not preview_shot:
+            shot(browser, "playground-preview.png")
+            preview_shot = True
+        if sample["state"] in ("COMPLETED", "FAILED"):
             break
         time.sleep(0.05)
+    state = samples[-1]["state"]
     assert state == "COMPLETED", f"run ended {state}: {text(browser, 'error')}"
-    assert "IN_PROGRESS" in seen_states, seen_states
-    assert any(0 < value < 1 for value in seen_progress), f"no partial progress shown: {seen_progress[:20]}"
+    running = [sample for sample in samples if sample["state"] == "IN_PROGRESS"]
+    assert running, {sample["state"] for sample in samples}
+    assert any(0 < sample["progress"] < 1 for sample in running), f"no partial progress shown: {running[:20]}"
     assert progress_shot
+    # The run was followed over /ws, and its partial previews replaced one another in the result area before the end.
+    assert samples[-1]["transport"] == "ws", samples[-1]
+    assert any(sample["preview"] == "data:image/png;base64," for sample in running), running[-5:]
+    assert preview_shot, "no preview image was ever shown loaded"
+    shown = [sample["partials"] for sample in running if sample["partials"]]
+    assert shown and shown == sorted(shown), shown
+    # flux/dev's 28 steps publish a preview every 7th step: three of them.
+    assert samples[-1]["partials"] == 3, samples[-1]
 
     WebDriverWait(browser, WAIT).until(lambda d: any(i["done"] and i["w"] > 0 for i in loaded_images(d)))
     images = loaded_images(browser)
@@ -153,6 +193,8 @@ def test_same_share_url_again_is_a_cache_hit_also_anonymously(ui_relay, browser)
     browser.get(share_url(ui_relay))
     assert wait_for_end(browser) == "COMPLETED", text(browser, "error")
     assert text(browser, "cache-outcome") == "hit"
+    # /ws admits anonymous callers, so the page follows over the socket without a token.
+    assert attribute(browser, "run-panel", "data-transport") == "ws"
     WebDriverWait(browser, WAIT).until(lambda d: any(i["done"] and i["w"] > 0 for i in loaded_images(d)))
     shot(browser, "playground-hit.png")
 
@@ -176,6 +218,51 @@ def test_text_and_audio_models_render_their_output(ui_relay, browser):
     assert wait_for_end(browser) == "COMPLETED", text(browser, "error")
     WebDriverWait(browser, WAIT).until(lambda d: d.execute_script(
         "const a = document.querySelector('#result audio'); return a && a.readyState >= 1 && a.duration > 0"))
+
+
+def test_a_socket_lost_mid_run_falls_back_to_the_status_stream_where_it_left_off(ui_relay, browser):
+    # Every WebSocket the page opens closes itself after its sixth message (a few steps into the run).
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+        const Real = window.WebSocket;
+        window.WebSocket = class extends Real {
+          constructor(...args) {
+            super(...args);
+            let count = 0;
+            this.addEventListener('message', () => { if (++count === 6) this.close(); });
+          }
+        };
+    """})
+    try:
+        use_key(browser, ui_relay, ui_relay.key)
+        browser.get(share_url(ui_relay, seed=4321))
+        samples = sample_run(browser)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+    assert samples[-1]["state"] == "COMPLETED", text(browser, "error")
+    assert {"ws", "sse"} <= {sample["transport"] for sample in samples}, [sample["transport"] for sample in samples][::10]
+    assert samples[-1]["transport"] == "sse"
+    # The stream resumed after the socket's last sequence number: every step logged exactly once.
+    logs = [li.text[li.text.find("step"):] for li in browser.find_elements(By.CSS_SELECTOR, "#logs li")]
+    assert logs == [f"step {k}/28" for k in range(1, 29)], logs
+    WebDriverWait(browser, WAIT).until(lambda d: any(i["done"] and i["w"] > 0 for i in loaded_images(d)))
+
+
+def test_text_streams_in_before_the_run_completes(ui_relay, browser):
+    use_key(browser, ui_relay, ui_relay.key)
+    browser.get_log("browser")
+    browser.get(f"{base(ui_relay)}/?" + urllib.parse.urlencode({"model": "fal-ai/any-llm", "prompt": "Tell a short story", "seed": 6, "max_tokens": 40, "run": 1}))
+    samples = sample_run(browser)
+    assert samples[-1]["state"] == "COMPLETED", text(browser, "error")
+    assert samples[-1]["transport"] == "ws", samples[-1]
+    streamed = [sample["streamed"] for sample in samples if sample["streamed"] and sample["state"] != "COMPLETED"]
+    distinct = list(dict.fromkeys(streamed))
+    # The text grew while the run went on: several snapshots, each extending the one before.
+    assert len(distinct) >= 2, distinct
+    assert all(later.startswith(earlier) and len(later) > len(earlier) for earlier, later in zip(distinct, distinct[1:])), distinct
+    final = text(browser, "text-output")
+    assert final.startswith(distinct[-1].strip()) and len(final) >= len(distinct[-1].strip())
+    assert samples[-1]["partials"] >= len(distinct)
+    assert severe_console_errors(browser) == []
 
 
 def test_dashboard_shows_traffic_live(ui_relay, browser):

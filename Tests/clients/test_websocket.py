@@ -1,5 +1,6 @@
 """WebSockets: the /ws watch protocol, fal realtime (msgpack) with the official client, tokens, rate limits."""
 import asyncio
+import base64
 import json
 import ssl
 
@@ -28,7 +29,9 @@ def test_watch_protocol_submits_and_streams_events(relay):
         events = []
         while True:
             message = receive_json(ws)
-            assert message["type"] == "event" and message["request_id"] == submitted["request_id"]
+            assert message["type"] in ("event", "partial") and message["request_id"] == submitted["request_id"]
+            if message["type"] == "partial":
+                continue
             events.append(message)
             if message["status"]["status"] == "COMPLETED":
                 break
@@ -46,6 +49,48 @@ def test_watch_protocol_submits_and_streams_events(relay):
         assert receive_json(ws)["type"] == "error"
         ws.send(json.dumps({"type": "dance"}))
         assert "unknown message type" in receive_json(ws)["detail"]
+
+
+def watch_until_completed(ws, request_id):
+    """Every message for `request_id` up to and including the COMPLETED event."""
+    messages = []
+    while True:
+        message = receive_json(ws)
+        assert message["request_id"] == request_id and message["type"] in ("event", "partial"), message
+        messages.append(message)
+        if message["type"] == "event" and message["status"]["status"] == "COMPLETED":
+            return messages
+
+
+def test_watch_delivers_partial_previews_and_text_chunks_before_the_end(relay, http):
+    headers = {"Authorization": f"Key {relay.key}"}
+    # The text job is submitted over HTTP and watched from the start: the watch replays what already happened (the
+    # job may well have ended), then follows live.
+    text = http.post(f"https://{relay.queue_host}/fal-ai/any-llm", headers=headers,
+                     json={"prompt": "Say hello over a socket", "seed": 92, "max_tokens": 12}).json()
+    with connect(ws_url(relay), ssl=tls(relay), additional_headers=headers) as ws:
+        ws.send(json.dumps({"type": "submit", "model": "fal-ai/flux/schnell",
+                            "input": {"prompt": "partials over a socket", "image_size": "square", "seed": 91}}))
+        submitted = receive_json(ws)
+        assert submitted["type"] == "submitted" and submitted["cache"] == "miss", submitted
+        messages = watch_until_completed(ws, submitted["request_id"])
+        seqs = [message["seq"] for message in messages]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+        assert messages[-1]["status"]["status"] == "COMPLETED" and "error" not in messages[-1]["status"]
+        partials = [message["data"] for message in messages if message["type"] == "partial"]
+        assert partials, [message["type"] for message in messages]
+        preview = partials[0]["images"][0]
+        assert partials[0]["partial"] is True and preview["url"].startswith("data:image/png;base64,")
+        assert base64.b64decode(preview["url"].split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+
+        ws.send(json.dumps({"type": "watch", "request_id": text["request_id"]}))
+        messages = watch_until_completed(ws, text["request_id"])
+        chunks = [message["data"]["output"] for message in messages if message["type"] == "partial"]
+        assert len(chunks) >= 2, chunks
+        # The text so far, growing chunk by chunk, up to the final output.
+        assert all(later.startswith(earlier) and len(later) > len(earlier) for earlier, later in zip(chunks, chunks[1:]))
+        final = http.get(f"https://{relay.queue_host}/fal-ai/any-llm/requests/{text['request_id']}", headers=headers).json()
+        assert chunks[-1] == final["output"]
 
 
 def test_watch_requires_a_valid_key_and_binary_is_refused(relay):
