@@ -113,6 +113,18 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         FalError(status: 413, detail: .message("Request body exceeds \(limit) bytes"), errorType: "payload_too_large")
     }
 
+    public static func requestTimeout(_ message: String) -> FalError {
+        FalError(status: 408, detail: .message(message), errorType: "request_timeout")
+    }
+
+    public static func uriTooLong(limit: Int) -> FalError {
+        FalError(status: 414, detail: .message("The request URL exceeds \(limit) bytes"), errorType: "uri_too_long")
+    }
+
+    public static func headersTooLarge(limit: Int) -> FalError {
+        FalError(status: 431, detail: .message("The request headers exceed \(limit) bytes"), errorType: "request_header_fields_too_large")
+    }
+
     public static func unsupportedMediaType(_ type: String) -> FalError {
         FalError(
             status: 415,

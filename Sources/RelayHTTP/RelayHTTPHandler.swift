@@ -41,6 +41,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var subscriptionToken = 0
         var keepAliveTask: RepeatedTask?
         var headSent = false
+        /// The last event written (streams): later deliveries at or below it are replay overlaps.
+        var lastSent = 0
+        /// Events were held back while the channel was not writable; replay from `lastSent` once it is.
+        var behind = false
     }
 
     let services: RelayServices
@@ -48,9 +52,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var state = State.idle
     private var exchangeCount = 0
 
-    init(services: RelayServices, scheme: String) {
+    /// Set when the connection was accepted beyond a connection cap: every request is answered with it, then close.
+    private let refusal: FalError?
+
+    /// Told the route and the caller's key id, for the access line.
+    private let accessLog: AccessLogHandler?
+
+    init(services: RelayServices, scheme: String, refusal: FalError? = nil, accessLog: AccessLogHandler? = nil) {
         self.services = services
         self.scheme = scheme
+        self.refusal = refusal
+        self.accessLog = accessLog
     }
 
     // MARK: - Inbound
@@ -87,6 +99,33 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .exchanging(var exchange) = state, exchange.behind {
+            exchange.behind = false
+            state = .exchanging(exchange)
+            let request: RelayRequest
+            switch exchange.kind {
+            case .statusStream(let r, _, _), .partialStream(let r): request = r
+            default: return context.fireChannelWritabilityChanged()
+            }
+            for event in request.job.replay(after: exchange.lastSent) {
+                receive(event, context: context, number: exchange.number)
+                guard case .exchanging(let current) = state, current.number == exchange.number, !current.behind else { break }
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Shutdown: an SSE status stream ends cleanly at once with a hint to reconnect (to another instance, with
+        // Last-Event-ID), instead of being cut at the drain deadline. Runs and partial streams get the deadline.
+        if event is RelayShutdownEvent, case .exchanging(let exchange) = state, case .statusStream = exchange.kind {
+            writeSSE(context: context, text: "retry: 1000\n: the relay is shutting down; reconnect with Last-Event-ID\n\n")
+            endStream(exchange, context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if case .exchanging(let exchange) = state {
             finish(exchange, context: context, clientGone: true)
@@ -108,7 +147,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: - Routing
 
     private func dispatch(context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer) {
+        services.jobs.statistics.recordHTTPRequest()
+        if let refusal {
+            respondError(context: context, keepAlive: false, error: refusal, requestID: nil, extraHeaders: [("retry-after", "1")])
+            return
+        }
         let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        accessLog?.annotate(route: route.label, keyID: nil)
         let keepAlive = head.isKeepAlive
         switch route {
         case .health:
@@ -159,7 +204,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .admin(let action):
             guard let principal = authenticate(context: context, head: head) else { return }
             guard principal.isAdmin else {
-                return respondError(context: context, head: head, error: .forbidden("The admin API needs an admin key"))
+                let message = "The admin API needs an admin key"
+                return respondError(context: context, head: head, error: principal == .anonymous ? .unauthorized(message) : .forbidden(message))
             }
             serveAdmin(action, context: context, head: head, body: body)
         case .file(let digest, let fileExtension):
@@ -175,6 +221,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(let prepared): input = prepared
             case .failure(let error): return respondError(context: context, head: head, error: error)
             }
+            var webhook: String?
+            if case .submit = route, let url = QueryParameters(uri: head.uri)["fal_webhook"] {
+                if let error = services.webhooks.validate(url: url) { return respondError(context: context, head: head, error: error) }
+                webhook = url
+            }
             let directives = Self.cacheDirectives(head.headers)
             let request = services.jobs.submit(
                 input,
@@ -183,18 +234,30 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 ownerKeyID: principal.keyID,
                 directives: CacheDirectives(noCache: directives.contains("no-cache"), noStore: directives.contains("no-store"))
             )
-            switch route {
-            case .submit:
-                let base = queueBase(head: head, app: endpoint.app)
-                respond(
-                    context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
-                    requestID: request.id, extraHeaders: Self.cacheHeaders(request) + limitHeaders
-                )
-            case .run:
-                begin(.run(request), context: context, keepAlive: keepAlive)
-            default:
-                begin(.partialStream(request), context: context, keepAlive: keepAlive)
+            // The id goes out only once the request's record is durable: a crash must not turn it into a 404.
+            func answer() {
+                guard context.channel.isActive else { return }
+                switch route {
+                case .submit:
+                    if let webhook { services.webhooks.register(request: request, url: webhook) }
+                    let base = queueBase(head: head, app: endpoint.app)
+                    respond(
+                        context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
+                        requestID: request.id, extraHeaders: Self.cacheHeaders(request) + limitHeaders
+                    )
+                case .run:
+                    begin(.run(request), context: context, keepAlive: keepAlive)
+                default:
+                    begin(.partialStream(request), context: context, keepAlive: keepAlive)
+                }
             }
+            guard request.recorded.isDone else {
+                let deferred = NIOLoopBound(answer, eventLoop: context.eventLoop)
+                let eventLoop = context.eventLoop
+                request.recorded.whenDone { eventLoop.execute { deferred.value() } }
+                return
+            }
+            answer()
         case .status(let app, let id), .statusStream(let app, let id), .result(let app, let id), .cancel(let app, let id):
             guard let principal = authenticate(context: context, head: head),
                 admit(context: context, head: head, route: route, principal: principal) != nil
@@ -254,6 +317,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let principal = services.authenticator.authenticate(authorization: head.headers.first(name: "authorization")) else {
             respondError(context: context, head: head, error: .unauthorized())
             return nil
+        }
+        if let keyID = principal.keyID {
+            accessLog?.annotate(keyID: keyID)
         }
         return principal
     }
@@ -409,6 +475,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if case .run = kind {} else {
             writeStreamHead(context: context, request: request, exchange: &exchange)
         }
+        if case .statusStream = kind {
+            services.jobs.statistics.adjustWatchers(.sse, by: 1)
+        }
         state = .exchanging(exchange)
         let number = exchange.number
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -476,12 +545,29 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
-        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        guard case .exchanging(let exchange) = state, exchange.number == number, context.channel.isWritable else { return }
         writeSSE(context: context, text: ": ping\n\n")
     }
 
     private func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
-        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
+        guard case .exchanging(var exchange) = state, exchange.number == number else { return }
+        switch exchange.kind {
+        case .statusStream, .partialStream:
+            // A slow reader never makes us buffer: while the socket cannot take more, events stay in the job's log
+            // and are replayed from there when it drains (`channelWritabilityChanged`).
+            guard event.sequence > exchange.lastSent else { return }
+            guard context.channel.isWritable, !exchange.behind else {
+                if !exchange.behind {
+                    exchange.behind = true
+                    state = .exchanging(exchange)
+                }
+                return
+            }
+            exchange.lastSent = event.sequence
+            state = .exchanging(exchange)
+        default:
+            break
+        }
         switch exchange.kind {
         case .file, .statsStream:
             return
@@ -557,6 +643,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func finish(_ exchange: Exchange, context: ChannelHandlerContext, clientGone: Bool) {
         state = .idle
         exchange.keepAliveTask?.cancel()
+        if case .statusStream = exchange.kind {
+            services.jobs.statistics.adjustWatchers(.sse, by: -1)
+        }
         switch exchange.kind {
         case .file, .statsStream:
             break

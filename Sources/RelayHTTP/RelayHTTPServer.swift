@@ -6,6 +6,8 @@ import NIOPosix
 import NIOWebSocket
 public import NIOSSL
 public import ServiceLifecycle
+import RelayCore
+import RelayJobs
 import Synchronization
 
 /// One address to listen on, plain or TLS.
@@ -13,15 +15,31 @@ public struct ListenerSpec: Sendable {
     public let host: String
     public let port: Int
     /// nil = plain HTTP.
-    public let tls: NIOSSLContext?
+    public let tls: ReloadableTLSContext?
 
-    public init(host: String, port: Int, tls: NIOSSLContext?) {
+    public init(host: String, port: Int, tls: ReloadableTLSContext?) {
         self.host = host
         self.port = port
         self.tls = tls
     }
 
     public var scheme: String { tls == nil ? "http" : "https" }
+}
+
+/// The TLS context new connections get; replaced on certificate reload (SIGHUP) without touching open connections,
+/// which keep the context they were accepted with.
+public final class ReloadableTLSContext: Sendable {
+    private let context: Mutex<NIOSSLContext>
+
+    public init(_ context: NIOSSLContext) {
+        self.context = Mutex(context)
+    }
+
+    public var current: NIOSSLContext { context.withLock { $0 } }
+
+    public func replace(with new: NIOSSLContext) {
+        context.withLock { $0 = new }
+    }
 }
 
 /// A listener that is accepting connections.
@@ -51,6 +69,7 @@ public final class RelayHTTPServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let drainSeconds: Int64
     private let connections = ConnectionRegistry()
+    private let limiter: ConnectionLimiter
     private let serverChannels = Mutex<[any Channel]>([])
 
     public init(services: RelayServices, listeners: [ListenerSpec], group: any EventLoopGroup, drainSeconds: Int64 = 10) {
@@ -58,6 +77,7 @@ public final class RelayHTTPServer: Service, Sendable {
         self.specs = listeners
         self.group = group
         self.drainSeconds = drainSeconds
+        self.limiter = ConnectionLimiter(maxTotal: services.limits.maxConnections, maxPerAddress: services.limits.maxConnectionsPerAddress)
     }
 
     /// Binds every listener (port 0 picks a free port) and returns where they listen.
@@ -95,6 +115,7 @@ public final class RelayHTTPServer: Service, Sendable {
     private func makeBootstrap(_ spec: ListenerSpec) -> ServerBootstrap {
         let services = self.services
         let connections = self.connections
+        let limiter = self.limiter
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -102,52 +123,121 @@ public final class RelayHTTPServer: Service, Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 connections.add(channel)
-                guard let tls = spec.tls else {
+                let address = channel.remoteAddress?.ipAddress ?? "unknown"
+                let refusal = limiter.admit(address)
+                if refusal == nil {
+                    channel.closeFuture.whenComplete { _ in limiter.release(address) }
+                } else {
+                    services.jobs.statistics.connectionRefused()
+                    services.logger.warning("connection over the cap", metadata: ["address": "\(address)", "open": "\(limiter.open)"])
+                }
+                let kind = ConnectionKindTracker(statistics: services.jobs.statistics)
+                channel.closeFuture.whenComplete { _ in kind.closed() }
+                guard let tls = spec.tls?.current else {
                     return channel.eventLoop.makeCompletedFuture {
-                        try Self.configureHTTP1(channel, services: services, scheme: spec.scheme)
+                        kind.opened(.http1)
+                        try Self.configureHTTP1(channel, services: services, scheme: spec.scheme, refusal: refusal, kind: kind)
                     }
                 }
                 // TLS: ALPN picks HTTP/2 (one handler per stream, so a browser holds many SSE streams on one
-                // connection) or HTTP/1.1 (with WebSocket upgrades).
+                // connection) or HTTP/1.1 (with WebSocket upgrades). The handshake and ALPN must be done within the
+                // header deadline, like a plain connection's first request head.
                 do {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
+                let handshakeDeadline = channel.eventLoop.scheduleTask(in: services.limits.connection.headerTimeout) {
+                    channel.close(promise: nil)
+                }
                 return channel.configureHTTP2SecureUpgrade(
                     h2ChannelConfigurator: { channel in
-                        channel.configureHTTP2Pipeline(mode: .server) { stream in
+                        handshakeDeadline.cancel()
+                        kind.opened(.http2)
+                        return channel.configureHTTP2Pipeline(mode: .server) { stream in
                             stream.eventLoop.makeCompletedFuture {
                                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                try stream.pipeline.syncOperations.addHandler(RelayHTTPHandler(services: services, scheme: spec.scheme))
+                                let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
+                                try stream.pipeline.syncOperations.addHandler(accessLog)
+                                try stream.pipeline.syncOperations.addHandler(
+                                    RelayHTTPHandler(services: services, scheme: spec.scheme, refusal: refusal, accessLog: accessLog)
+                                )
                             }
                         }.map { _ in }
                     },
                     http1ChannelConfigurator: { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try Self.configureHTTP1(channel, services: services, scheme: spec.scheme)
+                        handshakeDeadline.cancel()
+                        return channel.eventLoop.makeCompletedFuture {
+                            kind.opened(.http1)
+                            try Self.configureHTTP1(channel, services: services, scheme: spec.scheme, refusal: refusal, kind: kind)
                         }
                     }
                 )
             }
     }
 
-    /// HTTP/1.1 with pipelining assistance, protocol error handling and WebSocket upgrades.
-    static func configureHTTP1(_ channel: any Channel, services: RelayServices, scheme: String) throws {
+    /// HTTP/1.1 with pipelining assistance, deadlines and head limits, fal-shaped protocol errors and WebSocket
+    /// upgrades.
+    static func configureHTTP1(
+        _ channel: any Channel,
+        services: RelayServices,
+        scheme: String,
+        refusal: FalError? = nil,
+        kind: ConnectionKindTracker? = nil
+    ) throws {
         let pipeline = channel.pipeline.syncOperations
-        let handler = RelayHTTPHandler(services: services, scheme: scheme)
-        let boundHandler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        let logger = services.logger
+        let timer = ConnectionTimer(limits: services.limits.connection) { message, _ in
+            logger.debug("\(message)")
+        }
+        try pipeline.addHandler(timer)
+        let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "http/1.1")
+        let handler = RelayHTTPHandler(services: services, scheme: scheme, refusal: refusal, accessLog: accessLog)
+        let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes)
+        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog), eventLoop: channel.eventLoop)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 upgraders: [Self.webSocketUpgrader(services: services)],
                 completionHandler: { context in
-                    // The socket speaks WebSocket now: the HTTP handler leaves.
-                    _ = try? context.pipeline.syncOperations.removeHandler(boundHandler.value)
+                    // The socket speaks WebSocket now: the HTTP handlers leave (it has deadlines of its own).
+                    let (handler, tap, timer, accessLog) = boundHandlers.value
+                    _ = try? context.pipeline.syncOperations.removeHandler(handler)
+                    _ = try? context.pipeline.syncOperations.removeHandler(accessLog)
+                    _ = try? context.pipeline.syncOperations.removeHandler(tap)
+                    _ = try? context.pipeline.syncOperations.removeHandler(timer)
+                    kind?.opened(.webSocket)
                 }
             ),
-            withErrorHandling: true
+            withErrorHandling: false
         )
+        try pipeline.addHandler(tap)
+        try pipeline.addHandler(accessLog)
         try pipeline.addHandler(handler)
+    }
+}
+
+/// Counts a connection under its protocol (HTTP/1.1, HTTP/2, or WebSocket after an upgrade) while it is open.
+final class ConnectionKindTracker: Sendable {
+    private let statistics: RelayStatistics
+    private let kind = Mutex<RelayStatistics.ConnectionKind?>(nil)
+
+    init(statistics: RelayStatistics) {
+        self.statistics = statistics
+    }
+
+    func opened(_ new: RelayStatistics.ConnectionKind) {
+        let old = kind.withLock { kind in
+            defer { kind = new }
+            return kind
+        }
+        if let old { statistics.connectionClosed(old) }
+        statistics.connectionOpened(new)
+    }
+
+    func closed() {
+        if let old = kind.withLock({ kind in defer { kind = nil }; return kind }) {
+            statistics.connectionClosed(old)
+        }
     }
 }
 
@@ -189,6 +279,9 @@ extension RelayHTTPServer {
     }
 }
 
+/// Sent through every connection's pipeline when the relay shuts down, before `ChannelShouldQuiesceEvent`.
+struct RelayShutdownEvent: Sendable {}
+
 /// Open connections, so that shutdown can quiesce and then close them.
 final class ConnectionRegistry: Sendable {
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
@@ -205,6 +298,8 @@ final class ConnectionRegistry: Sendable {
 
     func quiesceAll() {
         for channel in channels.withLock({ Array($0.values) }) {
+            // First tell open SSE streams (HTTPServerPipelineHandler consumes the quiesce event itself).
+            channel.pipeline.fireUserInboundEventTriggered(RelayShutdownEvent())
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         }
     }

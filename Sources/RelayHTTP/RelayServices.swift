@@ -37,10 +37,28 @@ public struct HTTPLimits: Sendable {
     public var maxJSONBodyBytes: Int
     /// Interval of SSE comment keep-alives.
     public var sseKeepAliveSeconds: Int64
+    /// Header, keep-alive idle and body deadlines, and the largest request head (431 beyond).
+    public var connection: ConnectionClock.Limits
+    /// Longest request target (414 beyond).
+    public var maxURLBytes: Int
+    /// Open connections allowed in total and per client address (503 beyond).
+    public var maxConnections: Int
+    public var maxConnectionsPerAddress: Int
 
-    public init(maxJSONBodyBytes: Int = 10 * 1024 * 1024, sseKeepAliveSeconds: Int64 = 15) {
+    public init(
+        maxJSONBodyBytes: Int = 10 * 1024 * 1024,
+        sseKeepAliveSeconds: Int64 = 15,
+        connection: ConnectionClock.Limits = ConnectionClock.Limits(),
+        maxURLBytes: Int = 8 * 1024,
+        maxConnections: Int = 16_000,
+        maxConnectionsPerAddress: Int = 1_024
+    ) {
         self.maxJSONBodyBytes = maxJSONBodyBytes
         self.sseKeepAliveSeconds = sseKeepAliveSeconds
+        self.connection = connection
+        self.maxURLBytes = maxURLBytes
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerAddress = maxConnectionsPerAddress
     }
 }
 
@@ -82,6 +100,11 @@ public struct RelayServices: Sendable {
     public let site: StaticSite?
     /// Admin operations that reach beyond the HTTP layer (purge, drain).
     public let admin: AdminOperations
+    /// One line per request (nil: access log off).
+    public let accessLogger: Logger?
+    public let httpMetrics: HTTPMetrics
+    /// Delivers `fal_webhook` callbacks.
+    public let webhooks: any WebhookSink
 
     public init(
         catalog: ModelCatalog,
@@ -99,8 +122,14 @@ public struct RelayServices: Sendable {
         metricsText: (@Sendable () -> [UInt8])? = nil,
         rateLimiter: RateLimiter? = nil,
         site: StaticSite? = nil,
-        admin: AdminOperations = AdminOperations()
+        admin: AdminOperations = AdminOperations(),
+        webhooks: any WebhookSink = WebhooksDisabled(),
+        accessLogger: Logger? = nil,
+        httpMetrics: HTTPMetrics = HTTPMetrics()
     ) {
+        self.webhooks = webhooks
+        self.accessLogger = accessLogger
+        self.httpMetrics = httpMetrics
         self.site = site
         self.admin = admin
         self.catalog = catalog

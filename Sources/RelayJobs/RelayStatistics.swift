@@ -134,14 +134,15 @@ public final class RelayStatistics: Sendable {
         instruments.connectionsRefused.increment()
     }
 
-    public func watcherStarted(_ kind: WatcherKind) {
-        watchers[kind]?.add(1)
-        instruments.watchers[kind]?.increment()
-    }
-
-    public func watcherEnded(_ kind: WatcherKind) {
-        watchers[kind]?.add(-1)
-        instruments.watchers[kind]?.decrement()
+    /// Watchers started (positive) or ended (negative).
+    public func adjustWatchers(_ kind: WatcherKind, by delta: Int) {
+        guard delta != 0 else { return }
+        watchers[kind]?.add(delta)
+        if delta > 0 {
+            instruments.watchers[kind]?.increment(by: Double(delta))
+        } else {
+            instruments.watchers[kind]?.decrement(by: Double(-delta))
+        }
     }
 
     public func setStoreBytesProvider(_ provider: @escaping @Sendable () -> Int) {

@@ -11,6 +11,7 @@ import RelayUpstreams
 import CoreMetrics
 import Prometheus
 import ServiceLifecycle
+import UnixSignals
 import Synchronization
 
 /// The whole relay process: builds every part from a configuration and runs them in one ServiceGroup.
@@ -24,6 +25,8 @@ public struct RelayApplication: Sendable {
     /// Serves until SIGTERM/SIGINT. `announce` receives the human-readable start banner.
     public func run(announce: @Sendable (String) -> Void = Self.writeToStandardOutput) async throws {
         let config = configuration
+        RelayLogging.bootstrap(format: config.logFormat, level: config.logLevel)
+        defer { LogSink.standardError.flush() }
         var logger = Logger(label: "media-relay")
         logger.logLevel = config.logLevel
 
@@ -42,10 +45,10 @@ public struct RelayApplication: Sendable {
         let catalog = try loadCatalog(logger: logger)
 
         var caPath: String?
-        var tlsContext: NIOSSLContext?
+        var tlsContext: ReloadableTLSContext?
         if config.https != nil {
             let (context, ca) = try makeTLSContext()
-            tlsContext = context
+            tlsContext = ReloadableTLSContext(context)
             caPath = ca
         }
 
@@ -70,7 +73,7 @@ public struct RelayApplication: Sendable {
         secret: [UInt8],
         hasher: KeyedHasher,
         catalog: ModelCatalog,
-        tlsContext: NIOSSLContext?,
+        tlsContext: ReloadableTLSContext?,
         caPath: String?,
         group: MultiThreadedEventLoopGroup,
         threadPool: NIOThreadPool,
@@ -107,13 +110,22 @@ public struct RelayApplication: Sendable {
             throw ConfigurationError("model \(model.id) is served by the origin, but no --origin is configured")
         }
         let sendEverythingToOrigin = origin != nil
+        // Requests survive restarts too: a log of request records, read back (and compacted) before serving.
+        let requestLog = RequestLog(dataDirectory: dataDirectory, threadPool: threadPool, retentionSeconds: config.requestRetentionSeconds)
         let jobs = JobTable(
             retentionSeconds: config.requestRetentionSeconds,
             results: results,
-            cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds)
+            cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds),
+            log: requestLog
         ) { model in
             if let origin, sendEverythingToOrigin || model.upstream == "origin" { return origin }
             return synthetic
+        }
+        if let restored = try await jobs.restore() {
+            logger.info("requests restored", metadata: [
+                "requests": "\(restored.restored)", "interrupted": "\(restored.interrupted)",
+                "torn_segments": "\(restored.tornSegments)", "corrupt_records": "\(restored.corruptRecords)",
+            ])
         }
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
@@ -136,12 +148,26 @@ public struct RelayApplication: Sendable {
                     "evictions": .number(Double(expiry.evictions)),
                     "collected": .number(Double(expiry.collected)),
                     "manifest_write_failures": .number(Double(results.writeFailures)),
+                    "request_log": Self.requestLogStatistics(jobs),
                 ]
             },
             drain: { shutdown in
                 readiness.set(false)
                 if shutdown { shutdownTrigger.fire() }
             }
+        )
+        var webhookSettings = WebhookDispatcher.Configuration()
+        webhookSettings.allowPrivate = config.webhookAllowPrivate
+        webhookSettings.schedule = WebhookRetrySchedule(
+            baseDelay: .milliseconds(config.webhookRetryBaseMilliseconds),
+            maxAttempts: config.webhookMaxAttempts
+        )
+        webhookSettings.timeout = .seconds(config.webhookTimeoutSeconds)
+        webhookSettings.concurrency = config.webhookConcurrency
+        webhookSettings.queueCapacity = config.webhookQueueSize
+        let webhooks = WebhookDispatcher(
+            configuration: webhookSettings, deploymentSecret: secret, eventLoopGroup: group, threadPool: threadPool, logger: logger,
+            isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false }
         )
         let relayServices = RelayServices(
             catalog: catalog,
@@ -152,14 +178,28 @@ public struct RelayApplication: Sendable {
             hasher: hasher,
             authenticator: APIKeyStore(dataDirectory: dataDirectory, secret: secret),
             router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
-            limits: HTTPLimits(maxJSONBodyBytes: config.maxJSONBodyBytes),
+            limits: HTTPLimits(
+                maxJSONBodyBytes: config.maxJSONBodyBytes,
+                sseKeepAliveSeconds: config.sseKeepAliveSeconds,
+                connection: ConnectionClock.Limits(
+                    headerTimeout: .milliseconds(Int64(config.headerTimeoutSeconds * 1000)),
+                    idleTimeout: .milliseconds(Int64(config.idleTimeoutSeconds * 1000)),
+                    bodyTimeout: .milliseconds(Int64(config.bodyTimeoutSeconds * 1000)),
+                    maxHeaderBytes: config.maxHeaderBytes
+                ),
+                maxURLBytes: config.maxURLBytes,
+                maxConnections: config.maxConnections,
+                maxConnectionsPerAddress: config.maxConnectionsPerIP
+            ),
             readiness: readiness,
             logger: logger,
             perKeyScope: config.perKeyCacheScope,
             metricsText: { RelayMetricsSystem.registry.emitToBuffer() },
             rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil,
             site: site,
-            admin: admin
+            admin: admin,
+            webhooks: DispatchingWebhookSink(dispatcher: webhooks),
+            accessLogger: config.accessLog ? Logger(label: "access") : nil
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -176,9 +216,16 @@ public struct RelayApplication: Sendable {
 
         let sweeper = RequestSweeper(jobs: jobs)
         let storeSweeper = StoreSweeper(expiry: expiry, results: results, logger: logger)
+        var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            // Webhooks first: services stop in reverse order, so deliveries get their grace after the listeners stopped.
+            .init(service: WebhookService(dispatcher: webhooks)), .init(service: server), .init(service: sweeper), .init(service: storeSweeper),
+        ]
+        if let tlsContext {
+            serviceList.append(.init(service: CertificateReloader(context: tlsContext, logger: logger) { try self.makeTLSContext().0 }))
+        }
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server), .init(service: sweeper), .init(service: storeSweeper)],
+                services: serviceList,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -215,6 +262,27 @@ public struct RelayApplication: Sendable {
                 return .failure(.internalError("purge failed: \(error)"))
             }
         }
+    }
+
+    /// Group commits of the request log and what durability adds to submissions and to a job's end.
+    static func requestLogStatistics(_ jobs: JobTable) -> JSONValue {
+        guard let log = jobs.log else { return .null }
+        let (commits, records, failures) = log.statistics
+        let (submissions, ends) = jobs.commitLatency
+        func milliseconds(_ duration: Duration) -> JSONValue {
+            .number(Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15)
+        }
+        return [
+            "commits": .number(Double(commits)),
+            "records": .number(Double(records)),
+            "failures": .number(Double(failures)),
+            "submit_commits": .number(Double(submissions.count)),
+            "submit_commit_ms_mean": milliseconds(submissions.mean),
+            "submit_commit_ms_max": milliseconds(submissions.maximum),
+            "end_commits": .number(Double(ends.count)),
+            "end_commit_ms_mean": milliseconds(ends.mean),
+            "end_commit_ms_max": milliseconds(ends.maximum),
+        ]
     }
 
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
@@ -266,9 +334,16 @@ public struct RelayApplication: Sendable {
         }
         var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
+        // TLS 1.2: forward-secret AEAD suites only (Mozilla "intermediate"); TLS 1.3's suites are all modern.
+        tls.cipherSuites = Self.tls12CipherSuites
         tls.applicationProtocols = ["h2", "http/1.1"]
         return (try NIOSSLContext(configuration: tls), caPath)
     }
+
+    static let tls12CipherSuites = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
 
     /// Unbuffered, so that a supervisor reading a pipe sees the banner (and its READY line) at once.
     public static func writeToStandardOutput(_ text: String) {
@@ -305,6 +380,21 @@ public struct RelayApplication: Sendable {
     }
 }
 
+/// The process-wide log handler (bootstrapped once, at the first `run`; later runs in the same process — tests —
+/// keep the first format).
+enum RelayLogging {
+    private static let done = Mutex(false)
+
+    static func bootstrap(format: LogFormat, level: Logger.Level) {
+        let first = done.withLock { done in
+            defer { done = true }
+            return !done
+        }
+        guard first else { return }
+        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, format: format, level: level) }
+    }
+}
+
 /// The process-wide Prometheus registry behind swift-metrics (bootstrapped once, at the first `run`).
 enum RelayMetricsSystem {
     static let registry: PrometheusCollectorRegistry = {
@@ -312,6 +402,28 @@ enum RelayMetricsSystem {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         return registry
     }()
+}
+
+/// Reloads the certificate and key on SIGHUP: new connections get the new context, open ones keep theirs. A
+/// reload that fails (unreadable or mismatched files) keeps the old certificate and logs why.
+struct CertificateReloader: Service {
+    let context: ReloadableTLSContext
+    let logger: Logger
+    let load: @Sendable () throws -> NIOSSLContext
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                do {
+                    context.replace(with: try load())
+                    logger.notice("TLS certificate reloaded (SIGHUP)")
+                } catch {
+                    logger.error("TLS certificate reload failed; keeping the current one", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
 }
 
 /// Lets the admin API stop the service group, which exists only after the services are built.
@@ -377,7 +489,8 @@ struct StoreSweeper: Service {
     }
 }
 
-/// Forgets finished requests past their retention, once a minute.
+/// Forgets finished requests past their retention and the request-log segments nothing needs any more, once a
+/// minute; at shutdown waits for the log's last group commit.
 struct RequestSweeper: Service {
     let jobs: JobTable
 
@@ -387,7 +500,9 @@ struct RequestSweeper: Service {
             while !Task.isCancelled {
                 try await Task.sleep(for: .seconds(60))
                 jobs.sweep()
+                await jobs.sweepLog()
             }
         }
+        await jobs.log?.flush()
     }
 }

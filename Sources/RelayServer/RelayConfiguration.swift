@@ -68,6 +68,27 @@ public struct RelayConfiguration: Sendable {
     public var rateLimits = true
     public var enterpriseRequestsPerMinute = 2000
     public var logLevel = Logger.Level.info
+    /// `fal_webhook` delivery: let loopback/private targets through, retry schedule, per-attempt timeout, bounds.
+    public var webhookAllowPrivate = false
+    public var webhookRetryBaseMilliseconds = 5_000
+    public var webhookMaxAttempts = 6
+    public var webhookTimeoutSeconds = 15
+    public var webhookConcurrency = 16
+    public var webhookQueueSize = 10_000
+    /// A connection must send a whole request head within this time (slowloris); TLS handshakes too.
+    public var headerTimeoutSeconds = 10.0
+    /// Keep-alive connections idle longer are closed.
+    public var idleTimeoutSeconds = 75.0
+    /// A request body that stalls this long is answered 408.
+    public var bodyTimeoutSeconds = 30.0
+    public var maxHeaderBytes = 32 * 1024
+    public var maxURLBytes = 8 * 1024
+    public var maxConnections = 16_000
+    public var maxConnectionsPerIP = 1_024
+    public var sseKeepAliveSeconds: Int64 = 15
+    public var logFormat = LogFormat.logfmt
+    /// One line per request on the `access` logger.
+    public var accessLog = true
 
     public init() {}
 
@@ -147,6 +168,60 @@ public struct RelayConfiguration: Sendable {
         Setting(name: "enterprise_rpm", help: "submissions per minute for the enterprise tier") { config, value throws(ConfigurationError) in
             config.enterpriseRequestsPerMinute = try integer(value, "enterprise_rpm", 1...1_000_000)
         },
+        Setting(name: "header_timeout_seconds", help: "seconds to receive a whole request head (slowloris), default 10") { config, value throws(ConfigurationError) in
+            config.headerTimeoutSeconds = try seconds(value, "header_timeout_seconds")
+        },
+        Setting(name: "idle_timeout_seconds", help: "keep-alive idle timeout in seconds, default 75") { config, value throws(ConfigurationError) in
+            config.idleTimeoutSeconds = try seconds(value, "idle_timeout_seconds")
+        },
+        Setting(name: "body_timeout_seconds", help: "seconds a request body may stall, default 30") { config, value throws(ConfigurationError) in
+            config.bodyTimeoutSeconds = try seconds(value, "body_timeout_seconds")
+        },
+        Setting(name: "max_header_bytes", help: "largest request head (431 beyond), default 32768") { config, value throws(ConfigurationError) in
+            config.maxHeaderBytes = try integer(value, "max_header_bytes", 1024...(64 * 1024))
+        },
+        Setting(name: "max_url_bytes", help: "longest request URL (414 beyond), default 8192") { config, value throws(ConfigurationError) in
+            config.maxURLBytes = try integer(value, "max_url_bytes", 256...(64 * 1024))
+        },
+        Setting(name: "max_connections", help: "open connections in total (503 beyond), default 16000") { config, value throws(ConfigurationError) in
+            config.maxConnections = try integer(value, "max_connections", 1...1_000_000)
+        },
+        Setting(name: "max_connections_per_ip", help: "open connections per client address (503 beyond), default 1024") { config, value throws(ConfigurationError) in
+            config.maxConnectionsPerIP = try integer(value, "max_connections_per_ip", 1...1_000_000)
+        },
+        Setting(name: "sse_keepalive_seconds", help: "interval of SSE `: ping` comments, default 15") { config, value throws(ConfigurationError) in
+            config.sseKeepAliveSeconds = Int64(try integer(value, "sse_keepalive_seconds", 1...3600))
+        },
+        Setting(name: "webhook_allow_private", help: "on: fal_webhook may target loopback/private addresses (development)") {
+            config, value throws(ConfigurationError) in
+            config.webhookAllowPrivate = try switchValue(value, "webhook_allow_private")
+        },
+        Setting(name: "webhook_retry_base_ms", help: "first webhook retry delay ceiling in ms, doubling per retry, default 5000") {
+            config, value throws(ConfigurationError) in
+            config.webhookRetryBaseMilliseconds = try integer(value, "webhook_retry_base_ms", 1...600_000)
+        },
+        Setting(name: "webhook_max_attempts", help: "webhook attempts in all, the first included, default 6") { config, value throws(ConfigurationError) in
+            config.webhookMaxAttempts = try integer(value, "webhook_max_attempts", 1...20)
+        },
+        Setting(name: "webhook_timeout_seconds", help: "deadline of one webhook attempt, default 15") { config, value throws(ConfigurationError) in
+            config.webhookTimeoutSeconds = try integer(value, "webhook_timeout_seconds", 1...300)
+        },
+        Setting(name: "webhook_concurrency", help: "webhook attempts in flight at once, default 16") { config, value throws(ConfigurationError) in
+            config.webhookConcurrency = try integer(value, "webhook_concurrency", 1...1024)
+        },
+        Setting(name: "webhook_queue_size", help: "pending webhook deliveries before new ones are dropped, default 10000") {
+            config, value throws(ConfigurationError) in
+            config.webhookQueueSize = try integer(value, "webhook_queue_size", 1...1_000_000)
+        },
+        Setting(name: "log_format", help: "logfmt (default) or json") { config, value throws(ConfigurationError) in
+            guard let format = LogFormat(rawValue: value.lowercased()) else {
+                throw ConfigurationError("log_format must be logfmt or json, not \"\(value)\"")
+            }
+            config.logFormat = format
+        },
+        Setting(name: "access_log", help: "on (one line per request, default) or off") { config, value throws(ConfigurationError) in
+            config.accessLog = try onOff(value, "access_log")
+        },
         Setting(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") { config, value throws(ConfigurationError) in
             guard let level = Logger.Level(rawValue: value.lowercased()) else {
                 throw ConfigurationError("log_level \"\(value)\" is not one of trace, debug, info, notice, warning, error, critical")
@@ -190,6 +265,43 @@ public struct RelayConfiguration: Sendable {
             config.uiDirectory = folder.isEmpty ? ui : folder + "/" + ui
         }
         return config
+    }
+
+    /// `--name value` and `--name=value` pairs (dashes or underscores) → setting names and values.
+    public static func parseFlags(_ arguments: [String]) throws(ConfigurationError) -> [String: String] {
+        var flags: [String: String] = [:]
+        var rest = arguments[...]
+        while let argument = rest.popFirst() {
+            guard argument.hasPrefix("--"), argument.count > 2 else {
+                throw ConfigurationError("unexpected argument \"\(argument)\"; settings are given as --name value")
+            }
+            var name = String(argument.dropFirst(2))
+            var value: String?
+            if let equals = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: equals)...])
+                name = String(name[..<equals])
+            }
+            name = name.replacingOccurrences(of: "-", with: "_")
+            guard setting(named: name) != nil else {
+                throw ConfigurationError("unknown flag --\(name.replacingOccurrences(of: "_", with: "-")); see media-relay serve --help")
+            }
+            if value == nil {
+                guard let next = rest.popFirst(), !next.hasPrefix("--") else {
+                    throw ConfigurationError("--\(name.replacingOccurrences(of: "_", with: "-")) needs a value")
+                }
+                value = next
+            }
+            flags[name] = value
+        }
+        return flags
+    }
+
+    /// One line per setting for `serve --help`.
+    public static var flagHelp: String {
+        settings.map { setting in
+            let flag = setting.flagName
+            return "  \(flag.padding(toLength: max(flag.count + 1, 28), withPad: " ", startingAt: 0))\(setting.help)"
+        }.joined(separator: "\n")
     }
 
     static func setting(named name: String) -> Setting? {
@@ -237,6 +349,29 @@ public struct RelayConfiguration: Sendable {
             throw ConfigurationError("\(name) must be an integer in \(range.lowerBound)...\(range.upperBound), not \"\(value)\"")
         }
         return number
+    }
+
+    private static func onOff(_ value: String, _ name: String) throws(ConfigurationError) -> Bool {
+        switch value.lowercased() {
+        case "on", "true", "1", "yes": return true
+        case "off", "false", "0", "no": return false
+        default: throw ConfigurationError("\(name) must be on or off, not \"\(value)\"")
+        }
+    }
+
+    private static func seconds(_ value: String, _ name: String) throws(ConfigurationError) -> Double {
+        guard let number = Double(value), number > 0, number <= 86_400 else {
+            throw ConfigurationError("\(name) must be a number of seconds in (0, 86400], not \"\(value)\"")
+        }
+        return number
+    }
+
+    private static func switchValue(_ value: String, _ name: String) throws(ConfigurationError) -> Bool {
+        switch value.lowercased() {
+        case "on", "true", "1": return true
+        case "off", "false", "0": return false
+        default: throw ConfigurationError("\(name) must be on or off, not \"\(value)\"")
+        }
     }
 
     private static func list(_ value: String) -> [String] {

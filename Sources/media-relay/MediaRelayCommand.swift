@@ -8,54 +8,35 @@ struct MediaRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "media-relay",
         abstract: "An edge relay for generative-media APIs that speaks the fal queue and run protocols.",
-        subcommands: [Serve.self, Keys.self, Canonicalize.self],
+        subcommands: [Serve.self, Keys.self, Canonicalize.self, Submit.self],
         defaultSubcommand: Serve.self
     )
 }
 
-/// `media-relay serve`: runs the relay.
+/// `media-relay serve`: runs the relay. Every setting of `RelayConfiguration.settings` is a flag (`--data-dir DIR`
+/// or `--data-dir=DIR`), parsed from that one table so a new setting needs no second declaration here.
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the relay. Flags override RELAY_… environment variables, which override the config file."
+        abstract: "Run the relay. Flags override RELAY_… environment variables, which override the config file.",
+        discussion: "SETTINGS (each also RELAY_<NAME> in the environment and <name> in the config file):\n"
+            + RelayConfiguration.flagHelp
     )
 
     @Option(help: "JSON config file (default: Config/relay.json when it exists)") var config: String?
-    @Option(help: "Data directory: blobs, results, keys, tls (default ./data)") var dataDir: String?
-    @Option(help: "Plain HTTP listener HOST:PORT, or off (default 127.0.0.1:8080)") var http: String?
-    @Option(help: "HTTPS listener HOST:PORT, or off (default 127.0.0.1:8443)") var https: String?
-    @Option(help: "PEM certificate chain (default: a development CA's certificate)") var tlsCert: String?
-    @Option(help: "PEM private key for --tls-cert") var tlsKey: String?
-    @Option(help: "Event loop threads (default: the core count)") var eventLoopThreads: String?
-    @Option(help: "Synthetic upstream timings: 1 realistic, 0 instant") var syntheticTimeScale: String?
-    @Option(help: "Concurrent synthetic generations (GPU slots, default 2)") var syntheticSlots: String?
-    @Option(help: "Model catalog JSON file") var catalog: String?
-    @Option(help: "Folder of the browser UI (playground at /, /dashboard), or off") var uiDir: String?
-    @Option(help: "Comma-separated Host names of the queue API (default 127.0.0.1,[::1])") var queueHosts: String?
-    @Option(help: "Comma-separated Host names of the run API (default localhost)") var runHosts: String?
-    @Option(help: "Origin used in media URLs (default: the HTTPS listener)") var publicURL: String?
-    @Option(help: "Largest JSON body in bytes (default 10 MiB)") var maxJSONBodyBytes: String?
-    @Option(help: "Log level: trace … critical (default info)") var logLevel: String?
-    @Option(help: "Result cache freshness in seconds (default 86400)") var resultTTLSeconds: String?
-    @Option(help: "Cache scope: global or per-key") var cacheScope: String?
-    @Option(help: "Rate limits: on or off") var rateLimits: String?
-    @Option(help: "Media store byte budget; least recently used media are evicted beyond it") var cacheMaxBytes: String?
-    @Option(help: "fal-compatible queue API to relay every model to (fal, or another MediaRelay)") var origin: String?
-    @Option(help: "API key for --origin (default: FAL_KEY)") var originKey: String?
-    @Option(help: "Extra PEM CA to trust for --origin") var originCa: String?
+    @Argument(parsing: .allUnrecognized, help: "Settings as --name value; see below") var settings: [String] = []
 
     func run() async throws {
-        let flags: [String: String?] = [
-            "config": config, "data_dir": dataDir, "http": http, "https": https, "tls_cert": tlsCert, "tls_key": tlsKey,
-            "event_loop_threads": eventLoopThreads, "synthetic_time_scale": syntheticTimeScale,
-            "synthetic_slots": syntheticSlots, "catalog": catalog, "ui_dir": uiDir, "queue_hosts": queueHosts, "run_hosts": runHosts,
-            "public_url": publicURL, "max_json_body_bytes": maxJSONBodyBytes, "log_level": logLevel,
-            "result_ttl_seconds": resultTTLSeconds, "cache_scope": cacheScope, "rate_limits": rateLimits,
-            "cache_max_bytes": cacheMaxBytes, "origin": origin, "origin_key": originKey, "origin_ca": originCa,
-        ]
+        var flags: [String: String]
+        do {
+            flags = try RelayConfiguration.parseFlags(settings)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if let config { flags["config"] = config }
         let defaultFile = FileManager.default.fileExists(atPath: "Config/relay.json") ? "Config/relay.json" : nil
         let configuration: RelayConfiguration
         do {
-            configuration = try RelayConfiguration.load(configFile: defaultFile, flags: flags.compactMapValues { $0 })
+            configuration = try RelayConfiguration.load(configFile: defaultFile, flags: flags)
         } catch {
             throw ValidationError(error.description)
         }

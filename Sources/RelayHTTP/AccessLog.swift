@@ -1,0 +1,180 @@
+public import CoreMetrics
+import Logging
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import Synchronization
+
+/// One access line per request and the per-route HTTP metrics, taken where every response passes: between the
+/// HTTP codec and `RelayHTTPHandler`, which tells it the route and the caller's key id (never the key).
+///
+/// Line (logfmt by default, JSON with `--log-format json`, via swift-log's metadata):
+/// `msg=request method=GET path=/fal-ai/flux/requests/…/status status=200 bytes=312 duration_ms=0.41
+///  request_id=… key_id=k_… route=status cache=hit proto=http/1.1`
+final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private struct Pending {
+        var method: HTTPMethod
+        var path: String
+        var started: NIODeadline
+        var route = "unmatched"
+        var keyID: String?
+        var status: UInt = 0
+        var requestID: String?
+        var cache: String?
+        var declaredLength: Int?
+        var streamed = 0
+
+        var bytes: Int { declaredLength ?? streamed }
+    }
+
+    private let logger: Logger?
+    private let metrics: HTTPMetrics
+    private let proto: String
+    private var pending: Pending?
+
+    init(logger: Logger?, metrics: HTTPMetrics, proto: String) {
+        self.logger = logger
+        self.metrics = metrics
+        self.proto = proto
+    }
+
+    /// Set by the HTTP handler once it has routed the request.
+    func annotate(route: String, keyID: String?) {
+        pending?.route = route
+        if let keyID { pending?.keyID = keyID }
+    }
+
+    /// Set once the caller is authenticated.
+    func annotate(keyID: String) {
+        pending?.keyID = keyID
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = Self.unwrapInboundIn(data) {
+            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+            pending = Pending(method: head.method, path: path, started: .now())
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch Self.unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200:
+            pending?.status = head.status.code
+            pending?.requestID = head.headers.first(name: "x-fal-request-id")
+            pending?.cache = head.headers.first(name: "x-relay-cache")
+            pending?.declaredLength = head.headers.first(name: "content-length").flatMap(Int.init)
+        case .body(.byteBuffer(let buffer)):
+            pending?.streamed += buffer.readableBytes
+        case .body(.fileRegion(let region)):
+            pending?.streamed += region.readableBytes
+        case .end:
+            if let done = pending {
+                pending = nil
+                record(done)
+            }
+        default:
+            break
+        }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if var done = pending, done.status != 0 {
+            pending = nil
+            done.cache = done.cache ?? "client_gone"
+            record(done)
+        }
+        context.fireChannelInactive()
+    }
+
+    private func record(_ entry: Pending) {
+        let seconds = Double((NIODeadline.now() - entry.started).nanoseconds) / 1e9
+        metrics.record(route: entry.route, status: entry.status, seconds: seconds)
+        guard let logger else { return }
+        var metadata: Logger.Metadata = [
+            "method": .string(entry.method.rawValue),
+            "path": .string(entry.path),
+            "status": .stringConvertible(entry.status),
+            "bytes": .stringConvertible(entry.bytes),
+            "duration_ms": .string(String(format3: seconds * 1000)),
+            "route": .string(entry.route),
+            "proto": .string(proto),
+        ]
+        if let id = entry.requestID { metadata["request_id"] = .string(id) }
+        if let key = entry.keyID { metadata["key_id"] = .string(key) }
+        if let cache = entry.cache { metadata["cache"] = .string(cache) }
+        logger.info("request", metadata: metadata)
+    }
+}
+
+/// `relay_http_requests_total{route,status}` and `relay_http_request_duration_seconds{route}`, with the
+/// instruments made once per label set (the metrics factory's own lookup takes a lock and hashes the labels).
+public final class HTTPMetrics: Sendable {
+    private struct Instruments: Sendable {
+        let counter: Counter
+        let timer: CoreMetrics.Timer
+    }
+
+    private let cache = Mutex<[String: Instruments]>([:])
+
+    public init() {}
+
+    func record(route: String, status: UInt, seconds: Double) {
+        let label = "\(route) \(status)"
+        let instruments = cache.withLock { cache in
+            if let found = cache[label] { return found }
+            let made = Instruments(
+                counter: Counter(label: "relay_http_requests_total", dimensions: [("route", route), ("status", String(status))]),
+                timer: CoreMetrics.Timer(label: "relay_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            )
+            cache[label] = made
+            return made
+        }
+        instruments.counter.increment()
+        instruments.timer.recordNanoseconds(Int64(seconds * 1e9))
+    }
+}
+
+extension String {
+    /// Three decimals without Foundation.
+    init(format3 value: Double) {
+        let thousandths = Int((value * 1000).rounded())
+        let whole = thousandths / 1000
+        let fraction = thousandths % 1000
+        self = "\(whole)." + String(repeating: "0", count: fraction < 10 ? 2 : fraction < 100 ? 1 : 0) + String(fraction)
+    }
+}
+
+extension Route {
+    /// A short, bounded label for logs and metrics (never an id or a path).
+    var label: String {
+        switch self {
+        case .health: "health"
+        case .ready: "ready"
+        case .metrics: "metrics"
+        case .tokens: "tokens"
+        case .webSocket: "websocket"
+        case .realtime: "realtime"
+        case .submit: "submit"
+        case .status: "status"
+        case .statusStream: "status_stream"
+        case .result: "result"
+        case .cancel: "cancel"
+        case .run: "run"
+        case .stream: "stream"
+        case .file: "file"
+        case .ui: "ui"
+        case .catalog: "catalog"
+        case .stats: "stats"
+        case .admin: "admin"
+        case .notFound: "not_found"
+        case .methodNotAllowed: "method_not_allowed"
+        }
+    }
+}
