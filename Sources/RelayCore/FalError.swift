@@ -165,6 +165,11 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         FalError(status: 500, detail: .message(message), errorType: "upstream_error")
     }
 
+    /// The origin behind this relay failed or answered nonsense (HTTP 502); `message` names the origin.
+    public static func badGateway(_ message: String, type: String = "upstream_error") -> FalError {
+        FalError(status: 502, detail: .message(message), errorType: type)
+    }
+
     public static func insufficientStorage(_ message: String = "The relay's media store is full") -> FalError {
         FalError(status: 507, detail: .message(message), errorType: "insufficient_storage")
     }

@@ -12,6 +12,8 @@ public final class Job: Sendable {
     /// Runs when the upstream reports the end, before anyone sees it: it makes the outcome durable and then calls
     /// `publish` (from any thread), which applies and announces the end. Called outside the job's lock.
     public typealias CompletionGate = @Sendable (_ outcome: JobOutcome, _ publish: @escaping @Sendable () -> Void) -> Void
+    /// Makes an upstream's handle on the job durable (the request log's attachment record).
+    public typealias AttachmentRecorder = @Sendable (UpstreamHandle) -> Void
 
     /// Snapshot for a status poll.
     public struct Status: Sendable {
@@ -33,6 +35,7 @@ public final class Job: Sendable {
         var attachedRequests = 0
         var task: (any UpstreamTask)?
         var gate: CompletionGate?
+        var recorder: AttachmentRecorder?
         /// The end was reported and is being made durable: later updates are ignored, the end is not shown yet.
         var finishing = false
     }
@@ -71,6 +74,22 @@ public final class Job: Sendable {
     /// Installs the gate the end must pass through (before the upstream starts).
     func setCompletionGate(_ gate: @escaping CompletionGate) {
         state.withLock { $0.gate = gate }
+    }
+
+    /// Installs what records the upstream's handle (before the upstream starts).
+    func setAttachmentRecorder(_ recorder: @escaping AttachmentRecorder) {
+        state.withLock { $0.recorder = recorder }
+    }
+
+    /// The upstream accepted the job under its own id: recorded, so that a restart follows the job there again
+    /// instead of losing it. Called at most once, by the upstream, before the job's end; ignored once it ended.
+    public func attached(to handle: UpstreamHandle) {
+        let recorder = state.withLock { state -> AttachmentRecorder? in
+            guard !state.machine.isTerminal, !state.finishing else { return nil }
+            defer { state.recorder = nil }
+            return state.recorder
+        }
+        recorder?(handle)
     }
 
     public var model: ModelSpec { input.model }
@@ -118,6 +137,7 @@ public final class Job: Sendable {
                 state.subscribers.removeAll()
                 state.task = nil
                 state.gate = nil
+                state.recorder = nil
             }
         }
     }
@@ -163,6 +183,7 @@ public final class Job: Sendable {
             Self.deliver(CollectionOfOne(event), to: state.subscribers.values)
             state.subscribers.removeAll()
             state.gate = nil
+            state.recorder = nil
             let task = state.task
             state.task = nil
             return task

@@ -80,9 +80,17 @@ public final class JobTable: Sendable {
         }
     }
 
+    /// A job restored in flight at its upstream, waiting for `resumeAttached()`.
+    private struct Resumption: Sendable {
+        let job: Job
+        let attachment: RequestLogRecord.Attachment
+        let storeResult: Bool
+    }
+
     private struct State: Sendable {
         var requests: [String: RelayRequest] = [:]
         var inFlight: [RequestKey: Job] = [:]
+        var resumptions: [Resumption] = []
     }
 
     private let state = Mutex(State())
@@ -196,7 +204,7 @@ public final class JobTable: Sendable {
         }
         statistics.recordSubmission(request.cacheOutcome)
         if let newJob {
-            start(newJob, storeResult: cacheable && !directives.noStore, storeRejection: !directives.noStore)
+            start(newJob, storeResult: cacheable && !directives.noStore, storeRejection: !directives.noStore, coalesce: coalesce)
         }
         return request
     }
@@ -269,14 +277,23 @@ public final class JobTable: Sendable {
     )
 
     /// Reads the request log (call once at start-up, before serving): every request created within retention is
-    /// served again by id to its owner, ended as it ended, or with `restartedError` when it was in flight. Returns
-    /// nil without a log.
+    /// served again by id to its owner, ended as it ended, or — when it was in flight — still in flight if its
+    /// upstream had accepted the job under its own id (an origin), else with `restartedError`. Returns nil without a
+    /// log.
+    ///
+    /// Jobs still in flight are rebuilt (same job id, key and requests; their input through `models`, which maps a
+    /// model id to the catalog's spec) but not followed yet: call `resumeAttached()` once the relay knows its public
+    /// address (media URLs are rewritten to it).
     @discardableResult
-    public func restore(now: Timestamp = .now()) async throws(StoreError) -> RequestLog.LoadReport? {
+    public func restore(
+        now: Timestamp = .now(),
+        models: (String) -> ModelSpec? = { _ in nil }
+    ) async throws(StoreError) -> RequestLog.LoadReport? {
         guard let log else { return nil }
         let (restored, report) = try await log.load(now: now, interrupted: .failure(Self.restartedError))
         var jobs: [UInt64: Job] = [:]
         var requests: [RelayRequest] = []
+        var resumptions: [Resumption] = []
         requests.reserveCapacity(restored.count)
         for item in restored {
             let creation = item.creation
@@ -286,6 +303,14 @@ public final class JobTable: Sendable {
                 job = Job(restoredID: creation.jobID, key: creation.key, input: input, outcome: .cancelled, createdAt: creation.createdAt)
             } else if let shared = jobs[creation.jobID] {
                 job = shared
+                _ = job.attach()
+            } else if let attachment = item.attachment {
+                // Still running at the origin: the same job again, in flight, to be followed there by its id.
+                let (rebuilt, known) = Self.rebuiltInput(attachment, models: models, fallback: input)
+                job = Job(input: rebuilt, key: creation.key, createdAt: creation.createdAt, id: creation.jobID)
+                _ = job.attach()
+                jobs[creation.jobID] = job
+                resumptions.append(Resumption(job: job, attachment: attachment, storeResult: attachment.storeResult && known))
             } else {
                 job = Job(
                     restoredID: creation.jobID, key: creation.key, input: input,
@@ -309,8 +334,41 @@ public final class JobTable: Sendable {
             for request in requests where state.requests[request.id] == nil {
                 state.requests[request.id] = request
             }
+            for resumption in resumptions where resumption.attachment.coalesce && state.inFlight[resumption.job.key] == nil {
+                state.inFlight[resumption.job.key] = resumption.job
+            }
+            state.resumptions.append(contentsOf: resumptions)
         }
         return report
+    }
+
+    /// Follows every job `restore()` found in flight at its upstream again, by the upstream's id (progress, result,
+    /// media), through the same completion gate as a new job. A job whose upstream cannot follow it (the origin
+    /// changed, or it is gone from the configuration) ends with `restartedError`. Returns how many are followed.
+    @discardableResult
+    public func resumeAttached() -> Int {
+        let resumptions = state.withLock { state -> [Resumption] in
+            defer { state.resumptions.removeAll() }
+            return state.resumptions
+        }
+        var followed = 0
+        for resumption in resumptions {
+            let job = resumption.job
+            let attachment = resumption.attachment
+            let upstream = resolveUpstream(job.model)
+            var resumed = false
+            follow(job, storeResult: resumption.storeResult, storeRejection: attachment.storeRejection) {
+                let task = upstream.resume(job, from: attachment.handle, attachedAt: attachment.attachedAt)
+                resumed = task != nil
+                return task
+            }
+            if resumed {
+                followed += 1
+            } else {
+                job.receive(.failed(Self.restartedError))
+            }
+        }
+        return followed
     }
 
     /// Time from a submission to its durable record, and from a job's reported end to its published end (the
@@ -335,9 +393,26 @@ public final class JobTable: Sendable {
         return false
     }
 
-    /// Starts the upstream. Its end passes the completion gate: the reusable result is stored and the end recorded,
-    /// and only once both are on disk is the end published (see the type's documentation).
-    private func start(_ job: Job, storeResult: Bool, storeRejection: Bool) {
+    /// Starts the upstream; an upstream that keeps the job by its own id gets that recorded (`Job.attached(to:)`),
+    /// so that a restart follows the job again.
+    private func start(_ job: Job, storeResult: Bool, storeRejection: Bool, coalesce: Bool) {
+        if let log {
+            job.setAttachmentRecorder { [weak job] handle in
+                guard let job else { return }
+                log.append([.attached(RequestLogRecord.Attachment(
+                    jobID: job.id, attachedAt: .now(), modelID: job.model.id, input: job.input.fields, handle: handle,
+                    storeResult: storeResult, storeRejection: storeRejection, coalesce: coalesce
+                ))])
+            }
+        }
+        follow(job, storeResult: storeResult, storeRejection: storeRejection) {
+            self.resolveUpstream(job.model).start(job)
+        }
+    }
+
+    /// Runs the job on what `begin` starts. Its end passes the completion gate: the reusable result is stored and
+    /// the end recorded, and only once both are on disk is the end published (see the type's documentation).
+    private func follow(_ job: Job, storeResult: Bool, storeRejection: Bool, begin: () -> (any UpstreamTask)?) {
         statistics.recordUpstreamJobStarted()
         let results = self.results
         let policy = cachePolicy
@@ -372,7 +447,9 @@ public final class JobTable: Sendable {
                 statistics.recordUpstreamJobEnded(failed: false)
             }
         }
-        job.setTask(resolveUpstream(job.model).start(job))
+        if let task = begin() {
+            job.setTask(task)
+        }
     }
 
     /// Stores what of `outcome` may be reused; true when something was stored.
@@ -425,6 +502,20 @@ public final class JobTable: Sendable {
             cancelled: false,
             recorded: recorded
         )
+    }
+
+    /// The input of a job restored in flight, from what went upstream; `known` is false when the catalog no longer
+    /// has the model or no longer accepts the input (then a stand-in, and its result is not cached).
+    private static func rebuiltInput(
+        _ attachment: RequestLogRecord.Attachment,
+        models: (String) -> ModelSpec?,
+        fallback: ModelInput
+    ) -> (ModelInput, known: Bool) {
+        if let model = models(attachment.modelID), let input = try? ModelInput(model: model, input: attachment.input) {
+            return (input, true)
+        }
+        let model = ModelSpec(id: attachment.modelID, title: attachment.modelID, kind: fallback.model.kind, dedup: .never, required: [])
+        return ((try? ModelInput(model: model, input: attachment.input)) ?? fallback, false)
     }
 
     /// A restored job's input: only its model id is known (it is never started again).

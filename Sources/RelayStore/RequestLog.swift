@@ -33,6 +33,24 @@ public final class RequestLog: Sendable {
         public var cancelled: Bool
         /// It was in flight when the process died.
         public var interrupted: Bool
+        /// For a request in flight at the crash whose job an upstream had accepted under its own id: where to follow
+        /// that job again. Its job then has no end in the log yet (`outcome` is only the fallback `interrupted`):
+        /// whoever restores it records the end, by following it or by giving up.
+        public var attachment: RequestLogRecord.Attachment?
+
+        public init(
+            creation: RequestLogRecord.Creation,
+            outcome: RequestLogRecord.Outcome,
+            cancelled: Bool,
+            interrupted: Bool,
+            attachment: RequestLogRecord.Attachment? = nil
+        ) {
+            self.creation = creation
+            self.outcome = outcome
+            self.cancelled = cancelled
+            self.interrupted = interrupted
+            self.attachment = attachment
+        }
     }
 
     /// What `load()` found.
@@ -47,6 +65,8 @@ public final class RequestLog: Sendable {
         /// Requests restored (within retention), of which `interrupted` were in flight at the crash.
         public var restored = 0
         public var interrupted = 0
+        /// Of the interrupted requests, those whose job can be followed again at its upstream (`Restored.attachment`).
+        public var reattachable = 0
         public var expired = 0
         public var duration: Duration = .zero
     }
@@ -251,7 +271,8 @@ public final class RequestLog: Sendable {
 
     /// Reads every segment, returns the requests created within retention with how each ended (`interrupted` for
     /// those in flight at the crash), and compacts: the live requests, with `interrupted` recorded as their end, go
-    /// into one new segment; then the old segments are removed. Call once at start-up, before any `append`.
+    /// into one new segment; then the old segments are removed. A job in flight that an upstream keeps by id
+    /// (`Restored.attachment`) keeps its attachment instead of an end. Call once at start-up, before any `append`.
     public func load(
         now: Timestamp = .now(),
         interrupted: RequestLogRecord.Outcome
@@ -304,6 +325,7 @@ public final class RequestLog: Sendable {
 
         var creations: [String: RequestLogRecord.Creation] = [:]
         var finished: [UInt64: RequestLogRecord.Outcome] = [:]
+        var attachments: [UInt64: RequestLogRecord.Attachment] = [:]
         var cancelled: Set<String> = []
         for segment in segments {
             guard var buffer = try BlobFileIO.readBuffer(directory + "/" + segment.name) else { continue }
@@ -320,6 +342,8 @@ public final class RequestLog: Sendable {
                     switch record {
                     case .created(let creation):
                         if creations[creation.id] == nil { creations[creation.id] = creation }
+                    case .attached(let attachment):
+                        attachments[attachment.jobID] = attachment
                     case .finished(let jobID, _, let outcome):
                         if finished[jobID] == nil { finished[jobID] = outcome }
                     case .cancelled(let id, _):
@@ -349,16 +373,27 @@ public final class RequestLog: Sendable {
             }
             let outcome = finished[creation.jobID]
             let wasCancelled = cancelled.contains(creation.id)
-            if outcome == nil && !wasCancelled { report.interrupted += 1 }
+            let inFlight = outcome == nil && !wasCancelled
+            // A job still open at its upstream stays open in the log: its end is recorded when it is followed again.
+            let attachment = outcome == nil ? attachments[creation.jobID] : nil
+            if inFlight {
+                report.interrupted += 1
+                if attachment != nil { report.reattachable += 1 }
+            }
             let ended = wasCancelled ? .cancelled : (outcome ?? interrupted)
             restored.append(Restored(
-                creation: creation, outcome: ended, cancelled: wasCancelled, interrupted: outcome == nil && !wasCancelled
+                creation: creation, outcome: ended, cancelled: wasCancelled, interrupted: inFlight,
+                attachment: inFlight ? attachment : nil
             ))
             RequestLogRecord.created(creation).frame(into: &compacted)
             if wasCancelled {
                 RequestLogRecord.cancelled(requestID: creation.id, at: now).frame(into: &compacted)
             }
-            if jobsWritten.insert(creation.jobID).inserted, let record = outcome ?? (wasCancelled ? nil : interrupted) {
+            if let attachment {
+                if jobsWritten.insert(creation.jobID).inserted {
+                    RequestLogRecord.attached(attachment).frame(into: &compacted)
+                }
+            } else if jobsWritten.insert(creation.jobID).inserted, let record = outcome ?? (wasCancelled ? nil : interrupted) {
                 RequestLogRecord.finished(jobID: creation.jobID, at: now, outcome: record).frame(into: &compacted)
             }
         }

@@ -1,7 +1,8 @@
 public import NIOCore
 public import RelayCore
 
-/// One entry of the durable request log (`RequestLog`): a request created, a job finished, a request cancelled.
+/// One entry of the durable request log (`RequestLog`): a request created, a job attached at an upstream that keeps
+/// it by id, a job finished, a request cancelled.
 ///
 /// A job's end is recorded once per job, not per request, so requests that coalesced onto it (even while its end was
 /// being written) all find it by `jobID`.
@@ -49,7 +50,63 @@ public enum RequestLogRecord: Sendable, Hashable {
         case cancelled
     }
 
+    /// Where an upstream that keeps jobs by its own id (a fal-compatible origin) can be asked about one again:
+    /// PROTOCOL.md §3.1's submit answer.
+    public struct UpstreamHandle: Sendable, Hashable {
+        /// The upstream's base URL the job was submitted to: only the same origin is asked to follow it again.
+        public var origin: String
+        public var requestID: String
+        public var statusURL: String
+        public var responseURL: String
+        public var cancelURL: String
+
+        public init(origin: String, requestID: String, statusURL: String, responseURL: String, cancelURL: String) {
+            self.origin = origin
+            self.requestID = requestID
+            self.statusURL = statusURL
+            self.responseURL = responseURL
+            self.cancelURL = cancelURL
+        }
+    }
+
+    /// A job the upstream accepted under its own id: enough to rebuild the job and follow it again after a restart
+    /// instead of resubmitting it (or giving up on it).
+    public struct Attachment: Sendable, Hashable {
+        public var jobID: UInt64
+        public var attachedAt: Timestamp
+        /// `ModelSpec.id`, and the normalised input that went upstream (`ModelInput.fields`): the job's input is
+        /// rebuilt from them through the catalog, so its result can still be cached under its key.
+        public var modelID: String
+        public var input: JSONObject
+        public var handle: UpstreamHandle
+        /// Its result may be stored for reuse; a 422 may be stored; identical new work may coalesce onto it.
+        public var storeResult: Bool
+        public var storeRejection: Bool
+        public var coalesce: Bool
+
+        public init(
+            jobID: UInt64,
+            attachedAt: Timestamp,
+            modelID: String,
+            input: JSONObject,
+            handle: UpstreamHandle,
+            storeResult: Bool,
+            storeRejection: Bool,
+            coalesce: Bool
+        ) {
+            self.jobID = jobID
+            self.attachedAt = attachedAt
+            self.modelID = modelID
+            self.input = input
+            self.handle = handle
+            self.storeResult = storeResult
+            self.storeRejection = storeRejection
+            self.coalesce = coalesce
+        }
+    }
+
     case created(Creation)
+    case attached(Attachment)
     case finished(jobID: UInt64, at: Timestamp, outcome: Outcome)
     case cancelled(requestID: String, at: Timestamp)
 
@@ -57,6 +114,7 @@ public enum RequestLogRecord: Sendable, Hashable {
     public var time: Timestamp {
         switch self {
         case .created(let creation): creation.createdAt
+        case .attached(let attachment): attachment.attachedAt
         case .finished(_, let at, _): at
         case .cancelled(_, let at): at
         }
@@ -116,6 +174,7 @@ public enum RequestLogRecord: Sendable, Hashable {
         case created = 1
         case finished = 2
         case cancelled = 3
+        case attached = 4
     }
 
     private enum OutcomeKind: UInt8 {
@@ -137,6 +196,20 @@ public enum RequestLogRecord: Sendable, Hashable {
             buffer.writeInteger(creation.createdAt.secondsSinceEpoch.bitPattern, endianness: .little)
             return Self.writeString(creation.cacheOutcome, into: &buffer)
                 && Self.writeString(creation.cacheStatus, into: &buffer)
+        case .attached(let attachment):
+            buffer.writeInteger(Kind.attached.rawValue)
+            buffer.writeInteger(attachment.jobID, endianness: .little)
+            buffer.writeInteger(attachment.attachedAt.secondsSinceEpoch.bitPattern, endianness: .little)
+            let handle = attachment.handle
+            let flags = (attachment.storeResult ? 1 : 0) | (attachment.storeRejection ? 2 : 0) | (attachment.coalesce ? 4 : 0)
+            buffer.writeInteger(UInt8(flags))
+            return Self.writeString(attachment.modelID, into: &buffer)
+                && Self.writeBytes(JSONValue.object(attachment.input).serialized(), into: &buffer)
+                && Self.writeString(handle.origin, into: &buffer)
+                && Self.writeString(handle.requestID, into: &buffer)
+                && Self.writeString(handle.statusURL, into: &buffer)
+                && Self.writeString(handle.responseURL, into: &buffer)
+                && Self.writeString(handle.cancelURL, into: &buffer)
         case .finished(let jobID, let at, let outcome):
             buffer.writeInteger(Kind.finished.rawValue)
             buffer.writeInteger(jobID, endianness: .little)
@@ -183,6 +256,26 @@ public enum RequestLogRecord: Sendable, Hashable {
                 id: id, jobID: jobID, endpoint: endpoint, key: RequestKey(digest: Digest128(high: high, low: low)),
                 ownerKeyID: owner, createdAt: Timestamp(secondsSinceEpoch: created),
                 cacheOutcome: cacheOutcome, cacheStatus: cacheStatus
+            ))
+        case .attached:
+            guard let jobID = buffer.readInteger(endianness: .little, as: UInt64.self),
+                let at = readDouble(&buffer),
+                let flags = buffer.readInteger(as: UInt8.self),
+                let modelID = readString(&buffer),
+                let json = readBytes(&buffer),
+                let input = (try? JSONValue(parsing: json, maxDepth: 512))?.objectValue,
+                let origin = readString(&buffer),
+                let requestID = readString(&buffer),
+                let statusURL = readString(&buffer),
+                let responseURL = readString(&buffer),
+                let cancelURL = readString(&buffer)
+            else { return nil }
+            return .attached(Attachment(
+                jobID: jobID, attachedAt: Timestamp(secondsSinceEpoch: at), modelID: modelID, input: input,
+                handle: UpstreamHandle(
+                    origin: origin, requestID: requestID, statusURL: statusURL, responseURL: responseURL, cancelURL: cancelURL
+                ),
+                storeResult: flags & 1 != 0, storeRejection: flags & 2 != 0, coalesce: flags & 4 != 0
             ))
         case .finished:
             guard let jobID = buffer.readInteger(endianness: .little, as: UInt64.self),
@@ -241,6 +334,7 @@ public enum RequestLogRecord: Sendable, Hashable {
         case (404, _): return .notFound(message)
         case (429, _): return .rateLimited(message)
         case (500, "internal_error"): return .internalError(message)
+        case (502, let type): return .badGateway(message, type: type ?? "upstream_error")
         case (503, let type): return .unavailable(message, type: type ?? "service_unavailable")
         case (507, _): return .insufficientStorage(message)
         default: return .upstreamFailed(message)

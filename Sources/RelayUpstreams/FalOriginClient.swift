@@ -166,7 +166,7 @@ final class FalOriginClient: Sendable {
                         body = try await response.body.collect(upTo: call.maxBodyBytes)
                     } catch is NIOTooManyBytesError {
                         if call.countsForBreaker { recordOutcome(healthy: true) }
-                        throw FalError.upstreamFailed("origin \(call.purpose) response exceeds \(call.maxBodyBytes) bytes")
+                        throw FalError.badGateway("origin \(baseOrigin) \(call.purpose) response exceeds \(call.maxBodyBytes) bytes")
                     }
                     if call.countsForBreaker { recordOutcome(healthy: status < 500) }
                     return Reply(status: status, headers: headers, body: body, attempts: attempt)
@@ -195,7 +195,9 @@ final class FalOriginClient: Sendable {
             }
             if call.countsForBreaker { recordOutcome(healthy: false) }
             if let last { return last }
-            throw Self.transportFailure(transportError, phase: Self.phase(of: transportError), call: call, attempts: attempt)
+            throw Self.transportFailure(
+                transportError, phase: Self.phase(of: transportError), call: call, attempts: attempt, origin: baseOrigin
+            )
         }
     }
 
@@ -268,34 +270,48 @@ final class FalOriginClient: Sendable {
         _ error: (any Error)?,
         phase: RetryPolicy.TransportPhase,
         call: Call,
-        attempts: Int
+        attempts: Int,
+        origin: String
     ) -> FalError {
         let reason = error.map { "\($0)" } ?? "unknown error"
         let tries = attempts == 1 ? "" : " after \(attempts) attempts"
         switch phase {
         case .connect where !call.countsForBreaker:
-            return .upstreamFailed("media host unreachable for \(call.url)\(tries): \(reason)")
+            return .badGateway("media host unreachable for \(call.url)\(tries): \(reason)")
         case .connect:
-            return .unavailable("origin unreachable for \(call.purpose)\(tries): \(reason)", type: "runner_connection_refused")
+            return .unavailable("origin \(origin) unreachable for \(call.purpose)\(tries): \(reason)", type: "runner_connection_refused")
         case .permanent:
-            return .upstreamFailed("origin \(call.purpose) cannot be sent (TLS or URL): \(reason)")
+            return .badGateway("origin \(origin) \(call.purpose) cannot be sent (TLS or URL): \(reason)")
         case .exchange where call.replay == .onlyIfNotAccepted:
             return .unavailable(
-                "connection to the origin failed during \(call.purpose) (not resubmitted: the job may exist): \(reason)",
+                "connection to the origin \(origin) failed during \(call.purpose) (not resubmitted: the job may exist): \(reason)",
                 type: "runner_disconnected"
             )
         case .exchange:
-            return .unavailable("origin \(call.purpose) failed\(tries): \(reason)", type: "runner_disconnected")
+            return .unavailable("origin \(origin) \(call.purpose) failed\(tries): \(reason)", type: "runner_disconnected")
         }
     }
 
-    /// The job's error for an origin's non-2xx answer: the origin's status and detail where `FalError` can carry
-    /// them (a 422 stays a 422 with its issues, so the result cache's negative entry works).
-    static func error(for reply: Reply, purpose: String) -> FalError {
+    /// The job's error for this origin's non-2xx final answer (after any retries).
+    func error(for reply: Reply, purpose: String) -> FalError {
+        Self.error(for: reply, purpose: purpose, origin: baseOrigin)
+    }
+
+    /// The job's error for an origin's non-2xx final answer: faithful where the client can act on it, and otherwise
+    /// clear about whose failure it is (every message names the origin, its HTTP status and error type).
+    ///
+    /// - 422: the origin's validation issues as they are (the one failure the result cache keeps, briefly).
+    /// - 400 and other 4xx but those below: the origin's detail and error type (the request is wrong there too).
+    /// - 429 that outlasted every retry: 503 `rate_limited`. Not 429: fal clients retry a 429 on the result fetch.
+    /// - 401, 403 (the relay's key), 404 (the origin lost the model or request), every 5xx, anything else: 502
+    ///   `upstream_error`.
+    static func error(for reply: Reply, purpose: String, origin: String) -> FalError {
         let document = try? reply.body.withUnsafeReadableBytes { try JSONValue(parsing: $0) }
         let errorType = document?["error_type"]?.stringValue ?? reply.headers.first(name: "x-fal-error-type")
         let detail = document?["detail"]
         let message = Self.message(detail: detail, body: reply.body, status: reply.status)
+        let answered = "HTTP \(reply.status)" + (errorType.map { " \($0)" } ?? "")
+        let tries = reply.attempts > 1 ? " after \(reply.attempts) attempts" : ""
         switch reply.status {
         case 422:
             if let list = detail?.arrayValue, !list.isEmpty {
@@ -305,17 +321,18 @@ final class FalOriginClient: Sendable {
         case 400:
             return .badRequest(message, type: errorType ?? "bad_request")
         case 401, 403:
-            return .upstreamFailed("origin refused the relay's credentials (HTTP \(reply.status)) for \(purpose): \(message)")
+            return .badGateway("origin \(origin) refused the relay's credentials (\(answered)) for \(purpose): \(message)")
         case 404:
-            return .notFound("origin: \(message)")
+            return .badGateway("origin \(origin) answered \(answered) to \(purpose): \(message)")
         case 429:
-            return .unavailable("origin rate limit for \(purpose): \(message)", type: errorType ?? "rate_limited")
-        case 502, 503, 504:
-            return .unavailable("origin unavailable (HTTP \(reply.status)) for \(purpose): \(message)", type: errorType ?? "service_unavailable")
+            return .unavailable(
+                "origin \(origin) kept rate-limiting the relay (\(answered)) for \(purpose)\(tries): \(message)",
+                type: "rate_limited"
+            )
         case 405..<500:
-            return .badRequest("origin answered HTTP \(reply.status) to \(purpose): \(message)", type: errorType ?? "bad_request")
+            return .badRequest("origin \(origin) answered \(answered) to \(purpose): \(message)", type: errorType ?? "bad_request")
         default:
-            return .upstreamFailed("origin answered HTTP \(reply.status) to \(purpose): \(message)")
+            return .badGateway("origin \(origin) answered \(answered) to \(purpose)\(tries): \(message)")
         }
     }
 

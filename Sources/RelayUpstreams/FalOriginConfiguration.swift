@@ -38,13 +38,21 @@ extension FalOriginUpstream {
         public var userAgent: String = "MediaRelay (fal-origin)"
 
         public init(baseURL: String, apiKey: String?, additionalCAPath: String? = nil, publicBaseURL: @escaping @Sendable () -> String) {
-            var base = baseURL
-            while base.hasSuffix("/") { base.removeLast() }
-            self.baseURL = base
+            self.baseURL = FalOriginConfiguration.normalised(baseURL)
             self.apiKey = apiKey
             self.additionalCAPath = additionalCAPath
             self.publicBaseURL = publicBaseURL
         }
+    }
+}
+
+/// How base URLs are compared.
+enum FalOriginConfiguration {
+    /// The base URL without trailing slashes.
+    static func normalised(_ url: String) -> String {
+        var base = url
+        while base.hasSuffix("/") { base.removeLast() }
+        return base
     }
 }
 

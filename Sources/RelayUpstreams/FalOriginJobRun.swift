@@ -35,10 +35,14 @@ final class FalOriginJobRun: Sendable {
     private let store: BlobStore
     private let logger: Logger
     private let probeTicket: Int?
+    /// A job the origin accepted before a restart: followed by this handle, not submitted.
+    private let resuming: Handle?
     private let state = Mutex(State())
 
-    init(job: Job, client: FalOriginClient, store: BlobStore, logger: Logger, probeTicket: Int?) {
+    init(job: Job, client: FalOriginClient, store: BlobStore, logger: Logger, probeTicket: Int?, resuming: Handle? = nil) {
         self.job = job
+        self.resuming = resuming
+        if let resuming { state.withLock { $0.handle = resuming } }
         self.client = client
         self.store = store
         var logger = logger
@@ -56,9 +60,8 @@ final class FalOriginJobRun: Sendable {
 
     // MARK: - Lifecycle
 
-    /// Runs the job to its end, or until the deadline, or until the task is cancelled.
-    func run() async {
-        let deadline = configuration.jobDeadline
+    /// Runs the job to its end, or until `deadline`, or until the task is cancelled.
+    func run(deadline: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.work() }
             group.addTask {
@@ -93,7 +96,9 @@ final class FalOriginJobRun: Sendable {
         }
         guard report else { return }
         logger.warning("origin job passed its deadline", metadata: ["deadline": "\(configuration.jobDeadline)"])
-        job.receive(.failed(.unavailable("origin did not finish the job within \(configuration.jobDeadline)", type: "request_timeout")))
+        job.receive(.failed(.unavailable(
+            "origin \(client.baseOrigin) did not finish the job within \(configuration.jobDeadline)", type: "request_timeout"
+        )))
         sendCancel()
     }
 
@@ -134,7 +139,12 @@ final class FalOriginJobRun: Sendable {
 
     private func work() async {
         do {
-            let handle = try await submit()
+            let handle: Handle
+            if let resuming {
+                handle = resuming
+            } else {
+                handle = try await submit()
+            }
             var cursor = FalOriginLogCursor()
             var completion: FalOriginStatus?
             if configuration.useStatusStream {
@@ -162,7 +172,7 @@ final class FalOriginJobRun: Sendable {
             finish(.failed(error))
         } catch {
             logger.info("origin job failed", metadata: ["error": "\(error)"])
-            finish(.failed(.upstreamFailed("origin: \(error)")))
+            finish(.failed(.badGateway("origin \(client.baseOrigin): \(error)")))
         }
     }
 
@@ -188,9 +198,9 @@ final class FalOriginJobRun: Sendable {
             client.abandonProbe(probeTicket)
         }
         let reply = try outcome.get()
-        guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "submit") }
+        guard reply.isSuccess else { throw client.error(for: reply, purpose: "submit") }
         guard let answer = try? Self.parse(reply.body), let requestID = answer["request_id"]?.stringValue, !requestID.isEmpty else {
-            throw FalError.upstreamFailed("origin submit answer has no request_id: \(Self.excerpt(reply.body))")
+            throw FalError.badGateway("origin \(client.baseOrigin) submit answer has no request_id: \(Self.excerpt(reply.body))")
         }
         let canonical = configuration.baseURL + "/" + (EndpointID(model)?.app ?? model) + "/requests/" + requestID
         func url(_ key: String, _ fallback: String) -> String {
@@ -212,6 +222,10 @@ final class FalOriginJobRun: Sendable {
             sendCancel()
             throw CancellationError()
         }
+        job.attached(to: UpstreamHandle(
+            origin: configuration.baseURL, requestID: requestID, statusURL: handle.statusURL, responseURL: handle.responseURL,
+            cancelURL: handle.cancelURL
+        ))
         return handle
     }
 
@@ -261,9 +275,9 @@ final class FalOriginJobRun: Sendable {
         )
         while true {
             let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
-            guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "status") }
+            guard reply.isSuccess else { throw client.error(for: reply, purpose: "status") }
             guard let value = try? Self.parse(reply.body), let status = FalOriginStatus(json: value) else {
-                throw FalError.upstreamFailed("origin status answer is not a status object: \(Self.excerpt(reply.body))")
+                throw FalError.badGateway("origin \(client.baseOrigin) status answer is not a status object: \(Self.excerpt(reply.body))")
             }
             apply(status, cursor: &cursor, streamed: false)
             if status.isCompleted { return status }
@@ -289,15 +303,17 @@ final class FalOriginJobRun: Sendable {
     /// The error of a job that COMPLETED with one: the result endpoint's error answer (the origin's status and
     /// detail), else the status object's message.
     private func failure(of handle: Handle, message: String, type: String?) async -> FalError {
-        let fallback = FalError.upstreamFailed("origin job failed: \(message)" + (type.map { " (\($0))" } ?? ""))
+        let named = type.map { " (\($0))" } ?? ""
+        let fallback = FalError.badGateway("origin \(client.baseOrigin) reports the job failed\(named): \(message)")
+        // One try, outside the breaker's count: the origin answers for a job that failed, not for its own health.
         let call = FalOriginClient.Call(
             method: .GET, url: handle.responseURL, replay: .safe, timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes, purpose: "result"
+            maxBodyBytes: configuration.maxJSONBytes, countsForBreaker: false, purpose: "result"
         )
-        guard let reply = try? await client.send(call, keepTrying: { !self.isAbandoned }), !reply.isSuccess else {
+        guard let reply = try? await client.send(call, keepTrying: { false }), !reply.isSuccess else {
             return fallback
         }
-        return FalOriginClient.error(for: reply, purpose: "result")
+        return client.error(for: reply, purpose: "result")
     }
 
     private func fetchResult(_ handle: Handle) async throws -> JSONValue {
@@ -306,11 +322,11 @@ final class FalOriginJobRun: Sendable {
             maxBodyBytes: configuration.maxJSONBytes, purpose: "result"
         )
         let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
-        guard reply.isSuccess else { throw FalOriginClient.error(for: reply, purpose: "result") }
+        guard reply.isSuccess else { throw client.error(for: reply, purpose: "result") }
         do {
             return try Self.parse(reply.body)
         } catch {
-            throw FalError.upstreamFailed("origin result is not valid JSON (\(error)): \(Self.excerpt(reply.body))")
+            throw FalError.badGateway("origin \(client.baseOrigin) result is not valid JSON (\(error)): \(Self.excerpt(reply.body))")
         }
     }
 
@@ -344,7 +360,7 @@ final class FalOriginJobRun: Sendable {
         )
         let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
         guard reply.isSuccess else {
-            throw FalError.upstreamFailed("could not fetch origin media \(reference.url): HTTP \(reply.status)")
+            throw FalError.badGateway("could not fetch origin media \(reference.url): HTTP \(reply.status)")
         }
         let type = FalOriginMediaReferences.mediaType(
             declared: reference.declaredContentType,

@@ -1,7 +1,7 @@
 public import Logging
 public import NIOCore
 public import NIOPosix
-import RelayCore
+public import RelayCore
 public import RelayJobs
 public import RelayStore
 
@@ -12,6 +12,10 @@ public import RelayStore
 /// media into the blob store and rewrite their URLs to this relay's `/files/`. Transient failures are retried
 /// (`RetryPolicy`); an origin that keeps failing trips the circuit breaker, and new jobs then fail at once with
 /// 503 until a probe gets through. Every job ends — succeeded, failed or cancelled — within `jobDeadline`.
+///
+/// Once the origin accepted a job, its handle (request id, status and response URLs) is reported to the job
+/// (`Job.attached(to:)`) and made durable; after a restart `resume` follows the job there by that handle instead of
+/// submitting it again.
 public final class FalOriginUpstream: Upstream {
     public let configuration: Configuration
     private let client: FalOriginClient
@@ -51,7 +55,33 @@ public final class FalOriginUpstream: Upstream {
             ticket = nil
         }
         let run = FalOriginJobRun(job: job, client: client, store: store, logger: logger, probeTicket: ticket)
-        let task = Task { await run.run() }
+        let task = Task { await run.run(deadline: configuration.jobDeadline) }
+        return FalOriginTask(run: run, task: task)
+    }
+
+    /// Follows a job this origin accepted before a restart: status (stream or polls), result, media, as `start`
+    /// would, never resubmitting. Only for a handle from this same origin (base URL). The job gets what was left of
+    /// its deadline, but at least one request timeout, to collect a job that finished while the relay was down.
+    /// The circuit breaker is not asked: the job exists at the origin whatever its health.
+    public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
+        guard FalOriginConfiguration.normalised(handle.origin) == configuration.baseURL, !handle.requestID.isEmpty,
+            [handle.statusURL, handle.responseURL, handle.cancelURL].allSatisfy(FalOriginMediaReferences.isHTTPURL)
+        else {
+            logger.info(
+                "origin job not resumable here",
+                metadata: ["origin_request_id": "\(handle.requestID)", "attached_origin": "\(handle.origin)"]
+            )
+            return nil
+        }
+        let elapsed = max(0, Timestamp.now().secondsSinceEpoch - attachedAt.secondsSinceEpoch)
+        let left = configuration.jobDeadline - .milliseconds(Int64(min(elapsed, 1e9) * 1000))
+        let deadline = max(left, configuration.requestTimeout)
+        let resumed = FalOriginJobRun.Handle(
+            requestID: handle.requestID, statusURL: handle.statusURL, responseURL: handle.responseURL, cancelURL: handle.cancelURL
+        )
+        logger.info("following an origin job again after a restart", metadata: ["origin_request_id": "\(handle.requestID)"])
+        let run = FalOriginJobRun(job: job, client: client, store: store, logger: logger, probeTicket: nil, resuming: resumed)
+        let task = Task { await run.run(deadline: deadline) }
         return FalOriginTask(run: run, task: task)
     }
 

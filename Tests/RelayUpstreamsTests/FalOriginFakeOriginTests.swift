@@ -47,6 +47,9 @@ final class FakeFalOrigin: Sendable {
         /// Submits are never answered.
         var submitStalls = false
         var stream: StreamMode = .full
+        /// The very first status stream sends one event and is then held open (a relay that dies while following);
+        /// later streams follow `stream`.
+        var firstStreamHolds = false
         /// Stream events carry the whole log list instead of the new lines only.
         var cumulativeStreamLogs = false
         /// Status polls are never answered.
@@ -170,7 +173,14 @@ final class FakeFalOrigin: Sendable {
             if script.pollStalls { return .silence }
             return .json(statusCode(for: id), status(id, at: advance(id, by: 1).first ?? lastStep, cumulative: true))
         case (.GET, ["status", "stream"]):
-            record.withLock { $0.streamRequests += 1 }
+            let count = record.withLock { record -> Int in
+                record.streamRequests += 1
+                return record.streamRequests
+            }
+            if script.firstStreamHolds, count == 1 {
+                let steps = advance(id, by: 1)
+                return .stream(events: steps.map { status(id, at: $0, cumulative: true) }, ending: .hold)
+            }
             return stream(id)
         case (.PUT, ["cancel"]):
             record.withLock { $0.cancels.append(id) }

@@ -241,7 +241,8 @@ struct FalOriginUpstreamTests {
                 Issue.record("expected failure, got \(job.status.phase)")
                 return
             }
-            #expect(error.status == 500 && error.message.contains("scripted 500"))
+            #expect(error.status == 502 && error.errorType == "upstream_error" && error.message.contains("scripted 500"))
+            #expect(error.message.contains("origin \(fixture.origin.baseURL) answered HTTP 500 to submit"), "\(error.message)")
             #expect(log.terminals == 1)
             #expect(fixture.origin.record.withLock { $0.submitAttempts } == 1)
         }
@@ -259,6 +260,8 @@ struct FalOriginUpstreamTests {
                 return
             }
             #expect(error.status == 503 && error.errorType == "rate_limited")
+            #expect(error.message.contains("origin \(fixture.origin.baseURL)") && error.message.contains("HTTP 429"), "\(error.message)")
+            #expect(error.message.contains("after 4 attempts") && error.message.contains("scripted 429"), "\(error.message)")
             #expect(log.terminals == 1)
             #expect(fixture.origin.record.withLock { $0.submitAttempts } == 4)
         }
@@ -307,7 +310,7 @@ struct FalOriginUpstreamTests {
                 Issue.record("expected failure, got \(job.status.phase)")
                 return
             }
-            #expect(error.status == 500 && error.message.contains("origin result is not valid JSON"))
+            #expect(error.status == 502 && error.message.contains("origin \(fixture.origin.baseURL) result is not valid JSON"))
             #expect(log.terminals == 1)
         }
     }
@@ -427,7 +430,7 @@ struct FalOriginUpstreamTests {
                 Issue.record("expected failure, got \(first.status.phase)")
                 return
             }
-            #expect(error.status == 503 && error.message.contains("HTTP 503"))
+            #expect(error.status == 502 && error.message.contains("HTTP 503"))
             let (rejected, _) = try makeJob()
             _ = fixture.upstream.start(rejected)
             #expect(rejected.status.phase == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused"))))
