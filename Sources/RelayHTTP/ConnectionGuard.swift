@@ -98,14 +98,10 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func rearm() {
         guard let context else { return }
-        guard let (deadline, _) = clock.deadline else {
-            timer?.cancel()
-            timer = nil
-            timerDeadline = nil
-            return
-        }
-        // A timer already set for an earlier time stays: when it fires it checks the clock and re-arms for the
-        // current deadline, so a body arriving in many small reads does not reschedule on every read.
+        // No deadline (responding): a timer already set stays and finds nothing expired when it fires. A timer set
+        // for an earlier time stays too: when it fires it checks the clock and re-arms for the current deadline. So
+        // a keep-alive connection schedules nothing per request, and a body in many small reads nothing per read.
+        guard let (deadline, _) = clock.deadline else { return }
         if let current = timerDeadline, current <= deadline, timer != nil { return }
         timer?.cancel()
         timerDeadline = deadline

@@ -1,18 +1,43 @@
 public import RelayCore
+import Synchronization
 
 /// The job lifecycle `queued(position) → running → completed(success | failure | cancelled)` as a pure value.
 ///
 /// Every accepted transition appends one `JobEvent` with the next sequence number; updates that change nothing
 /// (the same queue position again) or that arrive after the end are ignored, so a confused upstream cannot
 /// reopen a finished job or send a client backwards.
+///
+/// The event log is bounded: past `maxEvents` the oldest events are dropped (in batches, so appends stay amortised
+/// O(1)), except the latest snapshot, which is kept aside so a late joiner still learns the phase. A subscriber that
+/// falls further behind than the bound misses the oldest stream items; the status's `logs` keep the newest
+/// `maxEvents` lines likewise.
 public struct JobStateMachine: Sendable {
+    /// The bound for machines made without one (`--event-log-max-events`), set once at start-up.
+    public static var defaultMaxEvents: Int {
+        get { configuredMaxEvents.load(ordering: .relaxed) }
+        set { configuredMaxEvents.store(max(16, newValue), ordering: .relaxed) }
+    }
+
+    private static let configuredMaxEvents = Atomic<Int>(10_000)
+
     public private(set) var phase: JobPhase = .queued(position: 0)
+    /// The retained events: gapless, starting at sequence `firstSequence`.
     public private(set) var events: [JobEvent] = []
     public private(set) var logs: [LogEntry] = []
+    public let maxEvents: Int
+    /// The latest snapshot, when it was dropped from `events` by the bound.
+    private var droppedSnapshot: JobEvent?
+    private var firstSequence = 1
+    private var nextSequence = 1
 
-    public init() {}
+    public init(maxEvents: Int = JobStateMachine.defaultMaxEvents) {
+        self.maxEvents = max(16, maxEvents)
+    }
 
-    public var lastSequence: Int { events.last?.sequence ?? 0 }
+    public var lastSequence: Int { nextSequence - 1 }
+
+    /// Events dropped by the bound so far.
+    public var droppedEvents: Int { firstSequence - 1 }
 
     public var isTerminal: Bool {
         if case .completed = phase { return true }
@@ -41,9 +66,7 @@ public struct JobStateMachine: Sendable {
                 phase = .running
                 _ = append(.started)
             }
-            let entry = LogEntry(message: message, level: level, timestamp: time)
-            logs.append(entry)
-            return append(.log(entry))
+            return append(.log(LogEntry(message: message, level: level, timestamp: time)))
         case (_, .partial(let value)):
             if case .queued = phase {
                 phase = .running
@@ -67,16 +90,21 @@ public struct JobStateMachine: Sendable {
     /// latest snapshot (a queue position that a later position or the start superseded is left out).
     public func replay(after sequence: Int) -> [JobEvent] {
         let slice = events(after: sequence)
-        guard let lastSnapshot = slice.lastIndex(where: { $0.isSnapshot }) else { return Array(slice) }
-        return slice.enumerated().compactMap { offset, event in
+        var out: [JobEvent] = []
+        if let dropped = droppedSnapshot, dropped.sequence > sequence, !slice.contains(where: { $0.isSnapshot }) {
+            out.append(dropped)
+        }
+        guard let lastSnapshot = slice.lastIndex(where: { $0.isSnapshot }) else { return out + slice }
+        out += slice.enumerated().compactMap { offset, event in
             event.isSnapshot && slice.startIndex + offset < lastSnapshot ? nil : event
         }
+        return out
     }
 
-    /// Events after `sequence` (all of them for 0).
+    /// Retained events after `sequence` (all of them for 0).
     public func events(after sequence: Int) -> ArraySlice<JobEvent> {
-        let start = max(0, min(sequence, events.count))
-        // Sequence numbers are 1-based and gapless, so event n sits at index n-1.
+        // Retained sequence numbers are gapless from `firstSequence`, so event n sits at index n - firstSequence.
+        let start = max(0, min(sequence - (firstSequence - 1), events.count))
         return events[start...]
     }
 
@@ -86,8 +114,21 @@ public struct JobStateMachine: Sendable {
     }
 
     private mutating func append(_ kind: JobEvent.Kind) -> JobEvent {
-        let event = JobEvent(sequence: lastSequence + 1, kind: kind)
+        let event = JobEvent(sequence: nextSequence, kind: kind)
+        nextSequence += 1
         events.append(event)
+        if case .log(let entry) = kind {
+            logs.append(entry)
+            if logs.count > maxEvents + maxEvents / 4 { logs.removeFirst(logs.count - maxEvents) }
+        }
+        if events.count > maxEvents + maxEvents / 4 {
+            let cut = events.count - maxEvents
+            if let snapshot = events[..<cut].last(where: { $0.isSnapshot }) {
+                droppedSnapshot = snapshot
+            }
+            events.removeFirst(cut)
+            firstSequence += cut
+        }
         return event
     }
 }

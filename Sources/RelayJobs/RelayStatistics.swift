@@ -32,6 +32,8 @@ public final class RelayStatistics: Sendable {
     private let connectionsAccepted = Atomic<Int>(0)
     private let connectionsRefused = Atomic<Int>(0)
     private let watchers: [WatcherKind: AtomicCount]
+    private let storeHits = AtomicCount()
+    private let storeMisses = AtomicCount()
 
     private struct Instruments: Sendable {
         let submissions: [CacheOutcome: Counter]
@@ -44,11 +46,19 @@ public final class RelayStatistics: Sendable {
         let connectionsAccepted = Counter(label: "relay_connections_accepted_total")
         let connectionsRefused = Counter(label: "relay_connections_refused_total")
         let watchers: [WatcherKind: Meter]
+        let storeBytes = Gauge(label: "relay_store_bytes")
+        let storeHits = Counter(label: "relay_store_reads_total", dimensions: [("outcome", "hit")])
+        let storeMisses = Counter(label: "relay_store_reads_total", dimensions: [("outcome", "miss")])
+        let storeEvictions = Counter(label: "relay_store_evictions_total")
+        let queueDepth = Gauge(label: "relay_queue_depth")
     }
 
     private let instruments: Instruments
     /// Bytes the media store holds (set by the application; 0 when unknown).
     private let storeBytesProvider = Mutex<(@Sendable () -> Int)?>(nil)
+    /// Figures owned elsewhere, read when `/metrics` is scraped: (store evictions so far, jobs waiting for a slot).
+    private let scrapeProviders = Mutex<(evictions: @Sendable () -> Int, queueDepth: @Sendable () -> Int)?>(nil)
+    private let evictionsReported = Atomic<Int>(0)
 
     public init() {
         var submissions: [CacheOutcome: AtomicCount] = [:]
@@ -149,6 +159,28 @@ public final class RelayStatistics: Sendable {
         storeBytesProvider.withLock { $0 = provider }
     }
 
+    /// A media file asked for: found in the store, or not.
+    public func recordStoreRead(hit: Bool) {
+        (hit ? storeHits : storeMisses).add(1)
+        (hit ? instruments.storeHits : instruments.storeMisses).increment()
+    }
+
+    public func setScrapeProviders(evictions: @escaping @Sendable () -> Int, queueDepth: @escaping @Sendable () -> Int) {
+        scrapeProviders.withLock { $0 = (evictions, queueDepth) }
+    }
+
+    /// Brings the gauges and counters of figures owned elsewhere up to date; call right before `/metrics` is emitted.
+    public func refreshForScrape() {
+        instruments.storeBytes.record(storeBytesProvider.withLock { $0 }?() ?? 0)
+        guard let providers = scrapeProviders.withLock({ $0 }) else { return }
+        instruments.queueDepth.record(providers.queueDepth())
+        let evictions = providers.evictions()
+        let reported = evictionsReported.exchange(evictions, ordering: .relaxed)
+        if evictions > reported {
+            instruments.storeEvictions.increment(by: evictions - reported)
+        }
+    }
+
     // MARK: - Reading
 
     public func submissions(_ outcome: CacheOutcome) -> Int { submissions[outcome]?.value ?? 0 }
@@ -191,7 +223,12 @@ public final class RelayStatistics: Sendable {
                 "upstream_jobs_avoided": .number(Double(avoided)),
                 "gpu_seconds_saved": .number(Double(savedMilliseconds.load(ordering: .relaxed)) / 1000),
             ]),
-            "store": .object(["bytes": .number(Double(storeBytes))]),
+            "store": .object([
+                "bytes": .number(Double(storeBytes)),
+                "reads_hit": .number(Double(storeHits.value)),
+                "reads_miss": .number(Double(storeMisses.value)),
+            ]),
+            "queue_depth": .number(Double(scrapeProviders.withLock { $0 }?.queueDepth() ?? 0)),
             "connections": .object([
                 "open": .object(open),
                 "accepted": .number(Double(connectionsAccepted.load(ordering: .relaxed))),

@@ -115,23 +115,11 @@ struct SubmitPlan: Sendable {
         guard command.timeout > 0 else { throw .usage("--timeout must be a positive number of seconds") }
         self.timeoutSeconds = command.timeout
 
-        var tls = TLSConfiguration.makeClientConfiguration()
-        var roots: [NIOSSLCertificate] = []
-        for (path, origin) in [(command.ca, "--ca"), (environment["SSL_CERT_FILE"], "SSL_CERT_FILE")] {
-            guard let path, !path.isEmpty else { continue }
-            let certificates: [NIOSSLCertificate]
-            do {
-                certificates = try NIOSSLCertificate.fromPEMFile(path)
-            } catch {
-                throw .usage("cannot read the CA file \(path) (\(origin)): \(error)")
-            }
-            guard !certificates.isEmpty else { throw .usage("the CA file \(path) (\(origin)) holds no PEM certificate") }
-            roots += certificates
+        do {
+            self.tls = try ClientTLS.configuration(ca: command.ca, environment: environment)
+        } catch {
+            throw .usage(error.description)
         }
-        if !roots.isEmpty {
-            tls.additionalTrustRoots = [.certificates(roots)]
-        }
-        self.tls = tls
     }
 
     /// The request body: `--input` as JSON text, `@file` or `-` (stdin); it must be one JSON object.

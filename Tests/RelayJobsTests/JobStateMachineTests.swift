@@ -80,3 +80,30 @@ import Testing
         #expect(machine.cancel() == nil)
     }
 }
+
+@Suite struct JobStateMachineBoundTests {
+    @Test func theLogIsBoundedButKeepsTheLatestSnapshotAndSequenceNumbers() {
+        var machine = JobStateMachine(maxEvents: 16)
+        let now = Timestamp(secondsSinceEpoch: 1)
+        _ = machine.apply(.queued(position: 3), at: now)
+        _ = machine.apply(.started, at: now)
+        for step in 1...100 {
+            _ = machine.apply(.log("step \(step)", level: .info), at: now)
+        }
+        #expect(machine.lastSequence == 102)
+        #expect(machine.events.count <= 20)
+        #expect(machine.events.last?.sequence == 102)
+        #expect(machine.droppedEvents == 102 - machine.events.count)
+        #expect(machine.logs.count <= 20 && machine.logs.last?.message == "step 100")
+        // A late joiner learns the phase from the kept snapshot, then gets the retained stream items in order.
+        let replay = machine.replay(after: 0)
+        #expect(replay.first?.kind == .started)
+        #expect(Array(replay.dropFirst().map(\.sequence)) == Array(machine.events.map(\.sequence)))
+        // A subscriber that is current gets only what is new.
+        #expect(machine.replay(after: 101).map(\.sequence) == [102])
+        #expect(machine.events(after: 102).isEmpty)
+        let finish = machine.apply(.succeeded(result: ["ok": true], inferenceSeconds: 1), at: now)
+        #expect(finish?.sequence == 103)
+        #expect(machine.replay(after: 102).map(\.sequence) == [103])
+    }
+}

@@ -291,18 +291,28 @@ def test_admin_api_needs_an_admin_key(relay, http):
     assert response.json()["detail"] == "The admin API needs an admin key"
 
 
+def wait_completed(http, base, request_id, headers, seconds=30):
+    deadline = time.monotonic() + seconds
+    while http.get(f"{base}/fal-ai/flux/requests/{request_id}/status", headers=headers).json()["status"] != "COMPLETED":
+        assert time.monotonic() < deadline, f"request {request_id} did not complete"
+        time.sleep(0.1)
+
+
+def submit_and_wait(http, base, body, headers):
+    """Submits to fal-ai/flux/schnell, waits for the end; returns (RequestKey hex, request id)."""
+    submitted = http.post(f"{base}/fal-ai/flux/schnell", json=body, headers=headers)
+    key = submitted.headers["cache-status"].split('key="')[1].split('"')[0]
+    request_id = submitted.json()["request_id"]
+    wait_completed(http, base, request_id, headers)
+    return key, request_id
+
+
 def test_admin_purge_by_key_model_and_digest(relay, http):
     base = f"https://{relay.queue_host}"
     admin = {"Authorization": f"Key {relay.admin_key}"}
     user = {"Authorization": f"Key {relay.key}"}
     body = {"prompt": "purge me", "seed": 4242, "num_inference_steps": 2}
-    submitted = http.post(f"{base}/fal-ai/flux/schnell", json=body, headers=user)
-    key = submitted.headers["cache-status"].split('key="')[1].split('"')[0]
-    request_id = submitted.json()["request_id"]
-    deadline = time.monotonic() + 30
-    while http.get(f"{base}/fal-ai/flux/requests/{request_id}/status", headers=user).json()["status"] != "COMPLETED":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    key, request_id = submit_and_wait(http, base, body, user)
     result = http.get(f"{base}/fal-ai/flux/requests/{request_id}", headers=user).json()
     assert http.post(f"{base}/fal-ai/flux/schnell", json=body, headers=user).headers["x-relay-cache"] == "hit"
 
@@ -314,11 +324,7 @@ def test_admin_purge_by_key_model_and_digest(relay, http):
     assert purged.status_code == 200 and purged.json() == {"purged": {"results": 1}}
     again = http.post(f"{base}/fal-ai/flux/schnell", json=body, headers=user)
     assert again.headers["x-relay-cache"] == "miss"
-    again_id = again.json()["request_id"]
-    deadline = time.monotonic() + 30
-    while http.get(f"{base}/fal-ai/flux/requests/{again_id}/status", headers=user).json()["status"] != "COMPLETED":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_completed(http, base, again.json()["request_id"], user)
 
     # By model: every result of the model goes.
     purged = http.post(f"{base}/admin/purge", json={"model": "fal-ai/flux/schnell"}, headers=admin).json()
@@ -355,3 +361,39 @@ def test_admin_drain_takes_the_relay_out_of_rotation():
             assert server.process.returncode == 0
         finally:
             server.stop()
+
+
+# ---- media-relay cache stats|purge ---------------------------------------------------------------------------------
+
+def test_cache_command_line_reads_stats_and_purges(relay, http):
+    from conftest import BINARY
+
+    base = f"https://{relay.queue_host}"
+    user = {"Authorization": f"Key {relay.key}"}
+    body = {"prompt": "purged from the command line", "seed": 99, "num_inference_steps": 2}
+    key, request_id = submit_and_wait(http, base, body, user)
+    common = ["--host", base, "--ca", relay.ca]
+    env = {**os.environ, "RELAY_ADMIN_KEY": relay.admin_key}
+    env.pop("FAL_KEY", None)
+    stats = subprocess.run([BINARY, "cache", "stats", *common], capture_output=True, text=True, env=env, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    assert any(line.startswith("results cached") and int(line.split()[-1]) >= 1 for line in stats.stdout.splitlines())
+    raw = subprocess.run([BINARY, "cache", "stats", "--json", *common], capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(raw.stdout)["cache"]["results"] >= 1
+
+    purged = subprocess.run([BINARY, "cache", "purge", "--request-key", key, *common],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.strip() == "results=1"
+    assert http.post(f"{base}/fal-ai/flux/schnell", json=body, headers=user).headers["x-relay-cache"] == "miss"
+
+    # A non-admin key is refused with the relay's reason; bad arguments never reach the network.
+    refused = subprocess.run([BINARY, "cache", "stats", *common, "--admin-key", relay.key],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 1 and "403" in refused.stderr and "admin key" in refused.stderr
+    both = subprocess.run([BINARY, "cache", "purge", "--model", "a/b", "--digest", "00", *common],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert both.returncode != 0 and "exactly one" in both.stderr
+    bad = subprocess.run([BINARY, "cache", "purge", "--request-key", "xyz", *common],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1 and "422" in bad.stderr
