@@ -46,3 +46,33 @@ public struct KeyedHasher: Sendable {
         }
     }
 }
+
+extension KeyedHasher {
+    /// The same digest as `digest(_:)`, fed in pieces: for bytes that never sit in memory at once (uploads streamed to
+    /// disk). Owns its XXH3 state; one owner at a time.
+    public final class Stream {
+        private let state: OpaquePointer
+
+        public init(_ hasher: KeyedHasher) {
+            guard let state = XXH3_createState() else {
+                fatalError("XXH3_createState failed: out of memory")
+            }
+            self.state = state
+            hasher.secret.withUnsafeBytes { key in
+                _ = XXH3_128bits_reset_withSecret(state, key.baseAddress, key.count)
+            }
+        }
+
+        deinit { XXH3_freeState(state) }
+
+        public func update(_ bytes: UnsafeRawBufferPointer) {
+            _ = XXH3_128bits_update(state, bytes.baseAddress, bytes.count)
+        }
+
+        /// The digest of everything fed so far (feeding may go on).
+        public func digest() -> Digest128 {
+            let value = XXH3_128bits_digest(state)
+            return Digest128(high: value.high64, low: value.low64)
+        }
+    }
+}

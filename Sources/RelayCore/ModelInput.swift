@@ -18,11 +18,15 @@ public struct ModelInput: Sendable, Hashable {
     public let fields: JSONObject
     /// The seed the client asked for, if any (decides cacheability under `dedup: seeded`).
     public let explicitSeed: Int?
-    /// RFC 8785 bytes of `fields`.
+    /// RFC 8785 bytes of `fields`, with URLs of the relay's own media keyed by their digest (see `RelayMediaURLs`).
     public let canonicalBytes: [UInt8]
 
     /// Validates and normalises; every problem becomes one 422 entry, all reported at once.
-    public init(model: ModelSpec, input: JSONObject) throws(FalError) {
+    ///
+    /// `mediaURLs` recognises this relay's media URLs (`/files/<digest>.<ext>`, upload URLs) in the input: the
+    /// canonical bytes name them by digest, so the origin the client used (http or https, `127.0.0.1` or
+    /// `localhost`) does not change the RequestKey. `fields` keeps the URLs as sent: they are what upstreams fetch.
+    public init(model: ModelSpec, input: JSONObject, mediaURLs: RelayMediaURLs? = nil) throws(FalError) {
         var fields = input
         var issues: [FalError.ValidationIssue] = []
         for name in model.required {
@@ -74,7 +78,8 @@ public struct ModelInput: Sendable, Hashable {
         self.model = model
         self.fields = fields
         self.explicitSeed = seed
-        self.canonicalBytes = JSONValue.object(fields).canonicalBytes()
+        let canonical = JSONValue.object(fields)
+        self.canonicalBytes = (mediaURLs?.canonicalising(canonical) ?? canonical).canonicalBytes()
     }
 
     /// Requested picture size, after preset expansion (1024×768 when the model has no size).

@@ -28,7 +28,8 @@
 public struct RateLimitPolicy: Sendable, Hashable {
     /// Which budget a request draws from.
     public enum Budget: String, Sendable, Hashable, CaseIterable {
-        /// `POST` submit, run and stream: each may start upstream work.
+        /// `POST` submit, run and stream: each may start upstream work. Uploads (initiate, v3 upload) too: each
+        /// costs disk and bandwidth like a job's media.
         case submissions = "submit"
         /// Status polls and streams, results, cancels, media files, tokens, opening a WebSocket: answered from
         /// what the relay holds. (Each request *inside* a realtime session starts work: charge it to
@@ -41,10 +42,13 @@ public struct RateLimitPolicy: Sendable, Hashable {
         /// The budget a route draws from; nil for routes that are never limited (probes, metrics, errors).
         public init?(route: Route) {
             switch route {
-            case .submit, .run, .stream:
+            case .submit, .run, .stream, .uploadInitiate, .v3Upload:
                 self = .submissions
-            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin:
+            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin, .storageToken, .uploadAlias:
                 self = .reads
+            case .uploadPut:
+                // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.
+                return nil
             case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
                 return nil
             }

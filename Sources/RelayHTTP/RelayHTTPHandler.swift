@@ -16,16 +16,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private enum State {
+    enum State {
         case idle
         case receiving(HTTPRequestHead, ByteBuffer)
+        /// An upload's body, streamed to disk (UploadExchange.swift).
+        case uploading(UploadExchange)
         /// The body broke a limit; the error is answered and the rest of the body is dropped, then we close.
         case rejecting
         case exchanging(Exchange)
     }
 
     /// A response that completes later.
-    private struct Exchange {
+    struct Exchange {
         enum Kind {
             case file
             case run(RelayRequest)
@@ -49,11 +51,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let services: RelayServices
     let scheme: String
-    private var state = State.idle
+    var state = State.idle
     private var exchangeCount = 0
 
     /// Set when the connection was accepted beyond a connection cap: every request is answered with it, then close.
-    private let refusal: FalError?
+    let refusal: FalError?
 
     /// Told the route and the caller's key id, for the access line.
     private let accessLog: AccessLogHandler?
@@ -70,6 +72,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (Self.unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
+            if beginUpload(context: context, head: head) { return }
             if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > services.limits.maxJSONBodyBytes {
                 reject(context: context, head: head, error: .payloadTooLarge(limit: services.limits.maxJSONBodyBytes))
                 return
@@ -89,6 +92,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.end, .receiving(let head, let body)):
             state = .idle
             dispatch(context: context, head: head, body: body)
+        case (.body(var chunk), .uploading):
+            uploadReceived(context: context, chunk: &chunk)
+        case (.end, .uploading):
+            uploadEnded(context: context)
         case (.end, .rejecting):
             state = .idle
         case (.body, .rejecting):
@@ -127,6 +134,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        uploadAbandoned()
         if case .exchanging(let exchange) = state {
             finish(exchange, context: context, clientGone: true)
         }
@@ -208,6 +216,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return respondError(context: context, head: head, error: principal == .anonymous ? .unauthorized(message) : .forbidden(message))
             }
             serveAdmin(action, context: context, head: head, body: body)
+        case .storageToken, .uploadInitiate, .uploadPut, .v3Upload, .uploadAlias:
+            guard let uploads = services.uploads else {
+                return respondError(context: context, head: head, error: .notFound("Uploads are not enabled on this relay"))
+            }
+            switch route {
+            case .storageToken: serveStorageToken(context: context, head: head, uploads: uploads)
+            case .uploadInitiate: serveUploadInitiate(context: context, head: head, body: body, uploads: uploads)
+            case .uploadAlias(let id): serveUploadAlias(context: context, head: head, id: id)
+            default:
+                // `beginUpload` takes every upload body when uploads are enabled.
+                respondError(context: context, head: head, error: .internalError("upload not handled"))
+            }
         case .file(let digest, let fileExtension):
             // Media URLs are capabilities: no key needed, but the caller's address pays from the reads budget.
             guard admit(context: context, head: head, route: route, principal: .anonymous) != nil else { return }
@@ -345,7 +365,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return .failure(.unknownModel(endpoint.description))
         }
         do {
-            return .success(try ModelInput(model: model, input: object))
+            return .success(try ModelInput(model: model, input: object, mediaURLs: services.uploads?.mediaURLs))
         } catch {
             return .failure(error)
         }
@@ -360,7 +380,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// `GET`/`HEAD /files/<digest>.<ext>`: stat on the pool → a pure plan (200/206/304/416) → the body as sendfile
     /// (plain HTTP), a buffer, or 256 KiB chunks read only as fast as the client takes them (TLS).
-    private func serveFile(context: ChannelHandlerContext, head: HTTPRequestHead, digest: Digest128, fileExtension: String) {
+    func serveFile(context: ChannelHandlerContext, head: HTTPRequestHead, digest: Digest128, fileExtension: String) {
         guard let mediaType = MediaType.forExtension(fileExtension) else {
             return respondError(context: context, head: head, error: .notFound("No such file"))
         }
@@ -378,8 +398,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch result {
         case .success(let found?):
             record = found
+            services.jobs.statistics.recordStoreRead(hit: true)
         case .success(nil):
             state = .idle
+            services.jobs.statistics.recordStoreRead(hit: false)
             return respondError(context: context, head: head, error: .notFound("No such file"))
         case .failure(let error):
             state = .idle

@@ -105,6 +105,8 @@ public struct RelayServices: Sendable {
     public let httpMetrics: HTTPMetrics
     /// Delivers `fal_webhook` callbacks.
     public let webhooks: any WebhookSink
+    /// fal's storage API (uploads); nil answers 404 there.
+    public let uploads: UploadService?
 
     public init(
         catalog: ModelCatalog,
@@ -125,8 +127,10 @@ public struct RelayServices: Sendable {
         admin: AdminOperations = AdminOperations(),
         webhooks: any WebhookSink = WebhooksDisabled(),
         accessLogger: Logger? = nil,
-        httpMetrics: HTTPMetrics = HTTPMetrics()
+        httpMetrics: HTTPMetrics = HTTPMetrics(),
+        uploads: UploadService? = nil
     ) {
+        self.uploads = uploads
         self.webhooks = webhooks
         self.accessLogger = accessLogger
         self.httpMetrics = httpMetrics

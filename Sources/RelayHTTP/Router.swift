@@ -20,6 +20,16 @@ public enum Route: Sendable, Hashable {
     case run(EndpointID)
     case stream(EndpointID)
     case file(Digest128, fileExtension: String)
+    /// fal's `POST /storage/upload/initiate` (PROTOCOL.md §7.1 d): a signed PUT URL and the file's stable URL.
+    case uploadInitiate
+    /// `PUT /storage/upload/<id>/<token>`: the bytes of an initiated upload (the signed URL `uploadInitiate` gave).
+    case uploadPut(id: Digest128, token: String)
+    /// fal's `POST /storage/auth/token?storage_type=fal-cdn-v3` (§7.1 a): a Bearer token for `v3Upload`.
+    case storageToken
+    /// fal's v3 `POST /files/upload` (§7.1 b): raw bytes in, the content-addressed `access_url` out.
+    case v3Upload
+    /// `GET /files/uploads/<id>[/<name>]`: an initiated upload's stable file URL, serving its blob once stored.
+    case uploadAlias(Digest128)
     /// The browser UI: `/` (playground), `/dashboard`, and `/ui/<asset>`; the string is the asset name.
     case ui(String)
     /// `GET /relay/models`: the catalog as the playground's gallery.
@@ -50,19 +60,22 @@ public struct HostPattern: Sendable, Hashable, CustomStringConvertible {
     /// `name`, `name:port`, `[v6]` or `[v6]:port`; names compare case-insensitively.
     public init?(_ text: String) {
         guard let (name, port) = HostPattern.split(text[...]) else { return nil }
-        self.name = name
+        self.name = name.lowercased()
         self.port = port
     }
 
     public var description: String { port.map { "\(name):\($0)" } ?? name }
 
+    /// `name` compared ASCII-case-insensitively, without allocating (this runs on every request).
     public func matches(name: Substring, port: Int?) -> Bool {
-        guard name.lowercased() == self.name else { return false }
-        return self.port == nil || self.port == port
+        guard self.port == nil || self.port == port, name.utf8.count == self.name.utf8.count else { return false }
+        return name.utf8.elementsEqual(self.name.utf8) { byte, lower in
+            (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte) == lower
+        }
     }
 
-    /// Splits a Host header value into a lowercased name and an optional port; nil when malformed.
-    static func split(_ text: Substring) -> (String, Int?)? {
+    /// Splits a Host header value into its name (as written) and an optional port; nil when malformed.
+    static func split(_ text: Substring) -> (Substring, Int?)? {
         var host = text
         var port: Int?
         if host.hasPrefix("[") {
@@ -81,7 +94,7 @@ public struct HostPattern: Sendable, Hashable, CustomStringConvertible {
             host = host[..<colon]
         }
         guard !host.isEmpty else { return nil }
-        return (host.lowercased(), port)
+        return (host, port)
     }
 }
 
@@ -100,8 +113,8 @@ public struct Router: Sendable {
 
     public func isRunHost(_ host: String?) -> Bool {
         guard let host, let (name, port) = HostPattern.split(host[...]) else { return false }
-        if queueHosts.contains(where: { $0.matches(name: name[...], port: port) }) { return false }
-        return runHosts.contains { $0.matches(name: name[...], port: port) }
+        if queueHosts.contains(where: { $0.matches(name: name, port: port) }) { return false }
+        return runHosts.contains { $0.matches(name: name, port: port) }
     }
 
     public func route(method: HTTPMethod, host: String?, uri: String) -> Route {
@@ -139,9 +152,21 @@ public struct Router: Sendable {
             case "drain": return method == .POST ? .admin(.drain) : .methodNotAllowed
             default: return .notFound
             }
+        case "files" where segments.count == 2 && segments[1] == "upload":
+            return method == .POST ? .v3Upload : .methodNotAllowed
+        case "files" where (3...4).contains(segments.count) && segments[1] == "uploads":
+            guard let id = Digest128(hex: segments[2]), id.hex == segments[2] else { return .notFound }
+            return readOnly ? .uploadAlias(id) : .methodNotAllowed
         case "files":
             guard segments.count == 2, let file = Self.file(segments[1]) else { return .notFound }
             return readOnly ? .file(file.0, fileExtension: file.1) : .methodNotAllowed
+        case "storage" where segments.count == 3 && segments[1] == "auth" && segments[2] == "token":
+            return method == .POST ? .storageToken : .methodNotAllowed
+        case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "initiate":
+            return method == .POST ? .uploadInitiate : .methodNotAllowed
+        case "storage" where segments.count == 4 && segments[1] == "upload":
+            guard let id = Digest128(hex: segments[2]), id.hex == segments[2], Self.isUploadToken(segments[3]) else { return .notFound }
+            return method == .PUT ? .uploadPut(id: id, token: String(segments[3])) : .methodNotAllowed
         default:
             break
         }
@@ -194,6 +219,12 @@ public struct Router: Sendable {
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
                 || byte == UInt8(ascii: ".")
         }
+    }
+
+    /// A signed upload token: hex digits and one `.`, of a sane length.
+    private static func isUploadToken(_ token: Substring) -> Bool {
+        (16...1024).contains(token.utf8.count)
+            && token.utf8.allSatisfy { Hex.value($0) != nil || $0 == UInt8(ascii: ".") }
     }
 
     /// `<32 hex>.<ext>` with a short alphanumeric extension.

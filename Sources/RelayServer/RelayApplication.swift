@@ -39,6 +39,7 @@ public struct RelayApplication: Sendable {
         } catch {
             throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
         }
+        JobStateMachine.defaultMaxEvents = config.eventLogMaxEvents
         let secret = try DeploymentSecret.load(dataDirectory: dataDirectory)
         let hasher = KeyedHasher(secret: secret)
         _ = RelayMetricsSystem.registry
@@ -94,7 +95,17 @@ public struct RelayApplication: Sendable {
         let results = ResultIndex(directory: dataDirectory, threadPool: threadPool)
         let loaded = try await results.load()
         logger.info("result cache loaded", metadata: ["entries": "\(loaded.entries)", "snapshot": "\(loaded.usedSnapshot)"])
-        let expiry = BlobExpiry(store: store, results: results, configuration: .init(maxBytes: config.cacheMaxBytes))
+        // Finished uploads: their records survive restarts, and their blobs are kept though no result references them.
+        let uploadAliases = try UploadAliases(dataDirectory: dataDirectory, threadPool: threadPool)
+        try await uploadAliases.load()
+        let expiry = BlobExpiry(
+            store: store, results: results, configuration: .init(maxBytes: config.cacheMaxBytes),
+            pinned: { uploadAliases.pinnedDigests }
+        )
+        let uploads = UploadService(
+            store: store, aliases: uploadAliases, maxBytes: config.maxUploadBytes, tokenSeconds: config.uploadTokenSeconds,
+            publicOrigin: { publicOrigin.value }
+        )
 
         let origin: FalOriginUpstream? = try config.origin.map { url in
             var originConfig = FalOriginUpstream.Configuration(
@@ -121,14 +132,15 @@ public struct RelayApplication: Sendable {
             if let origin, sendEverythingToOrigin || model.upstream == "origin" { return origin }
             return synthetic
         }
-        if let restored = try await jobs.restore() {
+        if let restored = try await jobs.restore(models: { catalog.model($0) }) {
             logger.info("requests restored", metadata: [
-                "requests": "\(restored.restored)", "interrupted": "\(restored.interrupted)",
+                "requests": "\(restored.restored)", "interrupted": "\(restored.interrupted)", "reattachable": "\(restored.reattachable)",
                 "torn_segments": "\(restored.tornSegments)", "corrupt_records": "\(restored.corruptRecords)",
             ])
         }
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
+        jobs.statistics.setScrapeProviders(evictions: { expiry.evictions }, queueDepth: { synthetic.queueDepth })
         var site: StaticSite?
         if let uiDirectory = config.uiDirectory {
             do {
@@ -194,12 +206,16 @@ public struct RelayApplication: Sendable {
             readiness: readiness,
             logger: logger,
             perKeyScope: config.perKeyCacheScope,
-            metricsText: { RelayMetricsSystem.registry.emitToBuffer() },
+            metricsText: {
+                jobs.statistics.refreshForScrape()
+                return RelayMetricsSystem.registry.emitToBuffer()
+            },
             rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil,
             site: site,
             admin: admin,
             webhooks: DispatchingWebhookSink(dispatcher: webhooks),
-            accessLogger: config.accessLog ? Logger(label: "access") : nil
+            accessLogger: config.accessLog ? Logger(label: "access") : nil,
+            uploads: uploads
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -211,6 +227,12 @@ public struct RelayApplication: Sendable {
         let server = RelayHTTPServer(services: relayServices, listeners: listeners, group: group)
         let bound = try await server.bind()
         publicOrigin.set(config.publicURL ?? Self.defaultPublicOrigin(bound))
+        // Jobs still running at the origin when the relay died are followed again, now that media URLs can be
+        // rewritten to this relay's address.
+        let resumed = jobs.resumeAttached()
+        if resumed > 0 { logger.info("origin jobs followed again after the restart", metadata: ["jobs": "\(resumed)"]) }
+        let addresses = Self.relayAddresses(config: config, bound: bound, publicOrigin: publicOrigin.value)
+        uploads.setRelayAddresses(hostNames: addresses.names, ports: addresses.ports)
         readiness.set(true)
         announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))
 
@@ -316,7 +338,11 @@ public struct RelayApplication: Sendable {
             certificatePath = certificate
             keyPath = key
         case (nil, nil):
-            let authority = DevelopmentCertificateAuthority(directory: (configuration.dataDirectory as NSString).appendingPathComponent("tls"))
+            // Extra names (e.g. rest.fal.ai, v3.fal.media for fal's hard-coded storage hosts) reissue the leaf when new.
+            let authority = DevelopmentCertificateAuthority(
+                directory: (configuration.dataDirectory as NSString).appendingPathComponent("tls"),
+                dnsNames: ["localhost"] + configuration.tlsExtraNames.filter { $0 != "localhost" }
+            )
             let paths = try authority.ensure()
             certificatePath = paths.serverCertificateChain
             keyPath = paths.serverPrivateKey
@@ -335,19 +361,38 @@ public struct RelayApplication: Sendable {
         var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
         // TLS 1.2: forward-secret AEAD suites only (Mozilla "intermediate"); TLS 1.3's suites are all modern.
-        tls.cipherSuites = Self.tls12CipherSuites
+        tls.cipherSuites = configuration.tls12Ciphers
         tls.applicationProtocols = ["h2", "http/1.1"]
         return (try NIOSSLContext(configuration: tls), caPath)
     }
 
-    static let tls12CipherSuites = [
-        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    ].joined(separator: ":")
+    /// One suite per certificate type: every TLS 1.2 client with AEAD support has AES-128-GCM, and with a single
+    /// choice the server's order is the only order (testssl.sh rates client-chosen order HIGH, and swift-nio-ssl has
+    /// no server-preference switch). `--tls12-ciphers` widens it (e.g. adding ChaCha20 for old phones).
+    public static let tls12CipherSuites = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"].joined(separator: ":")
 
     /// Unbuffered, so that a supervisor reading a pipe sees the banner (and its READY line) at once.
     public static func writeToStandardOutput(_ text: String) {
         FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    /// The names and ports that reach this relay: a media URL on one of them is the relay's own (RelayMediaURLs).
+    static func relayAddresses(config: RelayConfiguration, bound: [BoundListener], publicOrigin: String) -> (names: Set<String>, ports: Set<Int>) {
+        var names: Set<String> = ["localhost", "127.0.0.1", "::1"]
+        var ports = Set(bound.map(\.port))
+        for pattern in (config.queueHosts + config.runHosts).compactMap(HostPattern.init) {
+            names.insert(pattern.name)
+            if let port = pattern.port { ports.insert(port) }
+        }
+        names.formUnion(config.tlsExtraNames.map { $0.lowercased() })
+        for listener in bound where !["0.0.0.0", "::", ""].contains(listener.host) {
+            names.insert(listener.host.lowercased())
+        }
+        if let url = URLComponents(string: publicOrigin), let host = url.host {
+            names.insert(host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]")))
+            ports.insert(url.port ?? (url.scheme?.lowercased() == "http" ? 80 : 443))
+        }
+        return (names, ports)
     }
 
     static func defaultPublicOrigin(_ bound: [BoundListener]) -> String {

@@ -40,6 +40,8 @@ public struct RelayConfiguration: Sendable {
     public var https: Address? = Address(host: "127.0.0.1", port: 8443)
     public var tlsCertificate: String?
     public var tlsKey: String?
+    /// TLS 1.2 cipher suites (OpenSSL names, `:`-separated); TLS 1.3's are fixed by BoringSSL and all modern.
+    public var tls12Ciphers = RelayApplication.tls12CipherSuites
     public var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
     public var syntheticTimeScale = 1.0
     public var syntheticSlots = 2
@@ -52,6 +54,12 @@ public struct RelayConfiguration: Sendable {
     /// Absolute origin of media URLs; default: the HTTPS listener (else the HTTP one) as seen from this machine.
     public var publicURL: String?
     public var maxJSONBodyBytes = 10 * 1024 * 1024
+    /// Largest upload (`PUT` of an initiated upload, v3 `POST /files/upload`); fal's single-request limit.
+    public var maxUploadBytes = 100 * 1024 * 1024
+    /// Lifetime of storage tokens and signed upload URLs, 10...3600 s.
+    public var uploadTokenSeconds = 3600
+    /// DNS names the development certificate covers besides `localhost` (e.g. `rest.fal.ai,v3.fal.media`).
+    public var tlsExtraNames: [String] = []
     public var requestRetentionSeconds = 3600.0
     /// How long a cached result stays fresh when its model gives no `cache_ttl_seconds`.
     public var resultTTLSeconds = 86_400.0
@@ -87,6 +95,8 @@ public struct RelayConfiguration: Sendable {
     public var maxConnectionsPerIP = 1_024
     public var sseKeepAliveSeconds: Int64 = 15
     public var logFormat = LogFormat.logfmt
+    /// Events kept per job for replay (late joiners, resumes); older ones are dropped, the latest snapshot kept.
+    public var eventLogMaxEvents = 10_000
     /// One line per request on the `access` logger.
     public var accessLog = true
 
@@ -112,6 +122,13 @@ public struct RelayConfiguration: Sendable {
         },
         Setting(name: "tls_cert", help: "PEM certificate chain (default: a development CA's certificate)") { $0.tlsCertificate = $1 },
         Setting(name: "tls_key", help: "PEM private key for --tls-cert") { $0.tlsKey = $1 },
+        Setting(name: "tls12_ciphers", help: "TLS 1.2 cipher suites, OpenSSL names joined by ':' (default: ECDHE with AES-GCM or ChaCha20)") { config, value throws(ConfigurationError) in
+            let names = value.split(separator: ":")
+            guard !names.isEmpty, names.allSatisfy({ $0.hasPrefix("ECDHE-") && ($0.contains("GCM") || $0.contains("CHACHA20")) }) else {
+                throw ConfigurationError("tls12_ciphers must list ECDHE suites with AES-GCM or ChaCha20-Poly1305 only, not \"\(value)\"")
+            }
+            config.tls12Ciphers = value
+        },
         Setting(name: "event_loop_threads", help: "event loop threads (default: cores)") { config, value throws(ConfigurationError) in
             config.eventLoopThreads = try integer(value, "event_loop_threads", 1...256)
         },
@@ -134,6 +151,14 @@ public struct RelayConfiguration: Sendable {
         Setting(name: "max_json_body_bytes", help: "largest JSON body (413 beyond)") { config, value throws(ConfigurationError) in
             config.maxJSONBodyBytes = try integer(value, "max_json_body_bytes", 1024...(1 << 30))
         },
+        Setting(name: "max_upload_bytes", help: "largest upload body (413 beyond), default 104857600") { config, value throws(ConfigurationError) in
+            config.maxUploadBytes = try integer(value, "max_upload_bytes", 1024...(1 << 40))
+        },
+        Setting(name: "upload_token_seconds", help: "lifetime of storage tokens and signed upload URLs, default 3600") {
+            config, value throws(ConfigurationError) in
+            config.uploadTokenSeconds = try integer(value, "upload_token_seconds", 10...3600)
+        },
+        Setting(name: "tls_extra_names", help: "comma-separated DNS names the development certificate also covers") { $0.tlsExtraNames = list($1) },
         Setting(name: "request_retention_seconds", help: "how long finished requests stay addressable") { config, value throws(ConfigurationError) in
             config.requestRetentionSeconds = Double(try integer(value, "request_retention_seconds", 1...(86_400 * 30)))
         },
@@ -212,6 +237,9 @@ public struct RelayConfiguration: Sendable {
         Setting(name: "webhook_queue_size", help: "pending webhook deliveries before new ones are dropped, default 10000") {
             config, value throws(ConfigurationError) in
             config.webhookQueueSize = try integer(value, "webhook_queue_size", 1...1_000_000)
+        },
+        Setting(name: "event_log_max_events", help: "events kept per job for replay and resume, default 10000") { config, value throws(ConfigurationError) in
+            config.eventLogMaxEvents = try integer(value, "event_log_max_events", 16...10_000_000)
         },
         Setting(name: "log_format", help: "logfmt (default) or json") { config, value throws(ConfigurationError) in
             guard let format = LogFormat(rawValue: value.lowercased()) else {

@@ -68,10 +68,19 @@ public final class BlobExpiry: Sendable {
 
     private let state = Mutex(State())
 
-    public init(store: BlobStore, results: ResultIndex, configuration: Configuration) {
+    /// Digests kept although no result references them (finished uploads: `UploadAliases.pinnedDigests`).
+    private let pinned: @Sendable () -> Set<Digest128>
+
+    public init(
+        store: BlobStore,
+        results: ResultIndex,
+        configuration: Configuration,
+        pinned: @escaping @Sendable () -> Set<Digest128> = { [] }
+    ) {
         self.store = store
         self.results = results
         self.configuration = configuration
+        self.pinned = pinned
     }
 
     /// Marks the blob used now. Cheap (a lock and a dictionary write): call it on every file served and after each
@@ -118,7 +127,7 @@ public final class BlobExpiry: Sendable {
             report.resultsWithMissingBlobs = results.removeResults(referencing: missing, storedBefore: scanStarted)
         }
 
-        let unreferenced = results.unreferenced(among: entries.map(\.digest))
+        let unreferenced = results.unreferenced(among: entries.map(\.digest)).subtracting(pinned())
         let blobs = state.withLock { state -> [BlobExpiryPlan.Blob] in
             // Forget touches of blobs that are gone (but not of one put since the scan began).
             state.touched = state.touched.filter {
@@ -138,7 +147,7 @@ public final class BlobExpiry: Sendable {
 
         // Look again right before deleting: a result may have been stored, or the blob served, since the scan.
         let idleBefore = now.secondsSinceEpoch - configuration.budget.gracePeriodSeconds
-        let stillUnreferenced = results.unreferenced(among: plan.garbage)
+        let stillUnreferenced = results.unreferenced(among: plan.garbage).subtracting(pinned())
         let garbage = state.withLock { state in
             plan.garbage.filter { stillUnreferenced.contains($0) && (state.touched[$0] ?? 0) < idleBefore }
         }

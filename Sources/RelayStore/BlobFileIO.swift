@@ -88,7 +88,6 @@ enum BlobFileIO {
         return bytes
     }
 
-    /// A new file that did not exist before (`O_EXCL`); nil when the name is taken.
     /// Creates a new file named `prefix` + a random suffix (O_EXCL, retried on a name clash), lets `write` fill
     /// it, fsyncs and closes it. On any failure the file is removed again, so no half-written file is left behind.
     /// The step every durable write starts with: the caller then renames or links the returned path into place.
@@ -96,6 +95,22 @@ enum BlobFileIO {
         prefix: String,
         _ write: (Int32, String) throws(StoreError) -> Void
     ) throws(StoreError) -> String {
+        let (fd, path) = try createTemporaryFile(prefix: prefix)
+        do throws(StoreError) {
+            try write(fd, path)
+        } catch {
+            close(fd)
+            _ = try? remove(path)
+            throw error
+        }
+        try completeTemporaryFile(fd, path: path)
+        return path
+    }
+
+    /// The first half of `writeTemporaryFile`, for a file filled by many calls (an upload streamed to disk): a new
+    /// file `prefix` + a random suffix, opened for writing. Finish it with `completeTemporaryFile`, or close and
+    /// remove it.
+    static func createTemporaryFile(prefix: String) throws(StoreError) -> (fd: Int32, path: String) {
         var path = prefix + String(UInt64.random(in: .min ... .max), radix: 16)
         var descriptor = try createExclusive(path)
         while descriptor == nil {
@@ -103,8 +118,13 @@ enum BlobFileIO {
             descriptor = try createExclusive(path)
         }
         guard let fd = descriptor else { throw .io(path: path, errno: EEXIST) }
+        return (fd, path)
+    }
+
+    /// The second half of `writeTemporaryFile`: fsync and close (both reported: some filesystems say ENOSPC only
+    /// there). On failure the file is removed, so nothing half-written stays behind.
+    static func completeTemporaryFile(_ fd: Int32, path: String) throws(StoreError) {
         do throws(StoreError) {
-            try write(fd, path)
             try sync(fd, path: path)
         } catch {
             close(fd)
@@ -117,7 +137,6 @@ enum BlobFileIO {
             _ = try? remove(path)
             throw error
         }
-        return path
     }
 
     static func createExclusive(_ path: String) throws(StoreError) -> Int32? {

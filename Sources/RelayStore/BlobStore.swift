@@ -1,3 +1,4 @@
+public import NIOCore
 public import NIOPosix
 public import RelayCore
 
@@ -67,7 +68,7 @@ public final class BlobStore: Sendable {
 
     private func putBlocking(_ bytes: [UInt8], mediaType: MediaType) throws(StoreError) -> BlobRecord {
         let digest = hasher.digest(bytes)
-        if let existing = try existingRecord(digest, matching: bytes, mediaType: mediaType) {
+        if let existing = try existingRecord(digest, matching: .bytes(bytes), mediaType: mediaType) {
             return existing
         }
 
@@ -81,53 +82,88 @@ public final class BlobStore: Sendable {
             }
         }
 
-        let shard = try makeShard(digest)
-        let target = path(for: digest, compressed: compressed)
         let temporary = try writeTemporaryFile(payload, digest: digest)
+        let record = BlobRecord(digest: digest, size: bytes.count, storedSize: payload.count, mediaType: mediaType)
+        return try place(temporary, as: record, compressed: compressed, content: .bytes(bytes))
+    }
+
+    /// What is being stored, for comparing with a blob already on disk: bytes in memory, or an upload's file.
+    private enum Content {
+        case bytes([UInt8])
+        case file(path: String, size: Int)
+
+        var size: Int {
+            switch self {
+            case .bytes(let bytes): bytes.count
+            case .file(_, let size): size
+            }
+        }
+    }
+
+    /// Links a complete, fsynced temporary file into place as `record`'s blob and removes its temporary name — the
+    /// one placement step of every write. When another writer placed the digest first, compares with its file.
+    private func place(_ temporary: String, as record: BlobRecord, compressed: Bool, content: Content) throws(StoreError) -> BlobRecord {
+        let digest = record.digest
+        let shard: String
         let placed: Bool
+        let target = path(for: digest, compressed: compressed)
         do throws(StoreError) {
+            shard = try makeShard(digest)
             placed = try BlobFileIO.linkIfAbsent(temporary, target)
         } catch {
             _ = try? BlobFileIO.remove(temporary)
             throw error
         }
-        // Once linked, the temporary name is only debris; a failed unlink is swept at the next start.
-        _ = try? BlobFileIO.remove(temporary)
-
         guard placed else {
             // Another put of this digest won the race between our check and our link. Its file is complete (it
             // was fsynced before it was linked): compare with it like any existing blob.
-            if let existing = try existingRecord(digest, matching: bytes, mediaType: mediaType) {
+            defer { _ = try? BlobFileIO.remove(temporary) }
+            if let existing = try existingRecord(digest, matching: content, mediaType: record.mediaType) {
                 return existing
             }
             throw .io(path: target, errno: EEXIST)  // linked by someone and removed again at once
         }
+        // Once linked, the temporary name is only debris; a failed unlink is swept at the next start.
+        _ = try? BlobFileIO.remove(temporary)
         try BlobFileIO.syncDirectory(shard)
-        return BlobRecord(digest: digest, size: bytes.count, storedSize: payload.count, mediaType: mediaType)
+        return record
     }
 
-    /// The record of an existing blob of `digest` when it holds exactly `bytes`; nil when there is none.
+    /// The record of an existing blob of `digest` when it holds exactly `content`; nil when there is none.
     private func existingRecord(
         _ digest: Digest128,
-        matching bytes: [UInt8],
+        matching content: Content,
         mediaType: MediaType
     ) throws(StoreError) -> BlobRecord? {
         let rawPath = path(for: digest, compressed: false)
         if let status = try BlobFileIO.status(rawPath) {
-            guard status.size == bytes.count else { throw .collision(digest) }
-            if let stored = try BlobFileIO.readAll(rawPath) {
-                guard Self.equal(stored, bytes) else { throw .collision(digest) }
-                return BlobRecord(digest: digest, size: bytes.count, storedSize: stored.count, mediaType: mediaType)
+            guard status.size == content.size else { throw .collision(digest) }
+            switch content {
+            case .bytes(let bytes):
+                if let stored = try BlobFileIO.readAll(rawPath) {
+                    guard Self.equal(stored, bytes) else { throw .collision(digest) }
+                    return BlobRecord(digest: digest, size: bytes.count, storedSize: stored.count, mediaType: mediaType)
+                }
+            case .file(let path, let size):
+                if let same = try BlobFileIO.contentsEqual(rawPath, path) {
+                    guard same else { throw .collision(digest) }
+                    return BlobRecord(digest: digest, size: size, storedSize: size, mediaType: mediaType)
+                }
             }
         }
         let framePath = path(for: digest, compressed: true)
         if let frame = try BlobFileIO.readAll(framePath) {
             let header = Array(frame.prefix(LZ4FrameCodec.maximumHeaderSize))
-            guard LZ4FrameCodec.contentSize(ofFrameHeader: header) == bytes.count,
-                let stored = try? LZ4FrameCodec.decompress(frame),
-                Self.equal(stored, bytes)
+            guard LZ4FrameCodec.contentSize(ofFrameHeader: header) == content.size,
+                let stored = try? LZ4FrameCodec.decompress(frame)
             else { throw .collision(digest) }
-            return BlobRecord(digest: digest, size: bytes.count, storedSize: frame.count, mediaType: mediaType)
+            let same: Bool
+            switch content {
+            case .bytes(let bytes): same = Self.equal(stored, bytes)
+            case .file(let path, _): same = try BlobFileIO.contentsEqual(path, bytes: stored)
+            }
+            guard same else { throw .collision(digest) }
+            return BlobRecord(digest: digest, size: content.size, storedSize: frame.count, mediaType: mediaType)
         }
         return nil
     }
@@ -154,6 +190,48 @@ public final class BlobStore: Sendable {
     /// Compression has to pay for losing sendfile and for decoding on every read: at least 1/16 smaller.
     static func isWorthStoringCompressed(frameSize: Int, contentSize: Int) -> Bool {
         frameSize <= contentSize - contentSize / 16 && frameSize < contentSize
+    }
+
+    // MARK: - Uploads
+
+    /// A new upload: bytes appended to a file in `tmp/` as they arrive, then placed by `finish`. No I/O yet.
+    public func makeUpload() -> BlobUpload {
+        BlobUpload(prefix: "\(temporaryDirectory)/upload.\(getpid()).", hasher: hasher)
+    }
+
+    /// Appends the readable bytes of `buffer` on the thread pool. Wait for each append before the next.
+    /// Fails with `StoreError` (`.diskFull` on ENOSPC/EDQUOT); the upload's file is gone after a failure.
+    public func append(_ buffer: ByteBuffer, to upload: BlobUpload, eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        onThreadPool(eventLoop: eventLoop) { () throws(StoreError) in try upload.appendBlocking(buffer) }
+    }
+
+    /// fsyncs the upload's file and links it into place as a raw blob (uploads are stored raw: served back with
+    /// sendfile, and never copied again to compress them). The same bytes already stored — raw or LZ4 — give that
+    /// blob's record and the upload's file is removed. Fails with `StoreError` (`.diskFull`, `.collision`); nothing
+    /// is left in `tmp/` either way.
+    public func finish(_ upload: BlobUpload, mediaType: MediaType, eventLoop: any EventLoop) -> EventLoopFuture<BlobRecord> {
+        onThreadPool(eventLoop: eventLoop) { () throws(StoreError) -> BlobRecord in
+            let (temporary, digest, size) = try upload.completeBlocking()
+            let content = Content.file(path: temporary, size: size)
+            let existing: BlobRecord?
+            do throws(StoreError) {
+                existing = try self.existingRecord(digest, matching: content, mediaType: mediaType)
+            } catch {
+                _ = try? BlobFileIO.remove(temporary)
+                throw error
+            }
+            if let existing {
+                _ = try? BlobFileIO.remove(temporary)
+                return existing
+            }
+            let record = BlobRecord(digest: digest, size: size, storedSize: size, mediaType: mediaType)
+            return try self.place(temporary, as: record, compressed: false, content: content)
+        }
+    }
+
+    /// Drops an upload that will not be finished (the client left, or the body broke a limit): its file is removed.
+    public func discard(_ upload: BlobUpload) {
+        threadPool.submit { _ in upload.discardBlocking() }
     }
 
     // MARK: - Reading
@@ -347,6 +425,15 @@ public final class BlobStore: Sendable {
             throw Task.isCancelled ? .cancelled : .shutdown
         }
         return try result.get()
+    }
+
+    /// `onThreadPool` for callers on an event loop (the HTTP handler): the failure is a `StoreError`.
+    private func onThreadPool<T: Sendable>(
+        eventLoop: any EventLoop,
+        _ body: @escaping @Sendable () throws(StoreError) -> T
+    ) -> EventLoopFuture<T> {
+        threadPool.runIfActive(eventLoop: eventLoop) { () throws -> T in try body() }
+            .flatMapErrorThrowing { error in throw (error as? StoreError) ?? .shutdown }
     }
 
     private static func equal(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {

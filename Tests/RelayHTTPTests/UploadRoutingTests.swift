@@ -1,0 +1,151 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import Testing
+
+@testable import RelayHTTP
+
+@Suite struct UploadRoutingTests {
+    let router = Router(queueHosts: [HostPattern("127.0.0.1")!], runHosts: [HostPattern("localhost")!])
+    let id = Digest128(hex: "602491bde843c35072527ad35c1e6cc6")!
+    let digest = Digest128(hex: "8287ec0846956a9509ed13ee619199bb")!
+
+    @Test(arguments: ["rest.fal.ai", "v3.fal.media", "127.0.0.1:8443", "localhost:8443"])
+    func storageRoutesOnEveryHost(host: String) {
+        #expect(
+            router.route(method: .POST, host: host, uri: "/storage/upload/initiate?storage_type=gcs") == .uploadInitiate
+        )
+        #expect(
+            router.route(method: .POST, host: host, uri: "/storage/auth/token?storage_type=fal-cdn-v3") == .storageToken
+        )
+        #expect(router.route(method: .POST, host: host, uri: "/files/upload") == .v3Upload)
+        #expect(
+            router.route(method: .PUT, host: host, uri: "/storage/upload/\(id.hex)/abcdef0123456789.ff00")
+                == .uploadPut(id: id, token: "abcdef0123456789.ff00")
+        )
+        #expect(router.route(method: .GET, host: host, uri: "/files/uploads/\(id.hex)/photo.png") == .uploadAlias(id))
+        #expect(router.route(method: .HEAD, host: host, uri: "/files/uploads/\(id.hex)") == .uploadAlias(id))
+    }
+
+    @Test func uploadRoutesDoNotCollideWithMediaFiles() {
+        #expect(
+            router.route(method: .GET, host: "127.0.0.1", uri: "/files/\(digest.hex).png")
+                == .file(digest, fileExtension: "png")
+        )
+        #expect(router.route(method: .GET, host: "127.0.0.1", uri: "/files/upload") == .methodNotAllowed)
+        #expect(router.route(method: .POST, host: "127.0.0.1", uri: "/files/\(digest.hex).png") == .methodNotAllowed)
+        #expect(router.route(method: .GET, host: "127.0.0.1", uri: "/files/uploads/not-hex/x.png") == .notFound)
+        #expect(
+            router.route(method: .GET, host: "127.0.0.1", uri: "/files/uploads/\(id.hex.uppercased())/x.png")
+                == .notFound
+        )
+        #expect(
+            router.route(method: .PUT, host: "127.0.0.1", uri: "/storage/upload/\(id.hex)/not a token") == .notFound
+        )
+        #expect(router.route(method: .PUT, host: "127.0.0.1", uri: "/storage/upload/\(id.hex)/short") == .notFound)
+        #expect(
+            router.route(method: .POST, host: "127.0.0.1", uri: "/storage/upload/\(id.hex)/abcdef0123456789.ff00")
+                == .methodNotAllowed
+        )
+        #expect(router.route(method: .GET, host: "127.0.0.1", uri: "/storage/upload/initiate") == .methodNotAllowed)
+        #expect(router.route(method: .GET, host: "127.0.0.1", uri: "/storage/auth/token") == .methodNotAllowed)
+    }
+
+    @Test func uploadsDrawFromTheSubmissionBudget() {
+        #expect(RateLimitPolicy.Budget(route: .uploadInitiate) == .submissions)
+        #expect(RateLimitPolicy.Budget(route: .v3Upload) == .submissions)
+        #expect(RateLimitPolicy.Budget(route: .storageToken) == .reads)
+        #expect(RateLimitPolicy.Budget(route: .uploadAlias(id)) == .reads)
+        #expect(RateLimitPolicy.Budget(route: .uploadPut(id: id, token: "x")) == nil)  // paid for at initiate
+    }
+
+    @Test func storageTokenExpiryHasAnExplicitOffsetAndNeverOverstates() {
+        let now = Timestamp(secondsSinceEpoch: 1_795_574_398.75)
+        let expiry = UploadService.expiry(now: now, seconds: 3600)
+        #expect(expiry.secondsSinceEpoch == 1_795_574_398 + 3600)
+        #expect(UploadService.expiry(now: now, seconds: 99_999).secondsSinceEpoch == 1_795_574_398 + 3600)  // token cap
+        #expect(UploadService.expiry(now: now, seconds: 1).secondsSinceEpoch == 1_795_574_398 + 10)
+        let body = UploadService.storageTokenBody(token: "t", expiresAt: expiry, baseURL: "https://127.0.0.1:8443")
+        #expect(body["token_type"] == "Bearer")
+        #expect(body["expires_at"]?.stringValue == "2026-11-25T03:39:58.000000+00:00")
+    }
+
+    @Test func fileNamesAreSafeInURLs() {
+        #expect(UploadService.safeFileName("photo.png") == "photo.png")
+        #expect(UploadService.safeFileName("x y/../é.png") == "x_y_.._é.png".replacingOccurrences(of: "é", with: "_"))
+        #expect(UploadService.safeFileName("..hidden") == "hidden")
+        #expect(UploadService.safeFileName("") == "upload.bin")
+    }
+}
+
+@Suite struct UploadReceiverTests {
+    func chunk(_ count: Int) -> ByteBuffer {
+        ByteBuffer(repeating: 7, count: count)
+    }
+
+    @Test func writesOneAtATimeAndPausesReadingAtTheHighWaterMark() {
+        var receiver = UploadReceiver(limit: 100, highWater: 10)
+        var first = chunk(4)
+        let start = receiver.received(&first)
+        #expect(start.write?.readableBytes == 4)  // nothing in flight: written at once
+        var second = chunk(6)
+        #expect(receiver.received(&second).write == nil)  // a write is in flight: collected
+        #expect(receiver.pendingBytes == 6)
+        var third = chunk(5)
+        let pause = receiver.received(&third)
+        #expect(pause.reading == false)  // 11 ≥ 10 pending: stop reading the socket
+        #expect(receiver.paused)
+        let resume = receiver.writeSucceeded()
+        #expect(resume.write?.readableBytes == 11)  // everything collected goes in one write
+        #expect(resume.reading == true)
+        #expect(!receiver.paused)
+        #expect(receiver.endReceived().finish == false)  // still writing
+        let finish = receiver.writeSucceeded()
+        #expect(finish.finish)
+        #expect(finish.write == nil)
+        #expect(receiver.writeSucceeded().finish == false)  // done: nothing more happens
+    }
+
+    @Test func overTheLimitFailsWith413AndStops() {
+        var receiver = UploadReceiver(limit: 10, highWater: 4)
+        var a = chunk(8)
+        _ = receiver.received(&a)
+        var b = chunk(3)
+        let over = receiver.received(&b)
+        #expect(over.failure?.status == 413)
+        #expect(over.write == nil)
+        #expect(receiver.writeSucceeded().write == nil)
+        #expect(receiver.endReceived().finish == false)
+    }
+
+    @Test func aFailedWriteEndsTheUploadWithItsError() {
+        var receiver = UploadReceiver(limit: 100, highWater: 4)
+        var a = chunk(3)
+        _ = receiver.received(&a)
+        var b = chunk(3)
+        _ = receiver.received(&b)
+        let failed = receiver.writeFailed(.insufficientStorage())
+        #expect(failed.failure?.status == 507)
+        #expect(receiver.endReceived().finish == false)
+    }
+
+    @Test func aFailureWhilePausedResumesReading() {
+        // The request's end was already decoded when reading paused; the connection stays open after the error,
+        // so it must read again or its next request would hang.
+        var receiver = UploadReceiver(limit: 100, highWater: 4)
+        var a = chunk(3)
+        _ = receiver.received(&a)
+        var b = chunk(5)
+        #expect(receiver.received(&b).reading == false)
+        #expect(receiver.endReceived().finish == false)
+        let failed = receiver.writeFailed(.insufficientStorage())
+        #expect(failed.failure?.status == 507)
+        #expect(failed.reading == true)
+        #expect(receiver.ended)
+    }
+
+    @Test func anEmptyBodyFinishesAtTheEnd() {
+        var receiver = UploadReceiver(limit: 100)
+        #expect(receiver.endReceived().finish)
+    }
+}
