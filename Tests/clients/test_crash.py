@@ -1,10 +1,10 @@
 """kill -9 at random moments during concurrent generations, restart on the same data directory, and check every
 durability promise (issue #4): what a client saw COMPLETED is served again by id and by key, its media whole; requests
-in flight end COMPLETED (with an error or a result) at once, never 404 and never hanging; keys stay isolated.
-
-Uploads do not exist yet: when they do, add upload threads to `_fire` and check each acknowledged upload's bytes in
-`_check_all` like media files.
+in flight end COMPLETED (with an error or a result) at once, never 404 and never hanging; keys stay isolated; every
+upload the relay acknowledged (v3 `/files/upload`, and initiate + PUT) is served byte for byte at the URL it returned,
+and an upload cut by the crash is never served torn.
 """
+import hashlib
 import os
 import random
 import re
@@ -69,6 +69,7 @@ class _Ledger:
         self.lock = threading.Lock()
         self.submitted = {}  # id -> (model, app, body)
         self.completed = {}  # id -> (status, result or None)
+        self.uploads = {}  # URL path -> sha256 of the bytes acknowledged there
 
 
 def _fire(relay, key, rng, ledger, kill_after):
@@ -111,7 +112,38 @@ def _fire(relay, key, rng, ledger, kill_after):
                 except (httpx.HTTPError, ValueError):
                     return  # the relay was killed under us
 
+    def uploader(seed):
+        local = random.Random(seed)
+        shared = os.urandom(150_000)  # uploaded again and again: the same content-addressed URL every time
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                data = shared if local.random() < 0.3 else os.urandom(local.randrange(5_000, 400_000))
+                try:
+                    if local.random() < 0.5:
+                        response = client.post(f"{base}/files/upload", content=data,
+                                               headers={**headers, "Content-Type": "application/octet-stream"})
+                        if response.status_code != 200:
+                            continue
+                        urls = [response.json()["access_url"]]
+                    else:
+                        grant = client.post(f"{base}/storage/upload/initiate?storage_type=gcs", headers=headers,
+                                            json={"file_name": "crash.bin", "content_type": "application/octet-stream"})
+                        if grant.status_code != 200:
+                            continue
+                        put = client.put(grant.json()["upload_url"], content=data,
+                                         headers={"Content-Type": "application/octet-stream"})
+                        if put.status_code != 200:
+                            continue
+                        urls = [grant.json()["file_url"], put.json()["access_url"]]
+                    digest = hashlib.sha256(data).hexdigest()
+                    with ledger.lock:
+                        for url in urls:
+                            ledger.uploads[re.sub(r"^https?://[^/]+", "", url)] = digest
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return  # the relay was killed under us
+
     threads = [threading.Thread(target=worker, args=(rng.randrange(10**9), index % 3 != 0)) for index in range(6)]
+    threads += [threading.Thread(target=uploader, args=(rng.randrange(10**9),)) for _ in range(2)]
     for thread in threads:
         thread.start()
     time.sleep(kill_after)
@@ -171,6 +203,13 @@ def _check_all(relay, owner, ledger):
             replay = client.get(f"{base}/{app}/requests/{again.json()['request_id']}", headers=headers).json()
             assert _normalise(replay) == _normalise(ledger.completed[request_id][1][1])
 
+        # Every acknowledged upload, whole, at every URL it was given.
+        for path, digest in sorted(ledger.uploads.items()):
+            response = client.get(f"{base}{path}")
+            assert response.status_code == 200, (path, response.status_code)
+            assert int(response.headers["content-length"]) == len(response.content), path
+            assert hashlib.sha256(response.content).hexdigest() == digest, f"{path}: bytes differ after a crash"
+
         # Isolation: another key sees none of them.
         stranger = {"Authorization": f"Key {relay.key}"}
         assert relay.key != owner
@@ -195,7 +234,8 @@ def test_sigkill_during_generations_keeps_every_promise(tmp_path):
             owner = owner or relay.key
             if round_number > 0:
                 media = _check_all(relay, owner, ledger)
-                print(f"round {round_number}: {len(ledger.submitted)} ids, {len(ledger.completed)} seen COMPLETED, {media} media files checked")
+                print(f"round {round_number}: {len(ledger.submitted)} ids, {len(ledger.completed)} seen COMPLETED, "
+                      f"{media} media files and {len(ledger.uploads)} upload URLs checked")
             if round_number == ROUNDS:
                 break
             _fire(relay, owner, rng, ledger, kill_after=rng.uniform(1.5, 3.5))
@@ -204,4 +244,5 @@ def test_sigkill_during_generations_keeps_every_promise(tmp_path):
                 relay.stop()
     assert relay.process.returncode == 0, "".join(relay.output[-40:])
     assert len(ledger.completed) > 0 and len(ledger.submitted) > len(ledger.completed)
+    assert len(ledger.uploads) > 0
     assert time.time() - started < TOTAL_SECONDS
