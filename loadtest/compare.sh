@@ -47,19 +47,7 @@ LOAD_BIN=${LOAD_BIN:-$HERE/.build/release/relay-load}
 RELAY_THREADS=${RELAY_THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
-# NICE=-10 runs the relay, nginx and relay-load at that nice level, so that a build running beside them gets only
-# what they leave (on a shared machine that never goes quiet). Negative values need root. With autogroup scheduling
-# (kernel.sched_autogroup_enabled=1) nice only ranks processes within one session's group, so the script moves
-# into a session of its own and gives that group the same nice level.
-NICE=${NICE:-0}
-NICE_CMD=""
-if [[ $NICE != 0 ]]; then
-    if [[ -z ${COMPARE_OWN_SESSION:-} ]] && command -v setsid >/dev/null; then
-        COMPARE_OWN_SESSION=1 exec setsid --wait bash "${BASH_SOURCE[0]}" "$@"
-    fi
-    [[ -w /proc/self/autogroup ]] && { echo "$NICE" >/proc/self/autogroup; } 2>/dev/null || true
-    NICE_CMD="nice -n $NICE"
-fi
+source "$HERE/nice.sh"  # NICE: the servers and relay-load at that nice level, in a session of their own
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }

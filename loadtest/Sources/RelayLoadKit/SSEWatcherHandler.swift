@@ -1,60 +1,37 @@
-import Foundation
 import NIOCore
 
-/// What one watcher saw.
-struct WatcherResult: Sendable {
-    var error: String?
-    var events = 0
-    var firstEventMicroseconds: UInt64?
-    var endUnixMicroseconds: Int64 = 0
-
-    init(error: String) { self.error = error }
-
-    init(events: Int, firstEventMicroseconds: UInt64?, endUnixMicroseconds: Int64) {
-        self.events = events
-        self.firstEventMicroseconds = firstEventMicroseconds
-        self.endUnixMicroseconds = endUnixMicroseconds
-    }
-}
-
-/// Reads one SSE stream: counts events (blank-line separated) until the response ends.
+/// Reads one SSE stream: each blank-line-terminated block with a `data:` line is an event (comment pings are not),
+/// handed whole to the shared `WatcherState`, until the response ends.
 final class SSEWatcherHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let request: ByteBuffer
-    private let promise: EventLoopPromise<WatcherResult>
-    private let createdAt = NIODeadline.now().uptimeNanoseconds
+    private let state: WatcherState
     private var parser = ResponseParser(options: .init(emitHead: true, emitBody: true))
     private var status = 0
-    private var events = 0
-    private var firstEventMicroseconds: UInt64?
-    /// The stream's previous byte was a newline (a blank line may straddle two reads).
-    private var afterNewline = false
-    private var done = false
+    /// The current block so far, without carriage returns (a block may straddle reads).
+    private var block: [UInt8] = []
+    private var blockHasData = false
+    private var afterNewline = true
 
-    private let deadline: NIODeadline
-    private var timeout: Scheduled<Void>?
-
-    init(request: ByteBuffer, deadline: NIODeadline, promise: EventLoopPromise<WatcherResult>) {
+    init(request: ByteBuffer, state: WatcherState) {
         self.request = request
-        self.deadline = deadline
-        self.promise = promise
+        self.state = state
+        block.reserveCapacity(512)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timeout = context.eventLoop.scheduleTask(deadline: deadline) {
-            bound.value.0.finish(context: bound.value.1, error: "timeout")
-        }
+        state.start(channel: context.channel)
     }
 
     /// A failed connect ends here without ever becoming active.
     func handlerRemoved(context: ChannelHandlerContext) {
-        finish(context: context, error: "connect")
+        state.finish(channel: context.channel, error: "connect")
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        state.subscribed()
         context.writeAndFlush(Self.wrapOutboundOut(request), promise: nil)
         context.fireChannelActive()
     }
@@ -62,70 +39,57 @@ final class SSEWatcherHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
         do {
-            while !done, let event = try parser.next(&buffer) {
+            while !state.done, let event = try parser.next(&buffer) {
                 switch event {
                 case .head(let head):
                     status = head.status
+                    if !(200..<300).contains(status) { state.finish(channel: context.channel, error: "http_\(status)") }
                 case .body(let chunk):
-                    countEvents(chunk)
+                    if readEvents(chunk) {
+                        // The terminal event: the relay closes the stream next; its arrival is what is measured.
+                        state.finish(channel: context.channel, error: nil)
+                    }
                 case .end:
-                    finish(context: context, error: (200..<300).contains(status) ? nil : "http_\(status)")
+                    state.finish(channel: context.channel, error: nil)
                 }
             }
         } catch {
-            finish(context: context, error: "parse")
+            state.finish(channel: context.channel, error: "parse")
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !done, (try? parser.finish()) != nil, (200..<300).contains(status) {
-            finish(context: context, error: nil)  // a read-until-close stream
+        if (try? parser.finish()) != nil, (200..<300).contains(status) {
+            state.finish(channel: context.channel, error: nil)  // a read-until-close stream
         }
-        finish(context: context, error: status == 0 ? "closed" : "closed_mid_stream")
+        state.finish(channel: context.channel, error: status == 0 ? "closed" : "closed_mid_stream")
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        finish(context: context, error: LoadConnectionHandler.kind(of: error))
+        state.finish(channel: context.channel, error: LoadConnectionHandler.kind(of: error))
     }
 
-    private func countEvents(_ chunk: ByteBuffer) {
+    /// Splits the chunk into blocks; true once the terminal event was seen.
+    private func readEvents(_ chunk: ByteBuffer) -> Bool {
         chunk.withUnsafeReadableBytes { raw in
             for byte in raw where byte != UInt8(ascii: "\r") {
                 if byte == UInt8(ascii: "\n") {
                     if afterNewline {
-                        events += 1
-                        if firstEventMicroseconds == nil {
-                            firstEventMicroseconds = (NIODeadline.now().uptimeNanoseconds &- createdAt) / 1000
-                        }
+                        if blockHasData, block.withUnsafeBytes({ state.record(event: $0) }) { return true }
+                        block.removeAll(keepingCapacity: true)
+                        blockHasData = false
+                        continue
                     }
                     afterNewline = true
                 } else {
+                    if afterNewline && byte == UInt8(ascii: "d") { blockHasData = true }  // a `data:` line
                     afterNewline = false
                 }
+                block.append(byte)
             }
+            return false
         }
-    }
-
-    private func finish(context: ChannelHandlerContext, error: String?) {
-        guard !done else { return }
-        done = true
-        timeout?.cancel()
-        if let error {
-            promise.succeed(WatcherResult(error: error))
-        } else {
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            let unixMicroseconds = Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
-            promise.succeed(
-                WatcherResult(
-                    events: events,
-                    firstEventMicroseconds: firstEventMicroseconds,
-                    endUnixMicroseconds: unixMicroseconds
-                )
-            )
-        }
-        context.close(promise: nil)
     }
 }
 

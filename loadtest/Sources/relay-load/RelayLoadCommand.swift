@@ -18,7 +18,7 @@ struct RelayLoadCommand: AsyncParsableCommand {
             """,
         subcommands: [
             GetCommand.self, GetRangeCommand.self, PollCommand.self, SubmitMixCommand.self, NewTLSCommand.self,
-            SSEFanoutCommand.self,
+            SSEFanoutCommand.self, WSFanoutCommand.self,
         ]
     )
 }
@@ -274,60 +274,67 @@ struct SubmitMixCommand: AsyncParsableCommand {
     }
 }
 
-struct SSEFanoutCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "sse-fanout",
-        abstract: "Many SSE watchers of one job, across several processes.",
-        discussion: """
-            URL is a status stream (…/requests/<id>/status/stream), or a model endpoint: then one job is \
-            submitted with --body and all watchers follow it. Start the relay with a time scale above 0 (e.g. \
-            --synthetic-time-scale 1) so the job runs while the watchers attach. With --processes P the \
-            watchers are split over P child processes of this program; the report merges them: first-event \
-            latency percentiles and the spread between the first and the last watcher seeing the stream end.
-            Events are blank-line-terminated SSE blocks (comment pings included).
-            """
-    )
-
-    @OptionGroup var options: CommonOptions
-    @Argument(help: "A status stream URL or a model endpoint") var url: String
+/// The options and the run of both fan-out scenarios (sse-fanout, ws-fanout): one job, many watchers, spread over
+/// child processes of this program, one merged report.
+struct FanoutOptions: ParsableArguments {
+    @Argument(help: "A status stream URL (…/requests/<id>/status/stream) or a model endpoint") var url: String
     @Option(help: "Watchers in all.") var watchers = 1000
     @Option(help: "Processes to spread the watchers over.") var processes = 1
+    @Option(help: "sse, ws, or mixed (watchers alternate SSE and WS). Default: the scenario's own.")
+    var transport: String?
     @Option(help: "JSON body of the submit when URL is a model endpoint.")
     var body =
         #"{"prompt":"relay-load fan-out","seed":7,"image_size":{"width":512,"height":512},"num_inference_steps":28}"#
+    @Option(help: "Memory: the server's pid (repeatable: the sum, e.g. nginx's master and workers); read VmRSS before, with all watchers attached, and --settle s later, then close (one process).")
+    var memoryPid: [Int32] = []
+    @Option(help: "Seconds to wait after attaching before the settled RSS reading (and after closing).") var settle = 5.0
+    @Option(help: "Spread the watchers over this many loopback source addresses (127.0.1.1…), as many clients would be: the relay caps connections per address (max_connections_per_ip, 1024).")
+    var sourceAddresses = 1
     @Flag(help: .hidden) var child = false
 
-    func run() async throws {
+    func run(options: CommonOptions, defaultMix: WatcherFanout.Mix) async throws {
+        guard let mix = transport.map({ WatcherFanout.Mix(rawValue: $0) }) ?? defaultMix else {
+            throw ValidationError("--transport is sse, ws or mixed")
+        }
+        if !memoryPid.isEmpty && processes > 1 { throw ValidationError("--memory-pid needs --processes 1") }
         var target = try options.url(url)
         if !target.target.contains("/requests/") {
             let status = try await options.submitForStatusPath(url: target, body: body)
-            target = target.with(target: status + "/stream")
+            target = target.with(target: status + "/stream?logs=1")
         }
-        let plan = RequestPlan(url: target, headers: options.headers + ["Accept: text/event-stream"])
+        guard let watchTarget = WatcherFanout.Target(statusStream: target, headers: options.headers) else {
+            throw ValidationError("no request id in \(target)")
+        }
         let start = ContinuousClock.now
-        var sample = SSEFanout.Sample()
+        var sample = WatcherFanout.Sample()
+        var memory: WatcherFanout.Memory?
         if processes <= 1 || child {
-            sample = try await SSEFanout.watch(
-                plan: plan,
+            (sample, memory) = try await WatcherFanout.watch(
+                target: watchTarget,
+                mix: mix,
                 watchers: watchers,
                 threads: options.threads,
                 tls: try options.tlsContext(for: target),
-                timeoutSeconds: options.duration
+                timeoutSeconds: options.duration,
+                memoryOf: memoryPid.isEmpty ? nil : memoryPid,
+                settleSeconds: settle,
+                sourceAddresses: sourceAddresses
             )
         } else {
-            sample = try await runChildren(url: target)
+            sample = try await runChildren(url: target, mix: mix, options: options)
         }
         if child {
-            let data = try JSONEncoder().encode(sample)
-            FileHandle.standardOutput.write(data)
+            FileHandle.standardOutput.write(try JSONEncoder().encode(sample))
             return
         }
         let wall = ContinuousClock.now - start
-        let report = SSEFanout.Report(
+        let report = WatcherFanout.Report(
             url: target.description,
+            transport: mix,
             processes: max(1, processes),
             sample: sample,
-            wallSeconds: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18
+            wallSeconds: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18,
+            memory: memory
         )
         if let output = options.output {
             try Data((report.json() + "\n").utf8).write(to: URL(fileURLWithPath: output))
@@ -336,14 +343,17 @@ struct SSEFanoutCommand: AsyncParsableCommand {
     }
 
     /// Runs this program once per process with its share of the watchers and merges their samples.
-    private func runChildren(url: TargetURL) async throws -> SSEFanout.Sample {
+    private func runChildren(url: TargetURL, mix: WatcherFanout.Mix, options: CommonOptions) async throws
+        -> WatcherFanout.Sample
+    {
         let executable = URL(fileURLWithPath: "/proc/self/exe")
         var children: [(Process, Pipe)] = []
         for index in 0..<processes {
             let share = watchers / processes + (index < watchers % processes ? 1 : 0)
             var arguments = [
-                "sse-fanout", url.description, "--child", "--watchers", String(share),
+                "sse-fanout", url.description, "--child", "--transport", mix.rawValue, "--watchers", String(share),
                 "--threads", String(options.threads), "--duration", String(options.duration),
+                "--source-addresses", String(sourceAddresses),
             ]
             if let caFile = options.caFile { arguments += ["--ca-file", caFile] }
             if options.insecure { arguments.append("--insecure") }
@@ -356,7 +366,7 @@ struct SSEFanoutCommand: AsyncParsableCommand {
             try process.run()
             children.append((process, pipe))
         }
-        var merged = SSEFanout.Sample()
+        var merged = WatcherFanout.Sample()
         for (process, pipe) in children {
             let data = pipe.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
@@ -364,8 +374,44 @@ struct SSEFanoutCommand: AsyncParsableCommand {
                 merged.errors["child_failed", default: 0] += 1
                 continue
             }
-            merged.merge(try JSONDecoder().decode(SSEFanout.Sample.self, from: data))
+            merged.merge(try JSONDecoder().decode(WatcherFanout.Sample.self, from: data))
         }
         return merged
     }
+}
+
+private let fanoutDiscussion = """
+    URL is a status stream (…/requests/<id>/status/stream?logs=1), or a model endpoint: then one job is submitted \
+    with --body and all watchers follow it (SSE: the status stream with ?logs=1; WS: GET /ws on the same server and \
+    {"type":"watch","request_id":…}). Start the relay with a time scale above 0 (e.g. --synthetic-time-scale 1) \
+    so the job runs while the watchers attach. With --processes P the watchers are split over P child processes \
+    of this program; the report merges them: first-event latency, the lag of every live log-line event (receive \
+    time minus the relay's timestamp of that line), whether every watcher got the terminal event, and the spread \
+    between the first and the last watcher receiving it. --memory-pid reads the relay's VmRSS around N idle watchers.
+    """
+
+struct SSEFanoutCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sse-fanout",
+        abstract: "Many SSE (or, with --transport, WS or mixed) watchers of one job, across several processes.",
+        discussion: fanoutDiscussion
+    )
+
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var fanout: FanoutOptions
+
+    func run() async throws { try await fanout.run(options: options, defaultMix: .sse) }
+}
+
+struct WSFanoutCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ws-fanout",
+        abstract: "Many /ws WebSocket watchers of one job (sse-fanout --transport ws).",
+        discussion: fanoutDiscussion
+    )
+
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var fanout: FanoutOptions
+
+    func run() async throws { try await fanout.run(options: options, defaultMix: .ws) }
 }
