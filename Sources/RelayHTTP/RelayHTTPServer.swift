@@ -197,7 +197,8 @@ public final class RelayHTTPServer: Service, Sendable {
         let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog), eventLoop: channel.eventLoop)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
-                upgraders: [Self.webSocketUpgrader(services: services)],
+                // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.
+                upgraders: refusal == nil ? [Self.webSocketUpgrader(services: services)] : [],
                 completionHandler: { context in
                     // The socket speaks WebSocket now: the HTTP handlers leave (it has deadlines of its own).
                     let (handler, tap, timer, accessLog) = boundHandlers.value

@@ -176,6 +176,13 @@ def test_connections_per_address_are_capped_with_a_clear_503(strict):
         assert headers["x-fal-error-type"] == "too_many_connections"
         assert "Too many connections from your address" in body["detail"]
         assert closed_after is not None
+        # A WebSocket upgrade over the cap is refused the same way, never upgraded.
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{strict.http_port}/ws", additional_headers={"Authorization": f"Key {strict.key}"},
+                    open_timeout=10)
+        assert refused.value.response.status_code == 503
     finally:
         for sock in held:
             sock.close()
