@@ -503,12 +503,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .exchanging(exchange)
         let number = exchange.number
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        let subscription = request.job.subscribe(after: sequence) { event in
-            eventLoop.execute {
-                let (handler, context) = bound.value
-                handler.receive(event, context: context, number: number)
-            }
+        let subscription = request.job.subscribe(after: sequence, on: context.eventLoop) { event in
+            let (handler, context) = bound.value
+            handler.receive(event, context: context, number: number)
         }
         if case .exchanging(var current) = state, current.number == number {
             current.subscriptionToken = subscription.token
@@ -623,12 +620,23 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             // A request cancelled on its own ends even while its shared job runs on.
             let cancelled = services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false
             guard var (phase, logs) = FalWire.statusUpdate(for: event, withLogs: withLogs) else { return }
+            let frame: ByteBuffer
             if cancelled {
                 phase = .completed(.cancelled)
                 logs = withLogs ? [] : nil
+                frame = sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+            } else {
+                // Every watcher of this request on this loop gets the same bytes: build them once per event.
+                let key = FrameMemo.Key(
+                    kind: .sse, job: ObjectIdentifier(request.job), sequence: event.sequence, requestID: request.id,
+                    withLogs: withLogs, origin: base.origin, app: base.app
+                )
+                frame = FrameMemo.current.frame(for: key) {
+                    // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
+                    sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+                }
             }
-            // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
-            writeSSE(context: context, data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence)
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
             if case .completed = phase {
                 endStream(exchange, context: context)
             }
@@ -636,13 +644,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
+        let frame = sseFrame(data: data, id: id, allocator: context.channel.allocator)
+        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
+    }
+
+    /// `id: n` (optional), `data: <json>`, blank line.
+    func sseFrame(data: JSONValue, id: Int?, allocator: ByteBufferAllocator) -> ByteBuffer {
         var bytes: [UInt8] = id.map { Array("id: \($0)\n".utf8) } ?? []
         bytes.append(contentsOf: "data: ".utf8)
         data.write(into: &bytes)
         bytes.append(contentsOf: [UInt8(ascii: "\n"), UInt8(ascii: "\n")])
-        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
-        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        return allocator.buffer(bytes: bytes)
     }
 
     func writeSSE(context: ChannelHandlerContext, text: String) {
@@ -813,3 +825,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 @available(*, unavailable)
 extension RelayHTTPHandler: Sendable {}
+
+extension Job {
+    /// Subscribes a handler living on `eventLoop`: `body` runs on that loop, and all subscribers on one loop share one
+    /// hop per batch of events.
+    func subscribe(after sequence: Int, on eventLoop: any EventLoop, _ body: @escaping @Sendable (JobEvent) -> Void) -> Subscription {
+        subscribe(after: sequence, loop: ObjectIdentifier(eventLoop), execute: { eventLoop.execute($0) }, body)
+    }
+}

@@ -188,13 +188,10 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
         let id = request.id
-        let subscription = request.job.subscribe(after: after) { event in
-            eventLoop.execute {
-                let (handler, context) = bound.value
-                handler.deliver(event, requestID: id, context: context)
-            }
+        let subscription = request.job.subscribe(after: after, on: context.eventLoop) { event in
+            let (handler, context) = bound.value
+            handler.deliver(event, requestID: id, context: context)
         }
         if subscription.token == 0 && subscription.replay.isEmpty {
             // A finished job watched after its end: nothing will ever come.
@@ -223,7 +220,23 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     private func send(_ event: JobEvent, requestID: String, context: ChannelHandlerContext) {
-        if let message = WatchSession.message(for: event, requestID: requestID) {
+        // Every socket watching this request on this loop gets the same bytes: serialised once per event.
+        let key = subscriptions[requestID].map { subscription in
+            FrameMemo.Key(kind: .webSocket, job: ObjectIdentifier(subscription.request.job), sequence: event.sequence, requestID: requestID)
+        }
+        if let key {
+            var built = true
+            let frame = FrameMemo.current.frame(for: key) {
+                guard let message = WatchSession.message(for: event, requestID: requestID) else {
+                    built = false
+                    return ByteBuffer()
+                }
+                return context.channel.allocator.buffer(bytes: JSONValue.object(message).serialized())
+            }
+            if built && frame.readableBytes > 0 {
+                send(context: context, opcode: .text, data: frame)
+            }
+        } else if let message = WatchSession.message(for: event, requestID: requestID) {
             sendJSON(context: context, message)
         }
         if event.isTerminal {

@@ -28,9 +28,20 @@ public final class Job: Sendable {
         public let token: Int
     }
 
+    /// Hands work to the thread a group of subscribers lives on (an event loop's `execute`).
+    public typealias Executor = @Sendable (_ work: @escaping @Sendable () -> Void) -> Void
+
+    /// Subscribers that live on one event loop: one hop to that loop per batch of events, for all of them.
+    private struct LoopGroup: Sendable {
+        let execute: Executor
+        var subscribers: [Int: Subscriber]
+    }
+
     private struct State: Sendable {
         var machine = JobStateMachine()
         var subscribers: [Int: Subscriber] = [:]
+        var loopGroups: [ObjectIdentifier: LoopGroup] = [:]
+        var loopOfToken: [Int: ObjectIdentifier] = [:]
         var nextToken = 1
         var attachedRequests = 0
         var task: (any UpstreamTask)?
@@ -132,9 +143,11 @@ public final class Job: Sendable {
             guard publishing || !state.finishing else { return }
             let before = state.machine.lastSequence
             guard state.machine.apply(update, at: now) != nil else { return }
-            Self.deliver(state.machine.events(after: before), to: state.subscribers.values)
+            Self.deliver(state.machine.events(after: before), to: &state)
             if state.machine.isTerminal {
                 state.subscribers.removeAll()
+                state.loopGroups.removeAll()
+                state.loopOfToken.removeAll()
                 state.task = nil
                 state.gate = nil
                 state.recorder = nil
@@ -156,13 +169,47 @@ public final class Job: Sendable {
         }
     }
 
+    /// Like `subscribe(after:_:)`, but `subscriber` is called on its own thread: every subscriber that names the same
+    /// `loop` (an event loop) shares one `execute` per batch of events, instead of one hop each — what keeps a job
+    /// with thousands of watchers cheap to announce. Events reach each subscriber in sequence order (the batches are
+    /// queued under the job's lock, and a loop runs its queue in order). A subscriber may still receive a batch
+    /// queued just before it unsubscribed.
+    public func subscribe(
+        after sequence: Int,
+        loop: ObjectIdentifier,
+        execute: @escaping Executor,
+        _ subscriber: @escaping Subscriber
+    ) -> Subscription {
+        state.withLock { state in
+            let replay = state.machine.replay(after: sequence)
+            guard !state.machine.isTerminal else { return Subscription(replay: replay, token: 0) }
+            let token = state.nextToken
+            state.nextToken += 1
+            state.loopGroups[loop, default: LoopGroup(execute: execute, subscribers: [:])].subscribers[token] = subscriber
+            state.loopOfToken[token] = loop
+            return Subscription(replay: replay, token: token)
+        }
+    }
+
+    /// Subscribers currently registered (both kinds), for tests and statistics.
+    public var subscriberCount: Int {
+        state.withLock { state in state.subscribers.count + state.loopOfToken.count }
+    }
+
     /// The log after `sequence` without subscribing (a subscriber that fell behind catches up from here).
     public func replay(after sequence: Int) -> [JobEvent] {
         state.withLock { $0.machine.replay(after: sequence) }
     }
 
     public func unsubscribe(_ token: Int) {
-        _ = state.withLock { $0.subscribers.removeValue(forKey: token) }
+        state.withLock { state in
+            if state.subscribers.removeValue(forKey: token) != nil { return }
+            guard let loop = state.loopOfToken.removeValue(forKey: token) else { return }
+            state.loopGroups[loop]?.subscribers[token] = nil
+            if state.loopGroups[loop]?.subscribers.isEmpty == true {
+                state.loopGroups[loop] = nil
+            }
+        }
     }
 
     /// Counts a request that now waits on this job. Returns false when the job already ended (attach elsewhere).
@@ -180,8 +227,10 @@ public final class Job: Sendable {
         let task = state.withLock { state -> (any UpstreamTask)? in
             state.attachedRequests = max(0, state.attachedRequests - 1)
             guard state.attachedRequests == 0, let event = state.machine.cancel() else { return nil }
-            Self.deliver(CollectionOfOne(event), to: state.subscribers.values)
+            Self.deliver(CollectionOfOne(event), to: &state)
             state.subscribers.removeAll()
+            state.loopGroups.removeAll()
+            state.loopOfToken.removeAll()
             state.gate = nil
             state.recorder = nil
             let task = state.task
@@ -212,13 +261,23 @@ public final class Job: Sendable {
         state.withLock { $0.attachedRequests }
     }
 
-    private static func deliver(
-        _ events: some Collection<JobEvent>,
-        to subscribers: Dictionary<Int, Subscriber>.Values
-    ) {
-        for subscriber in subscribers {
+    /// Under the lock: direct subscribers at once, loop groups as one queued batch per loop.
+    private static func deliver(_ events: some Collection<JobEvent>, to state: inout State) {
+        for subscriber in state.subscribers.values {
             for event in events {
                 subscriber(event)
+            }
+        }
+        guard !state.loopGroups.isEmpty else { return }
+        let batch = Array(events)
+        for group in state.loopGroups.values {
+            let subscribers = Array(group.subscribers.values)
+            group.execute {
+                for subscriber in subscribers {
+                    for event in batch {
+                        subscriber(event)
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,46 @@
+import NIOCore
+import NIOPosix
+import RelayCore
+
+/// The last stream frame built on this thread, so that the watchers of one request on one event loop — all called in
+/// one batch (`Job.subscribe(after:on:)`) — share one serialised frame instead of each rebuilding and re-serialising
+/// the same status JSON. The bytes go out as the same `ByteBuffer` (copy-on-write storage, never copied by a write).
+///
+/// One entry per thread: a batch delivers one event to many watchers of the same request in a row, which is exactly
+/// what it serves; anything else simply rebuilds.
+/// `@unchecked Sendable`: each instance lives in one thread's slot and is only ever touched by that thread.
+final class FrameMemo: @unchecked Sendable {
+    struct Key: Hashable {
+        enum Kind: UInt8 { case sse, webSocket }
+        let kind: Kind
+        let job: ObjectIdentifier
+        let sequence: Int
+        let requestID: String
+        /// What else shapes the bytes (SSE: the logs flag and the queue base of the URLs).
+        var withLogs = true
+        var origin = ""
+        var app = ""
+    }
+
+    private var key: Key?
+    private var frame: ByteBuffer?
+
+    private static let perThread = ThreadSpecificVariable<FrameMemo>()
+
+    /// This thread's memo (an event loop's).
+    static var current: FrameMemo {
+        if let memo = perThread.currentValue { return memo }
+        let memo = FrameMemo()
+        perThread.currentValue = memo
+        return memo
+    }
+
+    /// The frame for `key`, built by `make` unless it is the one built last.
+    func frame(for key: Key, make: () -> ByteBuffer) -> ByteBuffer {
+        if let frame, self.key == key { return frame }
+        let made = make()
+        self.key = key
+        self.frame = made
+        return made
+    }
+}
