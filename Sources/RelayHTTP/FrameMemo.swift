@@ -6,7 +6,7 @@ import RelayCore
 /// one batch (`Job.subscribe(after:on:)`) — share one serialised frame instead of each rebuilding and re-serialising
 /// the same status JSON. The bytes go out as the same `ByteBuffer` (copy-on-write storage, never copied by a write).
 ///
-/// One entry per thread: a batch delivers one event to many watchers of the same request in a row, which is exactly
+/// One entry per kind per thread: a batch delivers one event to many watchers of the same request, which is exactly
 /// what it serves; anything else simply rebuilds.
 /// `@unchecked Sendable`: each instance lives in one thread's slot and is only ever touched by that thread.
 final class FrameMemo: @unchecked Sendable {
@@ -22,8 +22,8 @@ final class FrameMemo: @unchecked Sendable {
         var app = ""
     }
 
-    private var key: Key?
-    private var frame: ByteBuffer?
+    /// One entry per kind: a batch interleaves SSE and WebSocket watchers of the same request.
+    private var entries: [(key: Key, frame: ByteBuffer)?] = [nil, nil]
 
     private static let perThread = ThreadSpecificVariable<FrameMemo>()
 
@@ -37,10 +37,10 @@ final class FrameMemo: @unchecked Sendable {
 
     /// The frame for `key`, built by `make` unless it is the one built last.
     func frame(for key: Key, make: () -> ByteBuffer) -> ByteBuffer {
-        if let frame, self.key == key { return frame }
+        let slot = Int(key.kind.rawValue)
+        if let entry = entries[slot], entry.key == key { return entry.frame }
         let made = make()
-        self.key = key
-        self.frame = made
+        entries[slot] = (key, made)
         return made
     }
 }
