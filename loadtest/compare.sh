@@ -90,7 +90,7 @@ DATA=$WORK/data
 say "starting the relay ($RELAY_BIN, $RELAY_THREADS event loops)"
 (cd "$ROOT" && exec $NICE_CMD "$RELAY_BIN" serve --data-dir "$DATA" --catalog Config/models.json \
     --http "127.0.0.1:$RELAY_HTTP" --https "127.0.0.1:$RELAY_HTTPS" \
-    --synthetic-time-scale 0 --event-loop-threads "$RELAY_THREADS") >"$WORK/relay.out" 2>"$WORK/relay.err" &
+    --synthetic-time-scale 0 --event-loop-threads "$RELAY_THREADS" --access-log off) >"$WORK/relay.out" 2>"$WORK/relay.err" &
 RELAY_PID=$!
 for _ in $(seq 1 300); do
     grep -q '^READY' "$WORK/relay.out" 2>/dev/null && break

@@ -15,7 +15,9 @@ public struct EndpointID: Sendable, Hashable, CustomStringConvertible {
         self.init(segments: text.split(separator: "/", omittingEmptySubsequences: false))
     }
 
-    /// From URL path segments (already split, not percent-decoded: ids are plain ASCII).
+    /// From URL path segments (already split, not percent-decoded: ids are plain ASCII). Inlinable so that the
+    /// router's `[Substring]` call is specialised instead of going through generic witness tables per character.
+    @inlinable
     public init?<S: StringProtocol>(segments: [S]) {
         var rest = segments[...]
         var namespace: String?
@@ -44,7 +46,9 @@ public struct EndpointID: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Letters, digits and `-_.~` only, and not `.`/`..`: keeps ids safe to echo and to use in URLs.
-    private static func isValidSegment<S: StringProtocol>(_ segment: S) -> Bool {
+    /// Inlinable, so that callers in other modules get it specialised (this runs for every routed request).
+    @inlinable
+    static func isValidSegment<S: StringProtocol>(_ segment: S) -> Bool {
         guard !segment.isEmpty, segment != ".", segment != "..", segment.utf8.count <= 128 else { return false }
         return segment.utf8.allSatisfy { byte in
             switch byte {

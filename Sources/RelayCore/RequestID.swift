@@ -25,6 +25,7 @@ public enum RequestID {
     }
 
     /// Plausible ids only (hex and dashes, at most 64 characters): anything else is not looked up or echoed.
+    @inlinable
     public static func isPlausible<S: StringProtocol>(_ text: S) -> Bool {
         let utf8 = text.utf8
         guard !utf8.isEmpty, utf8.count <= 64 else { return false }

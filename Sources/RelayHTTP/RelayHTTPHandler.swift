@@ -59,6 +59,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Told the route and the caller's key id, for the access line.
     private let accessLog: AccessLogHandler?
+    /// The route of the request being received, when `beginUpload` already computed it (dispatch reuses it).
+    var routedHead: Route?
 
     init(services: RelayServices, scheme: String, refusal: FalError? = nil, accessLog: AccessLogHandler? = nil) {
         self.services = services
@@ -72,6 +74,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (Self.unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
+            routedHead = nil  // never a previous request's
             if beginUpload(context: context, head: head) { return }
             if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > services.limits.maxJSONBodyBytes {
                 reject(context: context, head: head, error: .payloadTooLarge(limit: services.limits.maxJSONBodyBytes))
@@ -160,7 +163,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respondError(context: context, keepAlive: false, error: refusal, requestID: nil, extraHeaders: [("retry-after", "1")])
             return
         }
-        let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        let route = routedHead ?? services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        routedHead = nil
         accessLog?.annotate(route: route.label, keyID: nil)
         let keepAlive = head.isKeepAlive
         switch route {
@@ -229,8 +233,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respondError(context: context, head: head, error: .internalError("upload not handled"))
             }
         case .file(let digest, let fileExtension):
-            // Media URLs are capabilities: no key needed, but the caller's address pays from the reads budget.
-            guard admit(context: context, head: head, route: route, principal: .anonymous) != nil else { return }
+            // Media URLs are capabilities: no key needed. A caller that sends a valid key pays from that key's reads
+            // budget (an app's server fetching its media); anyone else from their address's.
+            let payer = head.headers.first(name: "authorization").flatMap { services.authenticator.authenticate(authorization: $0) }
+            guard admit(context: context, head: head, route: route, principal: payer ?? .anonymous) != nil else { return }
             serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
             guard let principal = authenticate(context: context, head: head),

@@ -140,8 +140,10 @@ extension RelayHTTPHandler {
     /// At a request head: when it is an upload (v3 POST or a signed PUT), checks auth, rate limit and declared size
     /// before any byte of the body is read, and starts streaming it to disk. Returns false for any other request.
     func beginUpload(context: ChannelHandlerContext, head: HTTPRequestHead) -> Bool {
-        guard refusal == nil, let uploads = services.uploads else { return false }
+        // Uploads are POST or PUT: other methods never pay for routing twice.
+        guard refusal == nil, head.method == .POST || head.method == .PUT, let uploads = services.uploads else { return false }
         let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        routedHead = route
         let kind: UploadExchange.Kind
         switch route {
         case .v3Upload:

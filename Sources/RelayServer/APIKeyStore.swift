@@ -61,15 +61,36 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     public func authenticate(authorization: String?) -> Principal? {
         guard let authorization else { return .anonymous }
-        let parts = authorization.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, ["key", "bearer"].contains(parts[0].lowercased()) else { return nil }
-        let key = parts[1].filter { $0 != " " && $0 != "\t" }
-        guard let colon = key.firstIndex(of: ":") else { return nil }
-        let id = String(key[..<colon])
+        // On the UTF-8 bytes: this runs for every request (no splitting into arrays, no Character iteration).
+        guard let (scheme, credential) = Self.splitAuthorization(authorization) else { return nil }
+        guard Self.equalsIgnoringCase(scheme, "key") || Self.equalsIgnoringCase(scheme, "bearer") else { return nil }
+        guard let colon = credential.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let id = String(Substring(credential[..<colon]))
         guard let entry = entries()[id] ?? entries(fresh: true)[id], !entry.revoked else { return nil }
-        let hash = Array(SHA256.hash(data: Array(key.utf8)))
+        let hash = credential.withContiguousStorageIfAvailable { Array(SHA256.hash(data: $0)) }
+            ?? Array(SHA256.hash(data: Array(credential)))
         guard Self.constantTimeEqual(hash, entry.hash) else { return nil }
         return .key(id: id, tier: entry.tier)
+    }
+
+    /// `Scheme credential`, with spaces and tabs around the credential dropped; nil without a credential.
+    static func splitAuthorization(_ header: String) -> (Substring.UTF8View, Substring.UTF8View)? {
+        let bytes = Substring(header).utf8
+        guard let space = bytes.firstIndex(where: { $0 == 0x20 || $0 == 0x09 }) else { return nil }
+        var credential = bytes[bytes.index(after: space)...]
+        while let first = credential.first, first == 0x20 || first == 0x09 { credential = credential.dropFirst() }
+        while let last = credential.last, last == 0x20 || last == 0x09 { credential = credential.dropLast() }
+        guard !credential.isEmpty else { return nil }
+        return (bytes[..<space], credential)
+    }
+
+    static func equalsIgnoringCase(_ bytes: Substring.UTF8View, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        return lowercase.withUTF8Buffer { expected in
+            zip(bytes, expected).allSatisfy { byte, want in
+                (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte) == want
+            }
+        }
     }
 
     // MARK: - Management (the `keys` command)
