@@ -411,20 +411,7 @@ public final class BlobStore: Sendable {
     private func onThreadPool<T: Sendable>(
         _ body: @escaping @Sendable () throws(StoreError) -> T
     ) async throws(StoreError) -> T {
-        let result: Result<T, StoreError>
-        do {
-            result = try await threadPool.runIfActive { () -> Result<T, StoreError> in
-                do throws(StoreError) {
-                    return .success(try body())
-                } catch {
-                    return .failure(error)
-                }
-            }
-        } catch {
-            // runIfActive reports a stopped pool as CancellationError too; only a cancelled task is "cancelled".
-            throw Task.isCancelled ? .cancelled : .shutdown
-        }
-        return try result.get()
+        try await threadPool.runStoreWork(body)
     }
 
     /// `onThreadPool` for callers on an event loop (the HTTP handler): the failure is a `StoreError`.
@@ -443,5 +430,25 @@ public final class BlobStore: Sendable {
                 left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
             }
         }
+    }
+}
+
+extension NIOThreadPool {
+    /// Runs blocking store work on the pool and brings its typed error back. A stopped pool is `.shutdown`; a
+    /// cancelled task `.cancelled` (runIfActive reports both as CancellationError).
+    func runStoreWork<T: Sendable>(_ body: @escaping @Sendable () throws(StoreError) -> T) async throws(StoreError) -> T {
+        let result: Result<T, StoreError>
+        do {
+            result = try await runIfActive { () -> Result<T, StoreError> in
+                do throws(StoreError) {
+                    return .success(try body())
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            throw Task.isCancelled ? .cancelled : .shutdown
+        }
+        return try result.get()
     }
 }

@@ -939,19 +939,7 @@ public final class ResultIndex: Sendable {
         _ body: @escaping @Sendable () throws(StoreError) -> T
     ) async throws(StoreError) -> T {
         guard let threadPool else { throw .shutdown }
-        let result: Result<T, StoreError>
-        do {
-            result = try await threadPool.runIfActive { () -> Result<T, StoreError> in
-                do throws(StoreError) {
-                    return .success(try body())
-                } catch {
-                    return .failure(error)
-                }
-            }
-        } catch {
-            throw Task.isCancelled ? .cancelled : .shutdown
-        }
-        return try result.get()
+        return try await threadPool.runStoreWork(body)
     }
 
     private static let filesMarker: [UInt8] = Array("/files/".utf8)
