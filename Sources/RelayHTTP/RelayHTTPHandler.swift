@@ -58,7 +58,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     let refusal: FalError?
 
     /// Told the route and the caller's key id, for the access line.
-    private let accessLog: AccessLogHandler?
+    let accessLog: AccessLogHandler?
     /// The route of the request being received, when `beginUpload` already computed it (dispatch reuses it).
     var routedHead: Route?
 

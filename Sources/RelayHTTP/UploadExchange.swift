@@ -144,6 +144,7 @@ extension RelayHTTPHandler {
         guard refusal == nil, head.method == .POST || head.method == .PUT, let uploads = services.uploads else { return false }
         let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
         routedHead = route
+        accessLog?.annotate(route: route.label, keyID: nil)
         let kind: UploadExchange.Kind
         switch route {
         case .v3Upload:
@@ -166,6 +167,7 @@ extension RelayHTTPHandler {
                     return true
                 }
             }
+            if let keyID = principal.keyID { accessLog?.annotate(keyID: keyID) }
             kind = .v3(fileName: head.headers.first(name: "x-fal-file-name") ?? "upload.bin")
         case .uploadPut(let id, let token):
             guard services.authenticator.authenticate(token: token, app: UploadService.uploadScope(id)) != nil else {

@@ -116,3 +116,14 @@ def test_sse_pings_and_watchers_and_a_clean_end_on_shutdown():
             assert server.process.returncode == 0
         finally:
             server.stop()
+
+
+def test_uploads_have_their_own_access_lines(json_relay):
+    base = f"http://127.0.0.1:{json_relay.http_port}"
+    response = httpx.post(f"{base}/files/upload", content=b"access log upload " * 100,
+                          headers={"Authorization": f"Key {json_relay.key}", "Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    request_id = response.headers["x-fal-request-id"]
+    line = wait_for(lambda: next((l for l in access_lines(json_relay) if l.get("request_id") == request_id), None))
+    assert line is not None
+    assert line["route"] == "upload" and line["key_id"] == json_relay.key.split(":", 1)[0] and line["status"] == "200"
