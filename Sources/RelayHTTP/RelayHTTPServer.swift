@@ -155,7 +155,10 @@ public final class RelayHTTPServer: Service, Sendable {
                         handshakeDeadline.cancel()
                         kind.opened(.http2)
                         return channel.configureHTTP2Pipeline(mode: .server) { stream in
-                            stream.eventLoop.makeCompletedFuture {
+                            // Registered too, so that shutdown reaches each stream's SSE (the connection's quiesce
+                            // event alone only sends GOAWAY).
+                            connections.add(stream)
+                            return stream.eventLoop.makeCompletedFuture {
                                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                                 let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
                                 try stream.pipeline.syncOperations.addHandler(accessLog)

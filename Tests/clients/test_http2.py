@@ -31,3 +31,34 @@ def test_many_sse_streams_share_one_connection(relay, fal):
     assert out.count('"status":"COMPLETED"') == 6
     connects = [line for line in out.splitlines() if line.strip().isdigit()]
     assert sum(int(c) for c in connects) == 1, connects
+
+
+def test_sigterm_ends_an_http2_sse_stream_cleanly():
+    """Shutdown reaches each HTTP/2 stream too: the SSE stream ends with a retry hint, not at the drain deadline."""
+    import tempfile
+    import time
+
+    import httpx
+
+    from conftest import Relay
+
+    with tempfile.TemporaryDirectory(prefix="media-relay-h2-term-") as data_dir:
+        server = Relay(data_dir, extra_args=["--synthetic-time-scale", "3"])
+        try:
+            headers = {"Authorization": f"Key {server.key}"}
+            submitted = httpx.post(f"http://127.0.0.1:{server.http_port}/fal-ai/flux/dev", json={"prompt": "long"},
+                                   headers=headers).json()
+            url = f"https://{server.queue_host}/fal-ai/flux/requests/{submitted['request_id']}/status/stream"
+            process = subprocess.Popen(["curl", "-s", "-N", "--http2", "--cacert", server.ca, "-H",
+                                        f"Authorization: Key {server.key}", url], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.5)  # attached and streaming
+            started = time.monotonic()
+            server.process.terminate()
+            out, _ = process.communicate(timeout=20)
+            assert "retry: 1000" in out, out[-500:]
+            assert time.monotonic() - started < 8, "the stream waited for the drain deadline"
+            assert process.returncode == 0  # a clean end of the stream, not a reset
+            server.process.wait(20)
+            assert server.process.returncode == 0
+        finally:
+            server.stop()
