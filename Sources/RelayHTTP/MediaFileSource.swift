@@ -1,4 +1,5 @@
 public import NIOCore
+import Synchronization
 public import NIOPosix
 public import RelayCore
 public import RelayStore
@@ -137,20 +138,41 @@ public struct MediaFileSource: Sendable {
         mediaType: MediaType,
         eventLoop: any EventLoop
     ) -> EventLoopFuture<BlobRecord?> {
+        // Blobs are immutable (content-addressed), so a record found once stays true until the blob is removed, and
+        // then the open in `body` finds nothing and answers 404: a hot file costs no trip to the thread pool here.
+        let key = RecordKey(digest: digest, mediaType: mediaType)
+        if let cached = recent.records.withLock({ $0[key] }) {
+            return eventLoop.makeSucceededFuture(cached)
+        }
         let store = self.store
+        let recent = self.recent
         let promise = eventLoop.makePromise(of: BlobRecord?.self)
         promise.completeWithTask {
-            try await store.record(digest, mediaType: mediaType)
+            let found = try await store.record(digest, mediaType: mediaType)
+            if let found {
+                recent.records.withLock { cache in
+                    if cache.count >= Self.recentRecordLimit { cache.removeAll(keepingCapacity: true) }
+                    cache[key] = found
+                }
+            }
+            return found
         }
         return promise.futureResult
     }
 
-    /// The body for `range` of the blob `record` describes (as `MediaResponsePlan.body` gives it). Completes on
-    /// `eventLoop` with nil when the blob was removed since `record` (answer 404: no head was written yet), or
-    /// fails (`StoreError`, `IOError`; answer 500). On success the caller owns the body: see `MediaBody`.
-    ///
-    /// - Parameter zeroCopy: the connection is plain HTTP/1.1 with no handler that needs the bytes, so a raw blob
-    ///   may go out as a `FileRegion`.
+    private struct RecordKey: Hashable, Sendable {
+        let digest: Digest128
+        let mediaType: MediaType
+    }
+
+    /// Records kept for hot files (negative answers are never kept: an upload may add the blob any moment).
+    static let recentRecordLimit = 8192
+    private let recent = RecentRecords()
+
+    private final class RecentRecords: Sendable {
+        let records = Mutex<[RecordKey: BlobRecord]>([:])
+    }
+
     public func body(
         of record: BlobRecord,
         range: Range<Int>,

@@ -348,4 +348,28 @@ import Testing
             }
         }
     }
+
+    @Test func aCachedRecordOfARemovedBlobServesNothingInsteadOfStaleBytes() async throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let png = Self.png(10_000)
+        let stored = try await fixture.store.put(png, mediaType: .png)
+        let first = try await fixture.source.record(stored.digest, mediaType: .png, eventLoop: fixture.eventLoop).get()
+        #expect(first == stored)
+        #expect(try await fixture.store.remove(stored.digest))
+        // The record is remembered (blobs are immutable), but the bytes are gone: the body is nil, answered 404.
+        let again = try await fixture.source.record(stored.digest, mediaType: .png, eventLoop: fixture.eventLoop).get()
+        #expect(again == stored)
+        let body = try await fixture.body(stored, 0..<stored.size, zeroCopy: true)
+        #expect(body == nil)
+        // A digest never stored is not remembered as missing either way: put it now and it is found.
+        let later = Self.png(20_000)
+        let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }  // the fixture's
+        let missing = KeyedHasher(secret: secret).digest(later)
+        #expect(try await fixture.source.record(missing, mediaType: .png, eventLoop: fixture.eventLoop).get() == nil)
+        let put = try await fixture.store.put(later, mediaType: .png)
+        #expect(put.digest == missing)
+        #expect(try await fixture.source.record(missing, mediaType: .png, eventLoop: fixture.eventLoop).get() == put)
+    }
+
 }
