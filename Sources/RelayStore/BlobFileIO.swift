@@ -231,6 +231,11 @@ enum BlobFileIO {
             throw .posix("opendir", path: path, errno: code)
         }
         defer { closedir(directory) }
+        return try entryNames(directory, path: path)
+    }
+
+    /// Reads an open directory stream to its end: entry names without `.` and `..`.
+    fileprivate static func entryNames(_ directory: OpaquePointer, path: String) throws(StoreError) -> [String] {
         var names: [String] = []
         while true {
             errno = 0
@@ -343,18 +348,7 @@ extension BlobFileIO {
             }
             defer { closedir(directory) }
             rewinddir(directory)
-            var names: [String] = []
-            while true {
-                errno = 0
-                guard let entry = readdir(directory) else {
-                    if errno != 0 { throw .posix("readdir", path: path, errno: errno) }
-                    return names
-                }
-                let name = withUnsafePointer(to: &entry.pointee.d_name) { pointer in
-                    String(cString: UnsafeRawPointer(pointer).assumingMemoryBound(to: CChar.self))
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
+            return try BlobFileIO.entryNames(directory, path: path)
         }
 
         /// `fstatat` without following a final symlink; nil when the entry does not exist.
