@@ -121,12 +121,18 @@ public final class HTTPMetrics: Sendable {
         let timer: CoreMetrics.Timer
     }
 
-    private let cache = Mutex<[String: Instruments]>([:])
+    /// Route labels are string literals and statuses numbers: the key hashes without building a string per request.
+    private struct Label: Hashable {
+        let route: String
+        let status: UInt
+    }
+
+    private let cache = Mutex<[Label: Instruments]>([:])
 
     public init() {}
 
     func record(route: String, status: UInt, seconds: Double) {
-        let label = "\(route) \(status)"
+        let label = Label(route: route, status: status)
         let instruments = cache.withLock { cache in
             if let found = cache[label] { return found }
             let made = Instruments(
