@@ -32,15 +32,11 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var bytes: Int { declaredLength ?? streamed }
     }
 
-    private let logger: Logger?
-    private let metrics: HTTPMetrics
-    private let proto: String
+    private let recorder: AccessRecorder
     private var pending: Pending?
 
     init(logger: Logger?, metrics: HTTPMetrics, proto: String) {
-        self.logger = logger
-        self.metrics = metrics
-        self.proto = proto
+        self.recorder = AccessRecorder(logger: logger, metrics: metrics, proto: proto)
     }
 
     /// Set by the HTTP handler once it has routed the request.
@@ -94,21 +90,38 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func record(_ entry: Pending) {
-        let seconds = Double((NIODeadline.now() - entry.started).nanoseconds) / 1e9
-        metrics.record(route: entry.route, status: entry.status, seconds: seconds)
+        recorder.record(
+            method: entry.method, path: entry.path, status: entry.status, bytes: entry.bytes, started: entry.started,
+            route: entry.route, keyID: entry.keyID, requestID: entry.requestID, cache: entry.cache
+        )
+    }
+}
+
+/// Writes one request's access line and HTTP metrics: for `AccessLogHandler` and for requests the fast lane answers.
+struct AccessRecorder {
+    let logger: Logger?
+    let metrics: HTTPMetrics
+    let proto: String
+
+    func record(
+        method: HTTPMethod, path: String, status: UInt, bytes: Int, started: NIODeadline,
+        route: String, keyID: String?, requestID: String?, cache: String?
+    ) {
+        let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+        metrics.record(route: route, status: status, seconds: seconds)
         guard let logger else { return }
         var metadata: Logger.Metadata = [
-            "method": .string(entry.method.rawValue),
-            "path": .string(entry.path),
-            "status": .stringConvertible(entry.status),
-            "bytes": .stringConvertible(entry.bytes),
+            "method": .string(method.rawValue),
+            "path": .string(path),
+            "status": .stringConvertible(status),
+            "bytes": .stringConvertible(bytes),
             "duration_ms": .string(String(format3: seconds * 1000)),
-            "route": .string(entry.route),
+            "route": .string(route),
             "proto": .string(proto),
         ]
-        if let id = entry.requestID { metadata["request_id"] = .string(id) }
-        if let key = entry.keyID { metadata["key_id"] = .string(key) }
-        if let cache = entry.cache { metadata["cache"] = .string(cache) }
+        if let requestID { metadata["request_id"] = .string(requestID) }
+        if let keyID { metadata["key_id"] = .string(keyID) }
+        if let cache { metadata["cache"] = .string(cache) }
         logger.info("request", metadata: metadata)
     }
 }

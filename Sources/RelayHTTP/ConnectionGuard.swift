@@ -60,8 +60,13 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Returns false when the head was too large (the connection is being answered 431 and closed).
     func headReceived(_ head: HTTPRequestHead) -> Bool {
+        headReceived(byteCount: Self.size(of: head))
+    }
+
+    /// A head of `byteCount` bytes was read (by `FastLane`, which sees the bytes themselves).
+    func headReceived(byteCount: Int) -> Bool {
         headEnd = HeadTerminatorScanner()
-        guard clock.headReceived(headBytes: Self.size(of: head), now: .now()) else {
+        guard clock.headReceived(headBytes: byteCount, now: .now()) else {
             reject(.headersTooLarge(limit: clock.limits.maxHeaderBytes))
             return false
         }
@@ -177,13 +182,16 @@ final class HTTPPartsTap: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let timer: ConnectionTimer
     private let maxURLBytes: Int
+    /// Told of each response end, so that the fast lane knows when NIO owes no response.
+    private let ledger: SlowPathLedger?
     private var responding = false
     /// A head was refused (431/414): the connection is closing, and the rest of the request goes nowhere.
     private var refused = false
 
-    init(timer: ConnectionTimer, maxURLBytes: Int) {
+    init(timer: ConnectionTimer, maxURLBytes: Int, ledger: SlowPathLedger? = nil) {
         self.timer = timer
         self.maxURLBytes = maxURLBytes
+        self.ledger = ledger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -214,6 +222,7 @@ final class HTTPPartsTap: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             responding = false
             context.write(data, promise: promise)
+            ledger?.answered += 1
             timer.responseEnded()
             return
         default:

@@ -160,6 +160,16 @@ public struct MediaFileSource: Sendable {
         return promise.futureResult
     }
 
+    /// The remembered record only (no I/O): for the fast lane, which answers only what needs no waiting.
+    public func cachedRecord(_ digest: Digest128, mediaType: MediaType) -> BlobRecord? {
+        recent.records.withLock { $0[RecordKey(digest: digest, mediaType: mediaType)] }
+    }
+
+    /// TEMPORARY until the open-file cache lands: never open.
+    public func zeroCopyBodyIfOpen(of record: BlobRecord, range: Range<Int>, eventLoop: any EventLoop) -> MediaBody? {
+        nil
+    }
+
     private struct RecordKey: Hashable, Sendable {
         let digest: Digest128
         let mediaType: MediaType

@@ -169,7 +169,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let keepAlive = head.isKeepAlive
         switch route {
         case .health:
-            respond(context: context, head: head, status: .ok, json: ["status": "ok"])
+            write(context: context, keepAlive: keepAlive, services.answerHealth(facts(head, context: context)))
         case .ready:
             if services.readiness.isReady {
                 respond(context: context, head: head, status: .ok, json: ["status": "ready"])
@@ -284,7 +284,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             answer()
-        case .status(let app, let id), .statusStream(let app, let id), .result(let app, let id), .cancel(let app, let id):
+        case .status, .result:
+            let (response, keyID) = services.answerRead(facts(head, context: context), route: route)
+            if let keyID { accessLog?.annotate(keyID: keyID) }
+            write(context: context, keepAlive: keepAlive, response)
+        case .statusStream(let app, let id), .cancel(let app, let id):
             guard let principal = authenticate(context: context, head: head),
                 admit(context: context, head: head, route: route, principal: principal) != nil
             else { return }
@@ -297,46 +301,29 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respondError(context: context, head: head, error: .notFound("Request \(id) not found"), requestID: id)
                 return
             }
+            // Resume after the last event the client saw: the header on reconnects, the query parameter for browsers
+            // (EventSource cannot set headers on its first connect).
             let query = QueryParameters(uri: head.uri)
-            switch route {
-            case .status:
-                let phase = request.phase
-                let logs = query.flag("logs") ? request.job.status.logs[...] : nil
-                let json = FalWire.status(id: id, phase: phase, logs: logs, base: queueBase(head: head, app: app.app))
-                respond(
-                    context: context, head: head, status: HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase)), json: json,
-                    requestID: id, extraHeaders: Self.cacheHeaders(request)
-                )
-            case .statusStream:
-                // Resume after the last event the client saw: the header on reconnects, the query parameter for
-                // browsers (EventSource cannot set headers on its first connect).
-                let lastSeen = (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
-                if lastSeen > 0, request.phase.isCompleted, lastSeen >= request.job.status.lastSequence {
-                    write(context: context, head: head, status: .noContent, headers: HTTPHeaders(), body: nil)
-                    return
-                }
-                let base = queueBase(head: head, app: app.app)
-                begin(.statusStream(request, base: base, withLogs: query.flag("logs")), after: max(0, lastSeen), context: context, keepAlive: keepAlive)
-            default:
-                switch FalWire.result(for: request.phase, id: id) {
-                case .success(let result):
-                    respond(context: context, head: head, status: .ok, json: result, requestID: id, extraHeaders: Self.cacheHeaders(request))
-                case .failure(let error):
-                    respondError(context: context, head: head, error: error, requestID: id)
-                }
+            let lastSeen = (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
+            if lastSeen > 0, request.phase.isCompleted, lastSeen >= request.job.status.lastSequence {
+                write(context: context, head: head, status: .noContent, headers: HTTPHeaders(), body: nil)
+                return
             }
+            let base = queueBase(head: head, app: app.app)
+            begin(.statusStream(request, base: base, withLogs: query.flag("logs")), after: max(0, lastSeen), context: context, keepAlive: keepAlive)
         }
     }
 
     /// Charges the request to its caller's budget; on refusal answers 429 (with Retry-After and RateLimit headers)
     /// and returns nil. Returns the RateLimit headers to add to the response otherwise.
     func admit(context: ChannelHandlerContext, head: HTTPRequestHead, route: Route, principal: Principal) -> [(String, String)]? {
-        guard let limiter = services.rateLimiter, let budget = RateLimitPolicy.Budget(route: route) else { return [] }
-        let ip = context.channel.remoteAddress?.ipAddress ?? "unknown"
-        let decision = limiter.check(principal: principal, clientIP: ip, budget: budget)
-        guard let rejection = decision.rejection else { return decision.headers }
-        respondError(context: context, head: head, error: .rateLimited(rejection.detail), extraHeaders: rejection.headers)
-        return nil
+        switch services.charge(facts(head, context: context), route: route, principal: principal) {
+        case .admitted(_, let headers):
+            return headers
+        case .refused(let response):
+            write(context: context, keepAlive: head.isKeepAlive, response)
+            return nil
+        }
     }
 
     func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
@@ -348,6 +335,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             accessLog?.annotate(keyID: keyID)
         }
         return principal
+    }
+
+    /// The request as the shared answers (ReadAnswers.swift) see it.
+    func facts(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> RequestFacts {
+        let channel = context.channel
+        return RequestFacts(
+            method: head.method, uri: head.uri, host: head.headers.first(name: "host"), authorization: head.headers.first(name: "authorization"),
+            scheme: scheme, clientIP: { channel.remoteAddress?.ipAddress ?? "unknown" }
+        )
     }
 
     /// Parses, looks up and normalises a submission's input.
@@ -378,8 +374,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func queueBase(head: HTTPRequestHead, app: String) -> FalWire.QueueBase {
-        let host = head.headers.first(name: "host").flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
-        return FalWire.QueueBase(origin: "\(scheme)://\(host)", app: app)
+        services.queueBase(RequestFacts(method: head.method, uri: head.uri, host: head.headers.first(name: "host"), authorization: nil, scheme: scheme, clientIP: { "" }), app: app)
     }
 
     // MARK: - Media files
@@ -731,20 +726,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         extraHeaders: [(String, String)] = [],
         isHead: Bool = false
     ) {
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
-        headers.add(name: "x-fal-request-id", value: requestID ?? RequestID.make())
-        for (name, value) in extraHeaders {
-            headers.add(name: name, value: value)
+        let response = PreparedResponse(status: status, json: json, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead)
+        write(context: context, keepAlive: keepAlive, response)
+    }
+
+    /// Writes a prepared response as HTTP parts (`content-length` from its body, for `HEAD` too).
+    func write(context: ChannelHandlerContext, keepAlive: Bool, _ response: PreparedResponse) {
+        var headers = HTTPHeaders(response.headers)
+        if response.isHead {
+            headers.add(name: "content-length", value: String(response.body.readableBytes))
         }
-        let bytes = json.serialized()
-        var buffer = context.channel.allocator.buffer(capacity: isHead ? 0 : bytes.count)
-        if isHead {
-            headers.add(name: "content-length", value: String(bytes.count))
-        } else {
-            buffer.writeBytes(bytes)
-        }
-        write(context: context, keepAlive: keepAlive, status: status, headers: headers, body: buffer)
+        write(context: context, keepAlive: keepAlive, status: response.status, headers: headers, body: response.isHead ? nil : response.body)
     }
 
     func respondError(
@@ -768,15 +760,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         extraHeaders: [(String, String)] = [],
         isHead: Bool = false
     ) {
-        var extra: [(String, String)] = []
-        if let type = error.errorType {
-            extra.append(("x-fal-error-type", type))
-        }
-        extra.append(contentsOf: extraHeaders)
-        respond(
-            context: context, keepAlive: keepAlive, status: HTTPResponseStatus(statusCode: error.status), json: error.body,
-            requestID: requestID, extraHeaders: extra, isHead: isHead
-        )
+        write(context: context, keepAlive: keepAlive, PreparedResponse(error: error, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead))
     }
 
     func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {

@@ -196,15 +196,23 @@ public final class RelayHTTPServer: Service, Sendable {
         try pipeline.addHandler(timer)
         let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "http/1.1")
         let handler = RelayHTTPHandler(services: services, scheme: scheme, refusal: refusal, accessLog: accessLog)
-        let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes)
-        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog), eventLoop: channel.eventLoop)
+        // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
+        let fastLane = refusal == nil ? FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) : nil
+        if let fastLane {
+            try pipeline.addHandler(fastLane)
+        }
+        let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes, ledger: fastLane?.ledger)
+        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog, fastLane), eventLoop: channel.eventLoop)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.
                 upgraders: refusal == nil ? [Self.webSocketUpgrader(services: services)] : [],
                 completionHandler: { context in
                     // The socket speaks WebSocket now: the HTTP handlers leave (it has deadlines of its own).
-                    let (handler, tap, timer, accessLog) = boundHandlers.value
+                    let (handler, tap, timer, accessLog, fastLane) = boundHandlers.value
+                    if let fastLane {
+                        _ = try? context.pipeline.syncOperations.removeHandler(fastLane)
+                    }
                     _ = try? context.pipeline.syncOperations.removeHandler(handler)
                     _ = try? context.pipeline.syncOperations.removeHandler(accessLog)
                     _ = try? context.pipeline.syncOperations.removeHandler(tap)

@@ -1,3 +1,4 @@
+public import NIOCore
 public import RelayCore
 import Synchronization
 
@@ -49,6 +50,8 @@ public final class Job: Sendable {
         var recorder: AttachmentRecorder?
         /// The end was reported and is being made durable: later updates are ignored, the end is not shown yet.
         var finishing = false
+        /// A successful end's result, serialised by the first read that needed it.
+        var resultBytes: ByteBuffer?
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -107,6 +110,18 @@ public final class Job: Sendable {
 
     public var status: Status {
         state.withLock { Status(phase: $0.machine.phase, logs: $0.machine.logs, lastSequence: $0.machine.lastSequence) }
+    }
+
+    /// The serialised result once the job has succeeded (nil before, or after a failure): made once and shared by every
+    /// result fetch of every request attached to the job (a `ByteBuffer` is copy-on-write, so a write never copies it).
+    public var resultBytes: ByteBuffer? {
+        state.withLock { state in
+            if let bytes = state.resultBytes { return bytes }
+            guard case .completed(.success(let result, _)) = state.machine.phase else { return nil }
+            let bytes = ByteBuffer(bytes: result.serialized())
+            state.resultBytes = bytes
+            return bytes
+        }
     }
 
     public var isTerminal: Bool {

@@ -1,0 +1,160 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+
+/// What the answers below need to know of a request: the same whether NIO's parser read it (`RelayHTTPHandler`) or
+/// the fast lane did (`FastLane`), so both paths run one piece of logic per route.
+struct RequestFacts {
+    var method: HTTPMethod
+    var uri: String
+    var host: String?
+    var authorization: String?
+    /// `http` or `https`: the scheme of URLs built for the client.
+    var scheme: String
+    /// The caller's address, for anonymous rate limits (computed only when a limit needs it).
+    var clientIP: () -> String
+}
+
+/// A complete response as values: status, header fields (without `content-length` and `connection`, which framing
+/// adds) and body. `RelayHTTPHandler` writes it as HTTP parts; the fast lane encodes it straight to bytes.
+struct PreparedResponse {
+    var status: HTTPResponseStatus
+    var headers: [(String, String)]
+    var body: ByteBuffer
+    /// `HEAD`: `content-length` tells the body's length, and the body is not sent.
+    var isHead = false
+
+    /// `application/json` with the request id (a fresh one when nil), then `extraHeaders`.
+    init(status: HTTPResponseStatus, json: ByteBuffer, requestID: String?, extraHeaders: [(String, String)] = [], isHead: Bool) {
+        self.status = status
+        headers = [("content-type", "application/json"), ("x-fal-request-id", requestID ?? RequestID.make())]
+        headers.append(contentsOf: extraHeaders)
+        body = json
+        self.isHead = isHead
+    }
+
+    init(status: HTTPResponseStatus, json: JSONValue, requestID: String?, extraHeaders: [(String, String)] = [], isHead: Bool) {
+        self.init(status: status, json: ByteBuffer(bytes: json.serialized()), requestID: requestID, extraHeaders: extraHeaders, isHead: isHead)
+    }
+
+    /// A fal-shaped error: its JSON body, `x-fal-error-type`, then `extraHeaders`.
+    init(error: FalError, requestID: String?, extraHeaders: [(String, String)] = [], isHead: Bool) {
+        var extra: [(String, String)] = []
+        if let type = error.errorType {
+            extra.append(("x-fal-error-type", type))
+        }
+        extra.append(contentsOf: extraHeaders)
+        self.init(status: HTTPResponseStatus(statusCode: error.status), json: error.body, requestID: requestID, extraHeaders: extra, isHead: isHead)
+    }
+
+    /// The value of a header field (first occurrence), for the access line.
+    func field(_ name: String) -> String? {
+        headers.first { $0.0 == name }?.1
+    }
+
+    /// Status line, fields, `content-length`, blank line and (unless `HEAD`) the body: a keep-alive HTTP/1.1
+    /// response, byte for byte what NIO's encoder makes of the same head and body.
+    func encode(into buffer: inout ByteBuffer) {
+        Self.encodeHead(status: status, headers: headers, contentLength: body.readableBytes, into: &buffer)
+        if !isHead {
+            buffer.writeImmutableBuffer(body)
+        }
+    }
+
+    /// A response head with `content-length` last.
+    static func encodeHead(status: HTTPResponseStatus, headers: [(String, String)], contentLength: Int, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("HTTP/1.1 ")
+        buffer.writeString(String(status.code))
+        buffer.writeStaticString(" ")
+        buffer.writeString(status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in headers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("content-length: ")
+        buffer.writeString(String(contentLength))
+        buffer.writeStaticString("\r\n\r\n")
+    }
+}
+
+/// The outcome of authenticating and charging a request.
+enum Admission {
+    case admitted(Principal, rateLimitHeaders: [(String, String)])
+    case refused(PreparedResponse)
+}
+
+extension RelayServices {
+    /// Authenticates the caller (401 for a key that is unknown or revoked) and charges the route's budget (429 with
+    /// `Retry-After` and RateLimit headers). `authorization` nil is the anonymous caller.
+    func admit(_ facts: RequestFacts, route: Route) -> Admission {
+        guard let principal = authenticator.authenticate(authorization: facts.authorization) else {
+            return .refused(PreparedResponse(error: .unauthorized(), requestID: nil, isHead: facts.method == .HEAD))
+        }
+        return charge(facts, route: route, principal: principal)
+    }
+
+    /// Charges the route's budget for `principal` (429 when spent).
+    func charge(_ facts: RequestFacts, route: Route, principal: Principal) -> Admission {
+        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route) else { return .admitted(principal, rateLimitHeaders: []) }
+        let decision = rateLimiter.check(principal: principal, clientIP: facts.clientIP(), budget: budget)
+        guard let rejection = decision.rejection else { return .admitted(principal, rateLimitHeaders: decision.headers) }
+        return .refused(
+            PreparedResponse(error: .rateLimited(rejection.detail), requestID: nil, extraHeaders: rejection.headers, isHead: facts.method == .HEAD)
+        )
+    }
+
+    /// `GET /healthz`.
+    func answerHealth(_ facts: RequestFacts) -> PreparedResponse {
+        PreparedResponse(status: .ok, json: Self.healthBody, requestID: nil, isHead: facts.method == .HEAD)
+    }
+
+    private static let healthBody = ByteBuffer(string: #"{"status":"ok"}"#)
+
+    /// A status poll (`…/requests/{id}/status`) or a result fetch (`…/requests/{id}`), answered from the request
+    /// table: the hottest reads there are. Returns the response and the caller's key id (for the access line).
+    func answerRead(_ facts: RequestFacts, route: Route) -> (PreparedResponse, keyID: String?) {
+        let isHead = facts.method == .HEAD
+        let principal: Principal
+        switch admit(facts, route: route) {
+        case .refused(let response): return (response, nil)
+        case .admitted(let admitted, _): principal = admitted
+        }
+        let app: EndpointID
+        let id: String
+        switch route {
+        case .status(let a, let i), .result(let a, let i): (app, id) = (a, i)
+        default: return (PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead), principal.keyID)
+        }
+        guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
+            return (PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead), principal.keyID)
+        }
+        let phase = request.phase
+        let cacheHeaders = RelayHTTPHandler.cacheHeaders(request)
+        if case .status = route {
+            let query = QueryParameters(uri: facts.uri)
+            let logs = query.flag("logs") ? request.job.status.logs[...] : nil
+            let json = FalWire.status(id: id, phase: phase, logs: logs, base: queueBase(facts, app: app.app))
+            let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
+            return (PreparedResponse(status: status, json: json, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+        }
+        if case .completed(.success) = phase, let bytes = request.job.resultBytes {
+            return (PreparedResponse(status: .ok, json: bytes, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+        }
+        switch FalWire.result(for: phase, id: id) {
+        case .success(let result):
+            return (PreparedResponse(status: .ok, json: result, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+        case .failure(let error):
+            return (PreparedResponse(error: error, requestID: id, isHead: isHead), principal.keyID)
+        }
+    }
+
+    /// `scheme://host` as the client reached the relay (a malformed Host falls back to 127.0.0.1), plus the app.
+    func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {
+        let host = facts.host.flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
+        return FalWire.QueueBase(origin: "\(facts.scheme)://\(host)", app: app)
+    }
+}

@@ -1,0 +1,249 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+import RelayStore
+import Testing
+
+@testable import RelayHTTP
+
+/// The fast lane inside the real HTTP/1.1 pipeline (`RelayHTTPServer.configureHTTP1`) on an EmbeddedChannel: it
+/// answers what NIO's pipeline would, byte-compatible, keeps responses in request order when requests mix, and hands
+/// NIO everything it does not understand.
+@Suite struct FastLaneTests {
+    final class HeldUpstream: Upstream, Sendable {
+        struct Task: UpstreamTask {
+            func cancel() {}
+        }
+
+        func start(_ job: Job) -> any UpstreamTask { Task() }
+    }
+
+    /// `Key good:…` is the key `k1`; any other key is refused; no header is anonymous.
+    struct OneKey: Authenticator {
+        func authenticate(authorization: String?) -> Principal? {
+            guard let authorization else { return .anonymous }
+            return authorization == "Key good:secret" ? .key(id: "k1", tier: "admin") : nil
+        }
+        func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String? { nil }
+        func authenticate(token: String, app: String?) -> Principal? { nil }
+    }
+
+    /// One HTTP/1.1 response read back from the wire.
+    struct Response {
+        var status: Int
+        var headers: [(String, String)]
+        var body: String
+
+        func field(_ name: String) -> String? { headers.first { $0.0 == name }?.1 }
+    }
+
+    struct Fixture {
+        let directory: String
+        let channel: EmbeddedChannel
+        let done: RelayRequest
+        let running: RelayRequest
+        let services: RelayServices
+
+        init() throws {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("fast-\(UUID().uuidString)").path
+            let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let hasher = KeyedHasher(secret: secret)
+            let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
+            let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image, required: ["prompt"])
+            let upstream = HeldUpstream()
+            let jobs = JobTable { _ in upstream }
+            services = RelayServices(
+                catalog: ModelCatalog(models: [model]),
+                jobs: jobs,
+                store: store,
+                media: MediaFileSource(store: store, threadPool: .singleton),
+                hasher: hasher,
+                authenticator: OneKey(),
+                router: Router(queueHosts: [HostPattern("127.0.0.1")!], runHosts: [HostPattern("localhost")!]),
+                limits: HTTPLimits(),
+                readiness: Readiness(),
+                logger: Logger(label: "test"),
+                rateLimiter: nil
+            )
+            let endpoint = EndpointID("fal-ai/flux/dev")!
+            let first = try ModelInput(model: model, input: ["prompt": "a lighthouse"])
+            done = jobs.submit(first, endpoint: endpoint, key: RequestKey(input: first, hasher: hasher), ownerKeyID: "k1")
+            done.job.receive(.succeeded(result: ["images": [["url": "http://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5))
+            let second = try ModelInput(model: model, input: ["prompt": "a harbour"])
+            running = jobs.submit(second, endpoint: endpoint, key: RequestKey(input: second, hasher: hasher), ownerKeyID: "k1")
+            running.job.receive(.started)
+            channel = EmbeddedChannel()
+            try RelayHTTPServer.configureHTTP1(channel, services: services, scheme: "http")
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        }
+
+        var fastLane: FastLane {
+            get throws { try channel.pipeline.syncOperations.handler(type: FastLane.self) }
+        }
+
+        func send(_ text: String) throws {
+            try channel.writeInbound(ByteBuffer(string: text))
+            channel.embeddedEventLoop.run()
+        }
+
+        /// Everything written so far, split into responses (`bodiless`: answers to HEAD).
+        func responses(bodiless: Bool = false) throws -> [Response] {
+            var wire = ""
+            while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
+                wire += String(buffer: buffer)
+            }
+            var responses: [Response] = []
+            var rest = Substring(wire)
+            while let end = rest.range(of: "\r\n\r\n") {
+                let lines = rest[..<end.lowerBound].components(separatedBy: "\r\n")
+                let status = Int(lines[0].split(separator: " ")[1])!
+                let headers = lines.dropFirst().map { line -> (String, String) in
+                    let colon = line.firstIndex(of: ":")!
+                    return (line[..<colon].lowercased(), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+                }
+                let length = bodiless ? 0 : Int(headers.first { $0.0 == "content-length" }?.1 ?? "0")!
+                rest = rest[end.upperBound...]
+                let body = String(rest.utf8.prefix(length))!
+                rest = rest.dropFirst(body.count)
+                responses.append(Response(status: status, headers: headers, body: body))
+            }
+            #expect(rest.isEmpty, "trailing bytes: \(rest.debugDescription)")
+            return responses
+        }
+
+        func remove() {
+            _ = try? channel.finish()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    static let key = "Authorization: Key good:secret\r\n"
+
+    /// The same request through the fast lane and through NIO (`Connection: keep-alive, x` is not plain keep-alive,
+    /// so the lane forwards it): the same status, fields and body.
+    @Test(arguments: [
+        "GET /fal-ai/flux/requests/{done}", "HEAD /fal-ai/flux/requests/{done}", "GET /fal-ai/flux/requests/{done}/status",
+        "GET /fal-ai/flux/requests/{done}/status?logs=1", "GET /fal-ai/flux/requests/{running}/status",
+        "GET /fal-ai/flux/requests/{running}", "GET /fal-ai/flux/requests/0000dead/status", "GET /healthz",
+        "GET /fal-ai/other/requests/{done}",
+    ])
+    func fastAnswersEqualNIOs(requestLine: String) throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let line = requestLine.replacingOccurrences(of: "{done}", with: fixture.done.id)
+            .replacingOccurrences(of: "{running}", with: fixture.running.id)
+        try fixture.send("\(line) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
+        try fixture.send("\(line) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Connection: keep-alive, x\r\n\r\n")
+        let answers = try fixture.responses(bodiless: line.hasPrefix("HEAD"))
+        try #require(answers.count == 2)
+        let (fast, slow) = (answers[0], answers[1])
+        #expect(fast.status == slow.status)
+        #expect(fast.body == slow.body)
+        func comparable(_ response: Response) -> [String] {
+            response.headers.filter { $0.0 != "x-fal-request-id" || !line.contains("healthz") }.map { "\($0.0): \($0.1)" }.sorted()
+        }
+        #expect(comparable(fast) == comparable(slow))
+        #expect(try fixture.fastLane.ledger.forwarded == 1, "only the second request went through NIO")
+    }
+
+    @Test func aWrongKeyIsRefusedTheSameWay() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let path = "/fal-ai/flux/requests/\(fixture.done.id)"
+        try fixture.send("GET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\n\r\nGET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\nConnection: keep-alive, x\r\n\r\n")
+        let answers = try fixture.responses()
+        try #require(answers.count == 2)
+        #expect(answers.map(\.status) == [401, 401])
+        #expect(answers[0].body == answers[1].body)
+        #expect(answers[0].field("x-fal-error-type") == answers[1].field("x-fal-error-type"))
+    }
+
+    @Test func pipelinedRequestsKeepTheirOrderWhenNIOOwesAResponse() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        // A submit (NIO's, answered once its record is durable — at once here), then reads, in one segment.
+        let body = #"{"prompt":"a lighthouse"}"#
+        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        try fixture.send(submit + result + "GET /healthz HTTP/1.1\r\n\r\n" + result)
+        let answers = try fixture.responses()
+        try #require(answers.count == 4)
+        #expect(answers[0].body.contains("\"request_id\""))
+        #expect(answers[1].body.contains("\"seed\":7"))
+        #expect(answers[2].body == #"{"status":"ok"}"#)
+        #expect(answers[3].body.contains("\"seed\":7"))
+        // Once NIO owes nothing, the lane answers again.
+        let lane = try fixture.fastLane
+        let forwarded = lane.ledger.forwarded
+        try fixture.send(result)
+        #expect(try fixture.responses().first?.body.contains("\"seed\":7") == true)
+        #expect(lane.ledger.forwarded == forwarded)
+        #expect(lane.ledger.isIdle)
+    }
+
+    @Test func headsAndBodiesSplitAcrossReadsArriveWhole() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let request = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        for byte in request.utf8 {
+            try fixture.send(String(decoding: [byte], as: UTF8.self))
+        }
+        #expect(try fixture.responses().map(\.status) == [200])
+        let body = #"{"prompt":"a quiet harbour at dawn"}"#
+        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Length: \(body.utf8.count)\r\n\r\n"
+        try fixture.send(submit + body.prefix(5))
+        try fixture.send(String(body.dropFirst(5).prefix(10)))
+        try fixture.send(String(body.dropFirst(15)) + request)
+        let answers = try fixture.responses()
+        #expect(answers.map(\.status) == [200, 200])
+        #expect(answers.first?.body.contains("IN_QUEUE") == true)
+        #expect(answers.last?.body.contains("\"seed\":7") == true)
+    }
+
+    @Test func aChunkedBodyHandsTheConnectionToNIO() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let chunk = #"{"prompt":"chunked bodies"}"#
+        let size = String(chunk.utf8.count, radix: 16)
+        try fixture.send("POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Transfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\n")
+        try fixture.send("GET /healthz HTTP/1.1\r\n\r\n")
+        let answers = try fixture.responses()
+        #expect(answers.map(\.status) == [200, 200])
+        #expect(try fixture.fastLane.ledger.forwarded == 0, "opaque: NIO framed both, the lane counted nothing")
+    }
+
+    @Test func malformedRequestsGetNIOsFalShapedErrors() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        try fixture.send("GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n")
+        let answers = try fixture.responses()
+        #expect(answers.map(\.status) == [400])
+        #expect(answers.first?.body.contains("bad_request") == true)
+    }
+
+    @Test func unwritableChannelsStopReading() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        final class ReadCounter: ChannelOutboundHandler {
+            typealias OutboundIn = Never
+            var reads = 0
+            func read(context: ChannelHandlerContext) {
+                reads += 1
+                context.read()
+            }
+        }
+        let counter = ReadCounter()
+        try fixture.channel.pipeline.syncOperations.addHandler(counter, position: .first)
+        fixture.channel.isWritable = false
+        fixture.channel.pipeline.fireChannelWritabilityChanged()
+        fixture.channel.read()
+        #expect(counter.reads == 0, "a read waits while the client does not take its answers")
+        fixture.channel.isWritable = true
+        fixture.channel.pipeline.fireChannelWritabilityChanged()
+        #expect(counter.reads == 1)
+    }
+}
