@@ -9,6 +9,8 @@ public struct EndpointID: Sendable, Hashable, CustomStringConvertible {
     public let owner: String
     public let alias: String
     public let path: [String]
+    /// `{namespace/}owner/alias`: what status, result and cancel URLs are built on (compared on every read).
+    public let app: String
 
     /// Parses an id like `fal-ai/flux/dev`; nil when it has fewer than two segments or an empty or dot segment.
     public init?(_ text: String) {
@@ -33,11 +35,7 @@ public struct EndpointID: Sendable, Hashable, CustomStringConvertible {
         self.owner = String(rest[rest.startIndex])
         self.alias = String(rest[rest.startIndex + 1])
         self.path = rest.dropFirst(2).map { String($0) }
-    }
-
-    /// `{namespace/}owner/alias`: what status, result and cancel URLs are built on.
-    public var app: String {
-        (namespace.map { "\($0)/" } ?? "") + owner + "/" + alias
+        self.app = (namespace.map { "\($0)/" } ?? "") + owner + "/" + alias
     }
 
     /// The whole id.

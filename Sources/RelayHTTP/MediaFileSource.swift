@@ -12,13 +12,15 @@ import Musl
 import Darwin
 #endif
 
-/// How the bytes of a media response reach the wire. Every case that holds a file owns its `NIOFileHandle`: the
-/// caller gives the body up exactly once, by `write(on:_:)` (which closes the file when the last write is done,
-/// whether it succeeded or not) or by `discard()` (when the response is abandoned before its body is written).
+/// How the bytes of a media response reach the wire. Every case that holds a file holds it until the caller gives the
+/// body up, exactly once: by `write(on:_:)` (which lets the file go when the last write is done, whether it succeeded
+/// or not) or by `discard()` (when the response is abandoned before its body is written).
 public enum MediaBody: Sendable {
     /// A raw blob on a plain-HTTP/1.1 connection: written as `.fileRegion`, which NIO sends with `sendfile(2)`.
-    /// Only for pipelines in which no handler needs the bytes (no TLS, no compression, not HTTP/2).
-    case fileRegion(FileRegion, handle: NIOFileHandle)
+    /// Only for pipelines in which no handler needs the bytes (no TLS, no compression, not HTTP/2), and only on the
+    /// event loop `lease.eventLoop`: the file is one its cache keeps open (shared with other responses there), and
+    /// the lease, not the body, decides when it is closed.
+    case fileRegion(FileRegion, lease: OpenBlobFileLease)
     /// The range in memory: a slice of a decompressed LZ4 blob, or a raw range of at most one chunk.
     case buffer(ByteBuffer)
     /// A raw range larger than one chunk where zero-copy is not possible (TLS): read and written chunk by chunk.
@@ -33,7 +35,7 @@ public enum MediaBody: Sendable {
         }
     }
 
-    /// Writes the body as one or more parts through `writePart`, then closes the file it holds.
+    /// Writes the body as one or more parts through `writePart`, then closes the file it holds (or returns its lease).
     ///
     /// Call it on `eventLoop` (the channel's); `writePart` is called there too, typically as
     /// `context.writeAndFlush(wrapOutboundOut(.body(part)))`. For `.fileChunks` the next chunk is read only once the
@@ -47,9 +49,9 @@ public enum MediaBody: Sendable {
         switch self {
         case .buffer(let buffer):
             return writePart(.byteBuffer(buffer))
-        case .fileRegion(let region, let handle):
+        case .fileRegion(let region, let lease):
             return writePart(.fileRegion(region)).always { _ in
-                _ = try? handle.close()
+                lease.release()
             }
         case .fileChunks(let chunks):
             let digest = chunks.digest
@@ -74,14 +76,14 @@ public enum MediaBody: Sendable {
         }
     }
 
-    /// Closes the file without writing: for a response abandoned after the body was loaded (the client left, or
-    /// the exchange is over).
+    /// Closes the file (or gives back its lease) without writing: for a response abandoned after the body was loaded
+    /// (the client left, or the exchange is over). May be called off the loop: a lease then goes back on its loop.
     public func discard() {
         switch self {
         case .buffer:
             break
-        case .fileRegion(_, let handle):
-            _ = try? handle.close()
+        case .fileRegion(_, let lease):
+            lease.release()
         case .fileChunks(let chunks):
             _ = try? chunks.handle.close()
         }
@@ -105,7 +107,8 @@ public struct MediaFileChunks: Sendable {
 ///
 /// A request takes two steps around the plan: `record` (a `stat`, plus the frame header of an LZ4 blob) gives the
 /// length the plan needs; then, only when the plan has a body, `body(of:range:zeroCopy:allocator:eventLoop:)`:
-/// - a raw blob with `zeroCopy` (plain HTTP/1.1): opened on the pool, sent as a `FileRegion` (sendfile);
+/// - a raw blob with `zeroCopy` (plain HTTP/1.1): sent as a `FileRegion` (sendfile) of a file the event loop keeps
+///   open (`OpenBlobFiles`): a hot file costs no pool trip and no system call; a cold one is opened on the pool first;
 /// - a raw blob without it (TLS): opened and, for a range of up to `chunkSize` bytes, read in the same pool job into
 ///   one `ByteBuffer`; a longer range is read and written `chunkSize` bytes at a time, each read waiting for the
 ///   previous write (`MediaBody.fileChunks`), so a multi-megabyte video under TLS never sits in memory whole;
@@ -113,22 +116,37 @@ public struct MediaFileChunks: Sendable {
 ///
 /// Sizes are checked against the record: a raw file whose size differs from it, or ends early while being read,
 /// fails with `StoreError.corrupt` rather than sending fewer bytes than `Content-Length` promised.
+///
+/// A byte-level fast path on the event loop can skip both futures: `cachedRecord` and `zeroCopyBodyIfOpen` answer at
+/// once, from memory, or nil when the async path is needed.
 public struct MediaFileSource: Sendable {
     /// 256 KiB: large enough that the pool round trip is noise next to the TLS work, small enough to stay in cache.
     public static let defaultChunkSize = 256 * 1024
+    /// Raw blob files each event loop keeps open for sendfile once no response is sending them.
+    public static let defaultOpenFilesPerLoop = 64
 
     public let store: BlobStore
     /// Bytes per read for raw blobs sent without zero-copy; also the largest range read into one buffer.
     public let chunkSize: Int
     private let threadPool: NIOThreadPool
     private let fileIO: NonBlockingFileIO
+    let openFiles: OpenBlobFiles
 
-    /// - Parameter threadPool: where files are opened and read; the store's own pool is a good choice.
-    public init(store: BlobStore, threadPool: NIOThreadPool, chunkSize: Int = MediaFileSource.defaultChunkSize) {
+    /// - Parameters:
+    ///   - threadPool: where files are opened and read; the store's own pool is a good choice.
+    ///   - openFilesPerLoop: raw blob files each event loop keeps open for zero-copy responses (LRU); 0 opens and
+    ///     closes the file for every response.
+    public init(
+        store: BlobStore,
+        threadPool: NIOThreadPool,
+        chunkSize: Int = MediaFileSource.defaultChunkSize,
+        openFilesPerLoop: Int = MediaFileSource.defaultOpenFilesPerLoop
+    ) {
         self.store = store
         self.threadPool = threadPool
         self.fileIO = NonBlockingFileIO(threadPool: threadPool)
         self.chunkSize = max(1, chunkSize)
+        self.openFiles = OpenBlobFiles(capacityPerLoop: openFilesPerLoop)
     }
 
     /// The blob's record (length, and whether it is stored compressed), or nil when it is not stored. Completes on
@@ -139,7 +157,8 @@ public struct MediaFileSource: Sendable {
         eventLoop: any EventLoop
     ) -> EventLoopFuture<BlobRecord?> {
         // Blobs are immutable (content-addressed), so a record found once stays true until the blob is removed, and
-        // then the open in `body` finds nothing and answers 404: a hot file costs no trip to the thread pool here.
+        // then `body` finds the file gone (the open fails, or the loop's open file is found unlinked) and answers
+        // 404: a hot file costs no trip to the thread pool here.
         let key = RecordKey(digest: digest, mediaType: mediaType)
         if let cached = recent.records.withLock({ $0[key] }) {
             return eventLoop.makeSucceededFuture(cached)
@@ -160,14 +179,10 @@ public struct MediaFileSource: Sendable {
         return promise.futureResult
     }
 
-    /// The remembered record only (no I/O): for the fast lane, which answers only what needs no waiting.
+    /// The record `record` remembers for the blob, or nil: no I/O, callable anywhere. A remembered record may be of a
+    /// blob removed since; its body then is nil (404).
     public func cachedRecord(_ digest: Digest128, mediaType: MediaType) -> BlobRecord? {
         recent.records.withLock { $0[RecordKey(digest: digest, mediaType: mediaType)] }
-    }
-
-    /// TEMPORARY until the open-file cache lands: never open.
-    public func zeroCopyBodyIfOpen(of record: BlobRecord, range: Range<Int>, eventLoop: any EventLoop) -> MediaBody? {
-        nil
     }
 
     private struct RecordKey: Hashable, Sendable {
@@ -199,6 +214,10 @@ public struct MediaFileSource: Sendable {
         if record.isCompressed {
             return decompressedBody(of: record, range: range, allocator: allocator, eventLoop: eventLoop)
         }
+        if zeroCopy {
+            if eventLoop.inEventLoop { return zeroCopyBody(of: record, range: range, eventLoop: eventLoop) }
+            return eventLoop.flatSubmit { self.zeroCopyBody(of: record, range: range, eventLoop: eventLoop) }
+        }
         let path = store.path(for: record.digest, compressed: false)
         let chunkSize = self.chunkSize
         let fileIO = self.fileIO
@@ -206,14 +225,6 @@ public struct MediaFileSource: Sendable {
             guard let handle = try Self.open(path) else { return nil }
             do {
                 guard try Self.size(of: handle) == record.size else { throw StoreError.corrupt(record.digest) }
-                if zeroCopy {
-                    let region = FileRegion(
-                        fileHandle: handle,
-                        readerIndex: range.lowerBound,
-                        endIndex: range.upperBound
-                    )
-                    return .fileRegion(region, handle: handle)
-                }
                 if range.count <= chunkSize {
                     var buffer = allocator.buffer(capacity: range.count)
                     try Self.read(handle, range: range, into: &buffer, digest: record.digest)
@@ -234,6 +245,60 @@ public struct MediaFileSource: Sendable {
                 throw error
             }
         }
+    }
+
+    /// A `.fileRegion` body of a raw blob whose file this loop already keeps open and which was not removed since;
+    /// nil otherwise (compressed, not open here, removed, or `range` not inside the blob): then the async `body`
+    /// opens it (and keeps it open for the next time), or answers nil (404) or fails. No I/O except, right after a
+    /// blob removal anywhere in the store, one `fstat`. Call it on `eventLoop`, the channel's.
+    public func zeroCopyBodyIfOpen(of record: BlobRecord, range: Range<Int>, eventLoop: any EventLoop) -> MediaBody? {
+        eventLoop.preconditionInEventLoop()
+        guard !record.isCompressed, !range.isEmpty, range.lowerBound >= 0, range.upperBound <= record.size,
+            let file = openFiles.files(on: eventLoop)?.file(record.digest, removalGeneration: store.removalGeneration),
+            file.size == record.size
+        else { return nil }
+        return Self.regionBody(file.lease(on: eventLoop), range: range)
+    }
+
+    /// `body` for a raw blob with `zeroCopy`, on `eventLoop`: from the loop's open files, or opened on the pool and
+    /// added to them.
+    private func zeroCopyBody(
+        of record: BlobRecord,
+        range: Range<Int>,
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<MediaBody?> {
+        // Read before the open: a removal after this point bumps it past what the new entry remembers.
+        let generation = store.removalGeneration
+        if let file = openFiles.files(on: eventLoop)?.file(record.digest, removalGeneration: generation) {
+            guard file.size == record.size else { return eventLoop.makeFailedFuture(StoreError.corrupt(record.digest)) }
+            return eventLoop.makeSucceededFuture(Self.regionBody(file.lease(on: eventLoop), range: range))
+        }
+        let path = store.path(for: record.digest, compressed: false)
+        let openFiles = self.openFiles
+        return threadPool.runIfActive(eventLoop: eventLoop) { () throws -> NIOFileHandle? in
+            guard let handle = try Self.open(path) else { return nil }
+            openFiles.counts.opened.add(1, ordering: .relaxed)
+            do {
+                guard try Self.size(of: handle) == record.size else { throw StoreError.corrupt(record.digest) }
+                return handle
+            } catch {
+                _ = try? handle.close()
+                openFiles.counts.closed.add(1, ordering: .relaxed)
+                throw error
+            }
+        }.map { opened -> MediaBody? in
+            guard let handle = opened else { return nil }
+            let digest = record.digest
+            let lease =
+                openFiles.files(on: eventLoop)?.adopt(handle, digest: digest, size: record.size, generation: generation)
+                ?? openFiles.uncached(handle, digest: digest, size: record.size, eventLoop: eventLoop)
+            return Self.regionBody(lease, range: range)
+        }
+    }
+
+    private static func regionBody(_ lease: OpenBlobFileLease, range: Range<Int>) -> MediaBody {
+        let region = FileRegion(fileHandle: lease.fileHandle, readerIndex: range.lowerBound, endIndex: range.upperBound)
+        return .fileRegion(region, lease: lease)
     }
 
     private func decompressedBody(

@@ -88,7 +88,7 @@ public struct HostPattern: Sendable, Hashable, CustomStringConvertible {
                 return nil
             }
             host = host[...close]
-        } else if let colon = host.lastIndex(of: ":") {
+        } else if let colon = host.utf8.lastIndex(of: UInt8(ascii: ":")) {
             guard let value = Int(host[host.index(after: colon)...]), (0...65535).contains(value) else { return nil }
             port = value
             host = host[..<colon]
@@ -118,9 +118,11 @@ public struct Router: Sendable {
     }
 
     public func route(method: HTTPMethod, host: String?, uri: String) -> Route {
-        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        guard path.hasPrefix("/") else { return .notFound }
-        let segments = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        // On the UTF-8 bytes: splitting a String by Character runs grapheme breaking on every byte of every request.
+        let bytes = uri.utf8
+        let path = bytes.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri[...]
+        guard path.utf8.first == UInt8(ascii: "/") else { return .notFound }
+        let segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Substring.init)
         let readOnly = method == .GET || method == .HEAD
 
         switch segments.first {
@@ -243,11 +245,11 @@ public struct QueryParameters: Sendable {
     private let pairs: [(String, String)]
 
     public init(uri: String) {
-        guard let mark = uri.firstIndex(of: "?") else {
+        guard let mark = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else {
             pairs = []
             return
         }
-        pairs = uri[uri.index(after: mark)...].split(separator: "&").map { pair in
+        pairs = uri[uri.utf8.index(after: mark)...].split(separator: "&").map { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = Self.decode(parts[0])
             let value = parts.count > 1 ? Self.decode(parts[1]) : ""

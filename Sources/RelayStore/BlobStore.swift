@@ -1,6 +1,7 @@
 public import NIOCore
 public import NIOPosix
 public import RelayCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -36,6 +37,16 @@ public final class BlobStore: Sendable {
 
     private let hasher: KeyedHasher
     private let threadPool: NIOThreadPool
+    private let removals = Atomic<Int>(0)
+
+    /// Changes after every blob file is unlinked (bumped once the unlink is done, never before it), so that a holder
+    /// of an open blob file checks for removal only when this moved: a file held open since an earlier value may be
+    /// unlinked now (`fstat`'s `st_nlink == 0`); while it is unchanged, no blob was removed since then.
+    public var removalGeneration: Int { removals.load(ordering: .acquiring) }
+
+    private func noteRemoval() {
+        removals.wrappingAdd(1, ordering: .releasing)
+    }
 
     /// Creates `directory`, `blobs/` and `tmp/` when missing. Blocks on `mkdir`: call it at start-up.
     public init(directory: String, hasher: KeyedHasher, threadPool: NIOThreadPool) throws(StoreError) {
@@ -310,7 +321,9 @@ public final class BlobStore: Sendable {
     public func remove(_ digest: Digest128) async throws(StoreError) -> Bool {
         try await onThreadPool { () throws(StoreError) -> Bool in
             let removedRaw = try BlobFileIO.remove(self.path(for: digest, compressed: false))
+            if removedRaw { self.noteRemoval() }  // before the slow directory fsync: cached fds drop it at once
             let removedFrame = try BlobFileIO.remove(self.path(for: digest, compressed: true))
+            if removedFrame { self.noteRemoval() }
             guard removedRaw || removedFrame else { return false }
             let hex = digest.hex
             try BlobFileIO.syncDirectory("\(self.blobsDirectory)/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))")
@@ -330,7 +343,9 @@ public final class BlobStore: Sendable {
             for digest in digests {
                 do throws(StoreError) {
                     let removedRaw = try BlobFileIO.remove(self.path(for: digest, compressed: false))
+                    if removedRaw { self.noteRemoval() }
                     let removedFrame = try BlobFileIO.remove(self.path(for: digest, compressed: true))
+                    if removedFrame { self.noteRemoval() }
                     guard removedRaw || removedFrame else { continue }
                     removed.append(digest)
                     let hex = digest.hex

@@ -18,7 +18,7 @@ import Testing
     struct Fixture {
         let directory: String
         let store: BlobStore
-        let source: MediaFileSource
+        var source: MediaFileSource
         let eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
         let allocator = ByteBufferAllocator()
 
@@ -142,20 +142,24 @@ import Testing
                 == record
         )
 
+        var handles: [NIOFileHandle] = []
         for range in Self.ranges(content.count) {
             let body = try #require(try await fixture.body(record, range, zeroCopy: true))
-            guard case .fileRegion(let region, let handle) = body else {
+            guard case .fileRegion(let region, let lease) = body else {
                 Issue.record("expected a FileRegion for \(range), got \(body)")
                 continue
             }
             #expect(region.readerIndex == range.lowerBound && region.endIndex == range.upperBound)
-            #expect(region.fileHandle === handle)
+            #expect(region.fileHandle === lease.fileHandle)
             #expect(body.byteCount == range.count)
             let sent = try await fixture.send(body)
             #expect(sent.bytes == Array(content[range]), "\(range)")
             #expect(sent.parts == ["fileRegion"])
-            #expect(!handle.isOpen, "write(on:) closes the file")
+            #expect(lease.fileHandle.isOpen, "the loop keeps the file open for the next response")
+            handles.append(lease.fileHandle)
         }
+        #expect(handles.allSatisfy { $0 === handles[0] }, "one open file serves every range")
+        #expect(fixture.source.openFiles.counts.opened.load(ordering: .relaxed) == 1)
     }
 
     @Test func rawBlobWithoutZeroCopyIsReadInChunks() async throws {
@@ -215,23 +219,34 @@ import Testing
         #expect(!chunks.handle.isOpen)
     }
 
-    @Test func discardClosesTheFile() async throws {
-        let fixture = try Fixture()
+    /// Chunks own their file and close it; a region's file is the loop's to keep, and closes only with no cache.
+    @Test(arguments: [MediaFileSource.defaultOpenFilesPerLoop, 0])
+    func discardClosesTheFileOrReturnsItsLease(openFilesPerLoop: Int) async throws {
+        var fixture = try Fixture()
         defer { fixture.remove() }
+        fixture.source = MediaFileSource(
+            store: fixture.store,
+            threadPool: .singleton,
+            chunkSize: Self.chunkSize,
+            openFilesPerLoop: openFilesPerLoop
+        )
         let record = try await fixture.store.put(Self.png(300_000), mediaType: .png)
         let region = try #require(try await fixture.body(record, 0..<10, zeroCopy: true))
         let chunks = try #require(try await fixture.body(record, 0..<200_000, zeroCopy: false))
         let handles = [region, chunks].compactMap { body -> NIOFileHandle? in
             switch body {
-            case .fileRegion(_, let handle): handle
+            case .fileRegion(_, let lease): lease.fileHandle
             case .fileChunks(let chunks): chunks.handle
             case .buffer: nil
             }
         }
-        #expect(handles.count == 2 && handles.allSatisfy(\.isOpen))
-        region.discard()
+        try #require(handles.count == 2)
+        #expect(handles.allSatisfy { $0.isOpen })
+        region.discard()  // off the loop: the lease goes back there
         chunks.discard()
-        #expect(handles.allSatisfy { !$0.isOpen })
+        try await fixture.eventLoop.submit {}.get()
+        #expect(!handles[1].isOpen)
+        #expect(handles[0].isOpen == (openFilesPerLoop > 0))
     }
 
     // MARK: - Compressed blobs
