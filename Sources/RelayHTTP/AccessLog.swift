@@ -17,30 +17,11 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private struct Pending {
-        var method: HTTPMethod
-        var path: String
-        var started: NIODeadline
-        var route = "unmatched"
-        var keyID: String?
-        var status: UInt = 0
-        var requestID: String?
-        var cache: String?
-        var declaredLength: Int?
-        var streamed = 0
-
-        var bytes: Int { declaredLength ?? streamed }
-    }
-
-    private let logger: Logger?
-    private let metrics: HTTPMetrics
-    private let proto: String
-    private var pending: Pending?
+    let sink: AccessLogSink
+    private var pending: AccessEntry?
 
     init(logger: Logger?, metrics: HTTPMetrics, proto: String) {
-        self.logger = logger
-        self.metrics = metrics
-        self.proto = proto
+        self.sink = AccessLogSink(logger: logger, metrics: metrics, proto: proto)
     }
 
     /// Set by the HTTP handler once it has routed the request.
@@ -54,10 +35,20 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
         pending?.keyID = keyID
     }
 
+    /// The request being answered, taken over by whoever writes the rest of its response below this handler (a bare
+    /// SSE stream, `StatusStreamHandler`): it records the line when that response ends.
+    func takeOver(status: UInt, requestID: String?, cache: String?) -> AccessEntry? {
+        guard var entry = pending else { return nil }
+        pending = nil
+        entry.status = status
+        entry.requestID = requestID
+        entry.cache = cache
+        return entry
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head(let head) = Self.unwrapInboundIn(data) {
-            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
-            pending = Pending(method: head.method, path: path, started: .now())
+            pending = AccessEntry(head: head)
         }
         context.fireChannelRead(data)
     }
@@ -76,7 +67,7 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             if let done = pending {
                 pending = nil
-                record(done)
+                sink.record(done)
             }
         default:
             break
@@ -85,15 +76,46 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if var done = pending, done.status != 0 {
+        if let done = pending, done.status != 0 {
             pending = nil
-            done.cache = done.cache ?? "client_gone"
-            record(done)
+            sink.record(done, clientGone: true)
         }
         context.fireChannelInactive()
     }
+}
 
-    private func record(_ entry: Pending) {
+/// One request's access line while its response is under way.
+struct AccessEntry {
+    var method: HTTPMethod
+    var path: String
+    var started: NIODeadline
+    var route = "unmatched"
+    var keyID: String?
+    var status: UInt = 0
+    var requestID: String?
+    var cache: String?
+    var declaredLength: Int?
+    var streamed = 0
+
+    var bytes: Int { declaredLength ?? streamed }
+
+    init(head: HTTPRequestHead, started: NIODeadline = .now()) {
+        self.method = head.method
+        self.path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        self.started = started
+    }
+}
+
+/// Where access lines and HTTP metrics go, for one protocol.
+struct AccessLogSink: Sendable {
+    let logger: Logger?
+    let metrics: HTTPMetrics
+    let proto: String
+
+    /// The line and the metrics of a response that ended (`clientGone`: the client left before its end).
+    func record(_ entry: AccessEntry, clientGone: Bool = false) {
+        var entry = entry
+        if clientGone { entry.cache = entry.cache ?? "client_gone" }
         let seconds = Double((NIODeadline.now() - entry.started).nanoseconds) / 1e9
         metrics.record(route: entry.route, status: entry.status, seconds: seconds)
         guard let logger else { return }
