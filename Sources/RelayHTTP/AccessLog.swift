@@ -17,26 +17,11 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private struct Pending {
-        var method: HTTPMethod
-        var path: String
-        var started: NIODeadline
-        var route = "unmatched"
-        var keyID: String?
-        var status: UInt = 0
-        var requestID: String?
-        var cache: String?
-        var declaredLength: Int?
-        var streamed = 0
-
-        var bytes: Int { declaredLength ?? streamed }
-    }
-
-    private let recorder: AccessRecorder
-    private var pending: Pending?
+    let sink: AccessLogSink
+    private var pending: AccessEntry?
 
     init(logger: Logger?, metrics: HTTPMetrics, proto: String) {
-        self.recorder = AccessRecorder(logger: logger, metrics: metrics, proto: proto)
+        self.sink = AccessLogSink(logger: logger, metrics: metrics, proto: proto)
     }
 
     /// Set by the HTTP handler once it has routed the request.
@@ -50,10 +35,20 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
         pending?.keyID = keyID
     }
 
+    /// The request being answered, taken over by whoever writes the rest of its response below this handler (a bare
+    /// SSE stream, `StatusStreamHandler`): it records the line when that response ends.
+    func takeOver(status: UInt, requestID: String?, cache: String?) -> AccessEntry? {
+        guard var entry = pending else { return nil }
+        pending = nil
+        entry.status = status
+        entry.requestID = requestID
+        entry.cache = cache
+        return entry
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head(let head) = Self.unwrapInboundIn(data) {
-            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
-            pending = Pending(method: head.method, path: path, started: .now())
+            pending = AccessEntry(head: head)
         }
         context.fireChannelRead(data)
     }
@@ -72,7 +67,7 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             if let done = pending {
                 pending = nil
-                record(done)
+                sink.record(done)
             }
         default:
             break
@@ -81,47 +76,67 @@ final class AccessLogHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if var done = pending, done.status != 0 {
+        if let done = pending, done.status != 0 {
             pending = nil
-            done.cache = done.cache ?? "client_gone"
-            record(done)
+            sink.record(done, clientGone: true)
         }
         context.fireChannelInactive()
     }
+}
 
-    private func record(_ entry: Pending) {
-        recorder.record(
-            method: entry.method, path: entry.path, status: entry.status, bytes: entry.bytes, started: entry.started,
-            route: entry.route, keyID: entry.keyID, requestID: entry.requestID, cache: entry.cache
-        )
+/// One request's access line while its response is under way.
+struct AccessEntry {
+    var method: HTTPMethod
+    var path: String
+    var started: NIODeadline
+    var route = "unmatched"
+    var keyID: String?
+    var status: UInt = 0
+    var requestID: String?
+    var cache: String?
+    var declaredLength: Int?
+    var streamed = 0
+
+    var bytes: Int { declaredLength ?? streamed }
+
+    init(method: HTTPMethod, path: String, started: NIODeadline) {
+        self.method = method
+        self.path = path
+        self.started = started
+    }
+
+    init(head: HTTPRequestHead, started: NIODeadline = .now()) {
+        self.method = head.method
+        self.path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        self.started = started
     }
 }
 
-/// Writes one request's access line and HTTP metrics: for `AccessLogHandler` and for requests the fast lane answers.
-struct AccessRecorder {
+/// Where access lines and HTTP metrics go, for one protocol.
+struct AccessLogSink: Sendable {
     let logger: Logger?
     let metrics: HTTPMetrics
     let proto: String
 
-    func record(
-        method: HTTPMethod, path: String, status: UInt, bytes: Int, started: NIODeadline,
-        route: String, keyID: String?, requestID: String?, cache: String?
-    ) {
-        let seconds = Double((NIODeadline.now() - started).nanoseconds) / 1e9
-        metrics.record(route: route, status: status, seconds: seconds)
+    /// The line and the metrics of a response that ended (`clientGone`: the client left before its end).
+    func record(_ entry: AccessEntry, clientGone: Bool = false) {
+        var entry = entry
+        if clientGone { entry.cache = entry.cache ?? "client_gone" }
+        let seconds = Double((NIODeadline.now() - entry.started).nanoseconds) / 1e9
+        metrics.record(route: entry.route, status: entry.status, seconds: seconds)
         guard let logger else { return }
         var metadata: Logger.Metadata = [
-            "method": .string(method.rawValue),
-            "path": .string(path),
-            "status": .stringConvertible(status),
-            "bytes": .stringConvertible(bytes),
+            "method": .string(entry.method.rawValue),
+            "path": .string(entry.path),
+            "status": .stringConvertible(entry.status),
+            "bytes": .stringConvertible(entry.bytes),
             "duration_ms": .string(String(format3: seconds * 1000)),
-            "route": .string(route),
+            "route": .string(entry.route),
             "proto": .string(proto),
         ]
-        if let requestID { metadata["request_id"] = .string(requestID) }
-        if let keyID { metadata["key_id"] = .string(keyID) }
-        if let cache { metadata["cache"] = .string(cache) }
+        if let id = entry.requestID { metadata["request_id"] = .string(id) }
+        if let key = entry.keyID { metadata["key_id"] = .string(key) }
+        if let cache = entry.cache { metadata["cache"] = .string(cache) }
         logger.info("request", metadata: metadata)
     }
 }

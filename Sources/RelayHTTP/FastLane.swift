@@ -45,7 +45,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     private let scheme: String
     private let timer: ConnectionTimer
     let ledger: SlowPathLedger
-    private let recorder: AccessRecorder
+    private let accessLog: AccessLogSink
     private let scanner: RequestHeadScanner
     private var mode = Mode.scanning
     /// Bytes of a head not yet complete.
@@ -58,7 +58,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         self.scheme = scheme
         self.timer = timer
         self.ledger = ledger
-        self.recorder = AccessRecorder(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
+        self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
         self.scanner = RequestHeadScanner(maxHeadBytes: services.limits.connection.maxHeaderBytes, maxTargetBytes: services.limits.maxURLBytes)
     }
 
@@ -153,7 +153,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         response.encode(into: &buffer)
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
-        recorder.record(
+        record(
             method: head.method, path: Self.path(head.uri), status: response.status.code, bytes: response.body.readableBytes,
             started: started, route: route.label, keyID: keyID, requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
@@ -197,7 +197,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             refusal.encode(into: &buffer)
             context.write(Self.wrapOutboundOut(buffer), promise: nil)
             timer.responseEnded()
-            recorder.record(
+            record(
                 method: head.method, path: Self.path(head.uri), status: refusal.status.code, bytes: refusal.body.readableBytes,
                 started: started, route: route.label, keyID: payer.keyID, requestID: refusal.field("x-fal-request-id"), cache: nil
             )
@@ -225,11 +225,26 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         timer.responseEnded()
-        recorder.record(
+        record(
             method: head.method, path: Self.path(head.uri), status: plan.status.code, bytes: body?.byteCount ?? 0, started: started,
             route: route.label, keyID: payer.keyID, requestID: requestID, cache: nil
         )
         return true
+    }
+
+    /// The access line and HTTP metrics of a request answered here.
+    private func record(
+        method: HTTPMethod, path: String, status: UInt, bytes: Int, started: NIODeadline,
+        route: String, keyID: String?, requestID: String?, cache: String?
+    ) {
+        var entry = AccessEntry(method: method, path: path, started: started)
+        entry.status = status
+        entry.declaredLength = bytes
+        entry.route = route
+        entry.keyID = keyID
+        entry.requestID = requestID
+        entry.cache = cache
+        accessLog.record(entry)
     }
 
     private static func path(_ uri: String) -> String {

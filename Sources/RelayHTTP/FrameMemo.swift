@@ -23,7 +23,7 @@ final class FrameMemo: @unchecked Sendable {
     }
 
     /// One entry per kind: a batch interleaves SSE and WebSocket watchers of the same request.
-    private var entries: [(key: Key, frame: ByteBuffer)?] = [nil, nil]
+    private var entries: [(key: Key, frame: ByteBuffer, ends: Bool)?] = [nil, nil]
 
     private static let perThread = ThreadSpecificVariable<FrameMemo>()
 
@@ -37,10 +37,16 @@ final class FrameMemo: @unchecked Sendable {
 
     /// The frame for `key`, built by `make` unless it is the one built last.
     func frame(for key: Key, make: () -> ByteBuffer) -> ByteBuffer {
+        frame(for: key) { (make(), false) }.frame
+    }
+
+    /// Like `frame(for:make:)`, with a decision made together with the bytes and shared like them (an SSE status
+    /// frame: whether it ends the stream, which depends on the request's cancellation, looked up once per batch).
+    func frame(for key: Key, make: () -> (ByteBuffer, Bool)) -> (frame: ByteBuffer, ends: Bool) {
         let slot = Int(key.kind.rawValue)
-        if let entry = entries[slot], entry.key == key { return entry.frame }
-        let made = make()
-        entries[slot] = (key, made)
-        return made
+        if let entry = entries[slot], entry.key == key { return (entry.frame, entry.ends) }
+        let (made, ends) = make()
+        entries[slot] = (key, made, ends)
+        return (made, ends)
     }
 }

@@ -62,11 +62,26 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The route of the request being received, when `beginUpload` already computed it (dispatch reuses it).
     var routedHead: Route?
 
-    init(services: RelayServices, scheme: String, refusal: FalError? = nil, accessLog: AccessLogHandler? = nil) {
+    /// HTTP/1.1: an SSE status stream takes the connection over (`StatusStreamHandler`) instead of streaming through
+    /// the HTTP handlers. HTTP/2 streams share their connection, so they stream here.
+    let statusStreamsTakeOver: Bool
+    /// Told when a status stream takes the connection over (it counts as an SSE connection from then on).
+    let connectionKind: ConnectionKindTracker?
+
+    init(
+        services: RelayServices,
+        scheme: String,
+        refusal: FalError? = nil,
+        accessLog: AccessLogHandler? = nil,
+        statusStreamsTakeOver: Bool = false,
+        connectionKind: ConnectionKindTracker? = nil
+    ) {
         self.services = services
         self.scheme = scheme
         self.refusal = refusal
         self.accessLog = accessLog
+        self.statusStreamsTakeOver = statusStreamsTakeOver
+        self.connectionKind = connectionKind
     }
 
     // MARK: - Inbound
@@ -310,6 +325,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             let base = queueBase(head: head, app: app.app)
+            if statusStreamsTakeOver {
+                let stream = StatusStreamHandler.Stream(request: request, base: base, withLogs: query.flag("logs"), after: max(0, lastSeen))
+                takeOver(stream, context: context)
+                return
+            }
             begin(.statusStream(request, base: base, withLogs: query.flag("logs")), after: max(0, lastSeen), context: context, keepAlive: keepAlive)
         }
     }
@@ -479,6 +499,22 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Exchanges that follow a job
 
+    /// Hands the connection to a bare SSE writer: this handler and the rest of the HTTP/1.1 pipeline leave it, and the
+    /// access line of this request is written by the stream when it ends.
+    private func takeOver(_ stream: StatusStreamHandler.Stream, context: ChannelHandlerContext) {
+        let request = stream.request
+        let access = accessLog?.takeOver(status: 200, requestID: request.id, cache: request.cacheOutcome.rawValue)
+        let writer = StatusStreamHandler(
+            services: services, stream: stream, access: access, accessSink: accessLog?.sink, connectionKind: connectionKind
+        )
+        do {
+            try StatusStreamHandler.takeOver(writer, pipeline: context.pipeline)
+        } catch {
+            services.logger.error("status stream could not take the connection over", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
     @discardableResult
     private func begin(_ kind: Exchange.Kind, after sequence: Int = 0, context: ChannelHandlerContext, keepAlive: Bool) -> Int {
         exchangeCount += 1
@@ -625,7 +661,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if cancelled {
                 phase = .completed(.cancelled)
                 logs = withLogs ? [] : nil
-                frame = sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+                frame = Self.sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
             } else {
                 // Every watcher of this request on this loop gets the same bytes: build them once per event.
                 let key = FrameMemo.Key(
@@ -634,7 +670,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 )
                 frame = FrameMemo.current.frame(for: key) {
                     // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
-                    sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+                    Self.sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
                 }
             }
             context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
@@ -645,12 +681,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
-        let frame = sseFrame(data: data, id: id, allocator: context.channel.allocator)
+        let frame = Self.sseFrame(data: data, id: id, allocator: context.channel.allocator)
         context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
     }
 
     /// `id: n` (optional), `data: <json>`, blank line.
-    func sseFrame(data: JSONValue, id: Int?, allocator: ByteBufferAllocator) -> ByteBuffer {
+    static func sseFrame(data: JSONValue, id: Int?, allocator: ByteBufferAllocator) -> ByteBuffer {
         var bytes: [UInt8] = id.map { Array("id: \($0)\n".utf8) } ?? []
         bytes.append(contentsOf: "data: ".utf8)
         data.write(into: &bytes)

@@ -121,6 +121,10 @@ public final class RelayHTTPServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // Each connection keeps its read buffer between reads (NIO pools it per channel): start small, since most
+            // requests are a few hundred bytes and idle watchers are many; a read that fills it doubles the next one,
+            // so uploads still reach 64 KiB reads.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
             .childChannelInitializer { channel in
                 connections.add(channel)
                 let address = channel.remoteAddress?.ipAddress ?? "unknown"
@@ -195,7 +199,9 @@ public final class RelayHTTPServer: Service, Sendable {
         }
         try pipeline.addHandler(timer)
         let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "http/1.1")
-        let handler = RelayHTTPHandler(services: services, scheme: scheme, refusal: refusal, accessLog: accessLog)
+        let handler = RelayHTTPHandler(
+            services: services, scheme: scheme, refusal: refusal, accessLog: accessLog, statusStreamsTakeOver: true, connectionKind: kind
+        )
         // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
         let fastLane = refusal == nil ? FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) : nil
         if let fastLane {

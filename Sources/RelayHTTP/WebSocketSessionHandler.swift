@@ -11,7 +11,7 @@ import RelayJobs
 /// only while the channel is writable; otherwise the watch is marked behind and, once writable again, caught up from
 /// the job's log (which keeps every stream item — logs, partials, the end — but only the latest snapshot). Pings
 /// every 30 s; a socket silent for the idle timeout is closed with 1001.
-final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHandler, KeepAliveTarget {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
@@ -26,9 +26,12 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     }
     /// Realtime: client-side correlation ids to echo, by relay request id.
     private var realtimeEcho: [String: JSONValue] = [:]
-    private var pingTask: RepeatedTask?
+    /// Pings come from the loop's shared wheel (no timer per socket).
+    private var pingSlot: KeepAliveWheel.Slot?
+    private var context: ChannelHandlerContext?
     private var lastHeard = NIODeadline.now()
     private var closing = false
+    private var rawFrames: ChannelHandlerContext?
 
     init(services: RelayServices, target: WebSocketTarget) {
         self.services = services
@@ -44,15 +47,29 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     // MARK: - Lifecycle
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: Self.pingInterval, delay: Self.pingInterval) { _ in
-            let (handler, context) = bound.value
-            handler.keepAlive(context: context)
+        self.context = context
+        pingSlot = KeepAliveWheel.on(context.eventLoop, seconds: Self.pingInterval.nanoseconds / 1_000_000_000).add(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        stopPinging()
+        self.context = nil
+    }
+
+    func keepAlive() {
+        if let context { keepAlive(context: context) }
+    }
+
+    private func stopPinging() {
+        if let slot = pingSlot {
+            KeepAliveWheel.remove(self, from: slot)
+            pingSlot = nil
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        pingTask?.cancel()
+        stopPinging()
+        rawFrames = nil
         for (id, subscription) in subscriptions {
             subscription.request.job.unsubscribe(subscription.token)
             if case .realtime = target {
@@ -224,17 +241,15 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         let key = subscriptions[requestID].map { subscription in
             FrameMemo.Key(kind: .webSocket, job: ObjectIdentifier(subscription.request.job), sequence: event.sequence, requestID: requestID)
         }
-        if let key {
-            var built = true
+        if let key, let below = encoderContext(context) {
+            // Serialised and framed once: the server's frames are unmasked, so every socket sends the same bytes,
+            // written below the frame encoder as they are (one buffer, no header allocated per socket).
             let frame = FrameMemo.current.frame(for: key) {
-                guard let message = WatchSession.message(for: event, requestID: requestID) else {
-                    built = false
-                    return ByteBuffer()
-                }
-                return context.channel.allocator.buffer(bytes: JSONValue.object(message).serialized())
+                guard let message = WatchSession.message(for: event, requestID: requestID) else { return ByteBuffer() }
+                return Self.encodedTextFrame(JSONValue.object(message).serialized(), allocator: context.channel.allocator)
             }
-            if built && frame.readableBytes > 0 {
-                send(context: context, opcode: .text, data: frame)
+            if frame.readableBytes > 0, !closing {
+                below.writeAndFlush(NIOAny(frame), promise: nil)
             }
         } else if let message = WatchSession.message(for: event, requestID: requestID) {
             sendJSON(context: context, message)
@@ -337,6 +352,32 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         send(context: context, opcode: .text, data: buffer)
     }
 
+    /// The frame encoder's context, through which an already encoded frame goes out without being encoded again;
+    /// nil when there is none (then frames go through `send`).
+    private func encoderContext(_ context: ChannelHandlerContext) -> ChannelHandlerContext? {
+        if let cached = rawFrames { return cached }
+        rawFrames = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
+        return rawFrames
+    }
+
+    /// A final, unmasked text frame (RFC 6455 §5.2) carrying `payload`.
+    static func encodedTextFrame(_ payload: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: payload.count + 10)
+        buffer.writeInteger(UInt8(0x81))  // FIN, text
+        switch payload.count {
+        case ..<126:
+            buffer.writeInteger(UInt8(payload.count))
+        case ..<65536:
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(payload.count))
+        default:
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(payload.count))
+        }
+        buffer.writeBytes(payload)
+        return buffer
+    }
+
     private func send(context: ChannelHandlerContext, opcode: WebSocketOpcode, data: ByteBuffer) {
         guard !closing else { return }
         context.writeAndFlush(Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, data: data)), promise: nil)
@@ -354,7 +395,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             .whenComplete { _ in channel.close(mode: .output, promise: nil) }
         context.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
         closing = true
-        pingTask?.cancel()
+        stopPinging()
     }
 }
 

@@ -11,6 +11,8 @@ public final class RelayStatistics: Sendable {
         case http1
         case http2
         case webSocket = "websocket"
+        /// An HTTP/1.1 connection that became a bare SSE status stream (its HTTP handlers left the pipeline).
+        case sseStream = "sse"
     }
 
     /// Live subscriber kinds.

@@ -109,6 +109,8 @@ def test_sse_pings_and_watchers_and_a_clean_end_on_shutdown():
             stats = httpx.get(f"{base}/relay/stats").json()
             assert stats["watchers"]["sse"] == 1
             assert stats["connections"]["open"]["http1"] >= 1
+            # The stream's connection left the HTTP/1.1 pipeline: a bare SSE writer serves it.
+            assert stats["connections"]["open"]["sse"] == 1
             server.process.send_signal(signal.SIGTERM)
             assert ended.wait(10), "the SSE stream was not ended at shutdown"
             assert any(line == "retry: 1000" for _, line in received)
@@ -116,6 +118,28 @@ def test_sse_pings_and_watchers_and_a_clean_end_on_shutdown():
             assert server.process.returncode == 0
         finally:
             server.stop()
+
+
+def test_a_status_stream_has_one_access_line_at_its_end(json_relay):
+    base = f"http://127.0.0.1:{json_relay.http_port}"
+    headers = {"Authorization": f"Key {json_relay.key}"}
+    body = {"prompt": "streamed access line", "seed": 8, "num_inference_steps": 2, "image_size": "square"}
+    submitted = httpx.post(f"{base}/fal-ai/flux/schnell", json=body, headers=headers).json()
+    url = f"{base}/fal-ai/flux/requests/{submitted['request_id']}/status/stream?logs=1"
+    with httpx.stream("GET", url, headers=headers, timeout=30) as stream:
+        assert stream.headers["connection"] == "close" and "transfer-encoding" not in stream.headers
+        text = "".join(stream.iter_text())
+    assert '"status":"COMPLETED"' in text.replace(" ", "")
+
+    def stream_lines():
+        return [l for l in access_lines(json_relay) if l.get("route") == "status_stream"]
+
+    lines = wait_for(stream_lines)
+    assert lines and len(lines) == 1, lines
+    line = lines[0]
+    assert line["status"] == "200" and line["request_id"] == submitted["request_id"] and line["proto"] == "http/1.1"
+    assert int(line["bytes"]) == len(text.encode()) and line["key_id"] == json_relay.key.split(":", 1)[0]
+    assert 'relay_http_requests_total{route="status_stream",status="200"}' in httpx.get(f"{base}/metrics").text
 
 
 def test_uploads_have_their_own_access_lines(json_relay):

@@ -1,0 +1,62 @@
+/// A bare SSE status stream's protocol as a value (STYLE.md rule 1): which job events go out, which wait in the job's
+/// log while the socket cannot take more, and when the stream is over. `StatusStreamHandler` performs the actions.
+///
+/// A slow reader never makes the relay buffer: an event that finds the socket unwritable is not written, the stream
+/// is marked behind, and once the socket drains everything after the last event sent is replayed from the job's log.
+struct StatusStreamStateMachine {
+    enum State: Equatable {
+        case streaming(lastSent: Int, behind: Bool)
+        case ended
+    }
+
+    /// What to do with one event.
+    enum Delivery: Equatable {
+        /// Write it (the machine counts it as sent).
+        case write
+        /// Already sent (a replay overlapping live events), or the stream is over.
+        case drop
+        /// The socket is full: the event stays in the job's log until `writabilityChanged` asks for a replay.
+        case wait
+    }
+
+    private(set) var state: State
+
+    /// `after`: the last event the client saw (Last-Event-ID), 0 for a first connect.
+    init(after: Int) {
+        state = .streaming(lastSent: max(0, after), behind: false)
+    }
+
+    var isStreaming: Bool { state != .ended }
+
+    mutating func deliver(sequence: Int, writable: Bool) -> Delivery {
+        guard case .streaming(let lastSent, let behind) = state, sequence > lastSent else { return .drop }
+        guard writable, !behind else {
+            state = .streaming(lastSent: lastSent, behind: true)
+            return .wait
+        }
+        state = .streaming(lastSent: sequence, behind: false)
+        return .write
+    }
+
+    /// The socket's writability changed: returns the sequence to replay after when the stream fell behind and the
+    /// socket takes data again.
+    mutating func writabilityChanged(writable: Bool) -> Int? {
+        guard writable, case .streaming(let lastSent, true) = state else { return nil }
+        state = .streaming(lastSent: lastSent, behind: false)
+        return lastSent
+    }
+
+    /// Whether a keep-alive comment should go out now: never into a full socket or behind held-back events.
+    func shouldPing(writable: Bool) -> Bool {
+        guard writable, case .streaming(_, false) = state else { return false }
+        return true
+    }
+
+    /// Ends the stream (its last frame written, shutdown, or the client left). True only the first time, when the
+    /// caller releases what the stream held.
+    mutating func end() -> Bool {
+        guard isStreaming else { return false }
+        state = .ended
+        return true
+    }
+}
