@@ -153,7 +153,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         response.encode(into: &buffer)
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
-        record(
+        logAccess(
             method: head.method, path: Self.path(head.uri), status: response.status.code, bytes: response.body.readableBytes,
             started: started, route: route.label, keyID: keyID, requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
@@ -197,7 +197,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             refusal.encode(into: &buffer)
             context.write(Self.wrapOutboundOut(buffer), promise: nil)
             timer.responseEnded()
-            record(
+            logAccess(
                 method: head.method, path: Self.path(head.uri), status: refusal.status.code, bytes: refusal.body.readableBytes,
                 started: started, route: route.label, keyID: payer.keyID, requestID: refusal.field("x-fal-request-id"), cache: nil
             )
@@ -225,7 +225,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         timer.responseEnded()
-        record(
+        logAccess(
             method: head.method, path: Self.path(head.uri), status: plan.status.code, bytes: body?.byteCount ?? 0, started: started,
             route: route.label, keyID: payer.keyID, requestID: requestID, cache: nil
         )
@@ -233,7 +233,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The access line and HTTP metrics of a request answered here.
-    private func record(
+    private func logAccess(
         method: HTTPMethod, path: String, status: UInt, bytes: Int, started: NIODeadline,
         route: String, keyID: String?, requestID: String?, cache: String?
     ) {

@@ -99,8 +99,11 @@ extension RelayServices {
 
     /// Charges the route's budget for `principal` (429 when spent).
     func charge(_ facts: RequestFacts, route: Route, principal: Principal) -> Admission {
-        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route) else { return .admitted(principal, rateLimitHeaders: []) }
-        let decision = rateLimiter.check(principal: principal, clientIP: facts.clientIP(), budget: budget)
+        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route),
+            rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
+        else { return .admitted(principal, rateLimitHeaders: []) }
+        // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
+        let decision = rateLimiter.check(principal: principal, clientIP: principal.keyID == nil ? facts.clientIP() : "", budget: budget)
         guard let rejection = decision.rejection else { return .admitted(principal, rateLimitHeaders: decision.headers) }
         return .refused(
             PreparedResponse(error: .rateLimited(rejection.detail), requestID: nil, extraHeaders: rejection.headers, isHead: facts.method == .HEAD)
