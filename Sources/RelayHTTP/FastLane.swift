@@ -127,7 +127,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Answers `head` if it is one of the fast routes and everything it needs is at hand; false leaves it to NIO.
     private func answer(_ head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
-        let route = services.router.route(method: head.method, host: head.host, uri: head.uri)
+        let route = route(head)
         let started = NIODeadline.now()
         let channel = context.channel
         let facts = RequestFacts(
@@ -159,6 +159,19 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             cache: response.field("x-relay-cache")
         )
         return true
+    }
+
+    /// The last request line routed on this connection: a client polling a status or fetching a result sends the
+    /// same one again and again, and routing is a pure function of method, Host and target.
+    private var lastRouted: (method: HTTPMethod, host: String?, uri: String, route: Route)?
+
+    private func route(_ head: RequestHeadScanner.FastHead) -> Route {
+        if let last = lastRouted, last.uri == head.uri, last.method == head.method, last.host == head.host {
+            return last.route
+        }
+        let route = services.router.route(method: head.method, host: head.host, uri: head.uri)
+        lastRouted = (head.method, head.host, head.uri, route)
+        return route
     }
 
     /// A media file on plain HTTP whose record is known and whose file is open in this loop: the plan (200, 206,

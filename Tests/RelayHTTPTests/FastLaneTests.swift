@@ -204,6 +204,26 @@ import Testing
         #expect(answers.last?.body.contains("\"seed\":7") == true)
     }
 
+    /// The lane remembers the last request line's route: a different target, Host or method must be routed anew.
+    @Test func aRepeatedLineReusesItsRouteAndAnyChangeReroutes() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let result = "/fal-ai/flux/requests/\(fixture.done.id)"
+        try fixture.send("GET \(result) HTTP/1.1\r\n\(Self.key)\r\nGET \(result) HTTP/1.1\r\n\(Self.key)\r\n")
+        let twice = try fixture.responses()
+        #expect(twice.count == 2 && twice.allSatisfy { $0.body.contains("\"seed\":7") })
+        try fixture.send("GET \(result)/status HTTP/1.1\r\n\(Self.key)\r\n")
+        #expect(try fixture.responses().first?.body.contains("COMPLETED") == true)
+        try fixture.send("HEAD \(result)/status HTTP/1.1\r\n\(Self.key)\r\n")
+        let head = try fixture.responses(bodiless: true)
+        #expect(head.first?.status == 200 && head.first?.body.isEmpty == true)
+        // The run host has no result route: NIO answers (405), and the lane did not reuse the queue host's route.
+        try fixture.send("GET \(result) HTTP/1.1\r\nHost: localhost\r\n\(Self.key)\r\n")
+        #expect(try fixture.responses().first?.status == 405)
+        try fixture.send("GET \(result) HTTP/1.1\r\n\(Self.key)\r\n")
+        #expect(try fixture.responses().first?.body.contains("\"seed\":7") == true)
+    }
+
     @Test func aChunkedBodyHandsTheConnectionToNIO() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
