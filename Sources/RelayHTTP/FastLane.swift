@@ -149,7 +149,16 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         guard timer.headReceived(byteCount: headLength) else { return true }  // 431 sent, closing
         timer.requestEnded()
         services.jobs.statistics.recordHTTPRequest()
-        var buffer = context.channel.allocator.buffer(capacity: 160 + response.body.readableBytes)
+        send(response, for: head, route: route, keyID: keyID, started: started, context: context)
+        return true
+    }
+
+    /// Writes a whole response (flushed with the read's others), ends it for the clock and logs it.
+    private func send(
+        _ response: PreparedResponse, for head: RequestHeadScanner.FastHead, route: Route, keyID: String?, started: NIODeadline,
+        context: ChannelHandlerContext
+    ) {
+        var buffer = context.channel.allocator.buffer(capacity: 256 + response.body.readableBytes)
         response.encode(into: &buffer)
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
@@ -158,7 +167,6 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             started: started, route: route.label, keyID: keyID, requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
         )
-        return true
     }
 
     /// The last request line routed on this connection: a client polling a status or fetching a result sends the
@@ -206,14 +214,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         services.jobs.statistics.recordHTTPRequest()
         if case .refused(let refusal) = services.charge(facts, route: route, principal: payer) {
             body?.discard()
-            var buffer = context.channel.allocator.buffer(capacity: 256 + refusal.body.readableBytes)
-            refusal.encode(into: &buffer)
-            context.write(Self.wrapOutboundOut(buffer), promise: nil)
-            timer.responseEnded()
-            logAccess(
-                method: head.method, path: Self.path(head.uri), status: refusal.status.code, bytes: refusal.body.readableBytes,
-                started: started, route: route.label, keyID: payer.keyID, requestID: refusal.field("x-fal-request-id"), cache: nil
-            )
+            send(refusal, for: head, route: route, keyID: payer.keyID, started: started, context: context)
             return true
         }
         services.jobs.statistics.recordStoreRead(hit: true)

@@ -14,14 +14,6 @@ import Testing
 /// answers what NIO's pipeline would, byte-compatible, keeps responses in request order when requests mix, and hands
 /// NIO everything it does not understand.
 @Suite struct FastLaneTests {
-    final class HeldUpstream: Upstream, Sendable {
-        struct Task: UpstreamTask {
-            func cancel() {}
-        }
-
-        func start(_ job: Job) -> any UpstreamTask { Task() }
-    }
-
     /// `Key good:…` is the key `k1`; any other key is refused; no header is anonymous.
     struct OneKey: Authenticator {
         func authenticate(authorization: String?) -> Principal? {
@@ -50,31 +42,11 @@ import Testing
 
         init() throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("fast-\(UUID().uuidString)").path
-            let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
-            let hasher = KeyedHasher(secret: secret)
-            let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
-            let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image, required: ["prompt"])
-            let upstream = HeldUpstream()
-            let jobs = JobTable { _ in upstream }
-            services = RelayServices(
-                catalog: ModelCatalog(models: [model]),
-                jobs: jobs,
-                store: store,
-                media: MediaFileSource(store: store, threadPool: .singleton),
-                hasher: hasher,
-                authenticator: OneKey(),
-                router: Router(queueHosts: [HostPattern("127.0.0.1")!], runHosts: [HostPattern("localhost")!]),
-                limits: HTTPLimits(),
-                readiness: Readiness(),
-                logger: Logger(label: "test"),
-                rateLimiter: nil
-            )
-            let endpoint = EndpointID("fal-ai/flux/dev")!
-            let first = try ModelInput(model: model, input: ["prompt": "a lighthouse"])
-            done = jobs.submit(first, endpoint: endpoint, key: RequestKey(input: first, hasher: hasher), ownerKeyID: "k1")
+            let relay = try TestRelayServices(directory: directory, authenticator: OneKey())
+            services = relay.services
+            done = try relay.submit("a lighthouse", ownerKeyID: "k1")
             done.job.receive(.succeeded(result: ["images": [["url": "http://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5))
-            let second = try ModelInput(model: model, input: ["prompt": "a harbour"])
-            running = jobs.submit(second, endpoint: endpoint, key: RequestKey(input: second, hasher: hasher), ownerKeyID: "k1")
+            running = try relay.submit("a harbour", ownerKeyID: "k1")
             running.job.receive(.started)
             channel = EmbeddedChannel()
             try RelayHTTPServer.configureHTTP1(channel, services: services, scheme: "http")

@@ -40,20 +40,6 @@ import Testing
 
     // MARK: - Handler
 
-    final class HeldUpstream: Upstream, Sendable {
-        struct Task: UpstreamTask {
-            func cancel() {}
-        }
-
-        func start(_ job: Job) -> any UpstreamTask { Task() }
-    }
-
-    struct AnyoneIsAnonymous: Authenticator {
-        func authenticate(authorization: String?) -> Principal? { .anonymous }
-        func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String? { nil }
-        func authenticate(token: String, app: String?) -> Principal? { nil }
-    }
-
     struct Fixture {
         let directory: String
         let services: RelayServices
@@ -62,29 +48,9 @@ import Testing
 
         init() throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("bare-sse-\(UUID().uuidString)").path
-            let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 29 &+ 3) }
-            let hasher = KeyedHasher(secret: secret)
-            let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
-            let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image, required: ["prompt"])
-            let upstream = HeldUpstream()
-            let jobs = JobTable { _ in upstream }
-            services = RelayServices(
-                catalog: ModelCatalog(models: [model]),
-                jobs: jobs,
-                store: store,
-                media: MediaFileSource(store: store, threadPool: .singleton),
-                hasher: hasher,
-                authenticator: AnyoneIsAnonymous(),
-                router: Router(queueHosts: [HostPattern("127.0.0.1")!], runHosts: [HostPattern("localhost")!]),
-                limits: HTTPLimits(),
-                readiness: Readiness(),
-                logger: Logger(label: "test"),
-                rateLimiter: nil
-            )
-            let input = try ModelInput(model: model, input: ["prompt": "a bare stream"])
-            request = jobs.submit(
-                input, endpoint: EndpointID("fal-ai/flux/dev")!, key: RequestKey(input: input, hasher: hasher), ownerKeyID: nil
-            )
+            let relay = try TestRelayServices(directory: directory)
+            services = relay.services
+            request = try relay.submit("a bare stream")
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4000)).wait()
         }
 

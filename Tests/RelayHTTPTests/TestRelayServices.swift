@@ -1,0 +1,61 @@
+import Foundation
+import Logging
+import NIOCore
+import RelayCore
+import RelayJobs
+import RelayStore
+
+@testable import RelayHTTP
+
+/// An upstream that never reports by itself: the test drives its jobs.
+final class HeldUpstream: Upstream, Sendable {
+    struct Task: UpstreamTask {
+        func cancel() {}
+    }
+
+    func start(_ job: Job) -> any UpstreamTask { Task() }
+}
+
+/// Every caller is anonymous.
+struct AnyoneIsAnonymous: Authenticator {
+    func authenticate(authorization: String?) -> Principal? { .anonymous }
+    func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String? { nil }
+    func authenticate(token: String, app: String?) -> Principal? { nil }
+}
+
+/// The HTTP layer's services over a real store in `directory`, one model (`fal-ai/flux/dev`), held jobs, queue host
+/// 127.0.0.1 and run host localhost, no rate limits: what the handler tests share.
+struct TestRelayServices {
+    let services: RelayServices
+    let jobs: JobTable
+    let model: ModelSpec
+    let hasher: KeyedHasher
+
+    init(directory: String, authenticator: any Authenticator = AnyoneIsAnonymous()) throws {
+        let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        hasher = KeyedHasher(secret: secret)
+        let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
+        model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image, required: ["prompt"])
+        let upstream = HeldUpstream()
+        jobs = JobTable { _ in upstream }
+        services = RelayServices(
+            catalog: ModelCatalog(models: [model]),
+            jobs: jobs,
+            store: store,
+            media: MediaFileSource(store: store, threadPool: .singleton),
+            hasher: hasher,
+            authenticator: authenticator,
+            router: Router(queueHosts: [HostPattern("127.0.0.1")!], runHosts: [HostPattern("localhost")!]),
+            limits: HTTPLimits(),
+            readiness: Readiness(),
+            logger: Logger(label: "test"),
+            rateLimiter: nil
+        )
+    }
+
+    /// A request for `prompt`, owned by `keyID`.
+    func submit(_ prompt: String, ownerKeyID: String? = nil) throws -> RelayRequest {
+        let input = try ModelInput(model: model, input: ["prompt": .string(prompt)])
+        return jobs.submit(input, endpoint: EndpointID("fal-ai/flux/dev")!, key: RequestKey(input: input, hasher: hasher), ownerKeyID: ownerKeyID)
+    }
+}
