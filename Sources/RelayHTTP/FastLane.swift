@@ -132,7 +132,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         let channel = context.channel
         let facts = RequestFacts(
             method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, scheme: scheme,
-            clientIP: { channel.remoteAddress?.ipAddress ?? "unknown" }
+            channel: channel
         )
         let response: PreparedResponse
         var keyID: String?

@@ -12,8 +12,10 @@ struct RequestFacts {
     var authorization: String?
     /// `http` or `https`: the scheme of URLs built for the client.
     var scheme: String
-    /// The caller's address, for anonymous rate limits (computed only when a limit needs it).
-    var clientIP: () -> String
+    /// The connection, whose peer address anonymous rate limits count (formatted only when a limit needs it).
+    var channel: (any Channel)?
+
+    var clientIP: String { channel?.remoteAddress?.ipAddress ?? "unknown" }
 }
 
 /// A complete response as values: status, header fields (without `content-length` and `connection`, which framing
@@ -103,7 +105,7 @@ extension RelayServices {
             rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
         else { return .admitted(principal, rateLimitHeaders: []) }
         // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
-        let decision = rateLimiter.check(principal: principal, clientIP: principal.keyID == nil ? facts.clientIP() : "", budget: budget)
+        let decision = rateLimiter.check(principal: principal, clientIP: principal.keyID == nil ? facts.clientIP : "", budget: budget)
         guard let rejection = decision.rejection else { return .admitted(principal, rateLimitHeaders: decision.headers) }
         return .refused(
             PreparedResponse(error: .rateLimited(rejection.detail), requestID: nil, extraHeaders: rejection.headers, isHead: facts.method == .HEAD)
@@ -140,7 +142,7 @@ extension RelayServices {
         if case .status = route {
             let query = QueryParameters(uri: facts.uri)
             let logs = query.flag("logs") ? request.job.status.logs[...] : nil
-            let json = FalWire.status(id: id, phase: phase, logs: logs, base: queueBase(facts, app: app.app))
+            let json = FalWire.status(id: id, phase: phase, logs: logs, base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app))
             let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
             return (PreparedResponse(status: status, json: json, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
         }
@@ -154,10 +156,12 @@ extension RelayServices {
             return (PreparedResponse(error: error, requestID: id, isHead: isHead), principal.keyID)
         }
     }
+}
 
-    /// `scheme://host` as the client reached the relay (a malformed Host falls back to 127.0.0.1), plus the app.
-    func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {
-        let host = facts.host.flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
-        return FalWire.QueueBase(origin: "\(facts.scheme)://\(host)", app: app)
+extension FalWire.QueueBase {
+    /// `scheme://host` as the client reached the relay (a missing or malformed Host falls back to 127.0.0.1).
+    init(scheme: String, host: String?, app: String) {
+        let host = host.flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
+        self.init(origin: "\(scheme)://\(host)", app: app)
     }
 }

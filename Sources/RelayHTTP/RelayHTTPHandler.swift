@@ -362,7 +362,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let channel = context.channel
         return RequestFacts(
             method: head.method, uri: head.uri, host: head.headers.first(name: "host"), authorization: head.headers.first(name: "authorization"),
-            scheme: scheme, clientIP: { channel.remoteAddress?.ipAddress ?? "unknown" }
+            scheme: scheme, channel: channel
         )
     }
 
@@ -394,7 +394,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func queueBase(head: HTTPRequestHead, app: String) -> FalWire.QueueBase {
-        services.queueBase(RequestFacts(method: head.method, uri: head.uri, host: head.headers.first(name: "host"), authorization: nil, scheme: scheme, clientIP: { "" }), app: app)
+        FalWire.QueueBase(scheme: scheme, host: head.headers.first(name: "host"), app: app)
     }
 
     // MARK: - Media files

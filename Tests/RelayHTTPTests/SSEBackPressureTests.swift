@@ -46,16 +46,7 @@ import Testing
                 case .end: ended = true
                 }
             }
-            var events: [(Int?, JSONValue)] = []
-            for block in text.components(separatedBy: "\n\n") where block.contains("data: ") {
-                var id: Int?
-                var data: JSONValue = .null
-                for line in block.split(separator: "\n") {
-                    if line.hasPrefix("id: ") { id = Int(line.dropFirst(4)) }
-                    if line.hasPrefix("data: ") { data = try JSONValue(parsing: Array(line.dropFirst(6).utf8)) }
-                }
-                events.append((id, data))
-            }
+            let events = try sseEvents(text)
             return (events, ended)
         }
 

@@ -86,21 +86,6 @@ import Testing
         typealias InboundIn = ByteBuffer
     }
 
-    /// The SSE events in `text` (after the response head, if it holds one).
-    static func events(_ text: String) throws -> [(id: Int?, data: JSONValue)] {
-        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? text
-        var events: [(Int?, JSONValue)] = []
-        for block in body.components(separatedBy: "\n\n") where block.contains("data: ") {
-            var id: Int?
-            var data: JSONValue = .null
-            for line in block.split(separator: "\n") {
-                if line.hasPrefix("id: ") { id = Int(line.dropFirst(4)) }
-                if line.hasPrefix("data: ") { data = try JSONValue(parsing: Array(line.dropFirst(6).utf8)) }
-            }
-            events.append((id, data))
-        }
-        return events
-    }
 
     @Test func theStreamIsACloseDelimitedBodyOfIdentifiedEventsAndClosesAfterCompleted() throws {
         let fixture = try Fixture()
@@ -118,19 +103,19 @@ import Testing
         #expect(head.contains("connection: close"))
         #expect(!head.contains("transfer-encoding") && !head.contains("content-length"))
         #expect(head.contains("x-fal-request-id: \(fixture.request.id.lowercased())"))
-        let first = try Self.events(opening)
+        let first = try sseEvents(opening)
         #expect(first.count == 1 && first[0].data["status"]?.stringValue == "IN_QUEUE" && first[0].id != nil)
 
         fixture.request.job.receive(.started)
         fixture.request.job.receive(.log("step 1/1", level: .info))
         fixture.channel.embeddedEventLoop.run()
-        let live = try Self.events(try fixture.written())
+        let live = try sseEvents(try fixture.written())
         #expect(live.compactMap { $0.data["logs"]?.arrayValue?.first?["message"]?.stringValue } == ["step 1/1"])
         #expect(fixture.channel.isActive)
 
         fixture.request.job.receive(.succeeded(result: ["images": []], inferenceSeconds: 1))
         fixture.channel.embeddedEventLoop.run()
-        let last = try Self.events(try fixture.written())
+        let last = try sseEvents(try fixture.written())
         #expect(last.last?.data["status"]?.stringValue == "COMPLETED")
         #expect(!fixture.channel.isActive, "a close-delimited stream ends with the connection")
         #expect(fixture.services.jobs.statistics.watchers(.sse) == 0)
@@ -146,7 +131,7 @@ import Testing
         job.receive(.log("two", level: .info))
         let seen = job.status.lastSequence - 1
         try fixture.openStream(after: seen)
-        let events = try Self.events(try fixture.written())
+        let events = try sseEvents(try fixture.written())
         #expect(events.map(\.id) == [seen + 1])
         #expect(events[0].data["logs"]?.arrayValue?.compactMap { $0["message"]?.stringValue } == ["two"])
     }
@@ -157,7 +142,7 @@ import Testing
         let job = fixture.request.job
         job.receive(.queued(position: 0))
         try fixture.openStream()
-        let first = try Self.events(try fixture.written())
+        let first = try sseEvents(try fixture.written())
         fixture.channel.isWritable = false
         fixture.channel.pipeline.fireChannelWritabilityChanged()
         job.receive(.started)
@@ -171,14 +156,14 @@ import Testing
 
         fixture.channel.isWritable = true
         fixture.channel.pipeline.fireChannelWritabilityChanged()
-        let caughtUp = try Self.events(try fixture.written())
+        let caughtUp = try sseEvents(try fixture.written())
         let lines = caughtUp.flatMap { ($0.data["logs"]?.arrayValue ?? []).compactMap { $0["message"]?.stringValue } }
         #expect(lines == (1...4).map { "step \($0)/4" })
         let ids = ([first[0].id] + caughtUp.map(\.id)).compactMap { $0 }
         #expect(ids == ids.sorted() && Set(ids).count == ids.count)
         job.receive(.succeeded(result: ["images": []], inferenceSeconds: 1))
         fixture.channel.embeddedEventLoop.run()
-        #expect(try Self.events(try fixture.written()).last?.data["status"]?.stringValue == "COMPLETED")
+        #expect(try sseEvents(try fixture.written()).last?.data["status"]?.stringValue == "COMPLETED")
     }
 
     @Test func anIdleStreamIsPingedEveryInterval() throws {
@@ -253,7 +238,7 @@ import Testing
         text = try fixture.written()
         #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n") && text.contains("connection: close\r\n"))
         #expect(!text.lowercased().contains("transfer-encoding"))
-        #expect(try Self.events(text).first?.data["status"]?.stringValue == "IN_QUEUE")
+        #expect(try sseEvents(text).first?.data["status"]?.stringValue == "IN_QUEUE")
 
         // The request after the head, pipelined or not, goes nowhere.
         try channel.writeInbound(ByteBuffer(string: "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"))
@@ -262,7 +247,7 @@ import Testing
         fixture.request.job.receive(.succeeded(result: ["images": []], inferenceSeconds: 1))
         channel.embeddedEventLoop.run()
         text = try fixture.written()
-        #expect(try Self.events(text).last?.data["status"]?.stringValue == "COMPLETED")
+        #expect(try sseEvents(text).last?.data["status"]?.stringValue == "COMPLETED")
         #expect(!text.contains("\r\n0\r\n"), "no chunk framing")
         #expect(!channel.isActive)
     }

@@ -59,3 +59,19 @@ struct TestRelayServices {
         return jobs.submit(input, endpoint: EndpointID("fal-ai/flux/dev")!, key: RequestKey(input: input, hasher: hasher), ownerKeyID: ownerKeyID)
     }
 }
+
+/// The SSE events in `text` (after the response head, if it holds one).
+func sseEvents(_ text: String) throws -> [(id: Int?, data: JSONValue)] {
+    let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? text
+    var events: [(Int?, JSONValue)] = []
+    for block in body.components(separatedBy: "\n\n") where block.contains("data: ") {
+        var id: Int?
+        var data: JSONValue = .null
+        for line in block.split(separator: "\n") {
+            if line.hasPrefix("id: ") { id = Int(line.dropFirst(4)) }
+            if line.hasPrefix("data: ") { data = try JSONValue(parsing: Array(line.dropFirst(6).utf8)) }
+        }
+        events.append((id, data))
+    }
+    return events
+}
