@@ -120,10 +120,15 @@ struct AccessLogSink: Sendable {
 
     /// The line and the metrics of a response that ended (`clientGone`: the client left before its end).
     func record(_ entry: AccessEntry, clientGone: Bool = false) {
+        record(entry, instruments: metrics.instruments(route: entry.route, status: entry.status), clientGone: clientGone)
+    }
+
+    /// `record(_:clientGone:)` with the instruments of the entry's route and status at hand.
+    func record(_ entry: AccessEntry, instruments: HTTPMetrics.Instruments, clientGone: Bool = false) {
         var entry = entry
         if clientGone { entry.cache = entry.cache ?? "client_gone" }
         let seconds = Double((NIODeadline.now() - entry.started).nanoseconds) / 1e9
-        metrics.record(route: entry.route, status: entry.status, seconds: seconds)
+        instruments.record(seconds: seconds)
         guard let logger else { return }
         var metadata: Logger.Metadata = [
             "method": .string(entry.method.rawValue),
@@ -144,9 +149,17 @@ struct AccessLogSink: Sendable {
 /// `relay_http_requests_total{route,status}` and `relay_http_request_duration_seconds{route}`, with the
 /// instruments made once per label set (the metrics factory's own lookup takes a lock and hashes the labels).
 public final class HTTPMetrics: Sendable {
-    private struct Instruments: Sendable {
+    /// The two instruments of one (route, status).
+    struct Instruments: Sendable {
+        let route: String
+        let status: UInt
         let counter: Counter
         let timer: CoreMetrics.Timer
+
+        func record(seconds: Double) {
+            counter.increment()
+            timer.recordNanoseconds(Int64(seconds * 1e9))
+        }
     }
 
     /// Route labels are string literals and statuses numbers: the key hashes without building a string per request.
@@ -159,19 +172,20 @@ public final class HTTPMetrics: Sendable {
 
     public init() {}
 
-    func record(route: String, status: UInt, seconds: Double) {
+    /// The instruments of (route, status), made on first use. A caller that answers the same kind of request again and
+    /// again (a connection's fast lane) keeps them, which spares the lock shared by every event loop.
+    func instruments(route: String, status: UInt) -> Instruments {
         let label = Label(route: route, status: status)
-        let instruments = cache.withLock { cache in
+        return cache.withLock { cache in
             if let found = cache[label] { return found }
             let made = Instruments(
+                route: route, status: status,
                 counter: Counter(label: "relay_http_requests_total", dimensions: [("route", route), ("status", String(status))]),
                 timer: CoreMetrics.Timer(label: "relay_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
             )
             cache[label] = made
             return made
         }
-        instruments.counter.increment()
-        instruments.timer.recordNanoseconds(Int64(seconds * 1e9))
     }
 }
 

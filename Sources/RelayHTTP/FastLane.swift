@@ -127,20 +127,25 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Answers `head` if it is one of the fast routes and everything it needs is at hand; false leaves it to NIO.
     private func answer(_ head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
+        if let settled, settled.answers(head) {
+            if replay(settled, for: head, headLength: headLength, context: context) { return true }
+            self.settled = nil
+        }
         let route = route(head)
         let started = NIODeadline.now()
-        let channel = context.channel
-        let facts = RequestFacts(
-            method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, scheme: scheme,
-            channel: channel
-        )
+        let facts = facts(head, channel: context.channel)
         let response: PreparedResponse
         var keyID: String?
+        var settledBy: (principal: Principal, keyTableVersion: UInt64, removals: UInt64)?
         switch route {
         case .health:
             response = services.answerHealth(facts)
         case .status, .result:
-            (response, keyID) = services.answerRead(facts, route: route)
+            // Read before the lookup, so that a removal or key change during it shows as a change later.
+            let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
+            let read = services.answerRead(facts, route: route)
+            (response, keyID) = (read.response, read.keyID)
+            if read.settled, let principal = read.principal, let keyTableVersion { settledBy = (principal, keyTableVersion, removals) }
         case .file(let digest, let fileExtension):
             return answerFile(head, facts: facts, route: route, digest: digest, fileExtension: fileExtension, headLength: headLength, context: context)
         default:
@@ -149,24 +154,86 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         guard timer.headReceived(byteCount: headLength) else { return true }  // 431 sent, closing
         timer.requestEnded()
         services.jobs.statistics.recordHTTPRequest()
-        send(response, for: head, route: route, keyID: keyID, started: started, context: context)
+        let bytes = send(response, for: head, route: route, keyID: keyID, started: started, context: context)
+        if let (principal, keyTableVersion, removals) = settledBy {
+            settled = SettledAnswer(
+                method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, route: route, principal: principal,
+                keyTableVersion: keyTableVersion, removals: removals, bytes: bytes, status: response.status.code,
+                bodyLength: response.body.readableBytes, requestID: response.field("x-fal-request-id"), cache: response.field("x-relay-cache")
+            )
+        }
         return true
     }
 
-    /// Writes a whole response (flushed with the read's others), ends it for the clock and logs it.
+    /// The last answer on this connection that can no longer change (the status or result of a finished request), as
+    /// the bytes written. A client that polls a finished request or fetches its result again and again gets them with
+    /// no table lookup, no response built and nothing encoded. Each use still checks that the caller's key is as it
+    /// was (the key table's version), that no request was removed, and charges the caller's rate limit.
+    private var settled: SettledAnswer?
+
+    private struct SettledAnswer {
+        let method: HTTPMethod
+        let uri: String
+        let host: String?
+        let authorization: String?
+        let route: Route
+        let principal: Principal
+        let keyTableVersion: UInt64
+        let removals: UInt64
+        let bytes: ByteBuffer
+        let status: UInt
+        let bodyLength: Int
+        let requestID: String?
+        let cache: String?
+
+        /// The same request: everything a read's answer depends on (the scheme is the connection's).
+        func answers(_ head: RequestHeadScanner.FastHead) -> Bool {
+            head.uri == uri && head.authorization == authorization && head.method == method && head.host == host
+        }
+    }
+
+    /// Sends `answer` again if it still stands; false when it may not (the caller answers anew).
+    private func replay(_ answer: SettledAnswer, for head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
+        guard services.jobs.removals == answer.removals, services.authenticator.keyTableVersion() == answer.keyTableVersion else {
+            return false
+        }
+        let started = NIODeadline.now()
+        guard timer.headReceived(byteCount: headLength) else { return true }
+        timer.requestEnded()
+        services.jobs.statistics.recordHTTPRequest()
+        if case .refused(let refusal) = services.charge(facts(head, channel: context.channel), route: answer.route, principal: answer.principal) {
+            send(refusal, for: head, route: answer.route, keyID: answer.principal.keyID, started: started, context: context)
+            return true
+        }
+        context.write(Self.wrapOutboundOut(answer.bytes), promise: nil)
+        timer.responseEnded()
+        logAccess(
+            method: head.method, uri: head.uri, status: answer.status, bytes: answer.bodyLength, started: started,
+            route: answer.route.label, keyID: answer.principal.keyID, requestID: answer.requestID, cache: answer.cache
+        )
+        return true
+    }
+
+    private func facts(_ head: RequestHeadScanner.FastHead, channel: any Channel) -> RequestFacts {
+        RequestFacts(method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, scheme: scheme, channel: channel)
+    }
+
+    /// Writes a whole response (flushed with the read's others), ends it for the clock and logs it. Returns the bytes.
+    @discardableResult
     private func send(
         _ response: PreparedResponse, for head: RequestHeadScanner.FastHead, route: Route, keyID: String?, started: NIODeadline,
         context: ChannelHandlerContext
-    ) {
+    ) -> ByteBuffer {
         var buffer = context.channel.allocator.buffer(capacity: 256 + response.body.readableBytes)
         response.encode(into: &buffer)
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
         logAccess(
-            method: head.method, path: Self.path(head.uri), status: response.status.code, bytes: response.body.readableBytes,
+            method: head.method, uri: head.uri, status: response.status.code, bytes: response.body.readableBytes,
             started: started, route: route.label, keyID: keyID, requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
         )
+        return buffer
     }
 
     /// The last request line routed on this connection: a client polling a status or fetching a result sends the
@@ -240,7 +307,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         }
         timer.responseEnded()
         logAccess(
-            method: head.method, path: Self.path(head.uri), status: plan.status.code, bytes: body?.byteCount ?? 0, started: started,
+            method: head.method, uri: head.uri, status: plan.status.code, bytes: body?.byteCount ?? 0, started: started,
             route: route.label, keyID: payer.keyID, requestID: requestID, cache: nil
         )
         return true
@@ -248,17 +315,28 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The access line and HTTP metrics of a request answered here.
     private func logAccess(
-        method: HTTPMethod, path: String, status: UInt, bytes: Int, started: NIODeadline,
+        method: HTTPMethod, uri: String, status: UInt, bytes: Int, started: NIODeadline,
         route: String, keyID: String?, requestID: String?, cache: String?
     ) {
-        var entry = AccessEntry(method: method, path: path, started: started)
+        // Without a log the path is never read: spare the scan.
+        var entry = AccessEntry(method: method, path: accessLog.logger == nil ? "" : Self.path(uri), started: started)
         entry.status = status
         entry.declaredLength = bytes
         entry.route = route
         entry.keyID = keyID
         entry.requestID = requestID
         entry.cache = cache
-        accessLog.record(entry)
+        accessLog.record(entry, instruments: instruments(route: route, status: status))
+    }
+
+    /// The metrics instruments last used here: a connection mostly repeats one kind of request.
+    private var lastInstruments: HTTPMetrics.Instruments?
+
+    private func instruments(route: String, status: UInt) -> HTTPMetrics.Instruments {
+        if let last = lastInstruments, last.status == status, last.route == route { return last }
+        let made = services.httpMetrics.instruments(route: route, status: status)
+        lastInstruments = made
+        return made
     }
 
     private static func path(_ uri: String) -> String {

@@ -120,42 +120,66 @@ extension RelayServices {
     private static let healthBody = ByteBuffer(string: #"{"status":"ok"}"#)
 
     /// A status poll (`…/requests/{id}/status`) or a result fetch (`…/requests/{id}`), answered from the request
-    /// table: the hottest reads there are. Returns the response and the caller's key id (for the access line).
-    func answerRead(_ facts: RequestFacts, route: Route) -> (PreparedResponse, keyID: String?) {
+    /// table: the hottest reads there are.
+    func answerRead(_ facts: RequestFacts, route: Route) -> ReadAnswer {
         let isHead = facts.method == .HEAD
         let principal: Principal
         switch admit(facts, route: route) {
-        case .refused(let response): return (response, nil)
+        case .refused(let response): return ReadAnswer(response: response, principal: nil)
         case .admitted(let admitted, _): principal = admitted
         }
         let app: EndpointID
         let id: String
         switch route {
         case .status(let a, let i), .result(let a, let i): (app, id) = (a, i)
-        default: return (PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead), principal.keyID)
+        default: return ReadAnswer(response: PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead), principal: principal)
         }
         guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
-            return (PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead), principal.keyID)
+            return ReadAnswer(response: PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead), principal: principal)
         }
         let phase = request.phase
         let cacheHeaders = RelayHTTPHandler.cacheHeaders(request)
+        // A finished request answers the same from now on: only a sweep past retention can change that.
+        let settled = phase.isCompleted
         if case .status = route {
             let query = QueryParameters(uri: facts.uri)
             let logs = query.flag("logs") ? request.job.status.logs[...] : nil
             let json = FalWire.status(id: id, phase: phase, logs: logs, base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app))
             let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
-            return (PreparedResponse(status: status, json: json, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+            return ReadAnswer(
+                response: PreparedResponse(status: status, json: json, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
+                principal: principal, settled: settled
+            )
         }
         if case .completed(.success) = phase, let bytes = request.job.resultBytes {
-            return (PreparedResponse(status: .ok, json: bytes, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+            return ReadAnswer(
+                response: PreparedResponse(status: .ok, json: bytes, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
+                principal: principal, settled: settled
+            )
         }
         switch FalWire.result(for: phase, id: id) {
         case .success(let result):
-            return (PreparedResponse(status: .ok, json: result, requestID: id, extraHeaders: cacheHeaders, isHead: isHead), principal.keyID)
+            return ReadAnswer(
+                response: PreparedResponse(status: .ok, json: result, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
+                principal: principal, settled: settled
+            )
         case .failure(let error):
-            return (PreparedResponse(error: error, requestID: id, isHead: isHead), principal.keyID)
+            return ReadAnswer(response: PreparedResponse(error: error, requestID: id, isHead: isHead), principal: principal, settled: settled)
         }
     }
+}
+
+/// What `answerRead` decided.
+struct ReadAnswer {
+    var response: PreparedResponse
+    /// Who asked; nil when authentication failed.
+    var principal: Principal?
+    /// The request has finished, so the same request (method, target, Host, Authorization) gets the same response
+    /// while the request table has removed nothing and the key table is unchanged. Admission (rate limits) still
+    /// applies to every request.
+    var settled = false
+
+    var keyID: String? { principal?.keyID }
 }
 
 extension FalWire.QueueBase {

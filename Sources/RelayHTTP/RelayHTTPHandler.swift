@@ -300,9 +300,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             answer()
         case .status, .result:
-            let (response, keyID) = services.answerRead(facts(head, context: context), route: route)
-            if let keyID { accessLog?.annotate(keyID: keyID) }
-            write(context: context, keepAlive: keepAlive, response)
+            let answer = services.answerRead(facts(head, context: context), route: route)
+            if let keyID = answer.keyID { accessLog?.annotate(keyID: keyID) }
+            write(context: context, keepAlive: keepAlive, answer.response)
         case .statusStream(let app, let id), .cancel(let app, let id):
             guard let principal = authenticate(context: context, head: head),
                 admit(context: context, head: head, route: route, principal: principal) != nil

@@ -29,6 +29,13 @@ public protocol Authenticator: Sendable {
     func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String?
     /// The principal a token stands for, if it is genuine, unexpired and allows `app` (the endpoint's alias).
     func authenticate(token: String, app: String?) -> Principal?
+    /// A value that changes whenever a key may have been created, revoked or changed: what `authenticate` answered for
+    /// a header still holds while it is the same. nil makes no such promise (every request authenticates anew).
+    func keyTableVersion() -> UInt64?
+}
+
+extension Authenticator {
+    public func keyTableVersion() -> UInt64? { nil }
 }
 
 /// Per-request limits enforced by the HTTP layer.

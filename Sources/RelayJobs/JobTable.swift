@@ -94,6 +94,7 @@ public final class JobTable: Sendable {
     }
 
     private let state = Mutex(State())
+    private let removalCount = Atomic<UInt64>(0)
     private let resolveUpstream: UpstreamResolver
     /// The durable request log; nil keeps requests in memory only.
     public let log: RequestLog?
@@ -209,6 +210,10 @@ public final class JobTable: Sendable {
         return request
     }
 
+    /// Changes whenever requests are removed (a sweep past retention): a finished request that was found while it is
+    /// unchanged is still there, so an answer about it that can no longer change may be served again without a lookup.
+    public var removals: UInt64 { removalCount.load(ordering: .acquiring) }
+
     /// The request with this id, if it exists and `keyID` may see it.
     public func request(_ id: String, keyID: String?) -> RelayRequest? {
         state.withLock { state in
@@ -256,6 +261,7 @@ public final class JobTable: Sendable {
             for request in expired {
                 state.requests[request.id] = nil
             }
+            if !expired.isEmpty { removalCount.add(1, ordering: .releasing) }
             state.inFlight = state.inFlight.filter { !$0.value.isTerminal }
             return expired.count
         }

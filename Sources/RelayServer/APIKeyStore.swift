@@ -27,6 +27,8 @@ public final class APIKeyStore: Authenticator, Sendable {
         /// Identity of the file version loaded (inode, size, mtime): a change means reload.
         var version: FileVersion?
         var checkedAt: ContinuousClock.Instant?
+        /// Bumped whenever `entries` is loaded anew: see `keyTableVersion()`.
+        var generation: UInt64 = 0
     }
 
     /// How stale the key table may be for a key it knows: bounds the time a revocation takes to bite.
@@ -79,6 +81,12 @@ public final class APIKeyStore: Authenticator, Sendable {
             verified[authorization] = Verified(id: id, hash: entry.hash)
         }
         return .key(id: id, tier: entry.tier)
+    }
+
+    /// The key table's generation: it changes whenever the table is loaded anew (a key created, revoked or changed in
+    /// `keys.json`), checked against the file as often as `authenticate` checks it.
+    public func keyTableVersion() -> UInt64? {
+        table().generation
     }
 
     /// Authorization headers that verified, by their exact text: a client sends the same header on every request,
@@ -152,10 +160,15 @@ public final class APIKeyStore: Authenticator, Sendable {
     /// The key table. The file is stat'ed at most every `recheckInterval` (a stat per request on an event loop was
     /// measurable), or at once with `fresh`, which lookups use for an id they do not know yet (a key just created).
     func entries(fresh: Bool = false) -> [String: Entry] {
+        table(fresh: fresh).entries
+    }
+
+    /// The key table and its generation, under the same staleness bound as `entries(fresh:)`.
+    private func table(fresh: Bool = false) -> (entries: [String: Entry], generation: UInt64) {
         let now = ContinuousClock.now
-        if !fresh, let cached = cache.withLock({ cache -> [String: Entry]? in
+        if !fresh, let cached = cache.withLock({ cache -> ([String: Entry], UInt64)? in
             guard let checked = cache.checkedAt, now - checked < Self.recheckInterval else { return nil }
-            return cache.entries
+            return (cache.entries, cache.generation)
         }) {
             return cached
         }
@@ -168,14 +181,15 @@ public final class APIKeyStore: Authenticator, Sendable {
                 seconds: info.st_mtim.tv_sec,
                 nanoseconds: info.st_mtim.tv_nsec
             ) : nil
-        return cache.withLock { cache -> [String: Entry] in
+        return cache.withLock { cache -> ([String: Entry], UInt64) in
             cache.checkedAt = now
             if cache.version != version || version == nil {
                 cache.version = version
                 let loaded = (try? load()) ?? []
                 cache.entries = Dictionary(loaded.map { ($0.id, $0) }, uniquingKeysWith: { _, last in last })
+                cache.generation &+= 1
             }
-            return cache.entries
+            return (cache.entries, cache.generation)
         }
     }
 

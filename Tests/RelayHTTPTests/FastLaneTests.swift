@@ -6,6 +6,7 @@ import NIOHTTP1
 import RelayCore
 import RelayJobs
 import RelayStore
+import Synchronization
 import Testing
 
 @testable import RelayHTTP
@@ -40,9 +41,9 @@ import Testing
         let running: RelayRequest
         let services: RelayServices
 
-        init() throws {
+        init(authenticator: any Authenticator = OneKey(), rateLimiter: RateLimiter? = nil) throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("fast-\(UUID().uuidString)").path
-            let relay = try TestRelayServices(directory: directory, authenticator: OneKey())
+            let relay = try TestRelayServices(directory: directory, authenticator: authenticator, rateLimiter: rateLimiter)
             services = relay.services
             done = try relay.submit("a lighthouse", ownerKeyID: "k1")
             done.job.receive(.succeeded(result: ["images": [["url": "http://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5))
@@ -194,6 +195,92 @@ import Testing
         #expect(try fixture.responses().first?.status == 405)
         try fixture.send("GET \(result) HTTP/1.1\r\n\(Self.key)\r\n")
         #expect(try fixture.responses().first?.body.contains("\"seed\":7") == true)
+    }
+
+    /// `Key good:secret` is `k1` of `tier` until revoked; the key table's version moves with every change, and the
+    /// authentications are counted.
+    final class VersionedKeys: Authenticator {
+        struct State {
+            var version: UInt64 = 1
+            var revoked = false
+            var tier = "admin"
+            var authentications = 0
+        }
+
+        let state = Mutex(State())
+
+        func authenticate(authorization: String?) -> Principal? {
+            state.withLock { state in
+                state.authentications += 1
+                guard let authorization else { return .anonymous }
+                return authorization == "Key good:secret" && !state.revoked ? .key(id: "k1", tier: state.tier) : nil
+            }
+        }
+        func issueToken(for principal: Principal, apps: [String], seconds: Int) -> String? { nil }
+        func authenticate(token: String, app: String?) -> Principal? { nil }
+        func keyTableVersion() -> UInt64? { state.withLock { $0.version } }
+
+        func revoke() {
+            state.withLock { state in
+                state.revoked = true
+                state.version += 1
+            }
+        }
+
+        var authentications: Int { state.withLock { $0.authentications } }
+    }
+
+    @Test func aFinishedReadIsSentAgainFromItsBytesUntilTheKeyTableChanges() throws {
+        let keys = VersionedKeys()
+        let fixture = try Fixture(authenticator: keys)
+        defer { fixture.remove() }
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        try fixture.send(result + result + result)
+        let three = try fixture.responses()
+        #expect(three.count == 3 && three.allSatisfy { $0.status == 200 && $0.body.contains("\"seed\":7") })
+        #expect(three.map { $0.headers.map { "\($0.0): \($0.1)" } }.allSatisfy { $0 == three[0].headers.map { "\($0.0): \($0.1)" } })
+        #expect(keys.authentications == 1, "the second and third answer were the first one's bytes")
+        keys.revoke()
+        try fixture.send(result)
+        #expect(try fixture.responses().map(\.status) == [401])
+    }
+
+    @Test func aSweepThatRemovesRequestsEndsTheReplay() throws {
+        let fixture = try Fixture(authenticator: VersionedKeys())
+        defer { fixture.remove() }
+        let status = "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\n\(Self.key)\r\n"
+        try fixture.send(status)
+        #expect(try fixture.responses().map(\.status) == [200])
+        let removed = fixture.services.jobs.sweep(now: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 86_400))
+        #expect(removed >= 1)
+        try fixture.send(status)
+        #expect(try fixture.responses().map(\.status) == [404])
+    }
+
+    @Test func aRunningRequestIsAskedAnewEveryTime() throws {
+        let keys = VersionedKeys()
+        let fixture = try Fixture(authenticator: keys)
+        defer { fixture.remove() }
+        let status = "GET /fal-ai/flux/requests/\(fixture.running.id)/status HTTP/1.1\r\n\(Self.key)\r\n"
+        try fixture.send(status)
+        #expect(try fixture.responses().first?.body.contains("IN_PROGRESS") == true)
+        fixture.running.job.receive(.succeeded(result: ["seed": 8], inferenceSeconds: 1))
+        try fixture.send(status)
+        #expect(try fixture.responses().first?.body.contains("COMPLETED") == true)
+        #expect(keys.authentications == 2)
+    }
+
+    @Test func aReplayIsStillChargedToTheCallersRateLimit() throws {
+        let keys = VersionedKeys()
+        keys.state.withLock { $0.tier = "pro" }
+        // Reads: a burst of 3, refilled once a minute on a clock that stands still.
+        let policy = RateLimitPolicy(reads: RateLimitPolicy.Limit(quota: 1, windowSeconds: 60, burst: 3))
+        let fixture = try Fixture(authenticator: keys, rateLimiter: RateLimiter(policy: policy) { .zero })
+        defer { fixture.remove() }
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        try fixture.send(String(repeating: result, count: 5))
+        #expect(try fixture.responses().map(\.status) == [200, 200, 200, 429, 429])
+        #expect(keys.authentications == 1)
     }
 
     @Test func aChunkedBodyHandsTheConnectionToNIO() throws {

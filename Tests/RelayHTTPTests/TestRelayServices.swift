@@ -24,14 +24,14 @@ struct AnyoneIsAnonymous: Authenticator {
 }
 
 /// The HTTP layer's services over a real store in `directory`, one model (`fal-ai/flux/dev`), held jobs, queue host
-/// 127.0.0.1 and run host localhost, no rate limits: what the handler tests share.
+/// 127.0.0.1 and run host localhost, no rate limits unless given: what the handler tests share.
 struct TestRelayServices {
     let services: RelayServices
     let jobs: JobTable
     let model: ModelSpec
     let hasher: KeyedHasher
 
-    init(directory: String, authenticator: any Authenticator = AnyoneIsAnonymous()) throws {
+    init(directory: String, authenticator: any Authenticator = AnyoneIsAnonymous(), rateLimiter: RateLimiter? = nil) throws {
         let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         hasher = KeyedHasher(secret: secret)
         let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
@@ -49,7 +49,7 @@ struct TestRelayServices {
             limits: HTTPLimits(),
             readiness: Readiness(),
             logger: Logger(label: "test"),
-            rateLimiter: nil
+            rateLimiter: rateLimiter
         )
     }
 

@@ -29,6 +29,22 @@ import Testing
         }
     }
 
+    @Test func theKeyTableVersionHoldsUntilTheFileChanges() throws {
+        try withStore { store in
+            let (key, entry) = try store.create(tier: "pro")
+            #expect(store.authenticate(authorization: "Key \(key)") != nil)
+            let version = try #require(store.keyTableVersion())
+            Thread.sleep(forTimeInterval: 0.15)
+            #expect(store.keyTableVersion() == version, "an unchanged file keeps its version past a re-check")
+            #expect(try store.revoke(id: entry.id))
+            let deadline = ContinuousClock.now + .seconds(2)
+            while store.keyTableVersion() == version, ContinuousClock.now < deadline {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            #expect(store.keyTableVersion() != version, "a revocation moves the version within the re-check interval")
+        }
+    }
+
     @Test func aRememberedKeyDoesNotVouchForAnotherSecretOrItsOwnWrongForm() throws {
         try withStore { store in
             let (key, entry) = try store.create(tier: "admin")
