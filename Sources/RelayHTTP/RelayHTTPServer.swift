@@ -147,6 +147,8 @@ public final class RelayHTTPServer: Service, Sendable {
                 // connection) or HTTP/1.1 (with WebSocket upgrades). The handshake and ALPN must be done within the
                 // header deadline, like a plain connection's first request head.
                 do {
+                    // Before the TLS handler allocates its per-connection buffers.
+                    try channel.syncOptions?.setOption(.allocator, value: PageBackedAllocator.allocator)
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
