@@ -53,11 +53,21 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// A `read` held back while the channel is not writable.
     private var readHeld = false
 
-    init(services: RelayServices, scheme: String, timer: ConnectionTimer, ledger: SlowPathLedger, proto: String = "http/1.1") {
+    /// Adds NIO's HTTP/1.1 handlers after this one: run once, before the first request the lane hands on; nil once
+    /// they are there.
+    typealias SlowPathInstaller = (ChannelPipeline.SynchronousOperations, FastLane) throws -> Void
+    private var slowPath: SlowPathInstaller?
+
+    /// `slowPath` nil: the HTTP handlers are in the pipeline already.
+    init(
+        services: RelayServices, scheme: String, timer: ConnectionTimer, ledger: SlowPathLedger, proto: String = "http/1.1",
+        slowPath: SlowPathInstaller? = nil
+    ) {
         self.services = services
         self.scheme = scheme
         self.timer = timer
         self.ledger = ledger
+        self.slowPath = slowPath
         self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
         self.scanner = RequestHeadScanner(maxHeadBytes: services.limits.connection.maxHeaderBytes, maxTargetBytes: services.limits.maxURLBytes)
     }
@@ -96,6 +106,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             case .opaque:
                 mode = .opaque
+                guard installSlowPath(context: context) else { return }
                 context.fireChannelRead(Self.wrapInboundOut(bytes))
                 return
             case .slow(let length, let bodyLength):
@@ -114,6 +125,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Hands one request (its head, and its body as far as it has arrived) to NIO's pipeline.
     private func forward(context: ChannelHandlerContext, _ bytes: inout ByteBuffer, headLength: Int, bodyLength: Int) {
+        guard installSlowPath(context: context) else {
+            bytes.moveReaderIndex(to: bytes.writerIndex)
+            return
+        }
         ledger.forwarded += 1
         let available = min(bodyLength, bytes.readableBytes - headLength)
         let message = bytes.readSlice(length: headLength + available)!
@@ -121,6 +136,45 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             mode = .forwardingBody(remaining: bodyLength - available)
         }
         context.fireChannelRead(Self.wrapInboundOut(message))
+    }
+
+    /// Puts NIO's HTTP handlers in place if they are not yet; false (the connection closing) if that failed.
+    private func installSlowPath(context: ChannelHandlerContext) -> Bool {
+        guard let install = slowPath else { return true }
+        slowPath = nil
+        do {
+            try install(context.pipeline.syncOperations, self)
+            return true
+        } catch {
+            services.logger.error("could not set up the HTTP/1.1 pipeline", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return false
+        }
+    }
+
+    // MARK: - Without the HTTP handlers
+
+    /// Shutdown with no HTTP handler yet: every request so far was answered whole, so once what was written is out
+    /// (a media body may still be going), the connection closes, as `HTTPServerPipelineHandler` closes an idle one.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard slowPath != nil, event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        let channel = context.channel
+        context.writeAndFlush(Self.wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    /// An error with no HTTP handler yet (which would close): close.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard slowPath != nil else {
+            context.fireErrorCaught(error)
+            return
+        }
+        services.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
     }
 
     // MARK: - Answers

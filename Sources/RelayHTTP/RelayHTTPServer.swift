@@ -187,6 +187,10 @@ public final class RelayHTTPServer: Service, Sendable {
 
     /// HTTP/1.1 with pipelining assistance, deadlines and head limits, fal-shaped protocol errors and WebSocket
     /// upgrades.
+    ///
+    /// A connection starts with the deadlines and the fast lane only: NIO's HTTP/1.1 handlers join the first time the
+    /// lane hands a request on (`FastLane.init(slowPath:)`). A client that only polls, fetches results or media never
+    /// pays for them: no decoder buffers, and no trip through a dozen handlers on every read.
     static func configureHTTP1(
         _ channel: any Channel,
         services: RelayServices,
@@ -200,17 +204,33 @@ public final class RelayHTTPServer: Service, Sendable {
             logger.debug("\(message)")
         }
         try pipeline.addHandler(timer)
+        // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
+        guard refusal == nil else {
+            try addHTTPHandlers(pipeline, services: services, scheme: scheme, refusal: refusal, kind: kind, timer: timer, fastLane: nil)
+            return
+        }
+        let fastLane = FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) { pipeline, fastLane in
+            try addHTTPHandlers(pipeline, services: services, scheme: scheme, refusal: nil, kind: kind, timer: timer, fastLane: fastLane)
+        }
+        try pipeline.addHandler(fastLane)
+    }
+
+    /// NIO's HTTP/1.1 server pipeline with upgrades, then the relay's handlers, at the end of `pipeline`.
+    private static func addHTTPHandlers(
+        _ pipeline: ChannelPipeline.SynchronousOperations,
+        services: RelayServices,
+        scheme: String,
+        refusal: FalError?,
+        kind: ConnectionKindTracker?,
+        timer: ConnectionTimer,
+        fastLane: FastLane?
+    ) throws {
         let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "http/1.1")
         let handler = RelayHTTPHandler(
             services: services, scheme: scheme, refusal: refusal, accessLog: accessLog, statusStreamsTakeOver: true, connectionKind: kind
         )
-        // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
-        let fastLane = refusal == nil ? FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) : nil
-        if let fastLane {
-            try pipeline.addHandler(fastLane)
-        }
         let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes, ledger: fastLane?.ledger)
-        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog, fastLane), eventLoop: channel.eventLoop)
+        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog, fastLane), eventLoop: pipeline.eventLoop)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.

@@ -283,6 +283,47 @@ import Testing
         #expect(keys.authentications == 1)
     }
 
+    /// The names of the handlers in the pipeline, in order.
+    static func handlerNames(_ channel: EmbeddedChannel) throws -> [String] {
+        try channel.pipeline.handlerContextsSync().map { "\(type(of: $0.handler))" }
+    }
+
+    @Test func nioHTTPHandlersJoinOnlyWhenARequestNeedsThem() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        try fixture.send(result + "GET /healthz HTTP/1.1\r\n\r\n")
+        #expect(try fixture.responses().map(\.status) == [200, 200])
+        #expect(try Self.handlerNames(fixture.channel) == ["ConnectionTimer", "FastLane"])
+        // Not plain keep-alive: the lane hands it on, and the HTTP handlers join behind the lane, once.
+        try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n")
+        let joined = try Self.handlerNames(fixture.channel)
+        #expect(joined.count > 2 && joined.prefix(2) == ["ConnectionTimer", "FastLane"] && joined.last == "RelayHTTPHandler")
+        try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n" + result)
+        #expect(try fixture.responses().map(\.status) == [200, 200, 200])
+        #expect(try Self.handlerNames(fixture.channel) == joined)
+    }
+
+    @Test func shutdownClosesAConnectionThatOnlyHadFastRequests() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        try fixture.send("GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n")
+        #expect(try fixture.responses().map(\.status) == [200])
+        #expect(fixture.channel.isActive)
+        fixture.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        fixture.channel.embeddedEventLoop.run()
+        #expect(!fixture.channel.isActive)
+    }
+
+    @Test func anErrorClosesAConnectionThatOnlyHadFastRequests() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        try fixture.send("GET /healthz HTTP/1.1\r\n\r\n")
+        fixture.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read"))
+        fixture.channel.embeddedEventLoop.run()
+        #expect(!fixture.channel.isActive)
+    }
+
     @Test func aChunkedBodyHandsTheConnectionToNIO() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
