@@ -54,10 +54,10 @@ import Testing
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4000)).wait()
         }
 
-        /// Installs a stream (after `after`) in place of a stand-in HTTP handler, as `RelayHTTPHandler` does.
+        /// Installs a stream (after `after`) in place of an HTTP/1.1 handler (NIO's encoder), as `RelayHTTPHandler` does.
         @discardableResult
         func openStream(after: Int = 0, withLogs: Bool = true) throws -> StatusStreamHandler {
-            try channel.pipeline.syncOperations.addHandler(StandIn())
+            try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
             let stream = StatusStreamHandler.Stream(
                 request: request, base: FalWire.QueueBase(origin: "http://127.0.0.1", app: "fal-ai/flux"), withLogs: withLogs, after: after
             )
@@ -80,12 +80,6 @@ import Testing
             try? FileManager.default.removeItem(atPath: directory)
         }
     }
-
-    /// Stands for the HTTP/1.1 handlers that leave the pipeline.
-    final class StandIn: ChannelInboundHandler, RemovableChannelHandler {
-        typealias InboundIn = ByteBuffer
-    }
-
 
     @Test func theStreamIsACloseDelimitedBodyOfIdentifiedEventsAndClosesAfterCompleted() throws {
         let fixture = try Fixture()

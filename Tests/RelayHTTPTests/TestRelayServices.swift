@@ -75,3 +75,17 @@ func sseEvents(_ text: String) throws -> [(id: Int?, data: JSONValue)] {
     }
     return events
 }
+
+extension ChannelPipeline {
+    /// The contexts of every handler in the pipeline, head to tail; call on the channel's event loop. NIO offers no
+    /// public walk of a pipeline: its debug description is the one public listing (a title line, a legend line, then
+    /// one line per handler ending in its unique name in brackets). For tests only: it formats the whole pipeline.
+    func handlerContextsSync() throws -> [ChannelHandlerContext] {
+        let lines = debugDescription.split(separator: "\n").dropFirst(2)
+        return try lines.compactMap { line -> ChannelHandlerContext? in
+            guard line.hasSuffix("]"), let open = line.lastIndex(of: "[") else { return nil }
+            let name = line[line.index(after: open)..<line.index(before: line.endIndex)]
+            return try syncOperations.context(name: String(name))
+        }
+    }
+}
