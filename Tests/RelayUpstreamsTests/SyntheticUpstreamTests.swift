@@ -19,12 +19,14 @@ import Testing
             }
         }
         while queue.waitingCount < 3 { try await Task.sleep(for: .milliseconds(5)) }
-        queue.release()
-        try await waiters[0].value
-        queue.release()
-        try await waiters[1].value
-        queue.release()
-        try await waiters[2].value
+        // Each release hands the slot to whoever is first in line, which need not be waiters[0] (the tasks arrive in
+        // any order): release all three, then wait for all of them. Awaiting waiters[0] after the first release hung
+        // whenever another task had queued first.
+        for remaining in (0..<3).reversed() {
+            queue.release()
+            #expect(queue.waitingCount == remaining)
+        }
+        for waiter in waiters { try await waiter.value }
         let positions = seen.value
         // Each waiter's positions count down to 0; order of arrival decides the first position.
         for (_, list) in positions {
