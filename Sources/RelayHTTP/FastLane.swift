@@ -205,9 +205,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         default:
             return false
         }
-        guard timer.headReceived(byteCount: headLength) else { return true }  // 431 sent, closing
-        timer.requestEnded()
-        services.jobs.statistics.recordHTTPRequest()
+        guard accept(headLength: headLength) else { return true }
         let bytes = send(response, for: head, route: route, keyID: keyID, started: started, context: context)
         if let (principal, keyTableVersion, removals) = settledBy {
             settled = SettledAnswer(
@@ -252,9 +250,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             return false
         }
         let started = NIODeadline.now()
-        guard timer.headReceived(byteCount: headLength) else { return true }
-        timer.requestEnded()
-        services.jobs.statistics.recordHTTPRequest()
+        guard accept(headLength: headLength) else { return true }
         if case .refused(let refusal) = services.charge(facts(head, channel: context.channel), route: answer.route, principal: answer.principal) {
             send(refusal, for: head, route: answer.route, keyID: answer.principal.keyID, started: started, context: context)
             return true
@@ -265,6 +261,15 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             method: head.method, uri: head.uri, status: answer.status, bytes: answer.bodyLength, started: started,
             route: answer.route.label, keyID: answer.principal.keyID, requestID: answer.requestID, cache: answer.cache
         )
+        return true
+    }
+
+    /// Counts a request head the lane answers, for the connection's deadlines and the statistics; false when the head
+    /// is over the limit (the clock has sent 431 and closes).
+    private func accept(headLength: Int) -> Bool {
+        guard timer.headReceived(byteCount: headLength) else { return false }
+        timer.requestEnded()
+        services.jobs.statistics.recordHTTPRequest()
         return true
     }
 
@@ -327,12 +332,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         // Media URLs are capabilities: a valid key pays from its reads budget, anyone else from their address's.
         let started = NIODeadline.now()
         let payer = head.authorization.flatMap { services.authenticator.authenticate(authorization: $0) } ?? .anonymous
-        guard timer.headReceived(byteCount: headLength) else {
+        guard accept(headLength: headLength) else {
             body?.discard()
             return true
         }
-        timer.requestEnded()
-        services.jobs.statistics.recordHTTPRequest()
         if case .refused(let refusal) = services.charge(facts, route: route, principal: payer) {
             body?.discard()
             send(refusal, for: head, route: route, keyID: payer.keyID, started: started, context: context)
