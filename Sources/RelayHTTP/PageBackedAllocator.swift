@@ -1,9 +1,8 @@
+@_spi(CustomByteBufferAllocator) import NIOCore
+
 #if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
 #endif
-@_spi(CustomByteBufferAllocator) import NIOCore
 
 /// The `ByteBufferAllocator` of TLS connections: buffers of 16 to 64 KiB get pages of their own (`mmap`), every other
 /// size comes from `malloc` as usual.
@@ -15,11 +14,13 @@ import Musl
 /// connection gives them back to the system at once. BoringSSL's own allocations are unaffected.
 ///
 /// A mapping starts with a 16-byte header (its length and a marker), so `deallocate` tells mapped buffers from
-/// `malloc`'s: glibc keeps a chunk's size in the 8 bytes before the pointer, which can never equal the marker.
+/// `malloc`'s: glibc keeps a chunk's size in the 8 bytes before the pointer, which can never equal the marker. That
+/// holds for glibc only (musl's allocator may keep user bytes there), so elsewhere this is NIO's default allocator.
 enum PageBackedAllocator {
     /// Sizes in this range are mapped.
     static let mappedSizes = (16 * 1024)..<(64 * 1024)
 
+    #if canImport(Glibc)
     static let allocator = ByteBufferAllocator(
         allocate: { size in pageBackedAllocate(size) },
         reallocate: { pointer, oldSize, newSize in pageBackedReallocate(pointer, oldSize, newSize) },
@@ -44,8 +45,12 @@ enum PageBackedAllocator {
         }
         return (base, Int(base.load(as: UInt64.self)))
     }
+    #else
+    static let allocator = ByteBufferAllocator()
+    #endif
 }
 
+#if canImport(Glibc)
 private func pageBackedAllocate(_ size: Int) -> UnsafeMutableRawPointer? {
     guard PageBackedAllocator.mappedSizes.contains(size) else { return malloc(size) }
     let page = PageBackedAllocator.pageSize
@@ -76,3 +81,4 @@ private func pageBackedReallocate(_ pointer: UnsafeMutableRawPointer?, _ oldSize
     pageBackedDeallocate(pointer)
     return moved
 }
+#endif

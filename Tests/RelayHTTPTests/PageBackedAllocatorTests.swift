@@ -14,6 +14,7 @@ import Testing
         #expect(buffer.readBytes(length: capacity) == bytes)
     }
 
+    #if canImport(Glibc)
     @Test func onlyTheMappedRangeIsMapped() {
         for (capacity, mapped) in [(8 * 1024, false), (16 * 1024, true), (32 * 1024, true), (64 * 1024, false), (256 * 1024, false)] {
             let buffer = PageBackedAllocator.allocator.buffer(capacity: capacity)
@@ -23,6 +24,7 @@ import Testing
             #expect(isMapped == mapped, "capacity \(capacity)")
         }
     }
+    #endif
 
     /// Growing by writes crosses from malloc into a mapping and out again: 1 KiB → 16 → 32 → 64 → 128 KiB.
     @Test func growthAcrossTheRangeKeepsEveryByte() {
