@@ -215,6 +215,16 @@ public final class RelayHTTPServer: Service, Sendable {
         try pipeline.addHandler(fastLane)
     }
 
+    /// Every handler `configureHTTP1` may put in a connection's pipeline, head to tail: its own and those NIO's
+    /// `configureHTTPServerPipeline` adds. A status stream that takes a connection over removes these, looked up by
+    /// type (NIO has no public walk of a pipeline; its debug description, the one listing, cost a fifth of the
+    /// relay's CPU while 10,000 watchers attached). The end-to-end pipeline test fails if one is missing here.
+    static let http1HandlerTypes: [any ChannelHandler.Type] = [
+        ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self, ByteToMessageHandler<HTTPRequestDecoder>.self,
+        HTTPServerPipelineHandler.self, NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self, HTTPPartsTap.self,
+        AccessLogHandler.self, RelayHTTPHandler.self,
+    ]
+
     /// NIO's HTTP/1.1 server pipeline with upgrades, then the relay's handlers, at the end of `pipeline`.
     private static func addHTTPHandlers(
         _ pipeline: ChannelPipeline.SynchronousOperations,

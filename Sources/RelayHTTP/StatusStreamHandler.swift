@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import RelayCore
 import RelayJobs
 
@@ -60,29 +59,19 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     // MARK: - Taking over a connection
 
     /// Puts `handler` in place of the HTTP/1.1 handlers of `context`'s channel and starts the stream. Every handler
-    /// an HTTP/1.1 connection can hold leaves (`departingTypes`): the deadlines, the fast lane, NIO's codec and
-    /// upgrade handlers, the access log and the HTTP handler that calls this; TLS stays. They leave from the tail
+    /// an HTTP/1.1 connection can hold leaves (`RelayHTTPServer.http1HandlerTypes`): the deadlines, the fast lane,
+    /// NIO's codec and upgrade handlers, the access log and the HTTP handler that calls this; TLS stays. They leave from the tail
     /// towards the head: what a departing handler still holds (a pipelined request, the decoder's unparsed bytes)
     /// then flows only into this handler, which drops it.
     static func takeOver(_ handler: StatusStreamHandler, pipeline: ChannelPipeline) throws {
         let operations = pipeline.syncOperations
-        let departing = departingTypes.compactMap { type in try? operations.context(handlerType: type) }
+        let departing = RelayHTTPServer.http1HandlerTypes.compactMap { type in try? operations.context(handlerType: type) }
         try operations.addHandler(handler)
         for context in departing.reversed() {
             operations.removeHandler(context: context, promise: nil)
         }
         handler.start()
     }
-
-    /// The handlers of an HTTP/1.1 connection, head to tail (`RelayHTTPServer.configureHTTP1`, with what NIO's
-    /// `configureHTTPServerPipeline` adds). Looked up by type: NIO has no public walk of a pipeline, and its debug
-    /// description, the one listing, cost a fifth of the relay's CPU while 10,000 watchers attached. The end-to-end
-    /// pipeline test fails if a handler added there is missing here.
-    static let departingTypes: [any ChannelHandler.Type] = [
-        ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self, ByteToMessageHandler<HTTPRequestDecoder>.self,
-        HTTPServerPipelineHandler.self, NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self, HTTPPartsTap.self,
-        AccessLogHandler.self, RelayHTTPHandler.self,
-    ]
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
