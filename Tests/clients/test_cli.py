@@ -66,3 +66,29 @@ def test_keys_list_and_revoke_take_effect_without_restart(relay, http):
     else:
         raise AssertionError("revoked key still accepted after 5 s")
     assert run("keys", "create", "--tier", "galactic", "--data-dir", relay.data_dir).returncode != 0
+
+
+def test_a_revoked_key_ends_repeated_reads_on_a_kept_alive_connection(relay, http):
+    """A finished request's result is sent again from its bytes on one connection (the fast lane); a revocation
+    still ends it on that same connection, within the key file's re-check."""
+    import time
+
+    key = run("keys", "create", "--tier", "admin", "--data-dir", relay.data_dir).stdout.strip().splitlines()[-1]
+    headers = {"Authorization": f"Key {key}"}
+    body = {"prompt": "settled reads", "image_size": "square", "seed": 3}
+    submitted = http.post(f"https://{relay.queue_host}/fal-ai/flux/dev", json=body, headers=headers).json()
+    deadline = time.time() + 30
+    while http.get(submitted["status_url"], headers=headers).json()["status"] != "COMPLETED":
+        assert time.time() < deadline, "the job did not finish in 30 s"
+        time.sleep(0.1)
+    first = http.get(submitted["response_url"], headers=headers)
+    assert first.status_code == 200
+    for _ in range(5):
+        again = http.get(submitted["response_url"], headers=headers)
+        assert again.status_code == 200 and again.content == first.content
+        assert again.headers["x-fal-request-id"] == first.headers["x-fal-request-id"]
+    assert run("keys", "revoke", key.split(":")[0], "--data-dir", relay.data_dir).returncode == 0
+    deadline = time.time() + 5
+    while http.get(submitted["response_url"], headers=headers).status_code != 401:
+        assert time.time() < deadline, "a revoked key still read the result after 5 s"
+        time.sleep(0.05)
