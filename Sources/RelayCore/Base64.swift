@@ -1,6 +1,8 @@
 /// Standard base64 (RFC 4648, with padding), for data URIs; no Foundation on the way.
 public enum Base64 {
-    private static let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    private static let alphabet: [UInt8] = Array(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8
+    )
 
     public static func encode(_ bytes: [UInt8]) -> String {
         let outputLength = (bytes.count + 2) / 3 * 4

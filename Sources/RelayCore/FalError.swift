@@ -20,7 +20,8 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
             ValidationIssue(location: ["body", field], message: "field required", type: "value_error.missing")
         }
 
-        public static func invalid(_ field: String, _ message: String, type: String = "value_error") -> ValidationIssue {
+        public static func invalid(_ field: String, _ message: String, type: String = "value_error") -> ValidationIssue
+        {
             ValidationIssue(location: ["body", field], message: message, type: type)
         }
     }
@@ -122,7 +123,11 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public static func headersTooLarge(limit: Int) -> FalError {
-        FalError(status: 431, detail: .message("The request headers exceed \(limit) bytes"), errorType: "request_header_fields_too_large")
+        FalError(
+            status: 431,
+            detail: .message("The request headers exceed \(limit) bytes"),
+            errorType: "request_header_fields_too_large"
+        )
     }
 
     public static func unsupportedMediaType(_ type: String) -> FalError {
@@ -146,7 +151,11 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public static func upgradeRequired() -> FalError {
-        FalError(status: 426, detail: .message("This endpoint is a WebSocket: send Upgrade: websocket"), errorType: "upgrade_required")
+        FalError(
+            status: 426,
+            detail: .message("This endpoint is a WebSocket: send Upgrade: websocket"),
+            errorType: "upgrade_required"
+        )
     }
 
     public static func rangeNotSatisfiable(length: Int) -> FalError {

@@ -84,7 +84,9 @@ public struct ModelSpec: Sendable, Hashable {
             guard let list = entry.arrayValue else { throw CatalogError("model \(id): \"\(field)\" must be a list") }
             var out: [String] = []
             for item in list {
-                guard let text = item.stringValue else { throw CatalogError("model \(id): \"\(field)\" must hold strings") }
+                guard let text = item.stringValue else {
+                    throw CatalogError("model \(id): \"\(field)\" must hold strings")
+                }
                 out.append(text)
             }
             return out

@@ -34,7 +34,13 @@ public struct ModelInput: Sendable, Hashable {
             case nil, .null?:
                 issues.append(.missing(name))
             case .string(let text)? where text.isEmpty:
-                issues.append(.invalid(name, "ensure this value has at least 1 characters", type: "value_error.any_str.min_length"))
+                issues.append(
+                    .invalid(
+                        name,
+                        "ensure this value has at least 1 characters",
+                        type: "value_error.any_str.min_length"
+                    )
+                )
             default:
                 break
             }
@@ -51,7 +57,9 @@ public struct ModelInput: Sendable, Hashable {
         if let size = fields["image_size"] {
             switch Self.parseImageSize(size) {
             case .success(let expanded):
-                fields["image_size"] = .object(["width": .number(Double(expanded.width)), "height": .number(Double(expanded.height))])
+                fields["image_size"] = .object([
+                    "width": .number(Double(expanded.width)), "height": .number(Double(expanded.height)),
+                ])
             case .failure(let issue):
                 issues.append(issue)
             }
@@ -98,19 +106,41 @@ public struct ModelInput: Sendable, Hashable {
         fields[name]?.stringValue
     }
 
-    private static func parseImageSize(_ value: JSONValue) -> Result<(width: Int, height: Int), FalError.ValidationIssue> {
+    private static func parseImageSize(
+        _ value: JSONValue
+    ) -> Result<(width: Int, height: Int), FalError.ValidationIssue> {
         if let name = value.stringValue {
             guard let preset = imageSizePresets[name] else {
                 let names = imageSizePresets.keys.sorted().joined(separator: ", ")
-                return .failure(.invalid("image_size", "unknown preset \"\(name)\"; use one of \(names) or {width, height}", type: "value_error.enum"))
+                return .failure(
+                    .invalid(
+                        "image_size",
+                        "unknown preset \"\(name)\"; use one of \(names) or {width, height}",
+                        type: "value_error.enum"
+                    )
+                )
             }
             return .success(preset)
         }
-        guard let object = value.objectValue, let width = object["width"]?.intValue, let height = object["height"]?.intValue else {
-            return .failure(.invalid("image_size", "must be a preset name or an object {width, height} of integers", type: "type_error"))
+        guard let object = value.objectValue, let width = object["width"]?.intValue,
+            let height = object["height"]?.intValue
+        else {
+            return .failure(
+                .invalid(
+                    "image_size",
+                    "must be a preset name or an object {width, height} of integers",
+                    type: "type_error"
+                )
+            )
         }
         guard dimensionRange.contains(width), dimensionRange.contains(height) else {
-            return .failure(.invalid("image_size", "width and height must be within \(dimensionRange.lowerBound)...\(dimensionRange.upperBound)", type: "value_error.number.not_in_range"))
+            return .failure(
+                .invalid(
+                    "image_size",
+                    "width and height must be within \(dimensionRange.lowerBound)...\(dimensionRange.upperBound)",
+                    type: "value_error.number.not_in_range"
+                )
+            )
         }
         return .success((width, height))
     }
@@ -122,25 +152,47 @@ public struct ModelInput: Sendable, Hashable {
         }
     }
 
-    private static func checkInteger(_ name: String, in fields: JSONObject, range: ClosedRange<Int>, issues: inout [FalError.ValidationIssue]) {
+    private static func checkInteger(
+        _ name: String,
+        in fields: JSONObject,
+        range: ClosedRange<Int>,
+        issues: inout [FalError.ValidationIssue]
+    ) {
         guard let value = fields[name], value != .null else { return }
         guard let integer = value.intValue else {
             issues.append(.invalid(name, "value is not a valid integer", type: "type_error.integer"))
             return
         }
         if !range.contains(integer) {
-            issues.append(.invalid(name, "ensure this value is within \(range.lowerBound)...\(range.upperBound)", type: "value_error.number.not_in_range"))
+            issues.append(
+                .invalid(
+                    name,
+                    "ensure this value is within \(range.lowerBound)...\(range.upperBound)",
+                    type: "value_error.number.not_in_range"
+                )
+            )
         }
     }
 
-    private static func checkNumber(_ name: String, in fields: JSONObject, range: ClosedRange<Double>, issues: inout [FalError.ValidationIssue]) {
+    private static func checkNumber(
+        _ name: String,
+        in fields: JSONObject,
+        range: ClosedRange<Double>,
+        issues: inout [FalError.ValidationIssue]
+    ) {
         guard let value = fields[name], value != .null else { return }
         guard let number = value.doubleValue else {
             issues.append(.invalid(name, "value is not a valid number", type: "type_error.float"))
             return
         }
         if !range.contains(number) {
-            issues.append(.invalid(name, "ensure this value is within \(range.lowerBound)...\(range.upperBound)", type: "value_error.number.not_in_range"))
+            issues.append(
+                .invalid(
+                    name,
+                    "ensure this value is within \(range.lowerBound)...\(range.upperBound)",
+                    type: "value_error.number.not_in_range"
+                )
+            )
         }
     }
 }

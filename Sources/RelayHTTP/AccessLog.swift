@@ -107,7 +107,9 @@ struct AccessEntry {
 
     init(head: HTTPRequestHead, started: NIODeadline = .now()) {
         self.method = head.method
-        self.path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        self.path =
+            head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
+            ?? head.uri
         self.started = started
     }
 }
@@ -120,7 +122,11 @@ struct AccessLogSink: Sendable {
 
     /// The line and the metrics of a response that ended (`clientGone`: the client left before its end).
     func record(_ entry: AccessEntry, clientGone: Bool = false) {
-        record(entry, instruments: metrics.instruments(route: entry.route, status: entry.status), clientGone: clientGone)
+        record(
+            entry,
+            instruments: metrics.instruments(route: entry.route, status: entry.status),
+            clientGone: clientGone
+        )
     }
 
     /// `record(_:clientGone:)` with the instruments of the entry's route and status at hand.
@@ -179,9 +185,17 @@ public final class HTTPMetrics: Sendable {
         return cache.withLock { cache in
             if let found = cache[label] { return found }
             let made = Instruments(
-                route: route, status: status,
-                counter: Counter(label: "relay_http_requests_total", dimensions: [("route", route), ("status", String(status))]),
-                timer: CoreMetrics.Timer(label: "relay_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+                route: route,
+                status: status,
+                counter: Counter(
+                    label: "relay_http_requests_total",
+                    dimensions: [("route", route), ("status", String(status))]
+                ),
+                timer: CoreMetrics.Timer(
+                    label: "relay_http_request_duration_seconds",
+                    dimensions: [("route", route)],
+                    preferredDisplayUnit: .seconds
+                )
             )
             cache[label] = made
             return made
@@ -195,7 +209,8 @@ extension String {
         let thousandths = Int((value * 1000).rounded())
         let whole = thousandths / 1000
         let fraction = thousandths % 1000
-        self = "\(whole)." + String(repeating: "0", count: fraction < 10 ? 2 : fraction < 100 ? 1 : 0) + String(fraction)
+        self =
+            "\(whole)." + String(repeating: "0", count: fraction < 10 ? 2 : fraction < 100 ? 1 : 0) + String(fraction)
     }
 }
 

@@ -20,7 +20,9 @@ public struct AdminOperations: Sendable {
     public var drain: @Sendable (_ shutdown: Bool) -> Void
 
     public init(
-        purge: @escaping @Sendable (PurgeTarget) async -> Result<JSONValue, FalError> = { _ in .failure(.unavailable("purge is not configured")) },
+        purge: @escaping @Sendable (PurgeTarget) async -> Result<JSONValue, FalError> = { _ in
+            .failure(.unavailable("purge is not configured"))
+        },
         cacheStatistics: @escaping @Sendable () -> JSONObject = { [:] },
         drain: @escaping @Sendable (Bool) -> Void = { _ in }
     ) {
@@ -32,11 +34,21 @@ public struct AdminOperations: Sendable {
     /// `{"key": "<32 hex>"}`, `{"model": "owner/alias"}` or `{"digest": "<32 hex>"}` — exactly one.
     public static func purgeTarget(from body: JSONValue) -> Result<PurgeTarget, FalError> {
         guard let object = body.objectValue else {
-            return .failure(.validation(.init(location: ["body"], message: "value is not a valid dict", type: "type_error.dict")))
+            return .failure(
+                .validation(.init(location: ["body"], message: "value is not a valid dict", type: "type_error.dict"))
+            )
         }
         let named = ["key", "model", "digest"].filter { object[$0] != nil }
         guard named.count == 1, let name = named.first, let value = object[name]?.stringValue else {
-            return .failure(.validation(.init(location: ["body"], message: "give exactly one of key, model or digest, as a string", type: "value_error")))
+            return .failure(
+                .validation(
+                    .init(
+                        location: ["body"],
+                        message: "give exactly one of key, model or digest, as a string",
+                        type: "value_error"
+                    )
+                )
+            )
         }
         switch name {
         case "model":
@@ -58,14 +70,26 @@ extension RelayHTTPHandler {
         case .stats:
             var stats = services.jobs.statistics.snapshot().objectValue ?? [:]
             stats["cache"] = .object(services.admin.cacheStatistics())
-            respond(context: context, head: head, status: .ok, json: .object(stats), extraHeaders: [("cache-control", "no-store")])
+            respond(
+                context: context,
+                head: head,
+                status: .ok,
+                json: .object(stats),
+                extraHeaders: [("cache-control", "no-store")]
+            )
         case .drain:
-            let request = (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
+            let request =
+                (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
             let shutdown = request["shutdown"]?.boolValue ?? false
             services.readiness.set(false)
             services.admin.drain(shutdown)
             services.logger.notice("drain requested through the admin API", metadata: ["shutdown": "\(shutdown)"])
-            respond(context: context, head: head, status: .accepted, json: ["status": "draining", "shutdown": .bool(shutdown)])
+            respond(
+                context: context,
+                head: head,
+                status: .accepted,
+                json: ["status": "draining", "shutdown": .bool(shutdown)]
+            )
         case .purge:
             let parsed: JSONValue
             do {

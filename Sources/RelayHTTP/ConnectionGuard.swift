@@ -129,10 +129,18 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
         case .header:
             logger("request head not received in time: 408", .header)
-            reject(.requestTimeout("The request head was not received within \(clock.limits.headerTimeout.nanoseconds / 1_000_000_000) s"))
+            reject(
+                .requestTimeout(
+                    "The request head was not received within \(clock.limits.headerTimeout.nanoseconds / 1_000_000_000) s"
+                )
+            )
         case .body:
             logger("request body stalled: 408", .body)
-            reject(.requestTimeout("The request body stalled for \(clock.limits.bodyTimeout.nanoseconds / 1_000_000_000) s"))
+            reject(
+                .requestTimeout(
+                    "The request body stalled for \(clock.limits.bodyTimeout.nanoseconds / 1_000_000_000) s"
+                )
+            )
         }
     }
 
@@ -267,11 +275,17 @@ public final class ConnectionLimiter: Sendable {
     public func admit(_ address: String) -> FalError? {
         state.withLock { state in
             if state.total >= maxTotal {
-                return .unavailable("The relay is at its connection limit (\(maxTotal)); retry shortly", type: "too_many_connections")
+                return .unavailable(
+                    "The relay is at its connection limit (\(maxTotal)); retry shortly",
+                    type: "too_many_connections"
+                )
             }
             let mine = state.perAddress[address, default: 0]
             if mine >= maxPerAddress {
-                return .unavailable("Too many connections from your address (limit \(maxPerAddress))", type: "too_many_connections")
+                return .unavailable(
+                    "Too many connections from your address (limit \(maxPerAddress))",
+                    type: "too_many_connections"
+                )
             }
             state.total += 1
             state.perAddress[address] = mine + 1

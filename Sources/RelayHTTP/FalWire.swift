@@ -65,7 +65,10 @@ public enum FalWire {
     /// The status update a streamed job event stands for — the phase it leads to and the new log lines (an empty
     /// list, or nil to send `null` when logs were not asked for) — or nil for events a status stream does not show
     /// (partial outputs). Shared by the SSE status stream and the `/ws` protocol.
-    public static func statusUpdate(for event: JobEvent, withLogs: Bool) -> (phase: JobPhase, logs: ArraySlice<LogEntry>?)? {
+    public static func statusUpdate(
+        for event: JobEvent,
+        withLogs: Bool
+    ) -> (phase: JobPhase, logs: ArraySlice<LogEntry>?)? {
         switch event.kind {
         case .queuePosition(let position): (.queued(position: position), withLogs ? [] : nil)
         case .started: (.running, withLogs ? [] : nil)

@@ -60,7 +60,11 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// `slowPath` nil: the HTTP handlers are in the pipeline already.
     init(
-        services: RelayServices, scheme: String, timer: ConnectionTimer, ledger: SlowPathLedger, proto: String = "http/1.1",
+        services: RelayServices,
+        scheme: String,
+        timer: ConnectionTimer,
+        ledger: SlowPathLedger,
+        proto: String = "http/1.1",
         slowPath: SlowPathInstaller? = nil
     ) {
         self.services = services
@@ -69,7 +73,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         self.ledger = ledger
         self.slowPath = slowPath
         self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
-        self.scanner = RequestHeadScanner(maxHeadBytes: services.limits.connection.maxHeaderBytes, maxTargetBytes: services.limits.maxURLBytes)
+        self.scanner = RequestHeadScanner(
+            maxHeadBytes: services.limits.connection.maxHeaderBytes,
+            maxTargetBytes: services.limits.maxURLBytes
+        )
     }
 
     // MARK: - Inbound
@@ -82,7 +89,9 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             return
         case .forwardingBody(let remaining):
             guard bytes.readableBytes > remaining else {
-                mode = bytes.readableBytes == remaining ? .scanning : .forwardingBody(remaining: remaining - bytes.readableBytes)
+                mode =
+                    bytes.readableBytes == remaining
+                    ? .scanning : .forwardingBody(remaining: remaining - bytes.readableBytes)
                 context.fireChannelRead(data)
                 return
             }
@@ -199,9 +208,19 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
             let read = services.answerRead(facts, route: route)
             (response, keyID) = (read.response, read.keyID)
-            if read.settled, let principal = read.principal, let keyTableVersion { settledBy = (principal, keyTableVersion, removals) }
+            if read.settled, let principal = read.principal, let keyTableVersion {
+                settledBy = (principal, keyTableVersion, removals)
+            }
         case .file(let digest, let fileExtension):
-            return answerFile(head, facts: facts, route: route, digest: digest, fileExtension: fileExtension, headLength: headLength, context: context)
+            return answerFile(
+                head,
+                facts: facts,
+                route: route,
+                digest: digest,
+                fileExtension: fileExtension,
+                headLength: headLength,
+                context: context
+            )
         default:
             return false
         }
@@ -209,9 +228,19 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         let bytes = send(response, for: head, route: route, keyID: keyID, started: started, context: context)
         if let (principal, keyTableVersion, removals) = settledBy {
             settled = SettledAnswer(
-                method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, route: route, principal: principal,
-                keyTableVersion: keyTableVersion, removals: removals, bytes: bytes, status: response.status.code,
-                bodyLength: response.body.readableBytes, requestID: response.field("x-fal-request-id"), cache: response.field("x-relay-cache")
+                method: head.method,
+                uri: head.uri,
+                host: head.host,
+                authorization: head.authorization,
+                route: route,
+                principal: principal,
+                keyTableVersion: keyTableVersion,
+                removals: removals,
+                bytes: bytes,
+                status: response.status.code,
+                bodyLength: response.body.readableBytes,
+                requestID: response.field("x-fal-request-id"),
+                cache: response.field("x-relay-cache")
             )
         }
         return true
@@ -245,21 +274,46 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Sends `answer` again if it still stands; false when it may not (the caller answers anew).
-    private func replay(_ answer: SettledAnswer, for head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
-        guard services.jobs.removals == answer.removals, services.authenticator.keyTableVersion() == answer.keyTableVersion else {
+    private func replay(
+        _ answer: SettledAnswer,
+        for head: RequestHeadScanner.FastHead,
+        headLength: Int,
+        context: ChannelHandlerContext
+    ) -> Bool {
+        guard services.jobs.removals == answer.removals,
+            services.authenticator.keyTableVersion() == answer.keyTableVersion
+        else {
             return false
         }
         let started = NIODeadline.now()
         guard accept(headLength: headLength) else { return true }
-        if case .refused(let refusal) = services.charge(facts(head, channel: context.channel), route: answer.route, principal: answer.principal) {
-            send(refusal, for: head, route: answer.route, keyID: answer.principal.keyID, started: started, context: context)
+        if case .refused(let refusal) = services.charge(
+            facts(head, channel: context.channel),
+            route: answer.route,
+            principal: answer.principal
+        ) {
+            send(
+                refusal,
+                for: head,
+                route: answer.route,
+                keyID: answer.principal.keyID,
+                started: started,
+                context: context
+            )
             return true
         }
         context.write(Self.wrapOutboundOut(answer.bytes), promise: nil)
         timer.responseEnded()
         logAccess(
-            method: head.method, uri: head.uri, status: answer.status, bytes: answer.bodyLength, started: started,
-            route: answer.route.label, keyID: answer.principal.keyID, requestID: answer.requestID, cache: answer.cache
+            method: head.method,
+            uri: head.uri,
+            status: answer.status,
+            bytes: answer.bodyLength,
+            started: started,
+            route: answer.route.label,
+            keyID: answer.principal.keyID,
+            requestID: answer.requestID,
+            cache: answer.cache
         )
         return true
     }
@@ -274,13 +328,24 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func facts(_ head: RequestHeadScanner.FastHead, channel: any Channel) -> RequestFacts {
-        RequestFacts(method: head.method, uri: head.uri, host: head.host, authorization: head.authorization, scheme: scheme, channel: channel)
+        RequestFacts(
+            method: head.method,
+            uri: head.uri,
+            host: head.host,
+            authorization: head.authorization,
+            scheme: scheme,
+            channel: channel
+        )
     }
 
     /// Writes a whole response (flushed with the read's others), ends it for the clock and logs it. Returns the bytes.
     @discardableResult
     private func send(
-        _ response: PreparedResponse, for head: RequestHeadScanner.FastHead, route: Route, keyID: String?, started: NIODeadline,
+        _ response: PreparedResponse,
+        for head: RequestHeadScanner.FastHead,
+        route: Route,
+        keyID: String?,
+        started: NIODeadline,
         context: ChannelHandlerContext
     ) -> ByteBuffer {
         var buffer = context.channel.allocator.buffer(capacity: 256 + response.body.readableBytes)
@@ -288,8 +353,14 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
         logAccess(
-            method: head.method, uri: head.uri, status: response.status.code, bytes: response.body.readableBytes,
-            started: started, route: route.label, keyID: keyID, requestID: response.field("x-fal-request-id"),
+            method: head.method,
+            uri: head.uri,
+            status: response.status.code,
+            bytes: response.body.readableBytes,
+            started: started,
+            route: route.label,
+            keyID: keyID,
+            requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
         )
         return buffer
@@ -312,8 +383,13 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// 304, 416, HEAD) and sendfile, with no trip to the thread pool. Anything else goes the long way, which opens
     /// the file and remembers it for next time.
     private func answerFile(
-        _ head: RequestHeadScanner.FastHead, facts: RequestFacts, route: Route, digest: Digest128, fileExtension: String,
-        headLength: Int, context: ChannelHandlerContext
+        _ head: RequestHeadScanner.FastHead,
+        facts: RequestFacts,
+        route: Route,
+        digest: Digest128,
+        fileExtension: String,
+        headLength: Int,
+        context: ChannelHandlerContext
     ) -> Bool {
         guard scheme == "http", let mediaType = MediaType.forExtension(fileExtension),
             let record = services.media.cachedRecord(digest, mediaType: mediaType)
@@ -326,7 +402,8 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         guard plan.outcome != .unsatisfiable else { return false }  // the JSON error: the long way
         var body: MediaBody?
         if let range = plan.body {
-            guard let open = services.media.zeroCopyBodyIfOpen(of: record, range: range, eventLoop: context.eventLoop) else { return false }
+            guard let open = services.media.zeroCopyBodyIfOpen(of: record, range: range, eventLoop: context.eventLoop)
+            else { return false }
             body = open
         }
         // Media URLs are capabilities: a valid key pays from its reads budget, anyone else from their address's.
@@ -364,16 +441,30 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         }
         timer.responseEnded()
         logAccess(
-            method: head.method, uri: head.uri, status: plan.status.code, bytes: body?.byteCount ?? 0, started: started,
-            route: route.label, keyID: payer.keyID, requestID: requestID, cache: nil
+            method: head.method,
+            uri: head.uri,
+            status: plan.status.code,
+            bytes: body?.byteCount ?? 0,
+            started: started,
+            route: route.label,
+            keyID: payer.keyID,
+            requestID: requestID,
+            cache: nil
         )
         return true
     }
 
     /// The access line and HTTP metrics of a request answered here.
     private func logAccess(
-        method: HTTPMethod, uri: String, status: UInt, bytes: Int, started: NIODeadline,
-        route: String, keyID: String?, requestID: String?, cache: String?
+        method: HTTPMethod,
+        uri: String,
+        status: UInt,
+        bytes: Int,
+        started: NIODeadline,
+        route: String,
+        keyID: String?,
+        requestID: String?,
+        cache: String?
     ) {
         // Without a log the path is never read: spare the scan.
         var entry = AccessEntry(method: method, path: accessLog.logger == nil ? "" : Self.path(uri), started: started)

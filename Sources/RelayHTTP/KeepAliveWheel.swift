@@ -36,7 +36,9 @@ final class KeepAliveWheel {
     /// Adds `target`: its first keep-alive comes one interval from now.
     func add(_ target: any KeepAliveTarget) -> Slot {
         eventLoop.preconditionInEventLoop()
-        guard buckets[hand].updateValue(target, forKey: ObjectIdentifier(target)) == nil else { return Slot(wheel: self, bucket: hand) }
+        guard buckets[hand].updateValue(target, forKey: ObjectIdentifier(target)) == nil else {
+            return Slot(wheel: self, bucket: hand)
+        }
         count += 1
         if task == nil {
             let bound = NIOLoopBound(self, eventLoop: eventLoop)

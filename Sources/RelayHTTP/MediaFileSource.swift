@@ -1,8 +1,8 @@
 public import NIOCore
-import Synchronization
 public import NIOPosix
 public import RelayCore
 public import RelayStore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc

@@ -38,9 +38,12 @@ enum PageBackedAllocator {
     }
 
     /// Whether `pointer` came from `pageBackedAllocate`'s mapping branch, and the mapping's length if so.
-    fileprivate static func mapping(of pointer: UnsafeMutableRawPointer) -> (base: UnsafeMutableRawPointer, length: Int)? {
+    fileprivate static func mapping(
+        of pointer: UnsafeMutableRawPointer
+    ) -> (base: UnsafeMutableRawPointer, length: Int)? {
         let base = pointer - header
-        guard Int(bitPattern: base) & (pageSize - 1) == 0, base.load(fromByteOffset: 8, as: UInt64.self) == marker else {
+        guard Int(bitPattern: base) & (pageSize - 1) == 0, base.load(fromByteOffset: 8, as: UInt64.self) == marker
+        else {
             return nil
         }
         return (base, Int(base.load(as: UInt64.self)))
@@ -55,7 +58,8 @@ private func pageBackedAllocate(_ size: Int) -> UnsafeMutableRawPointer? {
     guard PageBackedAllocator.mappedSizes.contains(size) else { return malloc(size) }
     let page = PageBackedAllocator.pageSize
     let length = (size + PageBackedAllocator.header + page - 1) / page * page
-    guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), base != MAP_FAILED else {
+    guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), base != MAP_FAILED
+    else {
         return malloc(size)  // out of mappings: the heap still works
     }
     base.storeBytes(of: UInt64(length), as: UInt64.self)
@@ -71,7 +75,11 @@ private func pageBackedDeallocate(_ pointer: UnsafeMutableRawPointer) {
     }
 }
 
-private func pageBackedReallocate(_ pointer: UnsafeMutableRawPointer?, _ oldSize: Int, _ newSize: Int) -> UnsafeMutableRawPointer? {
+private func pageBackedReallocate(
+    _ pointer: UnsafeMutableRawPointer?,
+    _ oldSize: Int,
+    _ newSize: Int
+) -> UnsafeMutableRawPointer? {
     guard let pointer else { return pageBackedAllocate(newSize) }
     if PageBackedAllocator.mapping(of: pointer) == nil, !PageBackedAllocator.mappedSizes.contains(newSize) {
         return realloc(pointer, newSize)

@@ -44,7 +44,8 @@ public struct RateLimitPolicy: Sendable, Hashable {
             switch route {
             case .submit, .run, .stream, .uploadInitiate, .v3Upload:
                 self = .submissions
-            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin, .storageToken, .uploadAlias:
+            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin, .storageToken,
+                .uploadAlias:
                 self = .reads
             case .uploadPut:
                 // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.

@@ -28,7 +28,13 @@ struct PreparedResponse {
     var isHead = false
 
     /// `application/json` with the request id (a fresh one when nil), then `extraHeaders`.
-    init(status: HTTPResponseStatus, json: ByteBuffer, requestID: String?, extraHeaders: [(String, String)] = [], isHead: Bool) {
+    init(
+        status: HTTPResponseStatus,
+        json: ByteBuffer,
+        requestID: String?,
+        extraHeaders: [(String, String)] = [],
+        isHead: Bool
+    ) {
         self.status = status
         headers = [("content-type", "application/json"), ("x-fal-request-id", requestID ?? RequestID.make())]
         headers.append(contentsOf: extraHeaders)
@@ -36,8 +42,20 @@ struct PreparedResponse {
         self.isHead = isHead
     }
 
-    init(status: HTTPResponseStatus, json: JSONValue, requestID: String?, extraHeaders: [(String, String)] = [], isHead: Bool) {
-        self.init(status: status, json: ByteBuffer(bytes: json.serialized()), requestID: requestID, extraHeaders: extraHeaders, isHead: isHead)
+    init(
+        status: HTTPResponseStatus,
+        json: JSONValue,
+        requestID: String?,
+        extraHeaders: [(String, String)] = [],
+        isHead: Bool
+    ) {
+        self.init(
+            status: status,
+            json: ByteBuffer(bytes: json.serialized()),
+            requestID: requestID,
+            extraHeaders: extraHeaders,
+            isHead: isHead
+        )
     }
 
     /// A fal-shaped error: its JSON body, `x-fal-error-type`, then `extraHeaders`.
@@ -47,7 +65,13 @@ struct PreparedResponse {
             extra.append(("x-fal-error-type", type))
         }
         extra.append(contentsOf: extraHeaders)
-        self.init(status: HTTPResponseStatus(statusCode: error.status), json: error.body, requestID: requestID, extraHeaders: extra, isHead: isHead)
+        self.init(
+            status: HTTPResponseStatus(statusCode: error.status),
+            json: error.body,
+            requestID: requestID,
+            extraHeaders: extra,
+            isHead: isHead
+        )
     }
 
     /// The value of a header field (first occurrence), for the access line.
@@ -65,7 +89,12 @@ struct PreparedResponse {
     }
 
     /// A response head with `content-length` last.
-    static func encodeHead(status: HTTPResponseStatus, headers: [(String, String)], contentLength: Int, into buffer: inout ByteBuffer) {
+    static func encodeHead(
+        status: HTTPResponseStatus,
+        headers: [(String, String)],
+        contentLength: Int,
+        into buffer: inout ByteBuffer
+    ) {
         buffer.writeStaticString("HTTP/1.1 ")
         buffer.writeString(String(status.code))
         buffer.writeStaticString(" ")
@@ -105,10 +134,21 @@ extension RelayServices {
             rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
         else { return .admitted(principal, rateLimitHeaders: []) }
         // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
-        let decision = rateLimiter.check(principal: principal, clientIP: principal.keyID == nil ? facts.clientIP : "", budget: budget)
-        guard let rejection = decision.rejection else { return .admitted(principal, rateLimitHeaders: decision.headers) }
+        let decision = rateLimiter.check(
+            principal: principal,
+            clientIP: principal.keyID == nil ? facts.clientIP : "",
+            budget: budget
+        )
+        guard let rejection = decision.rejection else {
+            return .admitted(principal, rateLimitHeaders: decision.headers)
+        }
         return .refused(
-            PreparedResponse(error: .rateLimited(rejection.detail), requestID: nil, extraHeaders: rejection.headers, isHead: facts.method == .HEAD)
+            PreparedResponse(
+                error: .rateLimited(rejection.detail),
+                requestID: nil,
+                extraHeaders: rejection.headers,
+                isHead: facts.method == .HEAD
+            )
         )
     }
 
@@ -132,10 +172,17 @@ extension RelayServices {
         let id: String
         switch route {
         case .status(let a, let i), .result(let a, let i): (app, id) = (a, i)
-        default: return ReadAnswer(response: PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead), principal: principal)
+        default:
+            return ReadAnswer(
+                response: PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead),
+                principal: principal
+            )
         }
         guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
-            return ReadAnswer(response: PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead), principal: principal)
+            return ReadAnswer(
+                response: PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead),
+                principal: principal
+            )
         }
         let phase = request.phase
         let cacheHeaders = RelayHTTPHandler.cacheHeaders(request)
@@ -144,27 +191,57 @@ extension RelayServices {
         if case .status = route {
             let query = QueryParameters(uri: facts.uri)
             let logs = query.flag("logs") ? request.job.status.logs[...] : nil
-            let json = FalWire.status(id: id, phase: phase, logs: logs, base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app))
+            let json = FalWire.status(
+                id: id,
+                phase: phase,
+                logs: logs,
+                base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app)
+            )
             let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
             return ReadAnswer(
-                response: PreparedResponse(status: status, json: json, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
-                principal: principal, settled: settled
+                response: PreparedResponse(
+                    status: status,
+                    json: json,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
             )
         }
         if case .completed(.success) = phase, let bytes = request.job.resultBytes {
             return ReadAnswer(
-                response: PreparedResponse(status: .ok, json: bytes, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
-                principal: principal, settled: settled
+                response: PreparedResponse(
+                    status: .ok,
+                    json: bytes,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
             )
         }
         switch FalWire.result(for: phase, id: id) {
         case .success(let result):
             return ReadAnswer(
-                response: PreparedResponse(status: .ok, json: result, requestID: id, extraHeaders: cacheHeaders, isHead: isHead),
-                principal: principal, settled: settled
+                response: PreparedResponse(
+                    status: .ok,
+                    json: result,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
             )
         case .failure(let error):
-            return ReadAnswer(response: PreparedResponse(error: error, requestID: id, isHead: isHead), principal: principal, settled: settled)
+            return ReadAnswer(
+                response: PreparedResponse(error: error, requestID: id, isHead: isHead),
+                principal: principal,
+                settled: settled
+            )
         }
     }
 }

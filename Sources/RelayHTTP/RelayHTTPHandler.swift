@@ -91,12 +91,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.head(let head), .idle):
             routedHead = nil  // never a previous request's
             if beginUpload(context: context, head: head) { return }
-            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > services.limits.maxJSONBodyBytes {
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init),
+                length > services.limits.maxJSONBodyBytes
+            {
                 reject(context: context, head: head, error: .payloadTooLarge(limit: services.limits.maxJSONBodyBytes))
                 return
             }
             if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
-                context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))),
+                    promise: nil
+                )
             }
             state = .receiving(head, context.channel.allocator.buffer(capacity: 0))
         case (.body(var chunk), .receiving(let head, var body)):
@@ -135,7 +140,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             for event in request.job.replay(after: exchange.lastSent) {
                 receive(event, context: context, number: exchange.number)
-                guard case .exchanging(let current) = state, current.number == exchange.number, !current.behind else { break }
+                guard case .exchanging(let current) = state, current.number == exchange.number, !current.behind else {
+                    break
+                }
             }
         }
         context.fireChannelWritabilityChanged()
@@ -145,7 +152,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         // Shutdown: an SSE status stream ends cleanly at once with a hint to reconnect (to another instance, with
         // Last-Event-ID), instead of being cut at the drain deadline. Runs and partial streams get the deadline.
         if event is RelayShutdownEvent, case .exchanging(let exchange) = state, case .statusStream = exchange.kind {
-            writeSSE(context: context, text: "retry: 1000\n: the relay is shutting down; reconnect with Last-Event-ID\n\n")
+            writeSSE(
+                context: context,
+                text: "retry: 1000\n: the relay is shutting down; reconnect with Last-Event-ID\n\n"
+            )
             endStream(exchange, context: context)
         }
         context.fireUserInboundEventTriggered(event)
@@ -175,10 +185,18 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func dispatch(context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer) {
         services.jobs.statistics.recordHTTPRequest()
         if let refusal {
-            respondError(context: context, keepAlive: false, error: refusal, requestID: nil, extraHeaders: [("retry-after", "1")])
+            respondError(
+                context: context,
+                keepAlive: false,
+                error: refusal,
+                requestID: nil,
+                extraHeaders: [("retry-after", "1")]
+            )
             return
         }
-        let route = routedHead ?? services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
+        let route =
+            routedHead
+            ?? services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
         routedHead = nil
         accessLog?.annotate(route: route.label, keyID: nil)
         let keepAlive = head.isKeepAlive
@@ -189,7 +207,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if services.readiness.isReady {
                 respond(context: context, head: head, status: .ok, json: ["status": "ready"])
             } else {
-                respondError(context: context, head: head, error: .unavailable("starting or draining", type: "not_ready"))
+                respondError(
+                    context: context,
+                    head: head,
+                    error: .unavailable("starting or draining", type: "not_ready")
+                )
             }
         case .webSocket, .realtime:
             // Only requests the upgrader declined get here: say why.
@@ -201,7 +223,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case .tokens:
             guard let principal = authenticate(context: context, head: head) else { return }
-            let request = (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
+            let request =
+                (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
             let apps = request["allowed_apps"]?.arrayValue?.compactMap(\.stringValue) ?? []
             let seconds = request["token_expiration"]?.intValue ?? 120
             guard let token = services.authenticator.issueToken(for: principal, apps: apps, seconds: seconds) else {
@@ -217,7 +240,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer.writeBytes(text)
             write(context: context, head: head, status: .ok, headers: headers, body: buffer)
         case .notFound:
-            respondError(context: context, head: head, error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))"))
+            respondError(
+                context: context,
+                head: head,
+                error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))")
+            )
         case .methodNotAllowed:
             respondError(context: context, head: head, error: .methodNotAllowed(head.method.rawValue))
         case .ui(let name):
@@ -225,19 +252,33 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .catalog:
             serveCatalog(context: context, head: head)
         case .stats(stream: false):
-            respond(context: context, head: head, status: .ok, json: services.jobs.statistics.snapshot(), extraHeaders: [("cache-control", "no-store")])
+            respond(
+                context: context,
+                head: head,
+                status: .ok,
+                json: services.jobs.statistics.snapshot(),
+                extraHeaders: [("cache-control", "no-store")]
+            )
         case .stats(stream: true):
             begin(.statsStream, context: context, keepAlive: keepAlive)
         case .admin(let action):
             guard let principal = authenticate(context: context, head: head) else { return }
             guard principal.isAdmin else {
                 let message = "The admin API needs an admin key"
-                return respondError(context: context, head: head, error: principal == .anonymous ? .unauthorized(message) : .forbidden(message))
+                return respondError(
+                    context: context,
+                    head: head,
+                    error: principal == .anonymous ? .unauthorized(message) : .forbidden(message)
+                )
             }
             serveAdmin(action, context: context, head: head, body: body)
         case .storageToken, .uploadInitiate, .uploadPut, .v3Upload, .uploadAlias:
             guard let uploads = services.uploads else {
-                return respondError(context: context, head: head, error: .notFound("Uploads are not enabled on this relay"))
+                return respondError(
+                    context: context,
+                    head: head,
+                    error: .notFound("Uploads are not enabled on this relay")
+                )
             }
             switch route {
             case .storageToken: serveStorageToken(context: context, head: head, uploads: uploads)
@@ -250,8 +291,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .file(let digest, let fileExtension):
             // Media URLs are capabilities: no key needed. A caller that sends a valid key pays from that key's reads
             // budget (an app's server fetching its media); anyone else from their address's.
-            let payer = head.headers.first(name: "authorization").flatMap { services.authenticator.authenticate(authorization: $0) }
-            guard admit(context: context, head: head, route: route, principal: payer ?? .anonymous) != nil else { return }
+            let payer = head.headers.first(name: "authorization").flatMap {
+                services.authenticator.authenticate(authorization: $0)
+            }
+            guard admit(context: context, head: head, route: route, principal: payer ?? .anonymous) != nil else {
+                return
+            }
             serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
             guard let principal = authenticate(context: context, head: head),
@@ -264,7 +309,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             var webhook: String?
             if case .submit = route, let url = QueryParameters(uri: head.uri)["fal_webhook"] {
-                if let error = services.webhooks.validate(url: url) { return respondError(context: context, head: head, error: error) }
+                if let error = services.webhooks.validate(url: url) {
+                    return respondError(context: context, head: head, error: error)
+                }
                 webhook = url
             }
             let directives = Self.cacheDirectives(head.headers)
@@ -273,7 +320,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 endpoint: endpoint,
                 key: services.requestKey(input, principal: principal),
                 ownerKeyID: principal.keyID,
-                directives: CacheDirectives(noCache: directives.contains("no-cache"), noStore: directives.contains("no-store"))
+                directives: CacheDirectives(
+                    noCache: directives.contains("no-cache"),
+                    noStore: directives.contains("no-store")
+                )
             )
             // The id goes out only once the request's record is durable: a crash must not turn it into a 404.
             func answer() {
@@ -283,8 +333,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     if let webhook { services.webhooks.register(request: request, url: webhook) }
                     let base = queueBase(head: head, app: endpoint.app)
                     respond(
-                        context: context, head: head, status: .ok, json: FalWire.submitResponse(request, base: base),
-                        requestID: request.id, extraHeaders: Self.cacheHeaders(request) + limitHeaders
+                        context: context,
+                        head: head,
+                        status: .ok,
+                        json: FalWire.submitResponse(request, base: base),
+                        requestID: request.id,
+                        extraHeaders: Self.cacheHeaders(request) + limitHeaders
                     )
                 case .run:
                     begin(.run(request), context: context, keepAlive: keepAlive)
@@ -309,34 +363,57 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             else { return }
             if case .cancel = route {
                 let (status, body) = FalWire.cancelBody(services.jobs.cancel(id, keyID: principal.keyID, app: app.app))
-                respond(context: context, head: head, status: HTTPResponseStatus(statusCode: status), json: body, requestID: id)
+                respond(
+                    context: context,
+                    head: head,
+                    status: HTTPResponseStatus(statusCode: status),
+                    json: body,
+                    requestID: id
+                )
                 return
             }
-            guard let request = services.jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
+            guard let request = services.jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app
+            else {
                 respondError(context: context, head: head, error: .notFound("Request \(id) not found"), requestID: id)
                 return
             }
             // Resume after the last event the client saw: the header on reconnects, the query parameter for browsers
             // (EventSource cannot set headers on its first connect).
             let query = QueryParameters(uri: head.uri)
-            let lastSeen = (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
+            let lastSeen =
+                (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
             if lastSeen > 0, request.phase.isCompleted, lastSeen >= request.job.status.lastSequence {
                 write(context: context, head: head, status: .noContent, headers: HTTPHeaders(), body: nil)
                 return
             }
             let base = queueBase(head: head, app: app.app)
             if statusStreamsTakeOver {
-                let stream = StatusStreamHandler.Stream(request: request, base: base, withLogs: query.flag("logs"), after: max(0, lastSeen))
+                let stream = StatusStreamHandler.Stream(
+                    request: request,
+                    base: base,
+                    withLogs: query.flag("logs"),
+                    after: max(0, lastSeen)
+                )
                 takeOver(stream, context: context)
                 return
             }
-            begin(.statusStream(request, base: base, withLogs: query.flag("logs")), after: max(0, lastSeen), context: context, keepAlive: keepAlive)
+            begin(
+                .statusStream(request, base: base, withLogs: query.flag("logs")),
+                after: max(0, lastSeen),
+                context: context,
+                keepAlive: keepAlive
+            )
         }
     }
 
     /// Charges the request to its caller's budget; on refusal answers 429 (with Retry-After and RateLimit headers)
     /// and returns nil. Returns the RateLimit headers to add to the response otherwise.
-    func admit(context: ChannelHandlerContext, head: HTTPRequestHead, route: Route, principal: Principal) -> [(String, String)]? {
+    func admit(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        route: Route,
+        principal: Principal
+    ) -> [(String, String)]? {
         switch services.charge(facts(head, context: context), route: route, principal: principal) {
         case .admitted(_, let headers):
             return headers
@@ -347,7 +424,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
-        guard let principal = services.authenticator.authenticate(authorization: head.headers.first(name: "authorization")) else {
+        guard
+            let principal = services.authenticator.authenticate(
+                authorization: head.headers.first(name: "authorization")
+            )
+        else {
             respondError(context: context, head: head, error: .unauthorized())
             return nil
         }
@@ -361,8 +442,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func facts(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> RequestFacts {
         let channel = context.channel
         return RequestFacts(
-            method: head.method, uri: head.uri, host: head.headers.first(name: "host"), authorization: head.headers.first(name: "authorization"),
-            scheme: scheme, channel: channel
+            method: head.method,
+            uri: head.uri,
+            host: head.headers.first(name: "host"),
+            authorization: head.headers.first(name: "authorization"),
+            scheme: scheme,
+            channel: channel
         )
     }
 
@@ -379,7 +464,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return .failure(.malformedJSON(error.description))
             }
             guard let parsedObject = parsed.objectValue else {
-                return .failure(.validation(FalError.ValidationIssue(location: ["body"], message: "value is not a valid dict", type: "type_error.dict")))
+                return .failure(
+                    .validation(
+                        FalError.ValidationIssue(
+                            location: ["body"],
+                            message: "value is not a valid dict",
+                            type: "type_error.dict"
+                        )
+                    )
+                )
             }
             object = parsedObject
         }
@@ -413,7 +506,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func planFile(context: ChannelHandlerContext, head: HTTPRequestHead, number: Int, result: Result<BlobRecord?, any Error>) {
+    private func planFile(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        number: Int,
+        result: Result<BlobRecord?, any Error>
+    ) {
         guard case .exchanging(let exchange) = state, exchange.number == number else { return }
         let record: BlobRecord
         switch result {
@@ -434,7 +532,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if plan.outcome == .unsatisfiable {
             state = .idle
             return respondError(
-                context: context, head: head, error: .rangeNotSatisfiable(length: record.size),
+                context: context,
+                head: head,
+                error: .rangeNotSatisfiable(length: record.size),
                 extraHeaders: plan.headers.map { ($0.name, $0.value) }
             )
         }
@@ -445,7 +545,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         services.media.body(
-            of: record, range: range, zeroCopy: scheme == "http", allocator: context.channel.allocator, eventLoop: context.eventLoop
+            of: record,
+            range: range,
+            zeroCopy: scheme == "http",
+            allocator: context.channel.allocator,
+            eventLoop: context.eventLoop
         ).whenComplete { result in
             let (handler, context) = bound.value
             handler.sendFile(context: context, head: head, number: number, plan: plan, result: result)
@@ -480,7 +584,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !keepAlive {
             headers.replaceOrAdd(name: "connection", value: "close")
         }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: plan.status, headers: headers))), promise: nil)
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: plan.status, headers: headers))),
+            promise: nil
+        )
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         let channel = context.channel
         body.write(on: context.eventLoop) { part in
@@ -505,7 +612,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let request = stream.request
         let access = accessLog?.takeOver(status: 200, requestID: request.id, cache: request.cacheOutcome.rawValue)
         let writer = StatusStreamHandler(
-            services: services, stream: stream, access: access, accessSink: accessLog?.sink, connectionKind: connectionKind
+            services: services,
+            stream: stream,
+            access: access,
+            accessSink: accessLog?.sink,
+            connectionKind: connectionKind
         )
         do {
             try StatusStreamHandler.takeOver(writer, pipeline: context.pipeline)
@@ -516,7 +627,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     @discardableResult
-    private func begin(_ kind: Exchange.Kind, after sequence: Int = 0, context: ChannelHandlerContext, keepAlive: Bool) -> Int {
+    private func begin(
+        _ kind: Exchange.Kind,
+        after sequence: Int = 0,
+        context: ChannelHandlerContext,
+        keepAlive: Bool
+    ) -> Int {
         exchangeCount += 1
         var exchange = Exchange(number: exchangeCount, kind: kind, keepAlive: keepAlive)
         let request: RelayRequest
@@ -531,7 +647,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .run(let r), .partialStream(let r), .statusStream(let r, _, _):
             request = r
         }
-        if case .run = kind {} else {
+        if case .run = kind {
+        } else {
             writeStreamHead(context: context, request: request, exchange: &exchange)
         }
         if case .statusStream = kind {
@@ -566,7 +683,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !exchange.keepAlive {
             headers.add(name: "connection", value: "close")
         }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+            promise: nil
+        )
         context.flush()
         exchange.headSent = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -588,12 +708,16 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !exchange.keepAlive {
             headers.add(name: "connection", value: "close")
         }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+            promise: nil
+        )
         exchange.headSent = true
         writeSSE(context: context, data: services.jobs.statistics.snapshot())
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let number = exchange.number
-        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) {
+            _ in
             let (handler, context) = bound.value
             guard case .exchanging(let current) = handler.state, current.number == number else { return }
             handler.writeSSE(context: context, data: handler.services.jobs.statistics.snapshot())
@@ -601,7 +725,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
-        guard case .exchanging(let exchange) = state, exchange.number == number, context.channel.isWritable else { return }
+        guard case .exchanging(let exchange) = state, exchange.number == number, context.channel.isWritable else {
+            return
+        }
         writeSSE(context: context, text: ": ping\n\n")
     }
 
@@ -633,7 +759,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let extra = Self.cacheHeaders(request)
             switch FalWire.result(for: .completed(outcome), id: request.id) {
             case .success(let result):
-                respond(context: context, keepAlive: exchange.keepAlive, status: .ok, json: result, requestID: request.id, extraHeaders: extra)
+                respond(
+                    context: context,
+                    keepAlive: exchange.keepAlive,
+                    status: .ok,
+                    json: result,
+                    requestID: request.id,
+                    extraHeaders: extra
+                )
             case .failure(let error):
                 respondError(context: context, keepAlive: exchange.keepAlive, error: error, requestID: request.id)
             }
@@ -661,16 +794,29 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if cancelled {
                 phase = .completed(.cancelled)
                 logs = withLogs ? [] : nil
-                frame = Self.sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+                frame = Self.sseFrame(
+                    data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
+                    id: event.sequence,
+                    allocator: context.channel.allocator
+                )
             } else {
                 // Every watcher of this request on this loop gets the same bytes: build them once per event.
                 let key = FrameMemo.Key(
-                    kind: .sse, job: ObjectIdentifier(request.job), sequence: event.sequence, requestID: request.id,
-                    withLogs: withLogs, origin: base.origin, app: base.app
+                    kind: .sse,
+                    job: ObjectIdentifier(request.job),
+                    sequence: event.sequence,
+                    requestID: request.id,
+                    withLogs: withLogs,
+                    origin: base.origin,
+                    app: base.app
                 )
                 frame = FrameMemo.current.frame(for: key) {
                     // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
-                    Self.sseFrame(data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base), id: event.sequence, allocator: context.channel.allocator)
+                    Self.sseFrame(
+                        data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
+                        id: event.sequence,
+                        allocator: context.channel.allocator
+                    )
                 }
             }
             context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
@@ -750,7 +896,15 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         requestID: String? = nil,
         extraHeaders: [(String, String)] = []
     ) {
-        respond(context: context, keepAlive: head.isKeepAlive, status: status, json: json, requestID: requestID, extraHeaders: extraHeaders, isHead: head.method == .HEAD)
+        respond(
+            context: context,
+            keepAlive: head.isKeepAlive,
+            status: status,
+            json: json,
+            requestID: requestID,
+            extraHeaders: extraHeaders,
+            isHead: head.method == .HEAD
+        )
     }
 
     func respond(
@@ -762,7 +916,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         extraHeaders: [(String, String)] = [],
         isHead: Bool = false
     ) {
-        let response = PreparedResponse(status: status, json: json, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead)
+        let response = PreparedResponse(
+            status: status,
+            json: json,
+            requestID: requestID,
+            extraHeaders: extraHeaders,
+            isHead: isHead
+        )
         write(context: context, keepAlive: keepAlive, response)
     }
 
@@ -772,7 +932,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if response.isHead {
             headers.add(name: "content-length", value: String(response.body.readableBytes))
         }
-        write(context: context, keepAlive: keepAlive, status: response.status, headers: headers, body: response.isHead ? nil : response.body)
+        write(
+            context: context,
+            keepAlive: keepAlive,
+            status: response.status,
+            headers: headers,
+            body: response.isHead ? nil : response.body
+        )
     }
 
     func respondError(
@@ -783,7 +949,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         extraHeaders: [(String, String)] = []
     ) {
         respondError(
-            context: context, keepAlive: head.isKeepAlive, error: error, requestID: requestID, extraHeaders: extraHeaders,
+            context: context,
+            keepAlive: head.isKeepAlive,
+            error: error,
+            requestID: requestID,
+            extraHeaders: extraHeaders,
             isHead: head.method == .HEAD
         )
     }
@@ -796,10 +966,20 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         extraHeaders: [(String, String)] = [],
         isHead: Bool = false
     ) {
-        write(context: context, keepAlive: keepAlive, PreparedResponse(error: error, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead))
+        write(
+            context: context,
+            keepAlive: keepAlive,
+            PreparedResponse(error: error, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead)
+        )
     }
 
-    func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+    func write(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        status: HTTPResponseStatus,
+        headers: HTTPHeaders,
+        body: ByteBuffer?
+    ) {
         var headers = headers
         if headers.first(name: "x-fal-request-id") == nil {
             headers.add(name: "x-fal-request-id", value: RequestID.make())
@@ -807,7 +987,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         write(context: context, keepAlive: head.isKeepAlive, status: status, headers: headers, body: body)
     }
 
-    func write(context: ChannelHandlerContext, keepAlive: Bool, status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?) {
+    func write(
+        context: ChannelHandlerContext,
+        keepAlive: Bool,
+        status: HTTPResponseStatus,
+        headers: HTTPHeaders,
+        body: ByteBuffer?
+    ) {
         var headers = headers
         if headers.first(name: "content-length") == nil {
             headers.add(name: "content-length", value: String(body?.readableBytes ?? 0))
@@ -815,7 +1001,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !keepAlive {
             headers.replaceOrAdd(name: "connection", value: "close")
         }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+            promise: nil
+        )
         if let body, body.readableBytes > 0 {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
@@ -855,7 +1044,11 @@ extension RelayHTTPHandler: Sendable {}
 extension Job {
     /// Subscribes a handler living on `eventLoop`: `body` runs on that loop, and all subscribers on one loop share one
     /// hop per batch of events.
-    func subscribe(after sequence: Int, on eventLoop: any EventLoop, _ body: @escaping @Sendable (JobEvent) -> Void) -> Subscription {
+    func subscribe(
+        after sequence: Int,
+        on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (JobEvent) -> Void
+    ) -> Subscription {
         subscribe(after: sequence, loop: ObjectIdentifier(eventLoop), execute: { eventLoop.execute($0) }, body)
     }
 }

@@ -3,11 +3,11 @@ public import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
-import NIOWebSocket
 public import NIOSSL
-public import ServiceLifecycle
+import NIOWebSocket
 import RelayCore
 import RelayJobs
+public import ServiceLifecycle
 import Synchronization
 
 /// One address to listen on, plain or TLS.
@@ -72,12 +72,16 @@ public final class RelayHTTPServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let serverChannels = Mutex<[any Channel]>([])
 
-    public init(services: RelayServices, listeners: [ListenerSpec], group: any EventLoopGroup, drainSeconds: Int64 = 10) {
+    public init(services: RelayServices, listeners: [ListenerSpec], group: any EventLoopGroup, drainSeconds: Int64 = 10)
+    {
         self.services = services
         self.specs = listeners
         self.group = group
         self.drainSeconds = drainSeconds
-        self.limiter = ConnectionLimiter(maxTotal: services.limits.maxConnections, maxPerAddress: services.limits.maxConnectionsPerAddress)
+        self.limiter = ConnectionLimiter(
+            maxTotal: services.limits.maxConnections,
+            maxPerAddress: services.limits.maxConnectionsPerAddress
+        )
     }
 
     /// Binds every listener (port 0 picks a free port) and returns where they listen.
@@ -124,7 +128,10 @@ public final class RelayHTTPServer: Service, Sendable {
             // Each connection keeps its read buffer between reads (NIO pools it per channel): start small, since most
             // requests are a few hundred bytes and idle watchers are many; a read that fills it doubles the next one,
             // so uploads still reach 64 KiB reads.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+            )
             .childChannelInitializer { channel in
                 connections.add(channel)
                 let address = channel.remoteAddress?.ipAddress ?? "unknown"
@@ -133,14 +140,23 @@ public final class RelayHTTPServer: Service, Sendable {
                     channel.closeFuture.whenComplete { _ in limiter.release(address) }
                 } else {
                     services.jobs.statistics.connectionRefused()
-                    services.logger.warning("connection over the cap", metadata: ["address": "\(address)", "open": "\(limiter.open)"])
+                    services.logger.warning(
+                        "connection over the cap",
+                        metadata: ["address": "\(address)", "open": "\(limiter.open)"]
+                    )
                 }
                 let kind = ConnectionKindTracker(statistics: services.jobs.statistics)
                 channel.closeFuture.whenComplete { _ in kind.closed() }
                 guard let tls = spec.tls?.current else {
                     return channel.eventLoop.makeCompletedFuture {
                         kind.opened(.http1)
-                        try Self.configureHTTP1(channel, services: services, scheme: spec.scheme, refusal: refusal, kind: kind)
+                        try Self.configureHTTP1(
+                            channel,
+                            services: services,
+                            scheme: spec.scheme,
+                            refusal: refusal,
+                            kind: kind
+                        )
                     }
                 }
                 // TLS: ALPN picks HTTP/2 (one handler per stream, so a browser holds many SSE streams on one
@@ -166,10 +182,19 @@ public final class RelayHTTPServer: Service, Sendable {
                             connections.add(stream)
                             return stream.eventLoop.makeCompletedFuture {
                                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
+                                let accessLog = AccessLogHandler(
+                                    logger: services.accessLogger,
+                                    metrics: services.httpMetrics,
+                                    proto: "h2"
+                                )
                                 try stream.pipeline.syncOperations.addHandler(accessLog)
                                 try stream.pipeline.syncOperations.addHandler(
-                                    RelayHTTPHandler(services: services, scheme: spec.scheme, refusal: refusal, accessLog: accessLog)
+                                    RelayHTTPHandler(
+                                        services: services,
+                                        scheme: spec.scheme,
+                                        refusal: refusal,
+                                        accessLog: accessLog
+                                    )
                                 )
                             }
                         }.map { _ in }
@@ -178,7 +203,13 @@ public final class RelayHTTPServer: Service, Sendable {
                         handshakeDeadline.cancel()
                         return channel.eventLoop.makeCompletedFuture {
                             kind.opened(.http1)
-                            try Self.configureHTTP1(channel, services: services, scheme: spec.scheme, refusal: refusal, kind: kind)
+                            try Self.configureHTTP1(
+                                channel,
+                                services: services,
+                                scheme: spec.scheme,
+                                refusal: refusal,
+                                kind: kind
+                            )
                         }
                     }
                 )
@@ -206,11 +237,29 @@ public final class RelayHTTPServer: Service, Sendable {
         try pipeline.addHandler(timer)
         // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
         guard refusal == nil else {
-            try addHTTPHandlers(pipeline, services: services, scheme: scheme, refusal: refusal, kind: kind, timer: timer, fastLane: nil)
+            try addHTTPHandlers(
+                pipeline,
+                services: services,
+                scheme: scheme,
+                refusal: refusal,
+                kind: kind,
+                timer: timer,
+                fastLane: nil
+            )
             return
         }
-        let fastLane = FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) { pipeline, fastLane in
-            try addHTTPHandlers(pipeline, services: services, scheme: scheme, refusal: nil, kind: kind, timer: timer, fastLane: fastLane)
+        let fastLane = FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) {
+            pipeline,
+            fastLane in
+            try addHTTPHandlers(
+                pipeline,
+                services: services,
+                scheme: scheme,
+                refusal: nil,
+                kind: kind,
+                timer: timer,
+                fastLane: fastLane
+            )
         }
         try pipeline.addHandler(fastLane)
     }
@@ -221,7 +270,8 @@ public final class RelayHTTPServer: Service, Sendable {
     /// relay's CPU while 10,000 watchers attached). The end-to-end pipeline test fails if one is missing here.
     static let http1HandlerTypes: [any ChannelHandler.Type] = [
         ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self, ByteToMessageHandler<HTTPRequestDecoder>.self,
-        HTTPServerPipelineHandler.self, NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self, HTTPPartsTap.self,
+        HTTPServerPipelineHandler.self, NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self,
+        HTTPPartsTap.self,
         AccessLogHandler.self, RelayHTTPHandler.self,
     ]
 
@@ -235,9 +285,18 @@ public final class RelayHTTPServer: Service, Sendable {
         timer: ConnectionTimer,
         fastLane: FastLane?
     ) throws {
-        let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "http/1.1")
+        let accessLog = AccessLogHandler(
+            logger: services.accessLogger,
+            metrics: services.httpMetrics,
+            proto: "http/1.1"
+        )
         let handler = RelayHTTPHandler(
-            services: services, scheme: scheme, refusal: refusal, accessLog: accessLog, statusStreamsTakeOver: true, connectionKind: kind
+            services: services,
+            scheme: scheme,
+            refusal: refusal,
+            accessLog: accessLog,
+            statusStreamsTakeOver: true,
+            connectionKind: kind
         )
         let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes, ledger: fastLane?.ledger)
         let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog, fastLane), eventLoop: pipeline.eventLoop)
@@ -285,7 +344,10 @@ final class ConnectionKindTracker: Sendable {
     }
 
     func closed() {
-        if let old = kind.withLock({ kind in defer { kind = nil }; return kind }) {
+        if let old = kind.withLock({ kind in
+            defer { kind = nil }
+            return kind
+        }) {
             statistics.connectionClosed(old)
         }
     }

@@ -97,7 +97,9 @@ struct RequestHeadScanner {
             guard index + 1 < count else { return count > maxHeadBytes ? .opaque : .incomplete }
             guard bytes[index] == Self.cr, bytes[index + 1] == Self.lf else { return .opaque }
             var valueEnd = index
-            while valueEnd > valueStart, bytes[valueEnd - 1] == Self.space || bytes[valueEnd - 1] == Self.tab { valueEnd -= 1 }
+            while valueEnd > valueStart, bytes[valueEnd - 1] == Self.space || bytes[valueEnd - 1] == Self.tab {
+                valueEnd -= 1
+            }
             index += 2
             guard index <= maxHeadBytes else { return .opaque }
             let value = valueStart..<valueEnd
@@ -121,7 +123,9 @@ struct RequestHeadScanner {
                 guard ifRange == nil else { return .opaque }
                 ifRange = value
             case .contentLength:
-                guard let length = Self.decimal(bytes, value), contentLength == nil || contentLength == length else { return .opaque }
+                guard let length = Self.decimal(bytes, value), contentLength == nil || contentLength == length else {
+                    return .opaque
+                }
                 contentLength = length
                 if length > 0 { fast = false }
             case .transferEncoding, .upgrade:
@@ -161,10 +165,13 @@ struct RequestHeadScanner {
     /// RFC 9110 `tchar`.
     private static func isTokenByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
             true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
+            UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"),
+            UInt8(ascii: "_"),
             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
             true
         default:
@@ -185,7 +192,11 @@ struct RequestHeadScanner {
         }
     }
 
-    private static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: StaticString) -> Bool {
+    private static func equalsIgnoringCase(
+        _ bytes: UnsafeRawBufferPointer,
+        _ range: Range<Int>,
+        _ lowercase: StaticString
+    ) -> Bool {
         lowercase.withUTF8Buffer { expected in
             guard range.count == expected.count else { return false }
             for offset in 0..<expected.count where bytes[range.lowerBound + offset] | 0x20 != expected[offset] {
@@ -209,7 +220,8 @@ struct RequestHeadScanner {
     }
 
     private enum Field {
-        case host, authorization, ifNoneMatch, range, ifRange, contentLength, transferEncoding, upgrade, connection, expect, other
+        case host, authorization, ifNoneMatch, range, ifRange, contentLength, transferEncoding, upgrade, connection,
+            expect, other
     }
 
     private static func field(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Field {

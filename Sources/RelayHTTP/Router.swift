@@ -122,7 +122,9 @@ public struct Router: Sendable {
         let bytes = uri.utf8
         let path = bytes.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri[...]
         guard path.utf8.first == UInt8(ascii: "/") else { return .notFound }
-        let segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Substring.init)
+        let segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(
+            Substring.init
+        )
         let readOnly = method == .GET || method == .HEAD
 
         switch segments.first {
@@ -167,7 +169,9 @@ public struct Router: Sendable {
         case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "initiate":
             return method == .POST ? .uploadInitiate : .methodNotAllowed
         case "storage" where segments.count == 4 && segments[1] == "upload":
-            guard let id = Digest128(hex: segments[2]), id.hex == segments[2], Self.isUploadToken(segments[3]) else { return .notFound }
+            guard let id = Digest128(hex: segments[2]), id.hex == segments[2], Self.isUploadToken(segments[3]) else {
+                return .notFound
+            }
             return method == .PUT ? .uploadPut(id: id, token: String(segments[3])) : .methodNotAllowed
         default:
             break
@@ -181,7 +185,9 @@ public struct Router: Sendable {
 
         if isRunHost(host) {
             guard method == .POST else { return EndpointID(segments: segments) == nil ? .notFound : .methodNotAllowed }
-            if segments.count >= 3, segments.last == "stream", let endpoint = EndpointID(segments: Array(segments.dropLast())) {
+            if segments.count >= 3, segments.last == "stream",
+                let endpoint = EndpointID(segments: Array(segments.dropLast()))
+            {
                 return .stream(endpoint)
             }
             return EndpointID(segments: segments).map(Route.run) ?? .notFound
@@ -217,8 +223,10 @@ public struct Router: Sendable {
     private static func isAssetName(_ name: Substring) -> Bool {
         guard let first = name.utf8.first, first != UInt8(ascii: "."), name.utf8.count <= 64 else { return false }
         return name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
-                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
+                || byte == UInt8(ascii: "_")
                 || byte == UInt8(ascii: ".")
         }
     }
@@ -234,7 +242,10 @@ public struct Router: Sendable {
         guard let dot = name.firstIndex(of: "."), let digest = Digest128(hex: name[..<dot]) else { return nil }
         let ext = name[name.index(after: dot)...]
         guard (1...8).contains(ext.utf8.count),
-            ext.utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
+            ext.utf8.allSatisfy({
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+            })
         else { return nil }
         return (digest, String(ext))
     }
@@ -271,7 +282,9 @@ public struct QueryParameters: Sendable {
 
     /// Percent-decoding with `+` as space; invalid escapes are kept literally.
     static func decode(_ text: Substring) -> String {
-        guard text.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) else { return String(text) }
+        guard text.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) else {
+            return String(text)
+        }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var iterator = Array(text.utf8)[...]
@@ -279,7 +292,8 @@ public struct QueryParameters: Sendable {
             if byte == UInt8(ascii: "+") {
                 bytes.append(UInt8(ascii: " "))
             } else if byte == UInt8(ascii: "%"), iterator.count >= 2,
-                let high = Hex.value(iterator[iterator.startIndex]), let low = Hex.value(iterator[iterator.startIndex + 1])
+                let high = Hex.value(iterator[iterator.startIndex]),
+                let low = Hex.value(iterator[iterator.startIndex + 1])
             {
                 bytes.append(high << 4 | low)
                 iterator = iterator.dropFirst(2)

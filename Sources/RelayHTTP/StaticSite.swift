@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOCore
 import NIOHTTP1
 public import RelayCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The browser UI's files, read once at start-up from a directory and served from memory with strong ETags.
 ///
@@ -26,7 +27,9 @@ public struct StaticSite: Sendable {
     public init(directory: String, hasher: KeyedHasher) throws(StaticSiteError) {
         var assets: [String: Asset] = [:]
         for name in try StaticSiteFiles.list(directory) {
-            guard let contentType = Self.contentType(for: name), let bytes = StaticSiteFiles.contents(directory + "/" + name) else { continue }
+            guard let contentType = Self.contentType(for: name),
+                let bytes = StaticSiteFiles.contents(directory + "/" + name)
+            else { continue }
             assets[name] = Asset(bytes: bytes, contentType: contentType, etag: "\"\(hasher.digest(bytes).hex)\"")
         }
         self.assets = assets
@@ -56,7 +59,9 @@ public struct StaticSiteError: Error, Sendable, CustomStringConvertible {
 /// Directory listing and whole-file reads for start-up (never on an event loop).
 enum StaticSiteFiles {
     static func list(_ directory: String) throws(StaticSiteError) -> [String] {
-        guard let dir = opendir(directory) else { throw StaticSiteError(description: "cannot open UI directory \(directory)") }
+        guard let dir = opendir(directory) else {
+            throw StaticSiteError(description: "cannot open UI directory \(directory)")
+        }
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {
@@ -97,19 +102,31 @@ extension RelayHTTPHandler {
         headers.add(name: "etag", value: asset.etag)
         headers.add(name: "cache-control", value: "no-cache")
         headers.add(name: "x-content-type-options", value: "nosniff")
-        if head.headers["if-none-match"].contains(where: { $0.split(separator: ",").contains { $0.trimmingSpaces == asset.etag || $0.trimmingSpaces == "*" } }) {
+        if head.headers["if-none-match"].contains(where: {
+            $0.split(separator: ",").contains { $0.trimmingSpaces == asset.etag || $0.trimmingSpaces == "*" }
+        }) {
             return write(context: context, head: head, status: .notModified, headers: headers, body: nil)
         }
         headers.add(name: "content-type", value: asset.contentType)
         if name.hasSuffix(".html") {
             // The UI talks only to this relay; no inline script, no framing by others.
-            headers.add(name: "content-security-policy", value: "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'")
+            headers.add(
+                name: "content-security-policy",
+                value:
+                    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
+            )
         }
         if head.method == .HEAD {
             headers.add(name: "content-length", value: String(asset.bytes.count))
             return write(context: context, head: head, status: .ok, headers: headers, body: nil)
         }
-        write(context: context, head: head, status: .ok, headers: headers, body: context.channel.allocator.buffer(bytes: asset.bytes))
+        write(
+            context: context,
+            head: head,
+            status: .ok,
+            headers: headers,
+            body: context.channel.allocator.buffer(bytes: asset.bytes)
+        )
     }
 
     /// The catalog as the playground shows it: id, title, kind, required fields and defaults (the form).
@@ -125,7 +142,13 @@ extension RelayHTTPHandler {
                 "realtime": .bool(model.realtime),
             ])
         }
-        respond(context: context, head: head, status: .ok, json: .object(["models": .array(models)]), extraHeaders: [("cache-control", "no-cache")])
+        respond(
+            context: context,
+            head: head,
+            status: .ok,
+            json: .object(["models": .array(models)]),
+            extraHeaders: [("cache-control", "no-cache")]
+        )
     }
 }
 

@@ -65,7 +65,9 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     /// then flows only into this handler, which drops it.
     static func takeOver(_ handler: StatusStreamHandler, pipeline: ChannelPipeline) throws {
         let operations = pipeline.syncOperations
-        let departing = RelayHTTPServer.http1HandlerTypes.compactMap { type in try? operations.context(handlerType: type) }
+        let departing = RelayHTTPServer.http1HandlerTypes.compactMap { type in
+            try? operations.context(handlerType: type)
+        }
         try operations.addHandler(handler)
         for context in departing.reversed() {
             operations.removeHandler(context: context, promise: nil)
@@ -148,8 +150,13 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     ) -> (frame: ByteBuffer, ends: Bool) {
         let request = stream.request
         let key = FrameMemo.Key(
-            kind: .sse, job: ObjectIdentifier(request.job), sequence: event.sequence, requestID: request.id,
-            withLogs: stream.withLogs, origin: stream.base.origin, app: stream.base.app
+            kind: .sse,
+            job: ObjectIdentifier(request.job),
+            sequence: event.sequence,
+            requestID: request.id,
+            withLogs: stream.withLogs,
+            origin: stream.base.origin,
+            app: stream.base.app
         )
         return FrameMemo.current.frame(for: key) {
             guard var (phase, logs) = FalWire.statusUpdate(for: event, withLogs: stream.withLogs) else {

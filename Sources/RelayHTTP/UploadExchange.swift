@@ -141,7 +141,9 @@ extension RelayHTTPHandler {
     /// before any byte of the body is read, and starts streaming it to disk. Returns false for any other request.
     func beginUpload(context: ChannelHandlerContext, head: HTTPRequestHead) -> Bool {
         // Uploads are POST or PUT: other methods never pay for routing twice.
-        guard refusal == nil, head.method == .POST || head.method == .PUT, let uploads = services.uploads else { return false }
+        guard refusal == nil, head.method == .POST || head.method == .PUT, let uploads = services.uploads else {
+            return false
+        }
         let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
         routedHead = route
         accessLog?.annotate(route: route.label, keyID: nil)

@@ -55,13 +55,17 @@ public struct WatchSession: Sendable {
                 return .invalid(detail: "watch needs a request_id", requestID: requestID)
             }
             let after = object["after"]?.intValue ?? 0
-            guard after >= 0 else { return .invalid(detail: "after must be a non-negative sequence number", requestID: requestID) }
+            guard after >= 0 else {
+                return .invalid(detail: "after must be a non-negative sequence number", requestID: requestID)
+            }
             return .watch(requestID: requestID, after: after)
         case "unwatch":
             guard let requestID else { return .invalid(detail: "unwatch needs a request_id", requestID: nil) }
             return .unwatch(requestID: requestID)
         case "submit":
-            guard let model = object["model"]?.stringValue else { return .invalid(detail: "submit needs a model", requestID: nil) }
+            guard let model = object["model"]?.stringValue else {
+                return .invalid(detail: "submit needs a model", requestID: nil)
+            }
             guard let input = object["input"]?.objectValue ?? (object["input"] == nil ? [:] : nil) else {
                 return .invalid(detail: "input must be an object", requestID: nil)
             }
@@ -91,7 +95,9 @@ public struct WatchSession: Sendable {
     /// The message that carries `event` of a watched request: a status `event` or a `partial`, numbered by the job's
     /// sequence; nil for an event that shows as neither.
     public static func message(for event: JobEvent, requestID: String) -> JSONObject? {
-        var message: JSONObject = ["type": "event", "request_id": .string(requestID), "seq": .number(Double(event.sequence))]
+        var message: JSONObject = [
+            "type": "event", "request_id": .string(requestID), "seq": .number(Double(event.sequence)),
+        ]
         if case .partial(let data) = event.kind {
             message["type"] = "partial"
             message["data"] = data

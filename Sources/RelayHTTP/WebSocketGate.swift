@@ -23,7 +23,9 @@ enum WebSocketGate {
         }
         let principal: Principal
         if let header = head.headers.first(name: "authorization") {
-            guard let found = services.authenticator.authenticate(authorization: header) else { return .failure(.unauthorized()) }
+            guard let found = services.authenticator.authenticate(authorization: header) else {
+                return .failure(.unauthorized())
+            }
             principal = found
         } else if let token = QueryParameters(uri: head.uri)["fal_jwt_token"] {
             guard let found = services.authenticator.authenticate(token: token, app: endpoint?.alias) else {

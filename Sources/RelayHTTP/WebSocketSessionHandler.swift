@@ -48,7 +48,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        pingSlot = KeepAliveWheel.on(context.eventLoop, seconds: Self.pingInterval.nanoseconds / 1_000_000_000).add(self)
+        pingSlot = KeepAliveWheel.on(context.eventLoop, seconds: Self.pingInterval.nanoseconds / 1_000_000_000).add(
+            self
+        )
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -127,7 +129,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         case .connectionClose:
             var data = frame.unmaskedData
             let code = data.readWebSocketErrorCode() ?? .normalClosure
-            close(context: context, code: code == .normalClosure || code == .goingAway ? code : .normalClosure, reason: "")
+            close(
+                context: context,
+                code: code == .normalClosure || code == .goingAway ? code : .normalClosure,
+                reason: ""
+            )
         case .text:
             var data = frame.unmaskedData
             let bytes = data.readBytes(length: data.readableBytes) ?? []
@@ -136,7 +142,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
                 handle(WatchSession.parse(bytes), context: context)
             case .realtime(_, let model):
                 guard let value = try? JSONValue(parsing: bytes), let object = value.objectValue else {
-                    sendRealtimeError(context: context, error: "invalid_message", reason: "text messages must be JSON objects")
+                    sendRealtimeError(
+                        context: context,
+                        error: "invalid_message",
+                        reason: "text messages must be JSON objects"
+                    )
                     return
                 }
                 realtime(object, model: model, context: context)
@@ -147,9 +157,15 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
                 close(context: context, code: .unacceptableData, reason: "this socket speaks JSON text messages")
             case .realtime(_, let model):
                 let payload = frame.unmaskedData
-                let decoded = payload.withUnsafeReadableBytes { bytes in Result { () throws(MessagePackError) in try MessagePack.decode(bytes) } }
+                let decoded = payload.withUnsafeReadableBytes { bytes in
+                    Result { () throws(MessagePackError) in try MessagePack.decode(bytes) }
+                }
                 guard case .success(let value) = decoded, let object = value.objectValue else {
-                    sendRealtimeError(context: context, error: "invalid_message", reason: "binary messages must be msgpack maps")
+                    sendRealtimeError(
+                        context: context,
+                        error: "invalid_message",
+                        reason: "binary messages must be msgpack maps"
+                    )
                     return
                 }
                 realtime(object, model: model, context: context)
@@ -186,12 +202,21 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
                     eventLoop.execute {
                         let (handler, context) = bound.value
                         guard context.channel.isActive else { return }
-                        handler.sendJSON(context: context, ["type": "submitted", "request_id": .string(request.id), "cache": .string(request.cacheOutcome.rawValue)])
+                        handler.sendJSON(
+                            context: context,
+                            [
+                                "type": "submitted", "request_id": .string(request.id),
+                                "cache": .string(request.cacheOutcome.rawValue),
+                            ]
+                        )
                         handler.watch(request, after: 0, context: context)
                     }
                 }
             case .failure(let error):
-                sendJSON(context: context, ["type": "error", "detail": .string(error.message), "status": .number(Double(error.status))])
+                sendJSON(
+                    context: context,
+                    ["type": "error", "detail": .string(error.message), "status": .number(Double(error.status))]
+                )
             }
         }
     }
@@ -201,7 +226,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             old.request.job.unsubscribe(old.token)
         }
         guard session.begin(request.id, after: after) else {
-            sendError(context: context, requestID: request.id, detail: "this socket watches \(session.maxWatches) requests already")
+            sendError(
+                context: context,
+                requestID: request.id,
+                detail: "this socket watches \(session.maxWatches) requests already"
+            )
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -239,14 +268,22 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     private func send(_ event: JobEvent, requestID: String, context: ChannelHandlerContext) {
         // Every socket watching this request on this loop gets the same bytes: serialised once per event.
         let key = subscriptions[requestID].map { subscription in
-            FrameMemo.Key(kind: .webSocket, job: ObjectIdentifier(subscription.request.job), sequence: event.sequence, requestID: requestID)
+            FrameMemo.Key(
+                kind: .webSocket,
+                job: ObjectIdentifier(subscription.request.job),
+                sequence: event.sequence,
+                requestID: requestID
+            )
         }
         if let key, let below = encoderContext(context) {
             // Serialised and framed once: the server's frames are unmasked, so every socket sends the same bytes,
             // written below the frame encoder as they are (one buffer, no header allocated per socket).
             let frame = FrameMemo.current.frame(for: key) {
                 guard let message = WatchSession.message(for: event, requestID: requestID) else { return ByteBuffer() }
-                return Self.encodedTextFrame(JSONValue.object(message).serialized(), allocator: context.channel.allocator)
+                return Self.encodedTextFrame(
+                    JSONValue.object(message).serialized(),
+                    allocator: context.channel.allocator
+                )
             }
             if frame.readableBytes > 0, !closing {
                 below.writeAndFlush(NIOAny(frame), promise: nil)
@@ -326,9 +363,14 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         } catch {
             return .failure(error)
         }
-        return .success(services.jobs.submit(
-            normalised, endpoint: endpoint, key: services.requestKey(normalised, principal: principal), ownerKeyID: principal.keyID
-        ))
+        return .success(
+            services.jobs.submit(
+                normalised,
+                endpoint: endpoint,
+                key: services.requestKey(normalised, principal: principal),
+                ownerKeyID: principal.keyID
+            )
+        )
     }
 
     private func keepAlive(context: ChannelHandlerContext) {

@@ -12,7 +12,8 @@ public final class Job: Sendable {
     public typealias Subscriber = @Sendable (JobEvent) -> Void
     /// Runs when the upstream reports the end, before anyone sees it: it makes the outcome durable and then calls
     /// `publish` (from any thread), which applies and announces the end. Called outside the job's lock.
-    public typealias CompletionGate = @Sendable (_ outcome: JobOutcome, _ publish: @escaping @Sendable () -> Void) -> Void
+    public typealias CompletionGate =
+        @Sendable (_ outcome: JobOutcome, _ publish: @escaping @Sendable () -> Void) -> Void
     /// Makes an upstream's handle on the job durable (the request log's attachment record).
     public typealias AttachmentRecorder = @Sendable (UpstreamHandle) -> Void
 
@@ -62,7 +63,8 @@ public final class Job: Sendable {
     private let state = Mutex(State())
     private let everAttached = Atomic<Int>(0)
 
-    public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now(), id: UInt64 = .random(in: 1 ... .max)) {
+    public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now(), id: UInt64 = .random(in: 1 ... .max))
+    {
         self.id = id
         self.input = input
         self.key = key
@@ -71,7 +73,13 @@ public final class Job: Sendable {
 
     /// A job that ended before a restart, rebuilt from the request log: already terminal with `outcome`.
     /// `input` stands in for the original (only its model id is known): such a job is never started.
-    convenience init(restoredID id: UInt64, key: RequestKey, input: ModelInput, outcome: JobOutcome, createdAt: Timestamp) {
+    convenience init(
+        restoredID id: UInt64,
+        key: RequestKey,
+        input: ModelInput,
+        outcome: JobOutcome,
+        createdAt: Timestamp
+    ) {
         self.init(input: input, key: key, createdAt: createdAt, id: id)
         state.withLock { state in
             switch outcome {
@@ -200,7 +208,8 @@ public final class Job: Sendable {
             guard !state.machine.isTerminal else { return Subscription(replay: replay, token: 0) }
             let token = state.nextToken
             state.nextToken += 1
-            state.loopGroups[loop, default: LoopGroup(execute: execute, subscribers: [:])].subscribers[token] = subscriber
+            state.loopGroups[loop, default: LoopGroup(execute: execute, subscribers: [:])].subscribers[token] =
+                subscriber
             state.loopOfToken[token] = loop
             return Subscription(replay: replay, token: token)
         }

@@ -145,7 +145,8 @@ public final class JobTable: Sendable {
         let coalesce = !directives.noCache && input.model.dedup != .never
         let keyParameter = "key=\"\(key.digest.hex)\""
 
-        if !directives.noCache, let cached = results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes),
+        if !directives.noCache,
+            let cached = results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes),
             cacheable || isRejection(cached)
         {
             let job = Job(input: input, key: key)
@@ -162,11 +163,20 @@ public final class JobTable: Sendable {
             let status = "MediaRelay; hit; ttl=\(cached.ttl(at: .now())); \(keyParameter)"
             // The request's records, and the manifest it was served from (it may still be on its way to the disk).
             let commit = RecordCommit(pending: log == nil ? 0 : 2)
-            let request = Self.makeRequest(endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .hit, cacheStatus: status, recorded: commit)
+            let request = Self.makeRequest(
+                endpoint: endpoint,
+                job: job,
+                owner: ownerKeyID,
+                outcome: .hit,
+                cacheStatus: status,
+                recorded: commit
+            )
             if let log {
                 let started = ContinuousClock.now
                 commit.whenDone { [latency] in latency.record(submission: ContinuousClock.now - started) }
-                log.append([.created(Self.creation(request)), .finished(jobID: job.id, at: request.createdAt, outcome: logged)]) { _ in
+                log.append([
+                    .created(Self.creation(request)), .finished(jobID: job.id, at: request.createdAt, outcome: logged),
+                ]) { _ in
                     commit.arrive()
                 }
                 results.whenWritten(key) { _ in commit.arrive() }
@@ -179,7 +189,12 @@ public final class JobTable: Sendable {
             if coalesce, let job = state.inFlight[key], job.attach() {
                 let status = "MediaRelay; fwd=miss; collapsed; \(keyParameter)"
                 let request = Self.makeRequest(
-                    endpoint: endpoint, job: job, owner: ownerKeyID, outcome: .coalesced, cacheStatus: status, recorded: commit
+                    endpoint: endpoint,
+                    job: job,
+                    owner: ownerKeyID,
+                    outcome: .coalesced,
+                    cacheStatus: status,
+                    recorded: commit
                 )
                 state.requests[request.id] = request
                 return (request, nil)
@@ -190,10 +205,17 @@ public final class JobTable: Sendable {
                 state.inFlight[key] = job
             }
             let stored = cacheable && !directives.noStore ? "; stored" : ""
-            let status = directives.noCache ? "MediaRelay; fwd=request\(stored); \(keyParameter)" : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
+            let status =
+                directives.noCache
+                ? "MediaRelay; fwd=request\(stored); \(keyParameter)" : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
             let outcome: CacheOutcome = directives.noCache ? .bypass : .miss
             let request = Self.makeRequest(
-                endpoint: endpoint, job: job, owner: ownerKeyID, outcome: outcome, cacheStatus: status, recorded: commit
+                endpoint: endpoint,
+                job: job,
+                owner: ownerKeyID,
+                outcome: outcome,
+                cacheStatus: status,
+                recorded: commit
             )
             state.requests[request.id] = request
             return (request, job)
@@ -205,7 +227,12 @@ public final class JobTable: Sendable {
         }
         statistics.recordSubmission(request.cacheOutcome)
         if let newJob {
-            start(newJob, storeResult: cacheable && !directives.noStore, storeRejection: !directives.noStore, coalesce: coalesce)
+            start(
+                newJob,
+                storeResult: cacheable && !directives.noStore,
+                storeRejection: !directives.noStore,
+                coalesce: coalesce
+            )
         }
         return request
     }
@@ -303,10 +330,18 @@ public final class JobTable: Sendable {
         requests.reserveCapacity(restored.count)
         for item in restored {
             let creation = item.creation
-            guard let endpoint = EndpointID(creation.endpoint), let input = Self.standInInput(for: endpoint) else { continue }
+            guard let endpoint = EndpointID(creation.endpoint), let input = Self.standInInput(for: endpoint) else {
+                continue
+            }
             let job: Job
             if item.cancelled {
-                job = Job(restoredID: creation.jobID, key: creation.key, input: input, outcome: .cancelled, createdAt: creation.createdAt)
+                job = Job(
+                    restoredID: creation.jobID,
+                    key: creation.key,
+                    input: input,
+                    outcome: .cancelled,
+                    createdAt: creation.createdAt
+                )
             } else if let shared = jobs[creation.jobID] {
                 job = shared
                 _ = job.attach()
@@ -316,31 +351,39 @@ public final class JobTable: Sendable {
                 job = Job(input: rebuilt, key: creation.key, createdAt: creation.createdAt, id: creation.jobID)
                 _ = job.attach()
                 jobs[creation.jobID] = job
-                resumptions.append(Resumption(job: job, attachment: attachment, storeResult: attachment.storeResult && known))
+                resumptions.append(
+                    Resumption(job: job, attachment: attachment, storeResult: attachment.storeResult && known)
+                )
             } else {
                 job = Job(
-                    restoredID: creation.jobID, key: creation.key, input: input,
-                    outcome: Self.jobOutcome(item.outcome), createdAt: creation.createdAt
+                    restoredID: creation.jobID,
+                    key: creation.key,
+                    input: input,
+                    outcome: Self.jobOutcome(item.outcome),
+                    createdAt: creation.createdAt
                 )
                 jobs[creation.jobID] = job
             }
-            requests.append(RelayRequest(
-                id: creation.id,
-                endpoint: endpoint,
-                job: job,
-                ownerKeyID: creation.ownerKeyID,
-                createdAt: creation.createdAt,
-                cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
-                cacheStatus: creation.cacheStatus,
-                cancelled: item.cancelled,
-                recorded: RecordCommit(pending: 0)
-            ))
+            requests.append(
+                RelayRequest(
+                    id: creation.id,
+                    endpoint: endpoint,
+                    job: job,
+                    ownerKeyID: creation.ownerKeyID,
+                    createdAt: creation.createdAt,
+                    cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
+                    cacheStatus: creation.cacheStatus,
+                    cancelled: item.cancelled,
+                    recorded: RecordCommit(pending: 0)
+                )
+            )
         }
         state.withLock { state in
             for request in requests where state.requests[request.id] == nil {
                 state.requests[request.id] = request
             }
-            for resumption in resumptions where resumption.attachment.coalesce && state.inFlight[resumption.job.key] == nil {
+            for resumption in resumptions
+            where resumption.attachment.coalesce && state.inFlight[resumption.job.key] == nil {
                 state.inFlight[resumption.job.key] = resumption.job
             }
             state.resumptions.append(contentsOf: resumptions)
@@ -405,10 +448,20 @@ public final class JobTable: Sendable {
         if let log {
             job.setAttachmentRecorder { [weak job] handle in
                 guard let job else { return }
-                log.append([.attached(RequestLogRecord.Attachment(
-                    jobID: job.id, attachedAt: .now(), modelID: job.model.id, input: job.input.fields, handle: handle,
-                    storeResult: storeResult, storeRejection: storeRejection, coalesce: coalesce
-                ))])
+                log.append([
+                    .attached(
+                        RequestLogRecord.Attachment(
+                            jobID: job.id,
+                            attachedAt: .now(),
+                            modelID: job.model.id,
+                            input: job.input.fields,
+                            handle: handle,
+                            storeResult: storeResult,
+                            storeRejection: storeRejection,
+                            coalesce: coalesce
+                        )
+                    )
+                ])
             }
         }
         follow(job, storeResult: storeResult, storeRejection: storeRejection) {
@@ -427,7 +480,14 @@ public final class JobTable: Sendable {
         job.setCompletionGate { [weak job] outcome, publish in
             guard let job else { return publish() }
             let started = ContinuousClock.now
-            let stored = Self.store(outcome, of: job, in: results, policy: policy, storeResult: storeResult, storeRejection: storeRejection)
+            let stored = Self.store(
+                outcome,
+                of: job,
+                in: results,
+                policy: policy,
+                storeResult: storeResult,
+                storeRejection: storeRejection
+            )
             let commit = RecordCommit(pending: (log == nil ? 0 : 1) + (stored ? 1 : 0))
             commit.whenDone {
                 latency.record(end: ContinuousClock.now - started)
@@ -472,17 +532,28 @@ public final class JobTable: Sendable {
         switch outcome {
         case .success(let result, let seconds) where storeResult:
             let ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
-            results.store(job.key, CachedResult(
-                modelID: input.model.id, canonicalInput: input.canonicalBytes,
-                outcome: .success(result: result, inferenceSeconds: seconds),
-                storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
-            ))
+            results.store(
+                job.key,
+                CachedResult(
+                    modelID: input.model.id,
+                    canonicalInput: input.canonicalBytes,
+                    outcome: .success(result: result, inferenceSeconds: seconds),
+                    storedAt: now,
+                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
+                )
+            )
             return true
         case .failure(let error) where storeRejection && error.status == 422:
-            results.store(job.key, CachedResult(
-                modelID: input.model.id, canonicalInput: input.canonicalBytes, outcome: .rejected(error),
-                storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
-            ))
+            results.store(
+                job.key,
+                CachedResult(
+                    modelID: input.model.id,
+                    canonicalInput: input.canonicalBytes,
+                    outcome: .rejected(error),
+                    storedAt: now,
+                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
+                )
+            )
             return true
         default:
             return false
@@ -520,13 +591,25 @@ public final class JobTable: Sendable {
         if let model = models(attachment.modelID), let input = try? ModelInput(model: model, input: attachment.input) {
             return (input, true)
         }
-        let model = ModelSpec(id: attachment.modelID, title: attachment.modelID, kind: fallback.model.kind, dedup: .never, required: [])
+        let model = ModelSpec(
+            id: attachment.modelID,
+            title: attachment.modelID,
+            kind: fallback.model.kind,
+            dedup: .never,
+            required: []
+        )
         return ((try? ModelInput(model: model, input: attachment.input)) ?? fallback, false)
     }
 
     /// A restored job's input: only its model id is known (it is never started again).
     private static func standInInput(for endpoint: EndpointID) -> ModelInput? {
-        let model = ModelSpec(id: endpoint.description, title: endpoint.description, kind: .image, dedup: .never, required: [])
+        let model = ModelSpec(
+            id: endpoint.description,
+            title: endpoint.description,
+            kind: .image,
+            dedup: .never,
+            required: []
+        )
         return try? ModelInput(model: model, input: [:])
     }
 

@@ -67,7 +67,10 @@ public final class RelayStatistics: Sendable {
         var submissionCounters: [CacheOutcome: Counter] = [:]
         for outcome in CacheOutcome.allCases {
             submissions[outcome] = AtomicCount()
-            submissionCounters[outcome] = Counter(label: "relay_requests_total", dimensions: [("cache", outcome.rawValue)])
+            submissionCounters[outcome] = Counter(
+                label: "relay_requests_total",
+                dimensions: [("cache", outcome.rawValue)]
+            )
         }
         var connections: [ConnectionKind: AtomicCount] = [:]
         var connectionMeters: [ConnectionKind: Meter] = [:]
@@ -84,7 +87,11 @@ public final class RelayStatistics: Sendable {
         self.submissions = submissions
         self.connections = connections
         self.watchers = watchers
-        instruments = Instruments(submissions: submissionCounters, connections: connectionMeters, watchers: watcherMeters)
+        instruments = Instruments(
+            submissions: submissionCounters,
+            connections: connectionMeters,
+            watchers: watcherMeters
+        )
     }
 
     // MARK: - Recording
@@ -167,7 +174,8 @@ public final class RelayStatistics: Sendable {
         (hit ? instruments.storeHits : instruments.storeMisses).increment()
     }
 
-    public func setScrapeProviders(evictions: @escaping @Sendable () -> Int, queueDepth: @escaping @Sendable () -> Int) {
+    public func setScrapeProviders(evictions: @escaping @Sendable () -> Int, queueDepth: @escaping @Sendable () -> Int)
+    {
         scrapeProviders.withLock { $0 = (evictions, queueDepth) }
     }
 

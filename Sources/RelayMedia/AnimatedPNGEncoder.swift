@@ -6,7 +6,10 @@ public enum AnimatedPNGEncoder {
     ///   - delayMilliseconds: how long each frame shows; clamped to 0 ... 655 350.
     ///   - loops: plays of the animation, 0 for forever; clamped to 0 ... 2³¹-1.
     public static func encode(
-        frames: [RGBImage], delayMilliseconds: Int, loops: Int = 0, level: Int32 = 6
+        frames: [RGBImage],
+        delayMilliseconds: Int,
+        loops: Int = 0,
+        level: Int32 = 6
     ) -> [UInt8] {
         precondition(!frames.isEmpty, "an APNG needs at least one frame")
         let width = frames[0].width
@@ -26,7 +29,8 @@ public enum AnimatedPNGEncoder {
         for (index, frame) in frames.enumerated() {
             precondition(
                 frame.width == width && frame.height == height,
-                "APNG frame \(index) is \(frame.width)x\(frame.height), expected \(width)x\(height)")
+                "APNG frame \(index) is \(frame.width)x\(frame.height), expected \(width)x\(height)"
+            )
             var frameControl: [UInt8] = []
             PNGChunkWriter.appendBigEndian(sequence, to: &frameControl)
             PNGChunkWriter.appendBigEndian(UInt32(width), to: &frameControl)

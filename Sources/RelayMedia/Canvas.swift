@@ -13,7 +13,9 @@ struct Canvas {
         let end = min(bottom, height)
         while y < end {
             let (r, g, b) = color(y).bytes
-            let red = UInt8(r), green = UInt8(g), blue = UInt8(b)
+            let red = UInt8(r)
+            let green = UInt8(g)
+            let blue = UInt8(b)
             var p = pixels + y * width * 3
             let rowEnd = p + width * 3
             while p < rowEnd {
@@ -28,7 +30,12 @@ struct Canvas {
 
     /// Blends a radial shape toward `color`; `alpha` is 0 ... 256 at the profile's peak.
     func blendDisc(
-        centerX: Double, centerY: Double, radius: Double, color: Color, alpha: Int, profile: [Int32]
+        centerX: Double,
+        centerY: Double,
+        radius: Double,
+        color: Color,
+        alpha: Int,
+        profile: [Int32]
     ) {
         guard radius >= 0.5, alpha > 0 else { return }
         let x0 = max(0, Int((centerX - radius).rounded(.down)))
@@ -132,7 +139,9 @@ struct Canvas {
             var y = y0
             while y < height {
                 let (cr, cg, cb) = color(y).bytes
-                let red = UInt8(cr), green = UInt8(cg), blue = UInt8(cb)
+                let red = UInt8(cr)
+                let green = UInt8(cg)
+                let blue = UInt8(cb)
                 let rowBottom = (y + 1) * 256
                 var p = pixels + y * width * 3
                 var x = 0

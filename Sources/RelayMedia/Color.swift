@@ -29,7 +29,8 @@ struct Color: Sendable {
         Color(
             red: red + (other.red - red) * amount,
             green: green + (other.green - green) * amount,
-            blue: blue + (other.blue - blue) * amount)
+            blue: blue + (other.blue - blue) * amount
+        )
     }
 
     func scaled(_ factor: Double) -> Color {

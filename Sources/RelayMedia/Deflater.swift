@@ -12,7 +12,11 @@ final class Deflater {
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
         let status = deflateInit_(
-            stream, min(max(level, -1), 9), ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+            stream,
+            min(max(level, -1), 9),
+            ZLIB_VERSION,
+            Int32(MemoryLayout<z_stream>.size)
+        )
         // Only an allocation failure or a zlib/header mismatch can get here: not recoverable.
         precondition(status == Z_OK, "deflateInit_ failed with \(status)")
     }
@@ -31,7 +35,8 @@ final class Deflater {
         let bound = Int(deflateBound(stream, uLong(input.count)))
         let output = [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
             stream.pointee.next_in = UnsafeMutablePointer(
-                mutating: input.baseAddress?.assumingMemoryBound(to: Bytef.self))
+                mutating: input.baseAddress?.assumingMemoryBound(to: Bytef.self)
+            )
             stream.pointee.avail_in = uInt(input.count)
             stream.pointee.next_out = buffer.baseAddress
             stream.pointee.avail_out = uInt(bound)
@@ -60,7 +65,10 @@ final class Deflater {
         while offset < bytes.count {
             let length = min(bytes.count - offset, 1 << 30)
             value = CZlib.crc32(
-                value, (base + offset).assumingMemoryBound(to: Bytef.self), uInt(length))
+                value,
+                (base + offset).assumingMemoryBound(to: Bytef.self),
+                uInt(length)
+            )
             offset += length
         }
         return UInt32(truncatingIfNeeded: value)

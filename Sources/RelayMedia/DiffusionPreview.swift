@@ -54,7 +54,10 @@ enum DiffusionPreview {
 
     /// Replaces each `block`×`block` tile (smaller at the right and bottom edges) with its mean.
     private static func averageBlocks(
-        _ pixels: UnsafeMutablePointer<UInt8>, width: Int, height: Int, block: Int
+        _ pixels: UnsafeMutablePointer<UInt8>,
+        width: Int,
+        height: Int,
+        block: Int
     ) {
         let tiles = (width + block - 1) / block
         var sums = [Int](repeating: 0, count: tiles * 3)

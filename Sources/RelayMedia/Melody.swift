@@ -89,8 +89,14 @@ struct Melody {
             let step = degree - octave * 5
             var f = root * semitone[scale[step]]
             var o = octave
-            while o > 0 { f *= 2; o -= 1 }
-            while o < 0 { f /= 2; o += 1 }
+            while o > 0 {
+                f *= 2
+                o -= 1
+            }
+            while o < 0 {
+                f /= 2
+                o += 1
+            }
             return f
         }
         let hum: [Unit] = [.syllable(vowel: "o", consonants: 0, stressed: true), .pause(0.3)]
@@ -108,12 +114,19 @@ struct Melody {
                 case .syllable(let vowel, let consonants, let stressed):
                     let step = random.pick([-2, -1, -1, 0, 1, 1, 2, 3])
                     degree = min(max(degree + step, -2), 9)
-                    let duration = (0.11 + 0.03 * Double(min(consonants, 3)) + 0.06 * random.unit())
+                    let duration =
+                        (0.11 + 0.03 * Double(min(consonants, 3)) + 0.06 * random.unit())
                         * (stressed ? 1.25 : 1)
-                    notes.append(SungNote(
-                        start: time, duration: duration, frequency: frequency(degree: degree),
-                        vowel: vowel, consonants: consonants,
-                        loudness: stressed ? 1 : 0.8 + 0.15 * random.unit()))
+                    notes.append(
+                        SungNote(
+                            start: time,
+                            duration: duration,
+                            frequency: frequency(degree: degree),
+                            vowel: vowel,
+                            consonants: consonants,
+                            loudness: stressed ? 1 : 0.8 + 0.15 * random.unit()
+                        )
+                    )
                     time += duration
                 }
                 if time >= seconds { break }

@@ -68,7 +68,8 @@ struct Palette: Sendable {
         }
         waterTop = skyHorizon.mixed(with: skyTop, 0.35).scaled(0.8)
         waterBottom = skyTop.mixed(with: nearLand, 0.5).scaled(0.7)
-        cloud = mood == .day
+        cloud =
+            mood == .day
             ? Color(red: 255, green: 255, blue: 255).mixed(with: skyHorizon, 0.2)
             : skyHorizon.mixed(with: glow, 0.4).mixed(with: skyTop, 0.25)
         accents = [

@@ -90,27 +90,36 @@ struct Scene: Sendable {
             radius: isNight ? random.uniform(0.025...0.045) : random.uniform(0.035...0.07),
             glowRadius: random.uniform(4...7),
             glowAlpha: palette.mood == .twilight ? 210 : (isNight ? 110 : 150),
-            sink: palette.mood == .night ? -0.004 : random.uniform(0.004...0.015))
+            sink: palette.mood == .night ? -0.004 : random.uniform(0.004...0.015)
+        )
 
         clouds = (0..<random.integer(2...5)).map { _ in
             Cloud(
                 y: random.uniform(0.05...(horizon - 0.08)),
                 thickness: random.uniform(0.008...0.035),
                 waves: [
-                    Wave(amplitude: random.uniform(0.004...0.02), cycles: random.uniform(0.5...2),
-                         phase: random.unit()),
-                    Wave(amplitude: random.uniform(0.001...0.006), cycles: random.uniform(3...7),
-                         phase: random.unit()),
+                    Wave(
+                        amplitude: random.uniform(0.004...0.02),
+                        cycles: random.uniform(0.5...2),
+                        phase: random.unit()
+                    ),
+                    Wave(
+                        amplitude: random.uniform(0.001...0.006),
+                        cycles: random.uniform(3...7),
+                        phase: random.unit()
+                    ),
                 ],
                 lens: Wave(amplitude: 1, cycles: random.uniform(1.5...5), phase: random.unit()),
                 alpha: random.integer(60...150),
-                drift: random.uniform(0.01...0.04))
+                drift: random.uniform(0.01...0.04)
+            )
         }
 
         let ridgeCount = hasWater ? 2 : random.integer(3...4)
         ridges = (0..<ridgeCount).map { layer in
             let depth = ridgeCount == 1 ? 1 : Double(layer) / Double(ridgeCount - 1)  // 0 far, 1 near
-            let base = hasWater
+            let base =
+                hasWater
                 ? horizon - 0.015 - 0.02 * (1 - depth)
                 : horizon - 0.02 + depth * (1 - horizon) * random.uniform(0.35...0.6)
             let scale = 1 + depth * (hasWater ? 0.3 : 1.2)
@@ -118,21 +127,33 @@ struct Scene: Sendable {
             return Ridge(
                 base: base,
                 waves: [
-                    Wave(amplitude: 0.03 * scale * random.uniform(0.6...1.4),
-                         cycles: random.uniform(0.4...1.3), phase: random.unit()),
-                    Wave(amplitude: 0.012 * scale * random.uniform(0.5...1.5),
-                         cycles: random.uniform(2...4), phase: random.unit()),
+                    Wave(
+                        amplitude: 0.03 * scale * random.uniform(0.6...1.4),
+                        cycles: random.uniform(0.4...1.3),
+                        phase: random.unit()
+                    ),
+                    Wave(
+                        amplitude: 0.012 * scale * random.uniform(0.5...1.5),
+                        cycles: random.uniform(2...4),
+                        phase: random.unit()
+                    ),
                     Wave(amplitude: 0.003 * scale, cycles: random.uniform(8...14), phase: random.unit()),
                 ],
                 top: top,
                 bottom: top.mixed(with: palette.nearLand.scaled(0.6), 0.6),
-                drift: 0.008 + 0.04 * depth)
+                drift: 0.008 + 0.04 * depth
+            )
         }
 
         if hasWater {
             glints = (0..<random.integer(25...60)).map { _ in
-                Glint(x: random.unit(), y: random.uniform(0...1), length: random.uniform(0.01...0.06),
-                      alpha: random.integer(25...80), phase: random.unit())
+                Glint(
+                    x: random.unit(),
+                    y: random.uniform(0...1),
+                    length: random.uniform(0.01...0.06),
+                    alpha: random.integer(25...80),
+                    phase: random.unit()
+                )
             }
         } else {
             glints = []
@@ -141,16 +162,27 @@ struct Scene: Sendable {
         let orbCount = random.integer(4...10)
         orbs = (0..<orbCount).map { _ in
             Orb(
-                x: random.unit(), y: random.unit(), radius: random.uniform(0.006...0.04),
-                color: random.pick(palette.accents), alpha: random.integer(25...85),
-                rise: random.uniform(0.02...0.07), phase: random.unit())
+                x: random.unit(),
+                y: random.unit(),
+                radius: random.uniform(0.006...0.04),
+                color: random.pick(palette.accents),
+                alpha: random.integer(25...85),
+                rise: random.uniform(0.02...0.07),
+                phase: random.unit()
+            )
         }
         vignette = random.uniform(0.12...0.25)
-        stars = palette.mood == .day
+        stars =
+            palette.mood == .day
             ? []
             : (0..<random.integer(isNight ? 120...260 : 30...80)).map { _ in
-                Glint(x: random.unit(), y: random.uniform(0...(horizon * 0.85)), length: 0,
-                      alpha: random.integer(70...230), phase: random.unit())
+                Glint(
+                    x: random.unit(),
+                    y: random.uniform(0...(horizon * 0.85)),
+                    length: 0,
+                    alpha: random.integer(70...230),
+                    phase: random.unit()
+                )
             }
     }
 
@@ -178,19 +210,32 @@ struct Scene: Sendable {
             let twinkle = 0.65 + 0.35 * Trig.sin(Trig.twoPi * (star.phase + time * 0.7))
             let color = palette.sun.mixed(with: palette.accents[1], star.phase * 0.5)
             canvas.blendPixel(
-                x: Int(star.x * w), y: Int(star.y * h), color: color,
-                alpha: Int(Double(star.alpha) * twinkle))
+                x: Int(star.x * w),
+                y: Int(star.y * h),
+                color: color,
+                alpha: Int(Double(star.alpha) * twinkle)
+            )
         }
 
         let sunX = sun.x * w
         let sunY = (sun.y + sun.sink * time) * h
         let sunRadius = sun.radius * shortSide
         canvas.blendDisc(
-            centerX: sunX, centerY: sunY, radius: sunRadius * sun.glowRadius, color: palette.glow,
-            alpha: sun.glowAlpha, profile: Falloff.glow)
+            centerX: sunX,
+            centerY: sunY,
+            radius: sunRadius * sun.glowRadius,
+            color: palette.glow,
+            alpha: sun.glowAlpha,
+            profile: Falloff.glow
+        )
         canvas.blendDisc(
-            centerX: sunX, centerY: sunY, radius: sunRadius, color: palette.sun, alpha: 256,
-            profile: Falloff.disc)
+            centerX: sunX,
+            centerY: sunY,
+            radius: sunRadius,
+            color: palette.sun,
+            alpha: 256,
+            profile: Falloff.disc
+        )
 
         for cloud in clouds {
             var centers = [Int](repeating: 0, count: width)
@@ -206,8 +251,12 @@ struct Scene: Sendable {
                 halves[x] = Int(cloud.thickness * puff * h * 256)
             }
             canvas.blendBand(
-                centers: centers, halfWidths: halves, color: palette.cloud, alpha: cloud.alpha,
-                profile: Falloff.bump)
+                centers: centers,
+                halfWidths: halves,
+                color: palette.cloud,
+                alpha: cloud.alpha,
+                profile: Falloff.bump
+            )
         }
 
         for (layer, ridge) in ridges.enumerated() {
@@ -233,7 +282,10 @@ struct Scene: Sendable {
                 canvas.blendBand(
                     centers: [Int](repeating: mistY, count: width),
                     halfWidths: [Int](repeating: Int(0.05 * h * 256) + 256, count: width),
-                    color: palette.skyHorizon, alpha: 80, profile: Falloff.bump)
+                    color: palette.skyHorizon,
+                    alpha: 80,
+                    profile: Falloff.bump
+                )
             }
         }
 
@@ -246,8 +298,13 @@ struct Scene: Sendable {
             y -= y.rounded(.down)
             let x = orb.x + 0.015 * Trig.sin(Trig.twoPi * (orb.phase + time * 0.4))
             canvas.blendDisc(
-                centerX: x * w, centerY: y * h, radius: orb.radius * shortSide, color: orb.color,
-                alpha: orb.alpha, profile: Falloff.orb)
+                centerX: x * w,
+                centerY: y * h,
+                radius: orb.radius * shortSide,
+                color: orb.color,
+                alpha: orb.alpha,
+                profile: Falloff.orb
+            )
         }
 
         canvas.finish(vignette: vignette)
@@ -274,8 +331,12 @@ struct Scene: Sendable {
                     let half = sunRadius * (0.7 + 2.5 * depth) * (0.6 + 0.4 * ripple)
                     let alpha = Int(170 * (1 - 0.75 * depth) * ripple)
                     canvas.blendStreak(
-                        y: y, x0: Int(sunX + wobble - half), x1: Int(sunX + wobble + half),
-                        color: color, alpha: alpha)
+                        y: y,
+                        x0: Int(sunX + wobble - half),
+                        x1: Int(sunX + wobble + half),
+                        color: color,
+                        alpha: alpha
+                    )
                 }
                 y += 1
             }
@@ -289,8 +350,12 @@ struct Scene: Sendable {
             let half = glint.length * (0.4 + depth) * w
             let pulse = 0.6 + 0.4 * Trig.sin(Trig.twoPi * (glint.phase * 3 + time))
             canvas.blendStreak(
-                y: y, x0: Int(x - half), x1: Int(x + half), color: glintColor,
-                alpha: Int(Double(glint.alpha) * pulse))
+                y: y,
+                x0: Int(x - half),
+                x1: Int(x + half),
+                color: glintColor,
+                alpha: Int(Double(glint.alpha) * pulse)
+            )
         }
     }
 }

@@ -7,7 +7,10 @@ public enum SyntheticAudio {
     ///   - sampleRate: clamped to 1 000 ... 384 000.
     /// - Returns: mono 16-bit samples, `Int(seconds * sampleRate)` of them.
     public static func render(
-        text: String, seed: UInt64, seconds: Double, sampleRate: Int = 24_000
+        text: String,
+        seed: UInt64,
+        seconds: Double,
+        sampleRate: Int = 24_000
     ) -> [Int16] {
         let rate = min(max(sampleRate, 1_000), 384_000)
         guard seconds > 0 else { return [] }

@@ -7,12 +7,19 @@ public enum SyntheticPicture {
     ///   - progress: 0 ... 1; below 1 gives a diffusion-like preview (seeded noise and coarse
     ///     blocks at 0, sharpening toward the final picture at 1).
     public static func render(
-        prompt: String, seed: UInt64, width: Int, height: Int, progress: Double = 1
+        prompt: String,
+        seed: UInt64,
+        width: Int,
+        height: Int,
+        progress: Double = 1
     ) -> RGBImage {
         var image = Scene(prompt: prompt, seed: seed, width: width, height: height).render(time: 0)
         if progress < 1 {  // NaN compares false: treated as finished
             DiffusionPreview.apply(
-                to: &image, seed: StableHash.hash(prompt, seed: seed), progress: progress)
+                to: &image,
+                seed: StableHash.hash(prompt, seed: seed),
+                progress: progress
+            )
         }
         return image
     }

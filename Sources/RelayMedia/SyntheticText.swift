@@ -17,7 +17,9 @@ public enum SyntheticText {
         var current = ""
         var currentKind = 0  // 1 word, 2 whitespace
         for character in text {
-            let kind = character.isLetter || character.isNumber || character == "'" ? 1
+            let kind =
+                character.isLetter || character.isNumber || character == "'"
+                ? 1
                 : (character.isWhitespace ? 2 : 3)
             if kind == currentKind && kind != 3 {
                 current.append(character)

@@ -7,7 +7,11 @@ public enum SyntheticVideo {
 
     /// `count` frames (at least 1); frame 0 equals `SyntheticPicture.render` of the same inputs.
     public static func frames(
-        prompt: String, seed: UInt64, width: Int, height: Int, count: Int
+        prompt: String,
+        seed: UInt64,
+        width: Int,
+        height: Int,
+        count: Int
     ) -> [RGBImage] {
         let scene = Scene(prompt: prompt, seed: seed, width: width, height: height)
         return (0..<max(count, 1)).map { scene.render(time: Double($0) * frameInterval) }
@@ -15,7 +19,11 @@ public enum SyntheticVideo {
 
     /// Frame `index` alone, identical to `frames(...)[index]`, for producing frames one by one.
     public static func frame(
-        prompt: String, seed: UInt64, width: Int, height: Int, index: Int
+        prompt: String,
+        seed: UInt64,
+        width: Int,
+        height: Int,
+        index: Int
     ) -> RGBImage {
         Scene(prompt: prompt, seed: seed, width: width, height: height)
             .render(time: Double(max(index, 0)) * frameInterval)

@@ -54,7 +54,9 @@ public final class APIKeyStore: Authenticator, Sendable {
         self.path = (dataDirectory as NSString).appendingPathComponent("keys.json")
         self.signingKeyBytes = secret.map { secret in
             HKDF<SHA256>.deriveKey(
-                inputKeyMaterial: SymmetricKey(data: secret), info: Array("media-relay token signing v1".utf8), outputByteCount: 32
+                inputKeyMaterial: SymmetricKey(data: secret),
+                info: Array("media-relay token signing v1".utf8),
+                outputByteCount: 32
             ).withUnsafeBytes { Array($0) }
         }
     }
@@ -64,7 +66,9 @@ public final class APIKeyStore: Authenticator, Sendable {
     public func authenticate(authorization: String?) -> Principal? {
         guard let authorization else { return .anonymous }
         // A header that verified before skips the SHA-256: the same key, with the same hash, still not revoked.
-        if let known = verified.withLock({ $0[authorization] }), let entry = entries()[known.id], !entry.revoked, entry.hash == known.hash {
+        if let known = verified.withLock({ $0[authorization] }), let entry = entries()[known.id], !entry.revoked,
+            entry.hash == known.hash
+        {
             return .key(id: entry.id, tier: entry.tier)
         }
         // On the UTF-8 bytes: this runs for every request (no splitting into arrays, no Character iteration).
@@ -73,7 +77,8 @@ public final class APIKeyStore: Authenticator, Sendable {
         guard let colon = credential.firstIndex(of: UInt8(ascii: ":")) else { return nil }
         let id = String(Substring(credential[..<colon]))
         guard let entry = entries()[id] ?? entries(fresh: true)[id], !entry.revoked else { return nil }
-        let hash = credential.withContiguousStorageIfAvailable { Array(SHA256.hash(data: $0)) }
+        let hash =
+            credential.withContiguousStorageIfAvailable { Array(SHA256.hash(data: $0)) }
             ?? Array(SHA256.hash(data: Array(credential)))
         guard Self.constantTimeEqual(hash, entry.hash) else { return nil }
         verified.withLock { verified in
@@ -166,10 +171,12 @@ public final class APIKeyStore: Authenticator, Sendable {
     /// The key table and its generation, under the same staleness bound as `entries(fresh:)`.
     private func table(fresh: Bool = false) -> (entries: [String: Entry], generation: UInt64) {
         let now = ContinuousClock.now
-        if !fresh, let cached = cache.withLock({ cache -> ([String: Entry], UInt64)? in
-            guard let checked = cache.checkedAt, now - checked < Self.recheckInterval else { return nil }
-            return (cache.entries, cache.generation)
-        }) {
+        if !fresh,
+            let cached = cache.withLock({ cache -> ([String: Entry], UInt64)? in
+                guard let checked = cache.checkedAt, now - checked < Self.recheckInterval else { return nil }
+                return (cache.entries, cache.generation)
+            })
+        {
             return cached
         }
         var info = stat()
@@ -228,14 +235,23 @@ public final class APIKeyStore: Authenticator, Sendable {
         try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let temporary = path + ".tmp-\(getpid())"
         let bytes = JSONValue.object(["keys": .array(keys)]).serialized() + [UInt8(ascii: "\n")]
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes), attributes: [.posixPermissions: 0o600]) else {
+        guard
+            FileManager.default.createFile(
+                atPath: temporary,
+                contents: Data(bytes),
+                attributes: [.posixPermissions: 0o600]
+            )
+        else {
             throw KeyStoreError("cannot write \(temporary)")
         }
         guard rename(temporary, path) == 0 else {
             unlink(temporary)
             throw KeyStoreError("cannot replace \(path): errno \(errno)")
         }
-        cache.withLock { $0.version = nil; $0.checkedAt = nil }
+        cache.withLock {
+            $0.version = nil
+            $0.checkedAt = nil
+        }
     }
 
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
@@ -292,11 +308,14 @@ extension APIKeyStore {
     public func authenticate(token: String, app: String?) -> Principal? {
         guard let signingKey else { return nil }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 2, let payload = Self.bytes(hex: String(parts[0])), let mac = Self.bytes(hex: String(parts[1])),
+        guard parts.count == 2, let payload = Self.bytes(hex: String(parts[0])),
+            let mac = Self.bytes(hex: String(parts[1])),
             HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: payload, using: signingKey)
         else { return nil }
         let fields = String(decoding: payload, as: UTF8.self).split(separator: "|", omittingEmptySubsequences: false)
-        guard fields.count == 5, fields[0] == "v1", let expiry = Int(fields[3]), expiry >= Int(Date().timeIntervalSince1970) else {
+        guard fields.count == 5, fields[0] == "v1", let expiry = Int(fields[3]),
+            expiry >= Int(Date().timeIntervalSince1970)
+        else {
             return nil
         }
         let id = String(fields[1])

@@ -29,7 +29,9 @@ public enum CanonicalForm {
             throw Failure(description: "cannot read the model catalog \(catalogPath) (use --catalog)")
         }
         let catalog = try ModelCatalog(json: [UInt8](data))
-        guard let model = catalog.model(modelID) else { throw Failure(description: "unknown model \(modelID) in \(catalogPath)") }
+        guard let model = catalog.model(modelID) else {
+            throw Failure(description: "unknown model \(modelID) in \(catalogPath)")
+        }
         guard let object = document.objectValue else { throw Failure(description: "the input must be a JSON object") }
         let normalised: ModelInput
         do {
@@ -39,7 +41,8 @@ public enum CanonicalForm {
         }
         guard printKey else { return normalised.canonicalBytes }
         let secretPath = (dataDirectory as NSString).appendingPathComponent("secret")
-        guard let secret = FileManager.default.contents(atPath: secretPath), secret.count >= KeyedHasher.secretSize else {
+        guard let secret = FileManager.default.contents(atPath: secretPath), secret.count >= KeyedHasher.secretSize
+        else {
             throw Failure(description: "no deployment secret at \(secretPath): keys depend on it (use --data-dir)")
         }
         let key = RequestKey(input: normalised, hasher: KeyedHasher(secret: [UInt8](secret)))

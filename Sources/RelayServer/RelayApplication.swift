@@ -1,18 +1,18 @@
+import CoreMetrics
 public import Foundation
 public import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Prometheus
 import RelayCore
 import RelayHTTP
 import RelayJobs
 import RelayStore
 import RelayUpstreams
-import CoreMetrics
-import Prometheus
 import ServiceLifecycle
-import UnixSignals
 import Synchronization
+import UnixSignals
 
 /// The whole relay process: builds every part from a configuration and runs them in one ServiceGroup.
 public struct RelayApplication: Sendable {
@@ -57,7 +57,18 @@ public struct RelayApplication: Sendable {
         threadPool.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.eventLoopThreads)
         do {
-            try await serve(config: config, logger: logger, secret: secret, hasher: hasher, catalog: catalog, tlsContext: tlsContext, caPath: caPath, group: group, threadPool: threadPool, announce: announce)
+            try await serve(
+                config: config,
+                logger: logger,
+                secret: secret,
+                hasher: hasher,
+                catalog: catalog,
+                tlsContext: tlsContext,
+                caPath: caPath,
+                group: group,
+                threadPool: threadPool,
+                announce: announce
+            )
         } catch {
             try? await group.shutdownGracefully()
             try? await threadPool.shutdownGracefully()
@@ -87,23 +98,35 @@ public struct RelayApplication: Sendable {
 
         let publicOrigin = PublicOrigin()
         let synthetic = SyntheticUpstream(
-            configuration: .init(slots: config.syntheticSlots, timeScale: config.syntheticTimeScale, publicBaseURL: { publicOrigin.value }),
+            configuration: .init(
+                slots: config.syntheticSlots,
+                timeScale: config.syntheticTimeScale,
+                publicBaseURL: { publicOrigin.value }
+            ),
             store: store,
             threadPool: threadPool
         )
         // Results survive restarts: manifests on disk, index rebuilt from a snapshot plus a scan before serving.
         let results = ResultIndex(directory: dataDirectory, threadPool: threadPool)
         let loaded = try await results.load()
-        logger.info("result cache loaded", metadata: ["entries": "\(loaded.entries)", "snapshot": "\(loaded.usedSnapshot)"])
+        logger.info(
+            "result cache loaded",
+            metadata: ["entries": "\(loaded.entries)", "snapshot": "\(loaded.usedSnapshot)"]
+        )
         // Finished uploads: their records survive restarts, and their blobs are kept though no result references them.
         let uploadAliases = try UploadAliases(dataDirectory: dataDirectory, threadPool: threadPool)
         try await uploadAliases.load()
         let expiry = BlobExpiry(
-            store: store, results: results, configuration: .init(maxBytes: config.cacheMaxBytes),
+            store: store,
+            results: results,
+            configuration: .init(maxBytes: config.cacheMaxBytes),
             pinned: { uploadAliases.pinnedDigests }
         )
         let uploads = UploadService(
-            store: store, aliases: uploadAliases, maxBytes: config.maxUploadBytes, tokenSeconds: config.uploadTokenSeconds,
+            store: store,
+            aliases: uploadAliases,
+            maxBytes: config.maxUploadBytes,
+            tokenSeconds: config.uploadTokenSeconds,
             publicOrigin: { publicOrigin.value }
         )
 
@@ -115,14 +138,23 @@ public struct RelayApplication: Sendable {
                 publicBaseURL: { publicOrigin.value }
             )
             originConfig.userAgent = "MediaRelay"
-            return try FalOriginUpstream(configuration: originConfig, store: store, logger: logger, eventLoopGroup: group)
+            return try FalOriginUpstream(
+                configuration: originConfig,
+                store: store,
+                logger: logger,
+                eventLoopGroup: group
+            )
         }
         if origin == nil, let model = catalog.models.first(where: { $0.upstream == "origin" }) {
             throw ConfigurationError("model \(model.id) is served by the origin, but no --origin is configured")
         }
         let sendEverythingToOrigin = origin != nil
         // Requests survive restarts too: a log of request records, read back (and compacted) before serving.
-        let requestLog = RequestLog(dataDirectory: dataDirectory, threadPool: threadPool, retentionSeconds: config.requestRetentionSeconds)
+        let requestLog = RequestLog(
+            dataDirectory: dataDirectory,
+            threadPool: threadPool,
+            retentionSeconds: config.requestRetentionSeconds
+        )
         let jobs = JobTable(
             retentionSeconds: config.requestRetentionSeconds,
             results: results,
@@ -133,10 +165,14 @@ public struct RelayApplication: Sendable {
             return synthetic
         }
         if let restored = try await jobs.restore(models: { catalog.model($0) }) {
-            logger.info("requests restored", metadata: [
-                "requests": "\(restored.restored)", "interrupted": "\(restored.interrupted)", "reattachable": "\(restored.reattachable)",
-                "torn_segments": "\(restored.tornSegments)", "corrupt_records": "\(restored.corruptRecords)",
-            ])
+            logger.info(
+                "requests restored",
+                metadata: [
+                    "requests": "\(restored.restored)", "interrupted": "\(restored.interrupted)",
+                    "reattachable": "\(restored.reattachable)",
+                    "torn_segments": "\(restored.tornSegments)", "corrupt_records": "\(restored.corruptRecords)",
+                ]
+            )
         }
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
@@ -178,7 +214,11 @@ public struct RelayApplication: Sendable {
         webhookSettings.concurrency = config.webhookConcurrency
         webhookSettings.queueCapacity = config.webhookQueueSize
         let webhooks = WebhookDispatcher(
-            configuration: webhookSettings, deploymentSecret: secret, eventLoopGroup: group, threadPool: threadPool, logger: logger,
+            configuration: webhookSettings,
+            deploymentSecret: secret,
+            eventLoopGroup: group,
+            threadPool: threadPool,
+            logger: logger,
             isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false }
         )
         let relayServices = RelayServices(
@@ -189,7 +229,10 @@ public struct RelayApplication: Sendable {
             mediaServed: { digest in expiry.touch(digest) },
             hasher: hasher,
             authenticator: APIKeyStore(dataDirectory: dataDirectory, secret: secret),
-            router: Router(queueHosts: config.queueHosts.compactMap(HostPattern.init), runHosts: config.runHosts.compactMap(HostPattern.init)),
+            router: Router(
+                queueHosts: config.queueHosts.compactMap(HostPattern.init),
+                runHosts: config.runHosts.compactMap(HostPattern.init)
+            ),
             limits: HTTPLimits(
                 maxJSONBodyBytes: config.maxJSONBodyBytes,
                 sseKeepAliveSeconds: config.sseKeepAliveSeconds,
@@ -240,10 +283,13 @@ public struct RelayApplication: Sendable {
         let storeSweeper = StoreSweeper(expiry: expiry, results: results, logger: logger)
         var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
             // Webhooks first: services stop in reverse order, so deliveries get their grace after the listeners stopped.
-            .init(service: WebhookService(dispatcher: webhooks)), .init(service: server), .init(service: sweeper), .init(service: storeSweeper),
+            .init(service: WebhookService(dispatcher: webhooks)), .init(service: server), .init(service: sweeper),
+            .init(service: storeSweeper),
         ]
         if let tlsContext {
-            serviceList.append(.init(service: CertificateReloader(context: tlsContext, logger: logger) { try self.makeTLSContext().0 }))
+            serviceList.append(
+                .init(service: CertificateReloader(context: tlsContext, logger: logger) { try self.makeTLSContext().0 })
+            )
         }
         let services = ServiceGroup(
             configuration: .init(
@@ -263,7 +309,11 @@ public struct RelayApplication: Sendable {
     }
 
     /// The admin API's purge: results by key or model; for a digest, the blob and every result pointing at it.
-    static func purge(_ target: AdminOperations.PurgeTarget, results: ResultIndex, store: BlobStore) async -> Result<JSONValue, FalError> {
+    static func purge(
+        _ target: AdminOperations.PurgeTarget,
+        results: ResultIndex,
+        store: BlobStore
+    ) async -> Result<JSONValue, FalError> {
         switch target {
         case .key(let digest):
             let removed = results.remove(RequestKey(digest: digest))
@@ -358,7 +408,10 @@ public struct RelayApplication: Sendable {
         } catch {
             throw ConfigurationError("cannot load TLS certificate \(certificatePath) / key \(keyPath): \(error)")
         }
-        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) },
+            privateKey: .privateKey(key)
+        )
         tls.minimumTLSVersion = .tlsv12
         // TLS 1.2: forward-secret AEAD suites only (Mozilla "intermediate"); TLS 1.3's suites are all modern.
         tls.cipherSuites = configuration.tls12Ciphers
@@ -369,7 +422,9 @@ public struct RelayApplication: Sendable {
     /// One suite per certificate type: every TLS 1.2 client with AEAD support has AES-128-GCM, and with a single
     /// choice the server's order is the only order (testssl.sh rates client-chosen order HIGH, and swift-nio-ssl has
     /// no server-preference switch). `--tls12-ciphers` widens it (e.g. adding ChaCha20 for old phones).
-    public static let tls12CipherSuites = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"].joined(separator: ":")
+    public static let tls12CipherSuites = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"].joined(
+        separator: ":"
+    )
 
     /// Unbuffered, so that a supervisor reading a pipe sees the banner (and its READY line) at once.
     public static func writeToStandardOutput(_ text: String) {
@@ -377,7 +432,11 @@ public struct RelayApplication: Sendable {
     }
 
     /// The names and ports that reach this relay: a media URL on one of them is the relay's own (RelayMediaURLs).
-    static func relayAddresses(config: RelayConfiguration, bound: [BoundListener], publicOrigin: String) -> (names: Set<String>, ports: Set<Int>) {
+    static func relayAddresses(
+        config: RelayConfiguration,
+        bound: [BoundListener],
+        publicOrigin: String
+    ) -> (names: Set<String>, ports: Set<Int>) {
         var names: Set<String> = ["localhost", "127.0.0.1", "::1"]
         var ports = Set(bound.map(\.port))
         for pattern in (config.queueHosts + config.runHosts).compactMap(HostPattern.init) {
@@ -401,8 +460,11 @@ public struct RelayApplication: Sendable {
         return BoundListener(scheme: listener.scheme, host: host, port: listener.port).url
     }
 
-    private func banner(bound: [BoundListener], caPath: String?, catalog: ModelCatalog, publicOrigin: String) -> String {
-        var lines = ["MediaRelay is serving \(catalog.models.count) models on the synthetic upstream (no GPU, no network)."]
+    private func banner(bound: [BoundListener], caPath: String?, catalog: ModelCatalog, publicOrigin: String) -> String
+    {
+        var lines = [
+            "MediaRelay is serving \(catalog.models.count) models on the synthetic upstream (no GPU, no network)."
+        ]
         for listener in bound {
             lines.append("  \(listener.scheme.padding(toLength: 5, withPad: " ", startingAt: 0)) \(listener.url)")
         }
@@ -413,13 +475,16 @@ public struct RelayApplication: Sendable {
         if let https = bound.first(where: { $0.scheme == "https" }) {
             let port = https.port
             lines.append("Point the fal clients at it:")
-            lines.append("  export FAL_KEY=$(media-relay keys create --tier pro --data-dir \(configuration.dataDirectory) | tail -1)")
+            lines.append(
+                "  export FAL_KEY=$(media-relay keys create --tier pro --data-dir \(configuration.dataDirectory) | tail -1)"
+            )
             lines.append("  export FAL_QUEUE_RUN_HOST=127.0.0.1:\(port) FAL_RUN_HOST=localhost:\(port)")
             if let caPath {
                 lines.append("  export SSL_CERT_FILE=\(caPath)")
             }
         }
-        let machine = bound.map { "\($0.scheme)=\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" }.joined(separator: " ")
+        let machine = bound.map { "\($0.scheme)=\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" }
+            .joined(separator: " ")
         lines.append("READY \(machine)")
         return lines.joined(separator: "\n")
     }
@@ -464,7 +529,10 @@ struct CertificateReloader: Service {
                     context.replace(with: try load())
                     logger.notice("TLS certificate reloaded (SIGHUP)")
                 } catch {
-                    logger.error("TLS certificate reload failed; keeping the current one", metadata: ["error": "\(error)"])
+                    logger.error(
+                        "TLS certificate reload failed; keeping the current one",
+                        metadata: ["error": "\(error)"]
+                    )
                 }
             }
         }

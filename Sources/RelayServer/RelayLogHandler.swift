@@ -60,7 +60,9 @@ public struct RelayLogHandler: LogHandler {
 
     /// Bare when it can be, else quoted with `"` and `\` escaped and control characters spelled out.
     static func logfmtValue(_ value: String) -> String {
-        let needsQuotes = value.isEmpty || value.utf8.contains { $0 <= 0x20 || $0 == UInt8(ascii: "=") || $0 == UInt8(ascii: "\"") || $0 == 0x7F }
+        let needsQuotes =
+            value.isEmpty
+            || value.utf8.contains { $0 <= 0x20 || $0 == UInt8(ascii: "=") || $0 == UInt8(ascii: "\"") || $0 == 0x7F }
         guard needsQuotes else { return value }
         var out = "\""
         for scalar in value.unicodeScalars {
@@ -147,7 +149,9 @@ public final class LogSink: Sendable {
     private func writeAll(_ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { Glibc.write(fileDescriptor, $0.baseAddress! + offset, $0.count - offset) }
+            let written = bytes.withUnsafeBytes {
+                Glibc.write(fileDescriptor, $0.baseAddress! + offset, $0.count - offset)
+            }
             if written < 0 && errno == EINTR { continue }
             guard written > 0 else { return }
             offset += written

@@ -113,7 +113,12 @@ public final class BlobStore: Sendable {
 
     /// Links a complete, fsynced temporary file into place as `record`'s blob and removes its temporary name — the
     /// one placement step of every write. When another writer placed the digest first, compares with its file.
-    private func place(_ temporary: String, as record: BlobRecord, compressed: Bool, content: Content) throws(StoreError) -> BlobRecord {
+    private func place(
+        _ temporary: String,
+        as record: BlobRecord,
+        compressed: Bool,
+        content: Content
+    ) throws(StoreError) -> BlobRecord {
         let digest = record.digest
         let shard: String
         let placed: Bool
@@ -193,7 +198,9 @@ public final class BlobStore: Sendable {
     /// Writes and fsyncs `payload` under a new unique name in `tmp/`; on any failure removes it again.
     private func writeTemporaryFile(_ payload: [UInt8], digest: Digest128) throws(StoreError) -> String {
         // <digest>.<pid>.<random>: unique across processes sharing the directory; O_EXCL settles the rest.
-        try BlobFileIO.writeTemporaryFile(prefix: "\(temporaryDirectory)/\(digest.hex).\(getpid()).") { fd, path throws(StoreError) in
+        try BlobFileIO.writeTemporaryFile(prefix: "\(temporaryDirectory)/\(digest.hex).\(getpid()).") {
+            fd,
+            path throws(StoreError) in
             try BlobFileIO.writeAll(fd, payload, path: path)
         }
     }
@@ -220,7 +227,11 @@ public final class BlobStore: Sendable {
     /// sendfile, and never copied again to compress them). The same bytes already stored — raw or LZ4 — give that
     /// blob's record and the upload's file is removed. Fails with `StoreError` (`.diskFull`, `.collision`); nothing
     /// is left in `tmp/` either way.
-    public func finish(_ upload: BlobUpload, mediaType: MediaType, eventLoop: any EventLoop) -> EventLoopFuture<BlobRecord> {
+    public func finish(
+        _ upload: BlobUpload,
+        mediaType: MediaType,
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<BlobRecord> {
         onThreadPool(eventLoop: eventLoop) { () throws(StoreError) -> BlobRecord in
             let (temporary, digest, size) = try upload.completeBlocking()
             let content = Content.file(path: temporary, size: size)
@@ -451,7 +462,8 @@ public final class BlobStore: Sendable {
 extension NIOThreadPool {
     /// Runs blocking store work on the pool and brings its typed error back. A stopped pool is `.shutdown`; a
     /// cancelled task `.cancelled` (runIfActive reports both as CancellationError).
-    func runStoreWork<T: Sendable>(_ body: @escaping @Sendable () throws(StoreError) -> T) async throws(StoreError) -> T {
+    func runStoreWork<T: Sendable>(_ body: @escaping @Sendable () throws(StoreError) -> T) async throws(StoreError) -> T
+    {
         let result: Result<T, StoreError>
         do {
             result = try await runIfActive { () -> Result<T, StoreError> in

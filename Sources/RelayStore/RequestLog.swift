@@ -1,6 +1,6 @@
+import NIOCore
 public import NIOPosix
 public import RelayCore
-import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -285,7 +285,14 @@ public final class RequestLog: Sendable {
         do {
             result = try await threadPool.runIfActive { () -> Result<([Restored], LoadReport, Int), StoreError> in
                 do throws(StoreError) {
-                    return .success(try Self.loadBlocking(directory: directory, now: now, retention: retention, interrupted: interrupted))
+                    return .success(
+                        try Self.loadBlocking(
+                            directory: directory,
+                            now: now,
+                            retention: retention,
+                            interrupted: interrupted
+                        )
+                    )
                 } catch {
                     return .failure(error)
                 }
@@ -381,10 +388,15 @@ public final class RequestLog: Sendable {
                 if attachment != nil { report.reattachable += 1 }
             }
             let ended = wasCancelled ? .cancelled : (outcome ?? interrupted)
-            restored.append(Restored(
-                creation: creation, outcome: ended, cancelled: wasCancelled, interrupted: inFlight,
-                attachment: inFlight ? attachment : nil
-            ))
+            restored.append(
+                Restored(
+                    creation: creation,
+                    outcome: ended,
+                    cancelled: wasCancelled,
+                    interrupted: inFlight,
+                    attachment: inFlight ? attachment : nil
+                )
+            )
             RequestLogRecord.created(creation).frame(into: &compacted)
             if wasCancelled {
                 RequestLogRecord.cancelled(requestID: creation.id, at: now).frame(into: &compacted)
@@ -393,7 +405,9 @@ public final class RequestLog: Sendable {
                 if jobsWritten.insert(creation.jobID).inserted {
                     RequestLogRecord.attached(attachment).frame(into: &compacted)
                 }
-            } else if jobsWritten.insert(creation.jobID).inserted, let record = outcome ?? (wasCancelled ? nil : interrupted) {
+            } else if jobsWritten.insert(creation.jobID).inserted,
+                let record = outcome ?? (wasCancelled ? nil : interrupted)
+            {
                 RequestLogRecord.finished(jobID: creation.jobID, at: now, outcome: record).frame(into: &compacted)
             }
         }
@@ -401,7 +415,9 @@ public final class RequestLog: Sendable {
 
         var next = (segments.last?.sequence ?? 0) + 1
         if !restored.isEmpty {
-            let temporary = try BlobFileIO.writeTemporaryFile(prefix: directory + "/.tmp-") { fd, path throws(StoreError) in
+            let temporary = try BlobFileIO.writeTemporaryFile(prefix: directory + "/.tmp-") {
+                fd,
+                path throws(StoreError) in
                 try BlobFileIO.writeAll(fd, compacted, path: path)
             }
             do throws(StoreError) {

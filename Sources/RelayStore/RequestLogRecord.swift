@@ -201,7 +201,8 @@ public enum RequestLogRecord: Sendable, Hashable {
             buffer.writeInteger(attachment.jobID, endianness: .little)
             buffer.writeInteger(attachment.attachedAt.secondsSinceEpoch.bitPattern, endianness: .little)
             let handle = attachment.handle
-            let flags = (attachment.storeResult ? 1 : 0) | (attachment.storeRejection ? 2 : 0) | (attachment.coalesce ? 4 : 0)
+            let flags =
+                (attachment.storeResult ? 1 : 0) | (attachment.storeRejection ? 2 : 0) | (attachment.coalesce ? 4 : 0)
             buffer.writeInteger(UInt8(flags))
             return Self.writeString(attachment.modelID, into: &buffer)
                 && Self.writeBytes(JSONValue.object(attachment.input).serialized(), into: &buffer)
@@ -252,11 +253,18 @@ public enum RequestLogRecord: Sendable, Hashable {
                 let cacheOutcome = readString(&buffer),
                 let cacheStatus = readString(&buffer)
             else { return nil }
-            return .created(Creation(
-                id: id, jobID: jobID, endpoint: endpoint, key: RequestKey(digest: Digest128(high: high, low: low)),
-                ownerKeyID: owner, createdAt: Timestamp(secondsSinceEpoch: created),
-                cacheOutcome: cacheOutcome, cacheStatus: cacheStatus
-            ))
+            return .created(
+                Creation(
+                    id: id,
+                    jobID: jobID,
+                    endpoint: endpoint,
+                    key: RequestKey(digest: Digest128(high: high, low: low)),
+                    ownerKeyID: owner,
+                    createdAt: Timestamp(secondsSinceEpoch: created),
+                    cacheOutcome: cacheOutcome,
+                    cacheStatus: cacheStatus
+                )
+            )
         case .attached:
             guard let jobID = buffer.readInteger(endianness: .little, as: UInt64.self),
                 let at = readDouble(&buffer),
@@ -270,13 +278,24 @@ public enum RequestLogRecord: Sendable, Hashable {
                 let responseURL = readString(&buffer),
                 let cancelURL = readString(&buffer)
             else { return nil }
-            return .attached(Attachment(
-                jobID: jobID, attachedAt: Timestamp(secondsSinceEpoch: at), modelID: modelID, input: input,
-                handle: UpstreamHandle(
-                    origin: origin, requestID: requestID, statusURL: statusURL, responseURL: responseURL, cancelURL: cancelURL
-                ),
-                storeResult: flags & 1 != 0, storeRejection: flags & 2 != 0, coalesce: flags & 4 != 0
-            ))
+            return .attached(
+                Attachment(
+                    jobID: jobID,
+                    attachedAt: Timestamp(secondsSinceEpoch: at),
+                    modelID: modelID,
+                    input: input,
+                    handle: UpstreamHandle(
+                        origin: origin,
+                        requestID: requestID,
+                        statusURL: statusURL,
+                        responseURL: responseURL,
+                        cancelURL: cancelURL
+                    ),
+                    storeResult: flags & 1 != 0,
+                    storeRejection: flags & 2 != 0,
+                    coalesce: flags & 4 != 0
+                )
+            )
         case .finished:
             guard let jobID = buffer.readInteger(endianness: .little, as: UInt64.self),
                 let at = readDouble(&buffer),
@@ -292,7 +311,9 @@ public enum RequestLogRecord: Sendable, Hashable {
                     guard let value = readDouble(&buffer) else { return nil }
                     seconds = value
                 }
-                guard let json = readBytes(&buffer), let result = try? JSONValue(parsing: json, maxDepth: 512) else { return nil }
+                guard let json = readBytes(&buffer), let result = try? JSONValue(parsing: json, maxDepth: 512) else {
+                    return nil
+                }
                 outcome = .success(result: result, inferenceSeconds: seconds)
             case .failure:
                 guard let status = buffer.readInteger(endianness: .little, as: UInt16.self),
@@ -322,7 +343,13 @@ public enum RequestLogRecord: Sendable, Hashable {
                 guard let text = item["msg"]?.stringValue, let issueType = item["type"]?.stringValue,
                     let location = item["loc"]?.arrayValue
                 else { continue }
-                issues.append(.init(location: location.map { $0.stringValue ?? $0.serializedString }, message: text, type: issueType))
+                issues.append(
+                    .init(
+                        location: location.map { $0.stringValue ?? $0.serializedString },
+                        message: text,
+                        type: issueType
+                    )
+                )
             }
             return issues.isEmpty ? .badRequest(message, type: "validation_error") : .validation(issues)
         case (400, "invalid_json"):
@@ -369,12 +396,16 @@ public enum RequestLogRecord: Sendable, Hashable {
     }
 
     private static func readBytes(_ buffer: inout ByteBuffer) -> [UInt8]? {
-        guard let length = buffer.readInteger(endianness: .little, as: UInt32.self), length != absent else { return nil }
+        guard let length = buffer.readInteger(endianness: .little, as: UInt32.self), length != absent else {
+            return nil
+        }
         return buffer.readBytes(length: Int(length))
     }
 
     private static func readString(_ buffer: inout ByteBuffer) -> String? {
-        guard let length = buffer.readInteger(endianness: .little, as: UInt32.self), length != absent else { return nil }
+        guard let length = buffer.readInteger(endianness: .little, as: UInt32.self), length != absent else {
+            return nil
+        }
         return buffer.readString(length: Int(length))
     }
 

@@ -652,7 +652,9 @@ public final class ResultIndex: Sendable {
             guard let waiting = writeWaiters[key] else { return [] }
             switch (operation, outcome) {
             case (.write(_, let generation), .written):
-                let (done, left) = (waiting.filter { $0.generation <= generation }, waiting.filter { $0.generation > generation })
+                let (done, left) = (
+                    waiting.filter { $0.generation <= generation }, waiting.filter { $0.generation > generation }
+                )
                 writeWaiters[key] = left.isEmpty ? nil : left
                 return done.map { ($0.callback, true) }
             default:
@@ -778,9 +780,12 @@ public final class ResultIndex: Sendable {
 
     /// The pool is not running: what is queued will not be written.
     private func abandonWrites() {
-        let (waiters, written) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [@Sendable (Bool) -> Void]) in
+        let (waiters, written) = state.withLock {
+            state -> ([CheckedContinuation<Void, Never>], [@Sendable (Bool) -> Void]) in
             state.writeFailures += state.pending.count
-            let written = state.pending.keys.flatMap { state.writeWaiters.removeValue(forKey: $0)?.map(\.callback) ?? [] }
+            let written = state.pending.keys.flatMap {
+                state.writeWaiters.removeValue(forKey: $0)?.map(\.callback) ?? []
+            }
             state.pending.removeAll()
             state.queue.removeAll()
             state.writers -= 1

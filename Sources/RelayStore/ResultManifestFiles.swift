@@ -137,7 +137,9 @@ struct ResultManifestFiles: Sendable {
     }
 
     private func writeTemporaryFile(_ bytes: ByteBuffer, key: RequestKey, shard: String) throws(StoreError) -> String {
-        try BlobFileIO.writeTemporaryFile(prefix: "\(shard)/\(key.digest.hex).tmp.\(getpid()).") { fd, path throws(StoreError) in
+        try BlobFileIO.writeTemporaryFile(prefix: "\(shard)/\(key.digest.hex).tmp.\(getpid()).") {
+            fd,
+            path throws(StoreError) in
             try BlobFileIO.writeAll(fd, bytes, path: path)
         }
     }
@@ -181,7 +183,9 @@ struct ResultManifestFiles: Sendable {
 
     func writeSnapshot(_ snapshot: ResultManifestSnapshot) throws(StoreError) {
         let bytes = snapshot.encoded()
-        let path = try BlobFileIO.writeTemporaryFile(prefix: "\(snapshotPath).tmp.\(getpid()).") { fd, path throws(StoreError) in
+        let path = try BlobFileIO.writeTemporaryFile(prefix: "\(snapshotPath).tmp.\(getpid()).") {
+            fd,
+            path throws(StoreError) in
             try BlobFileIO.writeAll(fd, bytes, path: path)
         }
         do throws(StoreError) {

@@ -81,7 +81,8 @@ final class FalOriginClient: Sendable {
 
     /// Builds the HTTP client; throws when the extra CA file cannot be read.
     init(configuration: FalOriginUpstream.Configuration, eventLoopGroup: any EventLoopGroup, logger: Logger) throws {
-        guard FalOriginMediaReferences.isHTTPURL(configuration.baseURL), Self.origin(of: configuration.baseURL) != nil else {
+        guard FalOriginMediaReferences.isHTTPURL(configuration.baseURL), Self.origin(of: configuration.baseURL) != nil
+        else {
             throw FalOriginUpstream.ConfigurationError("origin URL \"\(configuration.baseURL)\" is not an http(s) URL")
         }
         var tls = TLSConfiguration.makeClientConfiguration()
@@ -99,12 +100,19 @@ final class FalOriginClient: Sendable {
         }
         var settings = HTTPClient.Configuration(
             tlsConfiguration: tls,
-            timeout: .init(connect: TimeAmount(configuration.connectTimeout), read: TimeAmount(configuration.idleTimeout))
+            timeout: .init(
+                connect: TimeAmount(configuration.connectTimeout),
+                read: TimeAmount(configuration.idleTimeout)
+            )
         )
         // Refused connections surface at once and go through RetryPolicy (jitter, attempt count, breaker) instead of
         // AHC's own silent reconnect loop.
         settings.connectionPool.retryConnectionEstablishment = false
-        self.http = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: settings, backgroundActivityLogger: logger)
+        self.http = HTTPClient(
+            eventLoopGroup: eventLoopGroup,
+            configuration: settings,
+            backgroundActivityLogger: logger
+        )
         self.configuration = configuration
         self.baseOrigin = Self.origin(of: configuration.baseURL) ?? configuration.baseURL.lowercased()
         self.breaker = Mutex(OriginCircuitBreaker(configuration: configuration.breaker))
@@ -148,7 +156,11 @@ final class FalOriginClient: Sendable {
             var last: Reply?
             var transportError: (any Error)?
             do {
-                let response = try await http.execute(request, deadline: .now() + TimeAmount(call.timeout), logger: logger)
+                let response = try await http.execute(
+                    request,
+                    deadline: .now() + TimeAmount(call.timeout),
+                    logger: logger
+                )
                 let status = Int(response.status.code)
                 let headers = response.headers
                 if configuration.retry.retryableStatuses.contains(status) {
@@ -166,7 +178,9 @@ final class FalOriginClient: Sendable {
                         body = try await response.body.collect(upTo: call.maxBodyBytes)
                     } catch is NIOTooManyBytesError {
                         if call.countsForBreaker { recordOutcome(healthy: true) }
-                        throw FalError.badGateway("origin \(baseOrigin) \(call.purpose) response exceeds \(call.maxBodyBytes) bytes")
+                        throw FalError.badGateway(
+                            "origin \(baseOrigin) \(call.purpose) response exceeds \(call.maxBodyBytes) bytes"
+                        )
                     }
                     if call.countsForBreaker { recordOutcome(healthy: status < 500) }
                     return Reply(status: status, headers: headers, body: body, attempts: attempt)
@@ -178,7 +192,12 @@ final class FalOriginClient: Sendable {
                 transportError = error
                 failure = .transport(Self.phase(of: error))
             }
-            let decision = configuration.retry.decision(after: failure, attempt: attempt, replay: call.replay, using: &generator)
+            let decision = configuration.retry.decision(
+                after: failure,
+                attempt: attempt,
+                replay: call.replay,
+                using: &generator
+            )
             if case .retry(let delay) = decision, keepTrying() {
                 logger.info(
                     "retrying origin call",
@@ -196,14 +215,26 @@ final class FalOriginClient: Sendable {
             if call.countsForBreaker { recordOutcome(healthy: false) }
             if let last { return last }
             throw Self.transportFailure(
-                transportError, phase: Self.phase(of: transportError), call: call, attempts: attempt, origin: baseOrigin
+                transportError,
+                phase: Self.phase(of: transportError),
+                call: call,
+                attempts: attempt,
+                origin: baseOrigin
             )
         }
     }
 
     /// Opens a streaming GET (the status stream): one attempt, no retry; the caller reads and falls back.
     func open(_ url: String, accept: String, timeout: Duration) async throws -> HTTPClientResponse {
-        let call = Call(method: .GET, url: url, accept: accept, replay: .safe, timeout: timeout, maxBodyBytes: 0, purpose: "status stream")
+        let call = Call(
+            method: .GET,
+            url: url,
+            accept: accept,
+            replay: .safe,
+            timeout: timeout,
+            maxBodyBytes: 0,
+            purpose: "status stream"
+        )
         return try await http.execute(makeRequest(call), deadline: .now() + TimeAmount(timeout), logger: logger)
     }
 
@@ -279,7 +310,10 @@ final class FalOriginClient: Sendable {
         case .connect where !call.countsForBreaker:
             return .badGateway("media host unreachable for \(call.url)\(tries): \(reason)")
         case .connect:
-            return .unavailable("origin \(origin) unreachable for \(call.purpose)\(tries): \(reason)", type: "runner_connection_refused")
+            return .unavailable(
+                "origin \(origin) unreachable for \(call.purpose)\(tries): \(reason)",
+                type: "runner_connection_refused"
+            )
         case .permanent:
             return .badGateway("origin \(origin) \(call.purpose) cannot be sent (TLS or URL): \(reason)")
         case .exchange where call.replay == .onlyIfNotAccepted:
@@ -288,7 +322,10 @@ final class FalOriginClient: Sendable {
                 type: "runner_disconnected"
             )
         case .exchange:
-            return .unavailable("origin \(origin) \(call.purpose) failed\(tries): \(reason)", type: "runner_disconnected")
+            return .unavailable(
+                "origin \(origin) \(call.purpose) failed\(tries): \(reason)",
+                type: "runner_disconnected"
+            )
         }
     }
 
@@ -321,7 +358,9 @@ final class FalOriginClient: Sendable {
         case 400:
             return .badRequest(message, type: errorType ?? "bad_request")
         case 401, 403:
-            return .badGateway("origin \(origin) refused the relay's credentials (\(answered)) for \(purpose): \(message)")
+            return .badGateway(
+                "origin \(origin) refused the relay's credentials (\(answered)) for \(purpose): \(message)"
+            )
         case 404:
             return .badGateway("origin \(origin) answered \(answered) to \(purpose): \(message)")
         case 429:
@@ -330,7 +369,10 @@ final class FalOriginClient: Sendable {
                 type: "rate_limited"
             )
         case 405..<500:
-            return .badRequest("origin \(origin) answered \(answered) to \(purpose): \(message)", type: errorType ?? "bad_request")
+            return .badRequest(
+                "origin \(origin) answered \(answered) to \(purpose): \(message)",
+                type: errorType ?? "bad_request"
+            )
         default:
             return .badGateway("origin \(origin) answered \(answered) to \(purpose)\(tries): \(message)")
         }

@@ -37,7 +37,12 @@ extension FalOriginUpstream {
         /// `User-Agent` of every call.
         public var userAgent: String = "MediaRelay (fal-origin)"
 
-        public init(baseURL: String, apiKey: String?, additionalCAPath: String? = nil, publicBaseURL: @escaping @Sendable () -> String) {
+        public init(
+            baseURL: String,
+            apiKey: String?,
+            additionalCAPath: String? = nil,
+            publicBaseURL: @escaping @Sendable () -> String
+        ) {
             self.baseURL = FalOriginConfiguration.normalised(baseURL)
             self.apiKey = apiKey
             self.additionalCAPath = additionalCAPath

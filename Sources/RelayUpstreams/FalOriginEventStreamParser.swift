@@ -36,9 +36,12 @@ struct FalOriginEventStreamParser: Sendable {
         }
         pending.writeBuffer(&chunk)
         var events: [ByteBuffer] = []
-        while let end = pending.readableBytesView.firstIndex(where: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) {
+        while let end = pending.readableBytesView.firstIndex(where: {
+            $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r")
+        }) {
             let length = end - pending.readerIndex
-            guard let line = pending.readSlice(length: length), let terminator = pending.readInteger(as: UInt8.self) else { break }
+            guard let line = pending.readSlice(length: length), let terminator = pending.readInteger(as: UInt8.self)
+            else { break }
             if terminator == UInt8(ascii: "\r") {
                 if let next = pending.readableBytesView.first {
                     if next == UInt8(ascii: "\n") { pending.moveReaderIndex(forwardBy: 1) }

@@ -39,7 +39,14 @@ final class FalOriginJobRun: Sendable {
     private let resuming: Handle?
     private let state = Mutex(State())
 
-    init(job: Job, client: FalOriginClient, store: BlobStore, logger: Logger, probeTicket: Int?, resuming: Handle? = nil) {
+    init(
+        job: Job,
+        client: FalOriginClient,
+        store: BlobStore,
+        logger: Logger,
+        probeTicket: Int?,
+        resuming: Handle? = nil
+    ) {
         self.job = job
         self.resuming = resuming
         if let resuming { state.withLock { $0.handle = resuming } }
@@ -96,9 +103,14 @@ final class FalOriginJobRun: Sendable {
         }
         guard report else { return }
         logger.warning("origin job passed its deadline", metadata: ["deadline": "\(configuration.jobDeadline)"])
-        job.receive(.failed(.unavailable(
-            "origin \(client.baseOrigin) did not finish the job within \(configuration.jobDeadline)", type: "request_timeout"
-        )))
+        job.receive(
+            .failed(
+                .unavailable(
+                    "origin \(client.baseOrigin) did not finish the job within \(configuration.jobDeadline)",
+                    type: "request_timeout"
+                )
+            )
+        )
         sendCancel()
     }
 
@@ -120,17 +132,27 @@ final class FalOriginJobRun: Sendable {
         }
         guard let handle else { return }
         let call = FalOriginClient.Call(
-            method: .PUT, url: handle.cancelURL, replay: .safe, timeout: configuration.requestTimeout,
-            maxBodyBytes: 64 << 10, purpose: "cancel"
+            method: .PUT,
+            url: handle.cancelURL,
+            replay: .safe,
+            timeout: configuration.requestTimeout,
+            maxBodyBytes: 64 << 10,
+            purpose: "cancel"
         )
         let client = self.client
         let logger = self.logger
         Task {
             do {
                 let reply = try await client.send(call)
-                logger.debug("origin cancel answered", metadata: ["status": "\(reply.status)", "origin_request_id": "\(handle.requestID)"])
+                logger.debug(
+                    "origin cancel answered",
+                    metadata: ["status": "\(reply.status)", "origin_request_id": "\(handle.requestID)"]
+                )
             } catch {
-                logger.info("origin cancel failed", metadata: ["error": "\(error)", "origin_request_id": "\(handle.requestID)"])
+                logger.info(
+                    "origin cancel failed",
+                    metadata: ["error": "\(error)", "origin_request_id": "\(handle.requestID)"]
+                )
             }
         }
     }
@@ -199,8 +221,12 @@ final class FalOriginJobRun: Sendable {
         }
         let reply = try outcome.get()
         guard reply.isSuccess else { throw client.error(for: reply, purpose: "submit") }
-        guard let answer = try? Self.parse(reply.body), let requestID = answer["request_id"]?.stringValue, !requestID.isEmpty else {
-            throw FalError.badGateway("origin \(client.baseOrigin) submit answer has no request_id: \(Self.excerpt(reply.body))")
+        guard let answer = try? Self.parse(reply.body), let requestID = answer["request_id"]?.stringValue,
+            !requestID.isEmpty
+        else {
+            throw FalError.badGateway(
+                "origin \(client.baseOrigin) submit answer has no request_id: \(Self.excerpt(reply.body))"
+            )
         }
         let canonical = configuration.baseURL + "/" + (EndpointID(model)?.app ?? model) + "/requests/" + requestID
         func url(_ key: String, _ fallback: String) -> String {
@@ -217,15 +243,23 @@ final class FalOriginJobRun: Sendable {
             state.handle = handle
             return state.abandoned
         }
-        logger.debug("origin accepted the job", metadata: ["origin_request_id": "\(requestID)", "attempts": "\(reply.attempts)"])
+        logger.debug(
+            "origin accepted the job",
+            metadata: ["origin_request_id": "\(requestID)", "attempts": "\(reply.attempts)"]
+        )
         if abandoned {
             sendCancel()
             throw CancellationError()
         }
-        job.attached(to: UpstreamHandle(
-            origin: configuration.baseURL, requestID: requestID, statusURL: handle.statusURL, responseURL: handle.responseURL,
-            cancelURL: handle.cancelURL
-        ))
+        job.attached(
+            to: UpstreamHandle(
+                origin: configuration.baseURL,
+                requestID: requestID,
+                statusURL: handle.statusURL,
+                responseURL: handle.responseURL,
+                cancelURL: handle.cancelURL
+            )
+        )
         return handle
     }
 
@@ -253,7 +287,10 @@ final class FalOriginJobRun: Sendable {
             for try await chunk in response.body {
                 for event in try parser.feed(chunk) where event.readableBytes > 0 {
                     guard let value = try? Self.parse(event), let status = FalOriginStatus(json: value) else {
-                        logger.info("origin status stream sent a malformed event; polling", metadata: ["event": "\(Self.excerpt(event))"])
+                        logger.info(
+                            "origin status stream sent a malformed event; polling",
+                            metadata: ["event": "\(Self.excerpt(event))"]
+                        )
                         return nil
                     }
                     apply(status, cursor: &cursor, streamed: true)
@@ -270,14 +307,20 @@ final class FalOriginJobRun: Sendable {
 
     private func poll(_ handle: Handle, cursor: inout FalOriginLogCursor) async throws -> FalOriginStatus {
         let call = FalOriginClient.Call(
-            method: .GET, url: Self.appending("", query: "logs=1", to: handle.statusURL), replay: .safe,
-            timeout: configuration.requestTimeout, maxBodyBytes: configuration.maxJSONBytes, purpose: "status"
+            method: .GET,
+            url: Self.appending("", query: "logs=1", to: handle.statusURL),
+            replay: .safe,
+            timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes,
+            purpose: "status"
         )
         while true {
             let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
             guard reply.isSuccess else { throw client.error(for: reply, purpose: "status") }
             guard let value = try? Self.parse(reply.body), let status = FalOriginStatus(json: value) else {
-                throw FalError.badGateway("origin \(client.baseOrigin) status answer is not a status object: \(Self.excerpt(reply.body))")
+                throw FalError.badGateway(
+                    "origin \(client.baseOrigin) status answer is not a status object: \(Self.excerpt(reply.body))"
+                )
             }
             apply(status, cursor: &cursor, streamed: false)
             if status.isCompleted { return status }
@@ -307,8 +350,13 @@ final class FalOriginJobRun: Sendable {
         let fallback = FalError.badGateway("origin \(client.baseOrigin) reports the job failed\(named): \(message)")
         // One try, outside the breaker's count: the origin answers for a job that failed, not for its own health.
         let call = FalOriginClient.Call(
-            method: .GET, url: handle.responseURL, replay: .safe, timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes, countsForBreaker: false, purpose: "result"
+            method: .GET,
+            url: handle.responseURL,
+            replay: .safe,
+            timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes,
+            countsForBreaker: false,
+            purpose: "result"
         )
         guard let reply = try? await client.send(call, keepTrying: { false }), !reply.isSuccess else {
             return fallback
@@ -318,15 +366,21 @@ final class FalOriginJobRun: Sendable {
 
     private func fetchResult(_ handle: Handle) async throws -> JSONValue {
         let call = FalOriginClient.Call(
-            method: .GET, url: handle.responseURL, replay: .safe, timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes, purpose: "result"
+            method: .GET,
+            url: handle.responseURL,
+            replay: .safe,
+            timeout: configuration.requestTimeout,
+            maxBodyBytes: configuration.maxJSONBytes,
+            purpose: "result"
         )
         let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
         guard reply.isSuccess else { throw client.error(for: reply, purpose: "result") }
         do {
             return try Self.parse(reply.body)
         } catch {
-            throw FalError.badGateway("origin \(client.baseOrigin) result is not valid JSON (\(error)): \(Self.excerpt(reply.body))")
+            throw FalError.badGateway(
+                "origin \(client.baseOrigin) result is not valid JSON (\(error)): \(Self.excerpt(reply.body))"
+            )
         }
     }
 
@@ -354,9 +408,15 @@ final class FalOriginJobRun: Sendable {
 
     private func pull(_ reference: FalOriginMediaReferences.Reference) async throws -> BlobRecord {
         let call = FalOriginClient.Call(
-            method: .GET, url: reference.url, accept: "*/*", replay: .safe, timeout: configuration.mediaTimeout,
-            maxBodyBytes: configuration.maxMediaBytes, credentials: client.isOnOrigin(reference.url),
-            countsForBreaker: false, purpose: "media"
+            method: .GET,
+            url: reference.url,
+            accept: "*/*",
+            replay: .safe,
+            timeout: configuration.mediaTimeout,
+            maxBodyBytes: configuration.maxMediaBytes,
+            credentials: client.isOnOrigin(reference.url),
+            countsForBreaker: false,
+            purpose: "media"
         )
         let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
         guard reply.isSuccess else {

@@ -32,7 +32,13 @@ struct FalOriginStatus: Sendable, Hashable {
     /// `metrics.inference_time`, seconds.
     let inferenceSeconds: Double?
 
-    init(phase: Phase, logs: [Log] = [], error: String? = nil, errorType: String? = nil, inferenceSeconds: Double? = nil) {
+    init(
+        phase: Phase,
+        logs: [Log] = [],
+        error: String? = nil,
+        errorType: String? = nil,
+        inferenceSeconds: Double? = nil
+    ) {
         self.phase = phase
         self.logs = logs
         self.error = error

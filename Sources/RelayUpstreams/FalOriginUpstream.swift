@@ -77,10 +77,23 @@ public final class FalOriginUpstream: Upstream {
         let left = configuration.jobDeadline - .milliseconds(Int64(min(elapsed, 1e9) * 1000))
         let deadline = max(left, configuration.requestTimeout)
         let resumed = FalOriginJobRun.Handle(
-            requestID: handle.requestID, statusURL: handle.statusURL, responseURL: handle.responseURL, cancelURL: handle.cancelURL
+            requestID: handle.requestID,
+            statusURL: handle.statusURL,
+            responseURL: handle.responseURL,
+            cancelURL: handle.cancelURL
         )
-        logger.info("following an origin job again after a restart", metadata: ["origin_request_id": "\(handle.requestID)"])
-        let run = FalOriginJobRun(job: job, client: client, store: store, logger: logger, probeTicket: nil, resuming: resumed)
+        logger.info(
+            "following an origin job again after a restart",
+            metadata: ["origin_request_id": "\(handle.requestID)"]
+        )
+        let run = FalOriginJobRun(
+            job: job,
+            client: client,
+            store: store,
+            logger: logger,
+            probeTicket: nil,
+            resuming: resumed
+        )
         let task = Task { await run.run(deadline: deadline) }
         return FalOriginTask(run: run, task: task)
     }

@@ -77,7 +77,9 @@ public struct OriginCircuitBreaker: Sendable {
         switch state {
         case .closed(let failures):
             let failures = failures + 1
-            state = failures >= configuration.failureThreshold ? .open(until: now + configuration.coolDown) : .closed(consecutiveFailures: failures)
+            state =
+                failures >= configuration.failureThreshold
+                ? .open(until: now + configuration.coolDown) : .closed(consecutiveFailures: failures)
         case .halfOpen:
             state = .open(until: now + configuration.coolDown)
         case .open:

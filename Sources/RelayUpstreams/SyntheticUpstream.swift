@@ -1,8 +1,8 @@
 public import NIOPosix
 public import RelayCore
 public import RelayJobs
-public import RelayStore
 import RelayMedia
+public import RelayStore
 
 /// The embedded upstream: makes real media from the input with no GPU and no network (DESIGN.md "Upstreams").
 ///
@@ -55,7 +55,9 @@ public final class SyntheticUpstream: Upstream {
             } catch let error as FalError {
                 job.receive(.failed(error))
             } catch let error as StoreError {
-                job.receive(.failed(error.isDiskFull ? .insufficientStorage() : .internalError("media store: \(error)")))
+                job.receive(
+                    .failed(error.isDiskFull ? .insufficientStorage() : .internalError("media store: \(error)"))
+                )
             } catch {
                 job.receive(.failed(.upstreamFailed("synthetic generator: \(error)")))
             }
@@ -101,24 +103,36 @@ public final class SyntheticUpstream: Upstream {
             try await pause(seconds: stepSeconds)
             job.receive(.log("step \(step)/\(steps)", level: .info))
             if step % previewEvery == 0 && step < steps {
-                let preview = try await preview(identity: identity, seed: seed, width: width, height: height, progress: Double(step) / Double(steps))
-                job.receive(.partial(.object(["images": .array([preview]), "partial": true, "step": .number(Double(step))])))
+                let preview = try await preview(
+                    identity: identity,
+                    seed: seed,
+                    width: width,
+                    height: height,
+                    progress: Double(step) / Double(steps)
+                )
+                job.receive(
+                    .partial(.object(["images": .array([preview]), "partial": true, "step": .number(Double(step))]))
+                )
             }
         }
         var images: [JSONValue] = []
         for index in 0..<count {
             let imageSeed = UInt64(seed) &+ UInt64(index)
             let png = try await threadPool.runIfActive {
-                PNGEncoder.encode(SyntheticPicture.render(prompt: identity, seed: imageSeed, width: width, height: height))
+                PNGEncoder.encode(
+                    SyntheticPicture.render(prompt: identity, seed: imageSeed, width: width, height: height)
+                )
             }
             let record = try await store.put(png, mediaType: .png)
-            images.append(.object([
-                "url": .string(mediaURL(record)),
-                "width": .number(Double(width)),
-                "height": .number(Double(height)),
-                "content_type": .string(record.mediaType.contentType),
-                "file_size": .number(Double(record.size)),
-            ]))
+            images.append(
+                .object([
+                    "url": .string(mediaURL(record)),
+                    "width": .number(Double(width)),
+                    "height": .number(Double(height)),
+                    "content_type": .string(record.mediaType.contentType),
+                    "file_size": .number(Double(record.size)),
+                ])
+            )
         }
         return .object([
             "images": .array(images),
@@ -143,7 +157,13 @@ public final class SyntheticUpstream: Upstream {
             job.receive(.log("step \(step)/\(steps)", level: .info))
         }
         let apng = try await threadPool.runIfActive {
-            let frames = SyntheticVideo.frames(prompt: identity, seed: UInt64(seed), width: size.width, height: size.height, count: frameCount)
+            let frames = SyntheticVideo.frames(
+                prompt: identity,
+                seed: UInt64(seed),
+                width: size.width,
+                height: size.height,
+                count: frameCount
+            )
             return AnimatedPNGEncoder.encode(frames: frames, delayMilliseconds: 125)
         }
         let record = try await store.put(apng, mediaType: .apng)
@@ -165,7 +185,10 @@ public final class SyntheticUpstream: Upstream {
             job.receive(.log("synthesised \(chunk)/\(chunks) s", level: .info))
         }
         let wav = try await threadPool.runIfActive {
-            WAVEncoder.encode(samples: SyntheticAudio.render(text: text, seed: UInt64(seed), seconds: seconds), sampleRate: 24_000)
+            WAVEncoder.encode(
+                samples: SyntheticAudio.render(text: text, seed: UInt64(seed), seconds: seconds),
+                sampleRate: 24_000
+            )
         }
         let record = try await store.put(wav, mediaType: .wav)
         return .object([
@@ -179,7 +202,11 @@ public final class SyntheticUpstream: Upstream {
     private func generateText(_ job: Job, seed: Int) async throws -> JSONValue {
         let input = job.input
         let prompt = input.string("prompt") ?? ""
-        let tokens = SyntheticText.tokens(prompt: prompt, seed: UInt64(seed), maxTokens: input.integer("max_tokens", default: 120))
+        let tokens = SyntheticText.tokens(
+            prompt: prompt,
+            seed: UInt64(seed),
+            maxTokens: input.integer("max_tokens", default: 120)
+        )
         var output = ""
         for token in tokens {
             try await pause(seconds: input.model.secondsPerStep * configuration.timeScale)
@@ -197,12 +224,26 @@ public final class SyntheticUpstream: Upstream {
 
     // MARK: - Helpers
 
-    private func preview(identity: String, seed: Int, width: Int, height: Int, progress: Double) async throws -> JSONValue {
+    private func preview(
+        identity: String,
+        seed: Int,
+        width: Int,
+        height: Int,
+        progress: Double
+    ) async throws -> JSONValue {
         let scale = min(1, 256 / Double(max(width, height)))
         let previewWidth = max(1, Int(Double(width) * scale))
         let previewHeight = max(1, Int(Double(height) * scale))
         let png = try await threadPool.runIfActive {
-            PNGEncoder.encode(SyntheticPicture.render(prompt: identity, seed: UInt64(seed), width: previewWidth, height: previewHeight, progress: progress))
+            PNGEncoder.encode(
+                SyntheticPicture.render(
+                    prompt: identity,
+                    seed: UInt64(seed),
+                    width: previewWidth,
+                    height: previewHeight,
+                    progress: progress
+                )
+            )
         }
         return .object([
             "url": .string("data:image/png;base64," + Base64.encode(png)),

@@ -23,7 +23,9 @@ enum ClientTLS {
             } catch {
                 throw Failure(description: "cannot read the CA file \(path) (\(origin)): \(error)")
             }
-            guard !certificates.isEmpty else { throw Failure(description: "the CA file \(path) (\(origin)) holds no PEM certificate") }
+            guard !certificates.isEmpty else {
+                throw Failure(description: "the CA file \(path) (\(origin)) holds no PEM certificate")
+            }
             roots += certificates
         }
         if !roots.isEmpty {
@@ -41,22 +43,29 @@ struct Cache: AsyncParsableCommand {
     )
 
     struct Connection: ParsableArguments {
-        @Option(help: ArgumentHelp("The relay (default $MEDIA_RELAY_HOST, else http://127.0.0.1:8080)", valueName: "url"))
+        @Option(
+            help: ArgumentHelp("The relay (default $MEDIA_RELAY_HOST, else http://127.0.0.1:8080)", valueName: "url")
+        )
         var host: String?
         @Option(help: ArgumentHelp("An admin-tier key (default $RELAY_ADMIN_KEY, else $FAL_KEY)", valueName: "key"))
         var adminKey: String?
-        @Option(help: ArgumentHelp("Extra PEM CA certificate(s) to trust; SSL_CERT_FILE is honoured too", valueName: "pem"))
+        @Option(
+            help: ArgumentHelp("Extra PEM CA certificate(s) to trust; SSL_CERT_FILE is honoured too", valueName: "pem")
+        )
         var ca: String?
 
         /// Sends one admin call and returns the JSON answer; any failure is printed and exits non-zero.
         func call(_ method: HTTPMethod, _ path: String, body: JSONValue? = nil) async throws -> JSONValue {
             let environment = ProcessInfo.processInfo.environment
-            var base = host ?? environment["MEDIA_RELAY_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
+            var base =
+                host ?? environment["MEDIA_RELAY_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
             while base.hasSuffix("/") { base.removeLast() }
             guard base.hasPrefix("http://") || base.hasPrefix("https://") else {
                 throw ValidationError("invalid --host \"\(base)\": expected an http:// or https:// URL")
             }
-            let key = [adminKey, environment["RELAY_ADMIN_KEY"], environment["FAL_KEY"]].compactMap { $0 }.first { !$0.isEmpty }
+            let key = [adminKey, environment["RELAY_ADMIN_KEY"], environment["FAL_KEY"]].compactMap { $0 }.first {
+                !$0.isEmpty
+            }
             guard let key else { throw ValidationError("no admin key: pass --admin-key or set RELAY_ADMIN_KEY") }
             let tls: TLSConfiguration
             do {
@@ -79,7 +88,12 @@ struct Cache: AsyncParsableCommand {
         }
 
         private func exchange(
-            _ http: HTTPClient, base: String, path: String, key: String, method: HTTPMethod, body: JSONValue?
+            _ http: HTTPClient,
+            base: String,
+            path: String,
+            key: String,
+            method: HTTPMethod,
+            body: JSONValue?
         ) async throws -> JSONValue {
             var request = HTTPClientRequest(url: base + path)
             request.method = method
@@ -156,14 +170,17 @@ struct Cache: AsyncParsableCommand {
 
     struct Purge: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Remove cached results by RequestKey or model, or a media file (and the results that point at it)."
+            abstract:
+                "Remove cached results by RequestKey or model, or a media file (and the results that point at it)."
         )
 
         @OptionGroup var connection: Connection
         @Option(help: ArgumentHelp("A RequestKey (32 hex digits, as in Cache-Status key=\"…\")", valueName: "hex"))
         var requestKey: String?
         @Option(help: ArgumentHelp("Every result of this model", valueName: "id")) var model: String?
-        @Option(help: ArgumentHelp("A media file's digest (32 hex digits, as in /files/<digest>.<ext>)", valueName: "hex"))
+        @Option(
+            help: ArgumentHelp("A media file's digest (32 hex digits, as in /files/<digest>.<ext>)", valueName: "hex")
+        )
         var digest: String?
 
         func validate() throws {

@@ -60,7 +60,9 @@ struct Keys: AsyncParsableCommand {
     }
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Make a key; prints it as the last line (shown only once).")
+        static let configuration = CommandConfiguration(
+            abstract: "Make a key; prints it as the last line (shown only once)."
+        )
         @Option(help: "signed-in, pro, enterprise or admin") var tier: String = "signed-in"
         @OptionGroup var location: Location
 
@@ -114,7 +116,8 @@ struct Canonicalize: AsyncParsableCommand {
     @Option(help: "Apply this model's normalisation from the catalog") var model: String?
     @Flag(help: "Print the RequestKey in hex instead of the canonical bytes (needs --model)") var key = false
     @Option(help: "Model catalog (default Config/models.json)") var catalog: String = "Config/models.json"
-    @Option(help: "Data directory holding the deployment secret (default ./data, or RELAY_DATA_DIR)") var dataDir: String?
+    @Option(help: "Data directory holding the deployment secret (default ./data, or RELAY_DATA_DIR)") var dataDir:
+        String?
 
     func run() async throws {
         let input = FileHandle.standardInput.readDataToEndOfFile()

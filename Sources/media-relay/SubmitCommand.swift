@@ -31,9 +31,19 @@ struct Submit: AsyncParsableCommand {
     @Argument(help: "Endpoint id, e.g. fal-ai/flux/dev") var model: String
     @Option(help: ArgumentHelp("The input object: literal JSON, @file, or - for stdin", valueName: "json|@file|-"))
     var input: String
-    @Option(help: ArgumentHelp("Directory for the media, created if missing (default: the current directory)", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Directory for the media, created if missing (default: the current directory)",
+            valueName: "dir"
+        )
+    )
     var out: String?
-    @Option(help: ArgumentHelp("Queue API base URL (default $MEDIA_RELAY_HOST, else http://127.0.0.1:8080; https://queue.fal.run for fal)", valueName: "url"))
+    @Option(
+        help: ArgumentHelp(
+            "Queue API base URL (default $MEDIA_RELAY_HOST, else http://127.0.0.1:8080; https://queue.fal.run for fal)",
+            valueName: "url"
+        )
+    )
     var host: String?
     @Option(help: "API key, sent as Authorization: Key … (default $FAL_KEY)") var key: String?
     @Option(help: ArgumentHelp("Extra PEM CA certificate(s) to trust; SSL_CERT_FILE is honoured too", valueName: "pem"))
@@ -58,7 +68,10 @@ struct Submit: AsyncParsableCommand {
         )
         settings.connectionPool.retryConnectionEstablishment = false
         let http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: settings)
-        let display = ProgressDisplay(label: plan.endpoint.description, interactive: Terminal.stderrIsInteractive(environment))
+        let display = ProgressDisplay(
+            label: plan.endpoint.description,
+            interactive: Terminal.stderrIsInteractive(environment)
+        )
         let session = SubmitSession(plan: plan, http: http, display: display)
 
         let signals = InterruptSignals()
@@ -102,7 +115,8 @@ struct SubmitPlan: Sendable {
             throw .usage("invalid model \"\(command.model)\": expected owner/alias[/path], e.g. fal-ai/flux/dev")
         }
         self.endpoint = endpoint
-        var host = command.host ?? environment["MEDIA_RELAY_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
+        var host =
+            command.host ?? environment["MEDIA_RELAY_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
         while host.hasSuffix("/") { host.removeLast() }
         guard WebAddress.origin(of: host) != nil else {
             throw .usage("invalid --host \"\(host)\": expected an http:// or https:// URL")
@@ -146,7 +160,9 @@ struct SubmitPlan: Sendable {
         } catch {
             throw .usage("invalid JSON in \(source): \(error)")
         }
-        guard case .object = value else { throw .usage("the input (\(source)) must be a JSON object, like {\"prompt\":\"…\"}") }
+        guard case .object = value else {
+            throw .usage("the input (\(source)) must be a JSON object, like {\"prompt\":\"…\"}")
+        }
         return value.serialized()
     }
 }
@@ -325,7 +341,12 @@ final class SubmitSession: Sendable {
         let response = try await http.execute(request, deadline: deadline)
         guard (200..<300).contains(response.status.code) else {
             let body = (try? await response.body.collect(upTo: 1 << 16)) ?? ByteBuffer()
-            throw SubmitFailure.failed(Self.describe(Reply(status: Int(response.status.code), headers: response.headers, body: body), purpose: "status stream"))
+            throw SubmitFailure.failed(
+                Self.describe(
+                    Reply(status: Int(response.status.code), headers: response.headers, body: body),
+                    purpose: "status stream"
+                )
+            )
         }
         guard response.headers.first(name: "content-type")?.lowercased().hasPrefix("text/event-stream") == true else {
             throw SubmitFailure.failed("the status stream is not text/event-stream")
@@ -366,7 +387,8 @@ final class SubmitSession: Sendable {
             throw SubmitFailure.failed(Self.describe(reply, purpose: "the request failed"))
         }
         if let json = reply.json, case .object(let object) = json, let detail = object["detail"],
-            Set(object.keys).isSubset(of: ["detail", "error_type"]) {
+            Set(object.keys).isSubset(of: ["detail", "error_type"])
+        {
             // A 2xx whose body is fal's error shape: the model failed.
             throw SubmitFailure.failed("the request failed: \(Self.describe(detail: detail))")
         }
@@ -389,7 +411,9 @@ final class SubmitSession: Sendable {
                 let state = reply.json?["status"]?.stringValue ?? "HTTP \(reply.status)"
                 await display.note("cancelled request \(submission.requestID) (\(state))")
             } else {
-                await display.note("could not cancel request \(submission.requestID): \(Self.describe(reply, purpose: "cancel"))")
+                await display.note(
+                    "could not cancel request \(submission.requestID): \(Self.describe(reply, purpose: "cancel"))"
+                )
             }
         } catch {
             await display.note("could not cancel request \(submission.requestID): \(Self.brief(error))")
@@ -412,7 +436,11 @@ final class SubmitSession: Sendable {
             url: reference.url,
             contentType: response.headers.first(name: "content-type") ?? reference.contentType
         )
-        let safeID = String(requestID.unicodeScalars.filter { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_") })
+        let safeID = String(
+            requestID.unicodeScalars.filter {
+                $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_")
+            }
+        )
         let name = "\(safeID.isEmpty ? "result" : safeID)-\(number).\(fileExtension)"
         let path = (plan.outputDirectory as NSString).appendingPathComponent(name)
         let temporary = (plan.outputDirectory as NSString).appendingPathComponent(".\(name).\(getpid()).part")
@@ -475,14 +503,21 @@ final class SubmitSession: Sendable {
         request.method = method
         request.headers.add(name: "User-Agent", value: "media-relay-submit/1")
         request.headers.add(name: "Accept", value: "application/json")
-        if let key = plan.key, let origin = WebAddress.origin(of: url), trustedOrigins.withLock({ $0.contains(origin) }) {
+        if let key = plan.key, let origin = WebAddress.origin(of: url), trustedOrigins.withLock({ $0.contains(origin) })
+        {
             request.headers.add(name: "Authorization", value: "Key \(key)")
         }
         return request
     }
 
     /// One API call with its whole body; 429 is retried after Retry-After (bounded), network errors for idempotent calls.
-    private func send(_ method: HTTPMethod, _ url: String, body: [UInt8]? = nil, purpose: String, shielded: Bool = false) async throws -> Reply {
+    private func send(
+        _ method: HTTPMethod,
+        _ url: String,
+        body: [UInt8]? = nil,
+        purpose: String,
+        shielded: Bool = false
+    ) async throws -> Reply {
         var attempt = 1
         while true {
             var request = makeRequest(method, url)
@@ -508,7 +543,8 @@ final class SubmitSession: Sendable {
             }
             guard reply.status == 429, attempt < Self.maxRateLimitAttempts else { return reply }
             let delay = min(Self.retryAfter(reply.headers) ?? .seconds(1), Self.maxRetryAfter)
-            guard NIODeadline.now() + TimeAmount.nanoseconds(Int64(delay.components.seconds) * 1_000_000_000) < deadline else {
+            guard NIODeadline.now() + TimeAmount.nanoseconds(Int64(delay.components.seconds) * 1_000_000_000) < deadline
+            else {
                 return reply
             }
             await display.note(
@@ -521,14 +557,19 @@ final class SubmitSession: Sendable {
     }
 
     /// Retries connection failures a few times with backoff; HTTP answers and TLS failures are returned at once.
-    private func withTransientRetry<T: Sendable>(purpose: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    private func withTransientRetry<T: Sendable>(
+        purpose: String,
+        _ operation: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         var delay = Duration.milliseconds(300)
         var attempt = 1
         while true {
             do {
                 return try await operation()
             } catch {
-                if attempt >= 3 || error is NIOSSLError || error is CancellationError || Task.isCancelled { throw error }
+                if attempt >= 3 || error is NIOSSLError || error is CancellationError || Task.isCancelled {
+                    throw error
+                }
                 await display.note("\(purpose): \(Self.brief(error)); retrying")
                 try await Task.sleep(for: delay)
                 delay *= 3
@@ -642,16 +683,19 @@ struct MediaReference: Sendable, Hashable {
                 return candidate
             }
         }
-        let type = (contentType ?? "").split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
+        let type =
+            (contentType ?? "").split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
         let known: [String: String] = [
             "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/avif": "avif",
-            "video/mp4": "mp4", "video/webm": "webm", "video/quicktime": "mov", "audio/wav": "wav", "audio/x-wav": "wav",
+            "video/mp4": "mp4", "video/webm": "webm", "video/quicktime": "mov", "audio/wav": "wav",
+            "audio/x-wav": "wav",
             "audio/wave": "wav", "audio/mpeg": "mp3", "audio/ogg": "ogg", "audio/flac": "flac", "text/plain": "txt",
             "application/json": "json", "model/gltf-binary": "glb",
         ]
         if let known = known[type] { return known }
         if let subtype = type.split(separator: "/").last, (1...5).contains(subtype.count),
-            subtype.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
+            subtype.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) })
+        {
             return String(subtype)
         }
         return "bin"
@@ -692,7 +736,9 @@ struct EventStreamDecoder: Sendable {
         skipLineFeed = false
         pending.writeBuffer(&chunk)
         var events: [ByteBuffer] = []
-        while let end = pending.readableBytesView.firstIndex(where: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) {
+        while let end = pending.readableBytesView.firstIndex(where: {
+            $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r")
+        }) {
             guard let line = pending.readSlice(length: end - pending.readerIndex),
                 let terminator = pending.readInteger(as: UInt8.self)
             else { break }
@@ -914,7 +960,8 @@ actor ProgressDisplay {
                 end == bytes.count || !Self.isWordByte(bytes[end]) || bytes[end] == UInt8(ascii: " "),
                 let done = Int(String(decoding: bytes[start..<index], as: UTF8.self)),
                 let total = Int(String(decoding: bytes[(index + 1)..<end], as: UTF8.self)),
-                total > 0, done <= total {
+                total > 0, done <= total
+            {
                 result = (done, total)
             }
             index = end

@@ -22,7 +22,10 @@ import Testing
         #expect(a != hasher.digest(Array("hellp".utf8)))
         #expect(a != KeyedHasher(secret: secret.reversed()).digest(Array("hello".utf8)))
         // Field boundaries matter.
-        #expect(hasher.digest(fields: [Array("ab".utf8), Array("c".utf8)]) != hasher.digest(fields: [Array("a".utf8), Array("bc".utf8)]))
+        #expect(
+            hasher.digest(fields: [Array("ab".utf8), Array("c".utf8)])
+                != hasher.digest(fields: [Array("a".utf8), Array("bc".utf8)])
+        )
     }
 
     @Test func endpointIDs() {
@@ -64,7 +67,10 @@ import Testing
     @Test func falErrorShapes() {
         let validation = FalError.validation(.missing("prompt"))
         #expect(validation.status == 422)
-        #expect(validation.body.serializedString == #"{"detail":[{"loc":["body","prompt"],"msg":"field required","type":"value_error.missing"}]}"#)
+        #expect(
+            validation.body.serializedString
+                == #"{"detail":[{"loc":["body","prompt"],"msg":"field required","type":"value_error.missing"}]}"#
+        )
         let notFound = FalError.unknownModel("a/b")
         #expect(notFound.status == 404)
         #expect(notFound.body.serializedString == #"{"detail":"Unknown model \"a/b\"","error_type":"model_not_found"}"#)
@@ -86,7 +92,11 @@ import Testing
 
     @Test func badCatalogsAreExplained() {
         #expect(throws: CatalogError.self) { try ModelCatalog(json: Array("[]".utf8)) }
-        #expect(throws: CatalogError("model a/b: \"kind\" must be one of [\"image\", \"image-edit\", \"video\", \"audio\", \"text\"]")) {
+        #expect(
+            throws: CatalogError(
+                "model a/b: \"kind\" must be one of [\"image\", \"image-edit\", \"video\", \"audio\", \"text\"]"
+            )
+        ) {
             try ModelCatalog(json: Array(#"{"models":[{"id":"a/b","kind":"gpu"}]}"#.utf8))
         }
         #expect(throws: CatalogError("model a/b is listed twice")) {

@@ -13,23 +13,34 @@ import Testing
 
     @Test func defaultsPresetsAndIgnoredFieldsNormalise() throws {
         let short = try ModelInput(model: flux, input: ["prompt": "a fox", "sync_mode": true])
-        let long = try ModelInput(model: flux, input: [
-            "image_size": ["height": 768, "width": 1024], "num_images": 1, "prompt": "a fox", "guidance_scale": 3.5,
-            "num_inference_steps": 28,
-        ])
+        let long = try ModelInput(
+            model: flux,
+            input: [
+                "image_size": ["height": 768, "width": 1024], "num_images": 1, "prompt": "a fox", "guidance_scale": 3.5,
+                "num_inference_steps": 28,
+            ]
+        )
         #expect(short.canonicalBytes == long.canonicalBytes)
         #expect(short.imageSize == (1024, 768) || (short.imageSize.width == 1024 && short.imageSize.height == 768))
-        #expect(String(decoding: short.canonicalBytes, as: UTF8.self)
-            == #"{"guidance_scale":3.5,"image_size":{"height":768,"width":1024},"num_images":1,"num_inference_steps":28,"prompt":"a fox"}"#)
+        #expect(
+            String(decoding: short.canonicalBytes, as: UTF8.self)
+                == #"{"guidance_scale":3.5,"image_size":{"height":768,"width":1024},"num_images":1,"num_inference_steps":28,"prompt":"a fox"}"#
+        )
     }
 
     @Test func everyProblemIsReportedAtOnce() {
-        #expect(throws: FalError.validation([
-            .missing("prompt"),
-            .invalid("image_size", "unknown preset \"huge\"; use one of landscape_16_9, landscape_4_3, portrait_16_9, portrait_4_3, square, square_hd or {width, height}", type: "value_error.enum"),
-            .invalid("num_images", "ensure this value is within 1...4", type: "value_error.number.not_in_range"),
-            .invalid("seed", "value is not a valid non-negative integer", type: "type_error.integer"),
-        ])) {
+        #expect(
+            throws: FalError.validation([
+                .missing("prompt"),
+                .invalid(
+                    "image_size",
+                    "unknown preset \"huge\"; use one of landscape_16_9, landscape_4_3, portrait_16_9, portrait_4_3, square, square_hd or {width, height}",
+                    type: "value_error.enum"
+                ),
+                .invalid("num_images", "ensure this value is within 1...4", type: "value_error.number.not_in_range"),
+                .invalid("seed", "value is not a valid non-negative integer", type: "type_error.integer"),
+            ])
+        ) {
             try ModelInput(model: flux, input: ["image_size": "huge", "num_images": 9, "seed": -1])
         }
     }
@@ -53,7 +64,9 @@ import Testing
     @Test func emptyPromptAndWrongTypesAreRejected() {
         #expect(throws: FalError.self) { try ModelInput(model: flux, input: ["prompt": ""]) }
         #expect(throws: FalError.self) { try ModelInput(model: flux, input: ["prompt": 5]) }
-        #expect(throws: FalError.self) { try ModelInput(model: flux, input: ["prompt": "p", "num_inference_steps": 2.5]) }
+        #expect(throws: FalError.self) {
+            try ModelInput(model: flux, input: ["prompt": "p", "num_inference_steps": 2.5])
+        }
     }
 
     @Test func requestKeyDependsOnModelInputAndScope() throws {

@@ -5,15 +5,26 @@ import Testing
 
 @Suite struct ConnectionClockTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
-    let limits = ConnectionClock.Limits(headerTimeout: .seconds(10), idleTimeout: .seconds(75), bodyTimeout: .seconds(30), maxHeaderBytes: 1000)
+    let limits = ConnectionClock.Limits(
+        headerTimeout: .seconds(10),
+        idleTimeout: .seconds(75),
+        bodyTimeout: .seconds(30),
+        maxHeaderBytes: 1000
+    )
 
     @Test func aNewConnectionMustSendItsHeadWithinTheHeaderTimeoutFromConnect() {
         var clock = ConnectionClock(limits: limits, now: start)
         #expect(clock.deadline?.0 == start + .seconds(10))
         #expect(clock.deadline?.1 == .header)
         // Dribbling bytes does not extend the first request's deadline (slowloris).
-        do { let ok = clock.bytesArrived(10, now: start + .seconds(5)); #expect(ok) }
-        do { let ok = clock.bytesArrived(10, now: start + .seconds(9)); #expect(ok) }
+        do {
+            let ok = clock.bytesArrived(10, now: start + .seconds(5))
+            #expect(ok)
+        }
+        do {
+            let ok = clock.bytesArrived(10, now: start + .seconds(9))
+            #expect(ok)
+        }
         #expect(clock.expired(at: start + .seconds(9)) == nil)
         #expect(clock.expired(at: start + .seconds(10)) == .header)
     }
@@ -21,7 +32,10 @@ import Testing
     @Test func aCompleteRequestHasNoDeadlineWhileTheResponseRuns() {
         var clock = ConnectionClock(limits: limits, now: start)
         _ = clock.bytesArrived(100, now: start)
-        do { let ok = clock.headReceived(headBytes: 100, now: start + .seconds(1)); #expect(ok) }
+        do {
+            let ok = clock.headReceived(headBytes: 100, now: start + .seconds(1))
+            #expect(ok)
+        }
         clock.requestEnded()
         #expect(clock.deadline == nil)
         #expect(clock.expired(at: start + .seconds(3600)) == nil)
@@ -54,17 +68,29 @@ import Testing
 
     @Test func headSizeIsCheckedExactlyAtTheHeadAndRoughlyWhileStreaming() {
         var clock = ConnectionClock(limits: limits, now: start)
-        do { let ok = clock.headReceived(headBytes: 1001, now: start); #expect(!ok) }
+        do {
+            let ok = clock.headReceived(headBytes: 1001, now: start)
+            #expect(!ok)
+        }
         var streaming = ConnectionClock(limits: limits, now: start)
-        do { let ok = streaming.bytesArrived(1000 + ConnectionClock.bodySlack, now: start); #expect(ok) }
-        do { let ok = streaming.bytesArrived(1, now: start); #expect(!ok) }
+        do {
+            let ok = streaming.bytesArrived(1000 + ConnectionClock.bodySlack, now: start)
+            #expect(ok)
+        }
+        do {
+            let ok = streaming.bytesArrived(1, now: start)
+            #expect(!ok)
+        }
     }
 
     @Test func pipelinedBytesStartTheNextHeadWhenTheResponseEnds() {
         var clock = ConnectionClock(limits: limits, now: start)
         _ = clock.headReceived(headBytes: 100, now: start)
         clock.requestEnded()
-        do { let ok = clock.bytesArrived(50, now: start + .seconds(1)); #expect(ok) }
+        do {
+            let ok = clock.bytesArrived(50, now: start + .seconds(1))
+            #expect(ok)
+        }
         clock.responseEnded(now: start + .seconds(3))
         #expect(clock.phase == .readingHead(since: start + .seconds(3), bytes: 50))
         #expect(clock.deadline?.1 == .header)

@@ -43,10 +43,16 @@ import Testing
 
         init(authenticator: any Authenticator = OneKey(), rateLimiter: RateLimiter? = nil) throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("fast-\(UUID().uuidString)").path
-            let relay = try TestRelayServices(directory: directory, authenticator: authenticator, rateLimiter: rateLimiter)
+            let relay = try TestRelayServices(
+                directory: directory,
+                authenticator: authenticator,
+                rateLimiter: rateLimiter
+            )
             services = relay.services
             done = try relay.submit("a lighthouse", ownerKeyID: "k1")
-            done.job.receive(.succeeded(result: ["images": [["url": "http://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5))
+            done.job.receive(
+                .succeeded(result: ["images": [["url": "http://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5)
+            )
             running = try relay.submit("a harbour", ownerKeyID: "k1")
             running.job.receive(.started)
             channel = EmbeddedChannel()
@@ -76,7 +82,10 @@ import Testing
                 let status = Int(lines[0].split(separator: " ")[1])!
                 let headers = lines.dropFirst().map { line -> (String, String) in
                     let colon = line.firstIndex(of: ":")!
-                    return (line[..<colon].lowercased(), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+                    return (
+                        line[..<colon].lowercased(),
+                        line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                    )
                 }
                 let length = bodiless ? 0 : Int(headers.first { $0.0 == "content-length" }?.1 ?? "0")!
                 rest = rest[end.upperBound...]
@@ -99,7 +108,8 @@ import Testing
     /// The same request through the fast lane and through NIO (`Connection: keep-alive, x` is not plain keep-alive,
     /// so the lane forwards it): the same status, fields and body.
     @Test(arguments: [
-        "GET /fal-ai/flux/requests/{done}", "HEAD /fal-ai/flux/requests/{done}", "GET /fal-ai/flux/requests/{done}/status",
+        "GET /fal-ai/flux/requests/{done}", "HEAD /fal-ai/flux/requests/{done}",
+        "GET /fal-ai/flux/requests/{done}/status",
         "GET /fal-ai/flux/requests/{done}/status?logs=1", "GET /fal-ai/flux/requests/{running}/status",
         "GET /fal-ai/flux/requests/{running}", "GET /fal-ai/flux/requests/0000dead/status", "GET /healthz",
         "GET /fal-ai/other/requests/{done}",
@@ -117,7 +127,9 @@ import Testing
         #expect(fast.status == slow.status)
         #expect(fast.body == slow.body)
         func comparable(_ response: Response) -> [String] {
-            response.headers.filter { $0.0 != "x-fal-request-id" || !line.contains("healthz") }.map { "\($0.0): \($0.1)" }.sorted()
+            response.headers.filter { $0.0 != "x-fal-request-id" || !line.contains("healthz") }.map {
+                "\($0.0): \($0.1)"
+            }.sorted()
         }
         #expect(comparable(fast) == comparable(slow))
         #expect(try fixture.fastLane.ledger.forwarded == 1, "only the second request went through NIO")
@@ -127,7 +139,9 @@ import Testing
         let fixture = try Fixture()
         defer { fixture.remove() }
         let path = "/fal-ai/flux/requests/\(fixture.done.id)"
-        try fixture.send("GET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\n\r\nGET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\nConnection: keep-alive, x\r\n\r\n")
+        try fixture.send(
+            "GET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\n\r\nGET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\nConnection: keep-alive, x\r\n\r\n"
+        )
         let answers = try fixture.responses()
         try #require(answers.count == 2)
         #expect(answers.map(\.status) == [401, 401])
@@ -141,7 +155,8 @@ import Testing
         let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
         // A submit (NIO's, answered once its record is durable — at once here), then reads, in one segment.
         let body = #"{"prompt":"a lighthouse"}"#
-        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        let submit =
+            "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
         try fixture.send(submit + result + "GET /healthz HTTP/1.1\r\n\r\n" + result)
         let answers = try fixture.responses()
         try #require(answers.count == 4)
@@ -238,7 +253,11 @@ import Testing
         try fixture.send(result + result + result)
         let three = try fixture.responses()
         #expect(three.count == 3 && three.allSatisfy { $0.status == 200 && $0.body.contains("\"seed\":7") })
-        #expect(three.map { $0.headers.map { "\($0.0): \($0.1)" } }.allSatisfy { $0 == three[0].headers.map { "\($0.0): \($0.1)" } })
+        #expect(
+            three.map { $0.headers.map { "\($0.0): \($0.1)" } }.allSatisfy {
+                $0 == three[0].headers.map { "\($0.0): \($0.1)" }
+            }
+        )
         #expect(keys.authentications == 1, "the second and third answer were the first one's bytes")
         keys.revoke()
         try fixture.send(result)
@@ -251,7 +270,9 @@ import Testing
         let status = "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\n\(Self.key)\r\n"
         try fixture.send(status)
         #expect(try fixture.responses().map(\.status) == [200])
-        let removed = fixture.services.jobs.sweep(now: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 86_400))
+        let removed = fixture.services.jobs.sweep(
+            now: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 86_400)
+        )
         #expect(removed >= 1)
         try fixture.send(status)
         #expect(try fixture.responses().map(\.status) == [404])
@@ -298,7 +319,9 @@ import Testing
         // Not plain keep-alive: the lane hands it on, and the HTTP handlers join behind the lane, once.
         try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n")
         let joined = try Self.handlerNames(fixture.channel)
-        #expect(joined.count > 2 && joined.prefix(2) == ["ConnectionTimer", "FastLane"] && joined.last == "RelayHTTPHandler")
+        #expect(
+            joined.count > 2 && joined.prefix(2) == ["ConnectionTimer", "FastLane"] && joined.last == "RelayHTTPHandler"
+        )
         try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n" + result)
         #expect(try fixture.responses().map(\.status) == [200, 200, 200])
         #expect(try Self.handlerNames(fixture.channel) == joined)
@@ -329,7 +352,9 @@ import Testing
         defer { fixture.remove() }
         let chunk = #"{"prompt":"chunked bodies"}"#
         let size = String(chunk.utf8.count, radix: 16)
-        try fixture.send("POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Transfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\n")
+        try fixture.send(
+            "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Transfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\n"
+        )
         try fixture.send("GET /healthz HTTP/1.1\r\n\r\n")
         let answers = try fixture.responses()
         #expect(answers.map(\.status) == [200, 200])

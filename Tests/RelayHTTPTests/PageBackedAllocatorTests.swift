@@ -16,10 +16,14 @@ import Testing
 
     #if canImport(Glibc)
     @Test func onlyTheMappedRangeIsMapped() {
-        for (capacity, mapped) in [(8 * 1024, false), (16 * 1024, true), (32 * 1024, true), (64 * 1024, false), (256 * 1024, false)] {
+        for (capacity, mapped) in [
+            (8 * 1024, false), (16 * 1024, true), (32 * 1024, true), (64 * 1024, false), (256 * 1024, false),
+        ] {
             let buffer = PageBackedAllocator.allocator.buffer(capacity: capacity)
             let isMapped = buffer.withUnsafeReadableBytes { _ in
-                buffer.withVeryUnsafeBytes { PageBackedAllocator.isMapped(UnsafeMutableRawPointer(mutating: $0.baseAddress!)) }
+                buffer.withVeryUnsafeBytes {
+                    PageBackedAllocator.isMapped(UnsafeMutableRawPointer(mutating: $0.baseAddress!))
+                }
             }
             #expect(isMapped == mapped, "capacity \(capacity)")
         }

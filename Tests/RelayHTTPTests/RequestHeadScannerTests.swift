@@ -13,9 +13,13 @@ import Testing
     }
 
     @Test func aPlainGetIsFastWithItsFields() throws {
-        let text = "GET /fal-ai/flux/requests/abc?logs=1 HTTP/1.1\r\nHost: relay:8080\r\nAuthorization:  Key k1:s  \r\n"
+        let text =
+            "GET /fal-ai/flux/requests/abc?logs=1 HTTP/1.1\r\nHost: relay:8080\r\nAuthorization:  Key k1:s  \r\n"
             + "If-None-Match: \"x\"\r\nRange: bytes=0-9\r\nIf-Range: \"y\"\r\nAccept: */*\r\n\r\nGET /next"
-        guard case .fast(let head, let length) = scan(text) else { Issue.record("not fast: \(scan(text))"); return }
+        guard case .fast(let head, let length) = scan(text) else {
+            Issue.record("not fast: \(scan(text))")
+            return
+        }
         #expect(length == text.utf8.count - "GET /next".utf8.count)
         #expect(head.method == .GET)
         #expect(head.uri == "/fal-ai/flux/requests/abc?logs=1")
@@ -27,7 +31,11 @@ import Testing
     }
 
     @Test func headAndKeepAliveAndAnEmptyBodyAreFast() {
-        guard case .fast(let head, _) = scan("HEAD /healthz HTTP/1.1\r\nconnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n") else {
+        guard
+            case .fast(let head, _) = scan(
+                "HEAD /healthz HTTP/1.1\r\nconnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n"
+            )
+        else {
             Issue.record("not fast")
             return
         }
@@ -36,7 +44,10 @@ import Testing
     }
 
     @Test func incompleteHeadsWait() {
-        for text in ["", "GE", "GET ", "GET /x", "GET /x HTTP/1.", "GET /x HTTP/1.1\r\n", "GET /x HTTP/1.1\r\nHost: a", "GET /x HTTP/1.1\r\nHost: a\r\n", "GET /x HTTP/1.1\r\nHost: a\r\n\r"] {
+        for text in [
+            "", "GE", "GET ", "GET /x", "GET /x HTTP/1.", "GET /x HTTP/1.1\r\n", "GET /x HTTP/1.1\r\nHost: a",
+            "GET /x HTTP/1.1\r\nHost: a\r\n", "GET /x HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
             guard case .incomplete = scan(text) else {
                 Issue.record("\(text.debugDescription) → \(scan(text))")
                 continue
@@ -45,7 +56,11 @@ import Testing
     }
 
     @Test func otherMethodsAndBodiesAreFramedForNIO() {
-        guard case .slow(let length, let body) = scan("POST /fal-ai/flux/dev HTTP/1.1\r\nContent-Length: 17\r\n\r\n{\"prompt\":\"x\"}") else {
+        guard
+            case .slow(let length, let body) = scan(
+                "POST /fal-ai/flux/dev HTTP/1.1\r\nContent-Length: 17\r\n\r\n{\"prompt\":\"x\"}"
+            )
+        else {
             Issue.record("not slow")
             return
         }
@@ -102,15 +117,30 @@ import Testing
 
     @Test func aLongTargetIsLeftToNIO() {
         let scanner = RequestHeadScanner(maxHeadBytes: 1024, maxTargetBytes: 10)
-        guard case .slow = scanner.scan(ByteBuffer(string: "GET /healthz?x=1 HTTP/1.1\r\n\r\n")) else { Issue.record("fast"); return }
-        guard case .fast = scanner.scan(ByteBuffer(string: "GET /healthz HTTP/1.1\r\n\r\n")) else { Issue.record("slow"); return }
+        guard case .slow = scanner.scan(ByteBuffer(string: "GET /healthz?x=1 HTTP/1.1\r\n\r\n")) else {
+            Issue.record("fast")
+            return
+        }
+        guard case .fast = scanner.scan(ByteBuffer(string: "GET /healthz HTTP/1.1\r\n\r\n")) else {
+            Issue.record("slow")
+            return
+        }
     }
 
     @Test func aHeadBeyondTheLimitIsOpaqueWhetherOrNotItEnded() {
         let long = "GET /x HTTP/1.1\r\nX-Padding: " + String(repeating: "a", count: 1100)
-        guard case .opaque = scan(long) else { Issue.record("unterminated"); return }
-        guard case .opaque = scan(long + "\r\n\r\n") else { Issue.record("terminated"); return }
+        guard case .opaque = scan(long) else {
+            Issue.record("unterminated")
+            return
+        }
+        guard case .opaque = scan(long + "\r\n\r\n") else {
+            Issue.record("terminated")
+            return
+        }
         let longTarget = "GET /" + String(repeating: "a", count: 1100)
-        guard case .opaque = scan(longTarget) else { Issue.record("target"); return }
+        guard case .opaque = scan(longTarget) else {
+            Issue.record("target")
+            return
+        }
     }
 }

@@ -27,7 +27,11 @@ import Testing
         }
 
         func openStream(lastEventID: Int? = nil) throws {
-            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/fal-ai/flux/requests/\(request.id)/status/stream?logs=1")
+            var head = HTTPRequestHead(
+                version: .http1_1,
+                method: .GET,
+                uri: "/fal-ai/flux/requests/\(request.id)/status/stream?logs=1"
+            )
             head.headers.add(name: "host", value: "127.0.0.1")
             if let lastEventID { head.headers.add(name: "last-event-id", value: String(lastEventID)) }
             try channel.writeInbound(HTTPServerRequestPart.head(head))

@@ -47,7 +47,8 @@ import Testing
         let channel = EmbeddedChannel()
 
         init() throws {
-            directory = FileManager.default.temporaryDirectory.appendingPathComponent("bare-sse-\(UUID().uuidString)").path
+            directory =
+                FileManager.default.temporaryDirectory.appendingPathComponent("bare-sse-\(UUID().uuidString)").path
             let relay = try TestRelayServices(directory: directory)
             services = relay.services
             request = try relay.submit("a bare stream")
@@ -59,7 +60,10 @@ import Testing
         func openStream(after: Int = 0, withLogs: Bool = true) throws -> StatusStreamHandler {
             try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
             let stream = StatusStreamHandler.Stream(
-                request: request, base: FalWire.QueueBase(origin: "http://127.0.0.1", app: "fal-ai/flux"), withLogs: withLogs, after: after
+                request: request,
+                base: FalWire.QueueBase(origin: "http://127.0.0.1", app: "fal-ai/flux"),
+                withLogs: withLogs,
+                after: after
             )
             let handler = StatusStreamHandler(services: services, stream: stream, access: nil, accessSink: nil)
             try StatusStreamHandler.takeOver(handler, pipeline: channel.pipeline)
@@ -221,10 +225,16 @@ import Testing
         try channel.writeInbound(ByteBuffer(string: "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"))
         var text = try fixture.written()
         #expect(text.hasPrefix("HTTP/1.1 200 OK") && text.contains("content-length"))
-        #expect(try channel.pipeline.handlerContextsSync().map { "\(type(of: $0.handler))" } == ["ConnectionTimer", "FastLane"])
+        #expect(
+            try channel.pipeline.handlerContextsSync().map { "\(type(of: $0.handler))" } == [
+                "ConnectionTimer", "FastLane",
+            ]
+        )
 
         let uri = "/fal-ai/flux/requests/\(fixture.request.id)/status/stream?logs=1"
-        try channel.writeInbound(ByteBuffer(string: "GET \(uri) HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n"))
+        try channel.writeInbound(
+            ByteBuffer(string: "GET \(uri) HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n")
+        )
         channel.embeddedEventLoop.run()
         #expect(try channel.pipeline.handlerContextsSync().map { "\(type(of: $0.handler))" } == ["StatusStreamHandler"])
         #expect(fixture.services.jobs.statistics.connections(.sseStream) == 1)

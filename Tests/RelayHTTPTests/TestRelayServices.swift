@@ -31,7 +31,11 @@ struct TestRelayServices {
     let model: ModelSpec
     let hasher: KeyedHasher
 
-    init(directory: String, authenticator: any Authenticator = AnyoneIsAnonymous(), rateLimiter: RateLimiter? = nil) throws {
+    init(
+        directory: String,
+        authenticator: any Authenticator = AnyoneIsAnonymous(),
+        rateLimiter: RateLimiter? = nil
+    ) throws {
         let secret = (0..<KeyedHasher.secretSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         hasher = KeyedHasher(secret: secret)
         let store = try BlobStore(directory: directory, hasher: hasher, threadPool: .singleton)
@@ -56,7 +60,12 @@ struct TestRelayServices {
     /// A request for `prompt`, owned by `keyID`.
     func submit(_ prompt: String, ownerKeyID: String? = nil) throws -> RelayRequest {
         let input = try ModelInput(model: model, input: ["prompt": .string(prompt)])
-        return jobs.submit(input, endpoint: EndpointID("fal-ai/flux/dev")!, key: RequestKey(input: input, hasher: hasher), ownerKeyID: ownerKeyID)
+        return jobs.submit(
+            input,
+            endpoint: EndpointID("fal-ai/flux/dev")!,
+            key: RequestKey(input: input, hasher: hasher),
+            ownerKeyID: ownerKeyID
+        )
     }
 }
 

@@ -9,7 +9,10 @@ import Testing
     let time = Timestamp(secondsSinceEpoch: 1_700_000_000)
 
     private func preview(_ step: Int) -> JSONValue {
-        ["images": [["url": "data:image/png;base64,AAAA", "width": 64, "height": 64]], "partial": true, "step": .number(Double(step))]
+        [
+            "images": [["url": "data:image/png;base64,AAAA", "width": 64, "height": 64]], "partial": true,
+            "step": .number(Double(step)),
+        ]
     }
 
     /// The message as a client reads it.
@@ -34,7 +37,9 @@ import Testing
         #expect(status["status"] == "IN_PROGRESS")
         #expect(status["logs"]?.arrayValue?.first?.objectValue?["message"] == "step 1/4")
 
-        let done = try wire(JobEvent(sequence: 9, kind: .completed(.success(result: ["output": "hi"], inferenceSeconds: 1))))
+        let done = try wire(
+            JobEvent(sequence: 9, kind: .completed(.success(result: ["output": "hi"], inferenceSeconds: 1)))
+        )
         #expect(done["type"] == "event" && done["status"]?.objectValue?["status"] == "COMPLETED")
         let queued = try wire(JobEvent(sequence: 1, kind: .queuePosition(2)))
         #expect(queued["status"]?.objectValue?["queue_position"]?.intValue == 2)
@@ -51,7 +56,9 @@ import Testing
         func live(_ update: JobUpdate, writable: Bool) throws {
             let applied = machine.apply(update, at: time)
             let event = try #require(applied)
-            if session.deliver(id, sequence: event.sequence, writable: writable) == .send { received.append(try wire(event)) }
+            if session.deliver(id, sequence: event.sequence, writable: writable) == .send {
+                received.append(try wire(event))
+            }
         }
 
         try live(.queued(position: 3), writable: true)
@@ -101,7 +108,9 @@ import Testing
         #expect(!sequences.contains(2) && !sequences.contains(3))
         let partials = received.filter { $0["type"] == "partial" }
         #expect(partials.map { $0["data"] } == (1...3).map { .some(preview($0)) })
-        let logs = received.compactMap { $0["status"]?.objectValue?["logs"]?.arrayValue?.first?.objectValue?["message"]?.stringValue }
+        let logs = received.compactMap {
+            $0["status"]?.objectValue?["logs"]?.arrayValue?.first?.objectValue?["message"]?.stringValue
+        }
         #expect(logs == (1...4).map { "step \($0)/4" })
         #expect(received.last?["status"]?.objectValue?["status"] == "COMPLETED")
     }

@@ -14,7 +14,10 @@ import Testing
         var pending: Int { queue.withLock { $0.count } }
 
         func run() {
-            for work in queue.withLock({ queue in defer { queue.removeAll() }; return queue }) { work() }
+            for work in queue.withLock({ queue in
+                defer { queue.removeAll() }
+                return queue
+            }) { work() }
         }
     }
 

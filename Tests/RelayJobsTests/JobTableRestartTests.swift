@@ -22,7 +22,8 @@ struct JobTableRestartTests {
     }
 
     /// A table as the server builds it: durable results and request log in `directory`, restored before use.
-    func table(_ directory: String, pool: NIOThreadPool = .singleton, upstream: ManualUpstream) async throws -> JobTable {
+    func table(_ directory: String, pool: NIOThreadPool = .singleton, upstream: ManualUpstream) async throws -> JobTable
+    {
         let results = ResultIndex(directory: directory, threadPool: pool)
         try await results.load()
         let table = JobTable(
@@ -34,7 +35,12 @@ struct JobTableRestartTests {
     }
 
     func submit(_ table: JobTable, _ input: ModelInput, owner: String? = "key-a") async -> RelayRequest {
-        let request = table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner)
+        let request = table.submit(
+            input,
+            endpoint: endpoint,
+            key: RequestKey(input: input, hasher: hasher),
+            ownerKeyID: owner
+        )
         await withCheckedContinuation { continuation in request.recorded.whenDone { continuation.resume() } }
         return request
     }
@@ -82,8 +88,13 @@ struct JobTableRestartTests {
         #expect(after.request(hit.id, keyID: "key-a")?.phase == success)
         #expect(after.request(hit.id, keyID: "key-a")?.cacheOutcome == .hit)
         #expect(after.request(coalesced.id, keyID: "key-b")?.phase == success)
-        #expect(after.request(random.id, keyID: "key-a")?.phase == .completed(.success(result: ["n": 4], inferenceSeconds: nil)))
-        #expect(after.request(failed.id, keyID: "anyone")?.phase == .completed(.failure(.upstreamFailed("GPU on fire"))))
+        #expect(
+            after.request(random.id, keyID: "key-a")?.phase
+                == .completed(.success(result: ["n": 4], inferenceSeconds: nil))
+        )
+        #expect(
+            after.request(failed.id, keyID: "anyone")?.phase == .completed(.failure(.upstreamFailed("GPU on fire")))
+        )
         #expect(after.request(running.id, keyID: "key-a")?.phase == .completed(.failure(JobTable.restartedError)))
         #expect(after.request(cancelled.id, keyID: "key-a")?.phase == .completed(.cancelled))
         // Isolation holds across the restart: another key does not see them.
@@ -118,7 +129,12 @@ struct JobTableRestartTests {
         // Updates after the end was reported are ignored while it is being written.
         upstream.tasks[0].job.receive(.log("late", level: .info))
         // A submission meanwhile is not answered (its id not handed out) before its record is durable.
-        let other = table.submit(try input("other"), endpoint: endpoint, key: RequestKey(input: try input("other"), hasher: hasher), ownerKeyID: nil)
+        let other = table.submit(
+            try input("other"),
+            endpoint: endpoint,
+            key: RequestKey(input: try input("other"), hasher: hasher),
+            ownerKeyID: nil
+        )
         #expect(!other.recorded.isDone)
 
         gate.withLock { $0 = true }

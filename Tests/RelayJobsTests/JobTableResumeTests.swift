@@ -63,14 +63,23 @@ struct JobTableResumeTests {
 
     func handle(_ id: String, origin: String) -> UpstreamHandle {
         let base = origin + "/fal-ai/flux/requests/" + id
-        return UpstreamHandle(origin: origin, requestID: id, statusURL: base + "/status", responseURL: base, cancelURL: base + "/cancel")
+        return UpstreamHandle(
+            origin: origin,
+            requestID: id,
+            statusURL: base + "/status",
+            responseURL: base,
+            cancelURL: base + "/cancel"
+        )
     }
 
     /// A table over `directory` as the server builds one, restored with the catalog's one model (not resumed yet).
     func table(_ directory: String, upstream: ResumingUpstream) async throws -> (JobTable, RequestLog.LoadReport?) {
         let results = ResultIndex(directory: directory, threadPool: .singleton)
         try await results.load()
-        let table = JobTable(results: results, log: RequestLog(dataDirectory: directory, threadPool: .singleton, retentionSeconds: 3600)) { _ in
+        let table = JobTable(
+            results: results,
+            log: RequestLog(dataDirectory: directory, threadPool: .singleton, retentionSeconds: 3600)
+        ) { _ in
             upstream
         }
         let model = self.model
@@ -79,7 +88,12 @@ struct JobTableResumeTests {
     }
 
     func submit(_ table: JobTable, _ input: ModelInput, owner: String?) async -> RelayRequest {
-        let request = table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner)
+        let request = table.submit(
+            input,
+            endpoint: endpoint,
+            key: RequestKey(input: input, hasher: hasher),
+            ownerKeyID: owner
+        )
         await withCheckedContinuation { continuation in request.recorded.whenDone { continuation.resume() } }
         return request
     }
@@ -95,7 +109,9 @@ struct JobTableResumeTests {
     }
 
     static func directory() -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("relayjobs-resume-\(UUID().uuidString)").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "relayjobs-resume-\(UUID().uuidString)"
+        ).path
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }
@@ -122,10 +138,18 @@ struct JobTableResumeTests {
         let restoredMine = try #require(after.request(mine.id, keyID: "key-a"))
         let restoredTheirs = try #require(after.request(theirs.id, keyID: "key-b"))
         #expect(after.request(mine.id, keyID: "key-b") == nil, "owners are kept")
-        #expect(restoredMine.job === restoredTheirs.job && restoredMine.job.id == mine.job.id && restoredMine.job.key == mine.job.key)
-        #expect(restoredMine.job.input.canonicalBytes == attachedInput.canonicalBytes, "the input is rebuilt through the catalog")
+        #expect(
+            restoredMine.job === restoredTheirs.job && restoredMine.job.id == mine.job.id
+                && restoredMine.job.key == mine.job.key
+        )
+        #expect(
+            restoredMine.job.input.canonicalBytes == attachedInput.canonicalBytes,
+            "the input is rebuilt through the catalog"
+        )
         #expect(!restoredMine.phase.isCompleted && second.resumed.isEmpty, "not followed before resumeAttached")
-        #expect(try await completed(after, unattached.id, owner: "key-a") == .completed(.failure(JobTable.restartedError)))
+        #expect(
+            try await completed(after, unattached.id, owner: "key-a") == .completed(.failure(JobTable.restartedError))
+        )
 
         #expect(after.resumeAttached() == 1)
         #expect(after.resumeAttached() == 0, "once")
@@ -142,7 +166,9 @@ struct JobTableResumeTests {
         #expect(try await completed(after, mine.id, owner: "key-a") == success)
         #expect(try await completed(after, theirs.id, owner: "key-b") == success)
         #expect(try await completed(after, late.id, owner: "key-a") == success)
-        #expect(after.results.lookup(mine.job.key, modelID: model.id, canonicalInput: attachedInput.canonicalBytes) != nil)
+        #expect(
+            after.results.lookup(mine.job.key, modelID: model.id, canonicalInput: attachedInput.canonicalBytes) != nil
+        )
         await after.log?.flush()
 
         // A third start serves the end from the log and follows nothing.
@@ -172,7 +198,10 @@ struct JobTableResumeTests {
 
         let third = ResumingUpstream(origin: "http://old-origin.test")
         let (again, report) = try await table(directory, upstream: third)
-        #expect(report?.reattachable == 0 && again.resumeAttached() == 0 && third.resumed.isEmpty, "the end is on record")
+        #expect(
+            report?.reattachable == 0 && again.resumeAttached() == 0 && third.resumed.isEmpty,
+            "the end is on record"
+        )
         #expect(again.request(request.id, keyID: nil)?.phase == .completed(.failure(JobTable.restartedError)))
     }
 

@@ -38,7 +38,13 @@ final class ManualUpstream: Upstream, Sendable {
     }
 
     func submit(_ table: JobTable, _ input: ModelInput, owner: String? = nil, coalesce: Bool = true) -> RelayRequest {
-        table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner, directives: CacheDirectives(noCache: !coalesce))
+        table.submit(
+            input,
+            endpoint: endpoint,
+            key: RequestKey(input: input, hasher: hasher),
+            ownerKeyID: owner,
+            directives: CacheDirectives(noCache: !coalesce)
+        )
     }
 
     @Test func identicalWorkInFlightIsDoneOnce() throws {
@@ -52,7 +58,10 @@ final class ManualUpstream: Upstream, Sendable {
         #expect(first.job === second.job && first.job !== other.job)
         #expect(first.cacheOutcome == .miss && second.cacheOutcome == .coalesced)
         upstream.tasks[0].job.receive(.succeeded(result: ["done": true], inferenceSeconds: 1))
-        #expect(table.request(second.id, keyID: nil)?.phase == .completed(.success(result: ["done": true], inferenceSeconds: 1)))
+        #expect(
+            table.request(second.id, keyID: nil)?.phase
+                == .completed(.success(result: ["done": true], inferenceSeconds: 1))
+        )
         // Finished, seeded work is served from the result cache: no new upstream job.
         let third = submit(table, try input("a fox"))
         #expect(third.job !== first.job && upstream.tasks.count == 2)
@@ -91,14 +100,25 @@ final class ManualUpstream: Upstream, Sendable {
         upstream.tasks[0].job.receive(.succeeded(result: ["v": 1], inferenceSeconds: nil))
         #expect(stored.cacheStatus.contains("stored"))
         let refreshed = submit(table, try input("fresh"), coalesce: false)
-        #expect(refreshed.cacheOutcome == .bypass && refreshed.cacheStatus.contains("fwd=request") && upstream.tasks.count == 2)
+        #expect(
+            refreshed.cacheOutcome == .bypass && refreshed.cacheStatus.contains("fwd=request")
+                && upstream.tasks.count == 2
+        )
         upstream.tasks[1].job.receive(.succeeded(result: ["v": 2], inferenceSeconds: nil))
         // The regenerated result replaced the old one.
-        #expect(submit(table, try input("fresh")).phase == .completed(.success(result: ["v": 2], inferenceSeconds: nil)))
+        #expect(
+            submit(table, try input("fresh")).phase == .completed(.success(result: ["v": 2], inferenceSeconds: nil))
+        )
 
         let secret = try input("secret")
         let key = RequestKey(input: secret, hasher: hasher)
-        let kept = table.submit(secret, endpoint: endpoint, key: key, ownerKeyID: nil, directives: CacheDirectives(noStore: true))
+        let kept = table.submit(
+            secret,
+            endpoint: endpoint,
+            key: key,
+            ownerKeyID: nil,
+            directives: CacheDirectives(noStore: true)
+        )
         #expect(!kept.cacheStatus.contains("stored"))
         upstream.tasks[2].job.receive(.succeeded(result: ["v": 3], inferenceSeconds: nil))
         #expect(table.results.count == 1)
@@ -129,10 +149,16 @@ final class ManualUpstream: Upstream, Sendable {
         let b = try input("two")
         let key = RequestKey(input: a, hasher: hasher)
         let now = Timestamp.now()
-        table.results.store(key, CachedResult(
-            modelID: model.id, canonicalInput: a.canonicalBytes, outcome: .success(result: ["a": 1], inferenceSeconds: nil),
-            storedAt: now, expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + 60)
-        ))
+        table.results.store(
+            key,
+            CachedResult(
+                modelID: model.id,
+                canonicalInput: a.canonicalBytes,
+                outcome: .success(result: ["a": 1], inferenceSeconds: nil),
+                storedAt: now,
+                expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + 60)
+            )
+        )
         // Same key, other input (a forced collision): a miss, never a wrong answer.
         let collided = table.submit(b, endpoint: endpoint, key: key, ownerKeyID: nil)
         #expect(collided.cacheOutcome == .miss)
@@ -148,8 +174,18 @@ final class ManualUpstream: Upstream, Sendable {
 
         let never = ModelSpec(id: "fal-ai/x/y", title: "x", kind: .image, dedup: .never)
         let a = try ModelInput(model: never, input: ["prompt": "p"])
-        _ = table.submit(a, endpoint: EndpointID("fal-ai/x/y")!, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
-        _ = table.submit(a, endpoint: EndpointID("fal-ai/x/y")!, key: RequestKey(input: a, hasher: hasher), ownerKeyID: nil)
+        _ = table.submit(
+            a,
+            endpoint: EndpointID("fal-ai/x/y")!,
+            key: RequestKey(input: a, hasher: hasher),
+            ownerKeyID: nil
+        )
+        _ = table.submit(
+            a,
+            endpoint: EndpointID("fal-ai/x/y")!,
+            key: RequestKey(input: a, hasher: hasher),
+            ownerKeyID: nil
+        )
         #expect(upstream.tasks.count == 4)
     }
 
@@ -175,7 +211,9 @@ final class ManualUpstream: Upstream, Sendable {
         let requests = try (0..<3).map { _ in submit(table, try input("doomed")) }
         upstream.tasks[0].job.receive(.failed(.upstreamFailed("GPU on fire")))
         for request in requests {
-            #expect(table.request(request.id, keyID: nil)?.phase == .completed(.failure(.upstreamFailed("GPU on fire"))))
+            #expect(
+                table.request(request.id, keyID: nil)?.phase == .completed(.failure(.upstreamFailed("GPU on fire")))
+            )
         }
     }
 
@@ -208,7 +246,8 @@ final class ManualUpstream: Upstream, Sendable {
         #expect(seen.withLock { $0 } == [3, 4])
         // A finished job replays everything and registers nobody.
         let late = job.subscribe(after: 0) { _ in Issue.record("no live events after the end") }
-        #expect(late.replay.map(\.sequence) == [2, 3, 4] && late.token == 0)  // the superseded queue position is compacted away
+        // The superseded queue position is compacted away.
+        #expect(late.replay.map(\.sequence) == [2, 3, 4] && late.token == 0)
     }
 
     @Test func sweepForgetsOldFinishedRequestsOnly() throws {

@@ -9,9 +9,11 @@ struct AnimatedPNGEncoderTests {
     @Test("chunk order, acTL and one sequence shared by fcTL and fdAT")
     func structure() throws {
         let reader = try PNGReader(AnimatedPNGEncoder.encode(frames: frames, delayMilliseconds: 83, loops: 3))
-        #expect(reader.types == [
-            "IHDR", "acTL", "fcTL", "IDAT", "fcTL", "fdAT", "fcTL", "fdAT", "fcTL", "fdAT", "IEND",
-        ])
+        #expect(
+            reader.types == [
+                "IHDR", "acTL", "fcTL", "IDAT", "fcTL", "fdAT", "fcTL", "fdAT", "fcTL", "fdAT", "IEND",
+            ]
+        )
         let control = try #require(reader.first("acTL")).data
         #expect(PNGReader.bigEndian32(control, 0) == 4)  // frames
         #expect(PNGReader.bigEndian32(control, 4) == 3)  // plays
@@ -58,8 +60,10 @@ struct AnimatedPNGEncoderTests {
         #expect(PNGReader.bigEndian16(frameControl, 22) == 100)
     }
 
-    @Test("a plain PNG reader (Python, IDAT only) sees frame 0",
-          .enabled(if: ExternalTool.python3 != nil, "python3 is not installed"))
+    @Test(
+        "a plain PNG reader (Python, IDAT only) sees frame 0",
+        .enabled(if: ExternalTool.python3 != nil, "python3 is not installed")
+    )
     func plainReaderSeesFirstFrame() throws {
         let apng = AnimatedPNGEncoder.encode(frames: frames, delayMilliseconds: 50)
         let path = try ExternalTool.temporaryFile(apng, suffix: ".png")

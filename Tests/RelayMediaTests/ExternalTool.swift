@@ -34,7 +34,8 @@ enum ExternalTool {
         return Result(
             status: process.terminationStatus,
             output: String(decoding: outData, as: UTF8.self),
-            error: String(decoding: errData, as: UTF8.self))
+            error: String(decoding: errData, as: UTF8.self)
+        )
     }
 
     /// Writes `bytes` to a fresh temporary file and returns its path.

@@ -14,9 +14,12 @@ enum TestImage {
                 state ^= state << 17
                 let noise = UInt8(truncatingIfNeeded: state)
                 let region = (x / 5 + y / 3) % 3
-                image[x, y] = region == 0
-                    ? (UInt8(truncatingIfNeeded: x * 7), UInt8(truncatingIfNeeded: y * 5),
-                       UInt8(truncatingIfNeeded: x + y))
+                image[x, y] =
+                    region == 0
+                    ? (
+                        UInt8(truncatingIfNeeded: x * 7), UInt8(truncatingIfNeeded: y * 5),
+                        UInt8(truncatingIfNeeded: x + y)
+                    )
                     : region == 1 ? (noise, noise &+ 40, 255 &- noise) : (255, UInt8(truncatingIfNeeded: y), 0)
             }
         }
@@ -79,8 +82,10 @@ struct PNGEncoderTests {
         #expect(png.count < image.pixels.count / 5, "PNG is \(png.count) bytes for \(image.pixels.count) raw")
     }
 
-    @Test("Python's zlib and struct parse the PNG to the same pixels",
-          .enabled(if: ExternalTool.python3 != nil, "python3 is not installed"))
+    @Test(
+        "Python's zlib and struct parse the PNG to the same pixels",
+        .enabled(if: ExternalTool.python3 != nil, "python3 is not installed")
+    )
     func pythonDecodes() throws {
         let image = TestImage.pattern(width: 37, height: 23, seed: 9)
         let pngPath = try ExternalTool.temporaryFile(PNGEncoder.encode(image), suffix: ".png")
@@ -107,46 +112,46 @@ struct PNGEncoderTests {
 
     /// Parses chunks (checking CRCs with zlib.crc32), inflates, unfilters, writes raw RGB.
     static let pythonDecoder = #"""
-import struct, sys, zlib
-data = open(sys.argv[1], 'rb').read()
-assert data[:8] == b'\x89PNG\r\n\x1a\n', 'signature'
-pos, types, idat = 8, [], b''
-while pos < len(data):
-    length, kind = struct.unpack('>I4s', data[pos:pos + 8])
-    body = data[pos + 8:pos + 8 + length]
-    crc, = struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])
-    assert zlib.crc32(kind + body) & 0xffffffff == crc, 'crc ' + kind.decode()
-    types.append(kind.decode())
-    if kind == b'IHDR':
-        width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', body)
-        assert (depth, colour, interlace) == (8, 2, 0)
-    if kind == b'IDAT':
-        idat += body
-    pos += 12 + length
-raw = zlib.decompress(idat)
-stride = width * 3
-assert len(raw) == height * (stride + 1)
-out, prev = bytearray(), bytearray(stride)
-for y in range(height):
-    f = raw[y * (stride + 1)]
-    line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-    for i in range(stride):
-        a = line[i - 3] if i >= 3 else 0
-        b = prev[i]
-        c = prev[i - 3] if i >= 3 else 0
-        if f == 0: p = 0
-        elif f == 1: p = a
-        elif f == 2: p = b
-        elif f == 3: p = (a + b) // 2
-        elif f == 4:
-            q = a + b - c
-            pa, pb, pc = abs(q - a), abs(q - b), abs(q - c)
-            p = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-        else: raise ValueError(f)
-        line[i] = (line[i] + p) & 255
-    out += line
-    prev = line
-open(sys.argv[2], 'wb').write(out)
-print(width, height, ','.join(types))
-"""#
+        import struct, sys, zlib
+        data = open(sys.argv[1], 'rb').read()
+        assert data[:8] == b'\x89PNG\r\n\x1a\n', 'signature'
+        pos, types, idat = 8, [], b''
+        while pos < len(data):
+            length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+            body = data[pos + 8:pos + 8 + length]
+            crc, = struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])
+            assert zlib.crc32(kind + body) & 0xffffffff == crc, 'crc ' + kind.decode()
+            types.append(kind.decode())
+            if kind == b'IHDR':
+                width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', body)
+                assert (depth, colour, interlace) == (8, 2, 0)
+            if kind == b'IDAT':
+                idat += body
+            pos += 12 + length
+        raw = zlib.decompress(idat)
+        stride = width * 3
+        assert len(raw) == height * (stride + 1)
+        out, prev = bytearray(), bytearray(stride)
+        for y in range(height):
+            f = raw[y * (stride + 1)]
+            line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+            for i in range(stride):
+                a = line[i - 3] if i >= 3 else 0
+                b = prev[i]
+                c = prev[i - 3] if i >= 3 else 0
+                if f == 0: p = 0
+                elif f == 1: p = a
+                elif f == 2: p = b
+                elif f == 3: p = (a + b) // 2
+                elif f == 4:
+                    q = a + b - c
+                    pa, pb, pc = abs(q - a), abs(q - b), abs(q - c)
+                    p = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                else: raise ValueError(f)
+                line[i] = (line[i] + p) & 255
+            out += line
+            prev = line
+        open(sys.argv[2], 'wb').write(out)
+        print(width, height, ','.join(types))
+        """#
 }

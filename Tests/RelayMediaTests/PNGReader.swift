@@ -98,7 +98,9 @@ struct PNGReader {
                 case 3: predictor = (a + b) / 2
                 case 4:
                     let p = a + b - c
-                    let pa = abs(p - a), pb = abs(p - b), pc = abs(p - c)
+                    let pa = abs(p - a)
+                    let pb = abs(p - b)
+                    let pc = abs(p - c)
                     predictor = (pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c)
                 default: throw Failure(description: "unknown filter \(filter) on row \(y)")
                 }

@@ -41,6 +41,7 @@ struct SyntheticAudioTests {
         #expect(SyntheticAudio.render(text: "x", seed: 1, seconds: 0).isEmpty)
         #expect(SyntheticAudio.render(text: "x", seed: 1, seconds: -2).isEmpty)
         #expect(SyntheticAudio.render(text: "x", seed: 1, seconds: .nan).isEmpty)
-        #expect(SyntheticAudio.render(text: "x", seed: 1, seconds: 0.1, sampleRate: 0).count == 100)  // clamped to 1 kHz
+        // A zero sample rate is clamped to 1 kHz.
+        #expect(SyntheticAudio.render(text: "x", seed: 1, seconds: 0.1, sampleRate: 0).count == 100)
     }
 }

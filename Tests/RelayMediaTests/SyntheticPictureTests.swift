@@ -31,12 +31,15 @@ struct SyntheticPictureTests {
 
     static let goldenHash: UInt64 = 12_310_762_271_564_912_058
 
-    @Test("different prompts differ visibly", arguments: [
-        ("a lighthouse at dusk", "a lighthouse at noon"),
-        ("a red fox", "a blue whale"),
-        ("forest", "desert"),
-        ("x", "y"),
-    ])
+    @Test(
+        "different prompts differ visibly",
+        arguments: [
+            ("a lighthouse at dusk", "a lighthouse at noon"),
+            ("a red fox", "a blue whale"),
+            ("forest", "desert"),
+            ("x", "y"),
+        ]
+    )
     func promptsDiffer(prompts: (String, String)) {
         let difference = ImageDifference.mean(Self.render(prompts.0, 1), Self.render(prompts.1, 1))
         #expect(difference > 12, "mean difference \(difference)")
@@ -45,13 +48,16 @@ struct SyntheticPictureTests {
     @Test("different seeds differ visibly", arguments: [(UInt64(0), UInt64(1)), (42, 43), (7, 1 << 40)])
     func seedsDiffer(seeds: (UInt64, UInt64)) {
         let difference = ImageDifference.mean(
-            Self.render("a lighthouse at dusk", seeds.0), Self.render("a lighthouse at dusk", seeds.1))
+            Self.render("a lighthouse at dusk", seeds.0),
+            Self.render("a lighthouse at dusk", seeds.1)
+        )
         #expect(difference > 8, "mean difference \(difference)")
     }
 
     @Test(
         "pictures have structure, not a flat fill",
-        arguments: ["a lighthouse at dusk", "sunny forest", "", "🚀 über café"])
+        arguments: ["a lighthouse at dusk", "sunny forest", "", "🚀 über café"]
+    )
     func structured(prompt: String) {
         let image = Self.render(prompt, 3)
         #expect(ImageDifference.spread(image) > 15)
@@ -74,7 +80,8 @@ struct SyntheticPictureTests {
         #expect(Self.render("a lighthouse at dusk", 42, progress: .nan) == final)
         #expect(
             Self.render("a lighthouse at dusk", 42, progress: -1)
-                == Self.render("a lighthouse at dusk", 42, progress: 0))
+                == Self.render("a lighthouse at dusk", 42, progress: 0)
+        )
     }
 
     @Test("previews are deterministic too")

@@ -26,7 +26,8 @@ struct SyntheticTextTests {
         for (a, b) in zip(tokens, tokens.dropFirst()) where Self.kind(a) != 3 {
             #expect(
                 Self.kind(a) != Self.kind(b),
-                "adjacent tokens of one kind: \(a.debugDescription) \(b.debugDescription)")
+                "adjacent tokens of one kind: \(a.debugDescription) \(b.debugDescription)"
+            )
         }
     }
 
@@ -42,7 +43,10 @@ struct SyntheticTextTests {
         #expect(tokens.count > 30)
         let words = tokens.filter { Self.kind($0) == 1 }
         #expect(Set(words).count > 15, "too repetitive: \(text)")
-        #expect(!text.contains(" a a") && !text.contains(" a e") && !text.contains(" a u"), "article not fixed: \(text)")
+        #expect(
+            !text.contains(" a a") && !text.contains(" a e") && !text.contains(" a u"),
+            "article not fixed: \(text)"
+        )
     }
 
     @Test("maxTokens caps the stream exactly")

@@ -10,7 +10,9 @@ struct SyntheticVideoTests {
         #expect(frames.allSatisfy { $0.width == 120 && $0.height == 90 })
         #expect(frames[0] == SyntheticPicture.render(prompt: "clouds over hills", seed: 4, width: 120, height: 90))
         #expect(frames == SyntheticVideo.frames(prompt: "clouds over hills", seed: 4, width: 120, height: 90, count: 5))
-        #expect(SyntheticVideo.frame(prompt: "clouds over hills", seed: 4, width: 120, height: 90, index: 3) == frames[3])
+        #expect(
+            SyntheticVideo.frame(prompt: "clouds over hills", seed: 4, width: 120, height: 90, index: 3) == frames[3]
+        )
     }
 
     @Test("the same scene moves: neighbours differ a little, distant frames more")

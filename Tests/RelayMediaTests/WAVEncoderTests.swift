@@ -56,8 +56,10 @@ struct WAVEncoderTests {
         #expect(Self.littleEndian32(wav, 40) == 0)
     }
 
-    @Test("Python's wave module reads it back",
-          .enabled(if: ExternalTool.python3 != nil, "python3 is not installed"))
+    @Test(
+        "Python's wave module reads it back",
+        .enabled(if: ExternalTool.python3 != nil, "python3 is not installed")
+    )
     func pythonReads() throws {
         let samples = SyntheticAudio.render(text: "hello world", seed: 7, seconds: 0.5, sampleRate: 16_000)
         let wav = WAVEncoder.encode(samples: samples, sampleRate: 16_000)

@@ -11,7 +11,12 @@ import Testing
 struct RequestLogTests {
     static let interrupted = RequestLogRecord.Outcome.failure(.unavailable("restarted", type: "relay_restarted"))
 
-    static func creation(_ index: Int, job: UInt64? = nil, owner: String? = "key-a", at: Double = Timestamp.now().secondsSinceEpoch)
+    static func creation(
+        _ index: Int,
+        job: UInt64? = nil,
+        owner: String? = "key-a",
+        at: Double = Timestamp.now().secondsSinceEpoch
+    )
         -> RequestLogRecord.Creation
     {
         RequestLogRecord.Creation(
@@ -31,7 +36,8 @@ struct RequestLogTests {
     }
 
     static func segments(_ directory: String) throws -> [String] {
-        try FileManager.default.contentsOfDirectory(atPath: directory + "/requests").filter { $0.hasSuffix(".log") }.sorted()
+        try FileManager.default.contentsOfDirectory(atPath: directory + "/requests").filter { $0.hasSuffix(".log") }
+            .sorted()
     }
 
     // MARK: - Records
@@ -41,9 +47,20 @@ struct RequestLogTests {
         let records: [RequestLogRecord] = [
             .created(Self.creation(1, at: now.secondsSinceEpoch)),
             .created(Self.creation(2, owner: nil, at: now.secondsSinceEpoch)),
-            .finished(jobID: 1, at: now, outcome: .success(result: ["images": [["url": "https://x/files/a.png"]], "seed": 7], inferenceSeconds: 1.5)),
+            .finished(
+                jobID: 1,
+                at: now,
+                outcome: .success(
+                    result: ["images": [["url": "https://x/files/a.png"]], "seed": 7],
+                    inferenceSeconds: 1.5
+                )
+            ),
             .finished(jobID: 2, at: now, outcome: .success(result: ["text": "ünïcødé"], inferenceSeconds: nil)),
-            .finished(jobID: 3, at: now, outcome: .failure(.validation([.missing("prompt"), .invalid("seed", "bad")]))),
+            .finished(
+                jobID: 3,
+                at: now,
+                outcome: .failure(.validation([.missing("prompt"), .invalid("seed", "bad")]))
+            ),
             .finished(jobID: 4, at: now, outcome: .failure(.upstreamFailed("GPU on fire"))),
             .finished(jobID: 5, at: now, outcome: .failure(.unavailable("restarted", type: "relay_restarted"))),
             .finished(jobID: 6, at: now, outcome: .failure(.insufficientStorage())),
@@ -73,9 +90,9 @@ struct RequestLogTests {
         for length in 1..<whole.readableBytes {
             var prefix = whole.getSlice(at: 0, length: length)!
             guard case .torn = RequestLogRecord.readFrame(&prefix) else {
-            Issue.record("prefix \(length) not torn")
-            return
-        }
+                Issue.record("prefix \(length) not torn")
+                return
+            }
         }
         // A flipped payload bit is a whole frame with a bad checksum.
         var flipped = whole
@@ -96,13 +113,16 @@ struct RequestLogTests {
         let log = RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 3600)
         _ = try await log.load(interrupted: Self.interrupted)
         let now = Timestamp.now()
-        let ok = await Self.append(log, [
-            .created(Self.creation(1)), .created(Self.creation(2, job: 1)),  // two requests, one job
-            .created(Self.creation(3)), .created(Self.creation(4)),
-            .finished(jobID: 1, at: now, outcome: .success(result: ["ok": true], inferenceSeconds: 2)),
-            .cancelled(requestID: "req-4", at: now),
-            .created(Self.creation(5, at: now.secondsSinceEpoch - 7200)),  // past retention
-        ])
+        let ok = await Self.append(
+            log,
+            [
+                .created(Self.creation(1)), .created(Self.creation(2, job: 1)),  // two requests, one job
+                .created(Self.creation(3)), .created(Self.creation(4)),
+                .finished(jobID: 1, at: now, outcome: .success(result: ["ok": true], inferenceSeconds: 2)),
+                .cancelled(requestID: "req-4", at: now),
+                .created(Self.creation(5, at: now.secondsSinceEpoch - 7200)),  // past retention
+            ]
+        )
         #expect(ok)
 
         let reopened = RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 3600)
@@ -130,7 +150,12 @@ struct RequestLogTests {
         defer { directory.remove() }
         let log = RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 3600)
         _ = try await log.load(interrupted: Self.interrupted)
-        #expect(await Self.append(log, [.created(Self.creation(1)), .created(Self.creation(2)), .created(Self.creation(3))]))
+        #expect(
+            await Self.append(
+                log,
+                [.created(Self.creation(1)), .created(Self.creation(2)), .created(Self.creation(3))]
+            )
+        )
         let name = try #require(try Self.segments(directory.path).last)
         let path = directory.path + "/requests/" + name
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
@@ -176,15 +201,24 @@ struct RequestLogTests {
         #expect(records == 400 && failures == 0)
         #expect(commits < 400, "group commit: \(commits) fsyncs for 400 records")
         print("request log: 400 appends in \(elapsed), \(commits) group commits")
-        let (restored, _) = try await RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 3600)
-            .load(interrupted: Self.interrupted)
+        let (restored, _) = try await RequestLog(
+            dataDirectory: directory.path,
+            threadPool: .singleton,
+            retentionSeconds: 3600
+        )
+        .load(interrupted: Self.interrupted)
         #expect(restored.count == 400)
     }
 
     @Test func sealedSegmentsPastRetentionAreSwept() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let log = RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 60, segmentBytes: 4096)
+        let log = RequestLog(
+            dataDirectory: directory.path,
+            threadPool: .singleton,
+            retentionSeconds: 60,
+            segmentBytes: 4096
+        )
         _ = try await log.load(interrupted: Self.interrupted)
         let old = Timestamp.now().secondsSinceEpoch - 1000
         for index in 0..<150 {
@@ -198,8 +232,12 @@ struct RequestLogTests {
         let removed = await log.sweep()
         let after = try Self.segments(directory.path).count
         #expect(removed >= 2 && removed == before - after)
-        let (restored, _) = try await RequestLog(dataDirectory: directory.path, threadPool: .singleton, retentionSeconds: 60)
-            .load(interrupted: Self.interrupted)
+        let (restored, _) = try await RequestLog(
+            dataDirectory: directory.path,
+            threadPool: .singleton,
+            retentionSeconds: 60
+        )
+        .load(interrupted: Self.interrupted)
         #expect(restored.map(\.creation.id) == ["req-999"])
     }
 
@@ -213,7 +251,9 @@ struct RequestLogTests {
         let key = ResultFixtures.key(1)
         let stored = ResultFixtures.success(1)
         index.store(key, stored)
-        let written = await withCheckedContinuation { continuation in index.whenWritten(key) { continuation.resume(returning: $0) } }
+        let written = await withCheckedContinuation { continuation in
+            index.whenWritten(key) { continuation.resume(returning: $0) }
+        }
         #expect(written)
         // Once written, the file is there for a fresh index to find.
         let files = ResultManifestFiles(directory: directory.path)

@@ -38,7 +38,9 @@ final class FakeFalOrigin: Sendable {
     }
 
     struct Script: Sendable {
-        var steps: [Step] = [.queued(2), .queued(1), .running(logs: 1), .running(logs: 2), .running(logs: 3), .completed(logs: 3)]
+        var steps: [Step] = [
+            .queued(2), .queued(1), .running(logs: 1), .running(logs: 2), .running(logs: 3), .completed(logs: 3),
+        ]
         /// Answers to the first submits before one is accepted, e.g. `[503, 503]`.
         var submitFailures: [Int] = []
         /// Every submit gets this status (500, 429, 422…).
@@ -73,9 +75,15 @@ final class FakeFalOrigin: Sendable {
     }
 
     static let media: [String: (type: String, bytes: [UInt8])] = [
-        "cat.png": ("image/png", [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 7) }),
+        "cat.png": (
+            "image/png",
+            [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        ),
         "thumb.jpg": ("image/jpeg", [0xFF, 0xD8, 0xFF, 0xE0] + (0..<500).map { UInt8(truncatingIfNeeded: $0 &* 13) }),
-        "clip.bin": ("application/octet-stream", Array("not really an mp4".utf8) + (0..<3000).map { UInt8(truncatingIfNeeded: $0) }),
+        "clip.bin": (
+            "application/octet-stream",
+            Array("not really an mp4".utf8) + (0..<3000).map { UInt8(truncatingIfNeeded: $0) }
+        ),
     ]
 
     let script: Script
@@ -94,13 +102,18 @@ final class FakeFalOrigin: Sendable {
     var baseURL: String { "\(scheme)://127.0.0.1:\(port.withLock { $0 })" }
 
     /// Plain HTTP, or HTTPS with the PEM certificate chain and key given.
-    static func start(_ script: Script = Script(), tls: (certificate: String, key: String)? = nil) async throws -> FakeFalOrigin {
+    static func start(
+        _ script: Script = Script(),
+        tls: (certificate: String, key: String)? = nil
+    ) async throws -> FakeFalOrigin {
         let origin = FakeFalOrigin(script: script, scheme: tls == nil ? "http" : "https")
         let sslContext = try tls.map { files in
-            try NIOSSLContext(configuration: .makeServerConfiguration(
-                certificateChain: try NIOSSLCertificate.fromPEMFile(files.certificate).map { .certificate($0) },
-                privateKey: .privateKey(try NIOSSLPrivateKey(file: files.key, format: .pem))
-            ))
+            try NIOSSLContext(
+                configuration: .makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMFile(files.certificate).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(file: files.key, format: .pem))
+                )
+            )
         }
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -202,7 +215,10 @@ final class FakeFalOrigin: Sendable {
         if let retryAfter = script.retryAfter { headers.append(("retry-after", retryAfter)) }
         if let status = script.submitAlways {
             if status == 422 {
-                return .json(422, ["detail": [["loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"]]])
+                return .json(
+                    422,
+                    ["detail": [["loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"]]]
+                )
             }
             return .json(status, ["detail": .string("scripted \(status)")], headers: headers)
         }
@@ -272,20 +288,29 @@ final class FakeFalOrigin: Sendable {
         case .malformed:
             return .bytes(200, contentType: "application/json", Array("{\"images\": [{\"url\": ".utf8))
         case .validationError:
-            return .json(422, ["detail": [["loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"]]])
+            return .json(
+                422,
+                ["detail": [["loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"]]]
+            )
         case .media:
             let media = baseURL + "/media/"
-            return .json(200, [
-                "images": [
-                    ["url": .string(media + "cat.png"), "content_type": "image/png", "width": 64, "height": 64, "file_size": 1],
-                    ["url": .string(media + "cat.png"), "content_type": "image/png", "width": 64, "height": 64],
-                ],
-                "video": ["url": .string(media + "clip.bin"), "content_type": "video/mp4", "file_size": 0],
-                "thumbnail": ["url": .string(media + "thumb.jpg")],
-                "homepage": ["url": .string(baseURL + "/about")],
-                "echo": ["image_url": .string(media + "cat.png")],
-                "seed": 7,
-            ])
+            return .json(
+                200,
+                [
+                    "images": [
+                        [
+                            "url": .string(media + "cat.png"), "content_type": "image/png", "width": 64, "height": 64,
+                            "file_size": 1,
+                        ],
+                        ["url": .string(media + "cat.png"), "content_type": "image/png", "width": 64, "height": 64],
+                    ],
+                    "video": ["url": .string(media + "clip.bin"), "content_type": "video/mp4", "file_size": 0],
+                    "thumbnail": ["url": .string(media + "thumb.jpg")],
+                    "homepage": ["url": .string(baseURL + "/about")],
+                    "echo": ["image_url": .string(media + "cat.png")],
+                    "seed": 7,
+                ]
+            )
         }
     }
 
@@ -306,7 +331,10 @@ final class FakeFalOrigin: Sendable {
         var object = urls(id)
         let step = script.steps[index]
         let logs: [JSONValue] = (0..<logCount(step)).map { line in
-            ["message": .string("line \(line + 1)"), "level": "INFO", "source": "USER", "timestamp": .string("2026-01-01T00:00:0\(line)Z")]
+            [
+                "message": .string("line \(line + 1)"), "level": "INFO", "source": "USER",
+                "timestamp": .string("2026-01-01T00:00:0\(line)Z"),
+            ]
         }
         object["logs"] = .array(logs)
         switch step {
@@ -359,7 +387,12 @@ final class FakeFalOriginHandler: ChannelInboundHandler {
             body.writeBuffer(&chunk)
         case .end:
             guard let head else { return }
-            let reply = origin.reply(method: head.method, uri: head.uri, headers: head.headers, body: String(buffer: body))
+            let reply = origin.reply(
+                method: head.method,
+                uri: head.uri,
+                headers: head.headers,
+                body: String(buffer: body)
+            )
             respond(reply, context: context)
         }
     }
@@ -369,13 +402,22 @@ final class FakeFalOriginHandler: ChannelInboundHandler {
         case .json(let status, let value, let extra):
             var headers = HTTPHeaders(extra)
             headers.add(name: "x-fal-request-id", value: "fake")
-            write(status: status, contentType: "application/json", bytes: value.serialized(), headers: headers, context: context)
+            write(
+                status: status,
+                contentType: "application/json",
+                bytes: value.serialized(),
+                headers: headers,
+                context: context
+            )
         case .bytes(let status, let contentType, let bytes):
             write(status: status, contentType: contentType, bytes: bytes, headers: HTTPHeaders(), context: context)
         case .stream(let events, let ending):
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
-            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.write(
+                Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+                promise: nil
+            )
             writeText(": ping\n\n", context: context)
             send(events[...], ending: ending, context: context)
         case .silence:
@@ -384,7 +426,11 @@ final class FakeFalOriginHandler: ChannelInboundHandler {
     }
 
     /// One event every 10 ms, then the ending.
-    private func send(_ events: ArraySlice<JSONValue>, ending: FakeFalOrigin.StreamEnding, context: ChannelHandlerContext) {
+    private func send(
+        _ events: ArraySlice<JSONValue>,
+        ending: FakeFalOrigin.StreamEnding,
+        context: ChannelHandlerContext
+    ) {
         guard let event = events.first else {
             switch ending {
             case .end:
@@ -408,7 +454,13 @@ final class FakeFalOriginHandler: ChannelInboundHandler {
         context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
     }
 
-    private func write(status: Int, contentType: String, bytes: [UInt8], headers: HTTPHeaders, context: ChannelHandlerContext) {
+    private func write(
+        status: Int,
+        contentType: String,
+        bytes: [UInt8],
+        headers: HTTPHeaders,
+        context: ChannelHandlerContext
+    ) {
         var headers = headers
         headers.add(name: "content-type", value: contentType)
         headers.add(name: "content-length", value: "\(bytes.count)")
@@ -425,16 +477,32 @@ extension FakeFalOriginHandler: Sendable {}
 @Suite struct FalOriginFakeOriginTests {
     /// The fake's own timeline: polls step through the script, and a finished job stays finished.
     @Test func pollsStepThroughTheScript() async throws {
-        let origin = try await FakeFalOrigin.start(FakeFalOrigin.Script(steps: [.queued(1), .running(logs: 1), .completed(logs: 1)]))
+        let origin = try await FakeFalOrigin.start(
+            FakeFalOrigin.Script(steps: [.queued(1), .running(logs: 1), .completed(logs: 1)])
+        )
         defer { Task { await origin.stop() } }
-        guard case .json(200, let submitted, _) = origin.reply(method: .POST, uri: "/fal-ai/flux/dev", headers: [:], body: "{}") else {
+        guard
+            case .json(200, let submitted, _) = origin.reply(
+                method: .POST,
+                uri: "/fal-ai/flux/dev",
+                headers: [:],
+                body: "{}"
+            )
+        else {
             Issue.record("submit was not accepted")
             return
         }
         let id = try #require(submitted["request_id"]?.stringValue)
         var seen: [String] = []
         for _ in 0..<4 {
-            guard case .json(_, let status, _) = origin.reply(method: .GET, uri: "/fal-ai/flux/requests/\(id)/status?logs=1", headers: [:], body: "") else {
+            guard
+                case .json(_, let status, _) = origin.reply(
+                    method: .GET,
+                    uri: "/fal-ai/flux/requests/\(id)/status?logs=1",
+                    headers: [:],
+                    body: ""
+                )
+            else {
                 Issue.record("no status")
                 return
             }

@@ -81,16 +81,28 @@ import Testing
     @Test func readsTheThreeStatesLogsErrorsAndMetrics() throws {
         let queued = try #require(FalOriginStatus(json: ["status": "IN_QUEUE", "queue_position": 3, "logs": .null]))
         #expect(queued.phase == .inQueue(position: 3) && queued.logs.isEmpty)
-        let running = try #require(FalOriginStatus(json: [
-            "status": "IN_PROGRESS",
-            "logs": [["message": "step 1", "level": "warn", "timestamp": "2026-01-01T00:00:00Z"], ["level": "INFO"]],
-        ]))
+        let running = try #require(
+            FalOriginStatus(json: [
+                "status": "IN_PROGRESS",
+                "logs": [
+                    ["message": "step 1", "level": "warn", "timestamp": "2026-01-01T00:00:00Z"], ["level": "INFO"],
+                ],
+            ])
+        )
         #expect(running.phase == .inProgress)
-        #expect(running.logs == [FalOriginStatus.Log(message: "step 1", level: .warn, timestamp: "2026-01-01T00:00:00Z")])
-        let done = try #require(FalOriginStatus(json: [
-            "status": "COMPLETED", "metrics": ["inference_time": 1.5], "error": "boom", "error_type": "runner_server_error",
-        ]))
-        #expect(done.isCompleted && done.inferenceSeconds == 1.5 && done.error == "boom" && done.errorType == "runner_server_error")
+        #expect(
+            running.logs == [FalOriginStatus.Log(message: "step 1", level: .warn, timestamp: "2026-01-01T00:00:00Z")]
+        )
+        let done = try #require(
+            FalOriginStatus(json: [
+                "status": "COMPLETED", "metrics": ["inference_time": 1.5], "error": "boom",
+                "error_type": "runner_server_error",
+            ])
+        )
+        #expect(
+            done.isCompleted && done.inferenceSeconds == 1.5 && done.error == "boom"
+                && done.errorType == "runner_server_error"
+        )
         #expect(FalOriginStatus(json: ["status": "COMPLETED", "error": .null])?.error == nil)
         #expect(FalOriginStatus(json: ["status": "SOMETHING_NEW"])?.phase == .other("SOMETHING_NEW"))
         #expect(FalOriginStatus(json: ["request_id": "x"]) == nil)
@@ -114,25 +126,45 @@ import Testing
 
     @Test func findsEachMediaURLOnceInDocumentOrder() {
         let found = FalOriginMediaReferences(in: result).references.map(\.url)
-        #expect(found == ["https://cdn.test/a/cat.png", "https://cdn.test/b/no-extension", "https://cdn.test/t.JPG?sig=1"])
+        #expect(
+            found == ["https://cdn.test/a/cat.png", "https://cdn.test/b/no-extension", "https://cdn.test/t.JPG?sig=1"]
+        )
     }
 
     @Test func rewritesURLsAndFileSizesOnly() throws {
         let record = BlobRecord(digest: Digest128(high: 0xAB, low: 0xCD), size: 42, storedSize: 42, mediaType: .png)
-        let rewritten = FalOriginMediaReferences.rewrite(result, records: ["https://cdn.test/a/cat.png": record], publicBaseURL: "https://relay.test")
+        let rewritten = FalOriginMediaReferences.rewrite(
+            result,
+            records: ["https://cdn.test/a/cat.png": record],
+            publicBaseURL: "https://relay.test"
+        )
         let images = try #require(rewritten["images"]?.arrayValue)
         #expect(images[0]["url"] == .string("https://relay.test/files/\(record.fileName)"))
         #expect(images[0]["file_size"] == 42)
-        #expect(images[1]["url"] == .string("https://relay.test/files/\(record.fileName)") && images[1]["file_size"] == nil)
+        #expect(
+            images[1]["url"] == .string("https://relay.test/files/\(record.fileName)") && images[1]["file_size"] == nil
+        )
         #expect(images[2]["url"] == "https://cdn.test/b/no-extension")
         #expect(rewritten["image_url"] == "https://cdn.test/input.png" && rewritten["seed"] == 4)
         #expect(rewritten["preview"] == result["preview"] && rewritten["homepage"] == result["homepage"])
     }
 
     @Test func picksTheMostPreciseMediaType() {
-        #expect(FalOriginMediaReferences.mediaType(declared: "video/mp4", served: "application/octet-stream", url: "https://x/y.bin") == .mp4)
+        #expect(
+            FalOriginMediaReferences.mediaType(
+                declared: "video/mp4",
+                served: "application/octet-stream",
+                url: "https://x/y.bin"
+            ) == .mp4
+        )
         #expect(FalOriginMediaReferences.mediaType(declared: nil, served: "image/jpeg", url: "https://x/y") == .jpeg)
-        #expect(FalOriginMediaReferences.mediaType(declared: "application/octet-stream", served: nil, url: "https://x/y.webp?z=1") == .webp)
+        #expect(
+            FalOriginMediaReferences.mediaType(
+                declared: "application/octet-stream",
+                served: nil,
+                url: "https://x/y.webp?z=1"
+            ) == .webp
+        )
         #expect(FalOriginMediaReferences.mediaType(declared: nil, served: nil, url: "https://x/y") == .octetStream)
         #expect(FalOriginMediaReferences.pathExtension(of: "https://host.test") == nil)
         #expect(FalOriginMediaReferences.pathExtension(of: "https://host.test/dir.d/file#x.png") == nil)
@@ -140,8 +172,14 @@ import Testing
     }
 
     @Test func urlHelpers() {
-        #expect(FalOriginJobRun.appending("/stream", query: "logs=1", to: "https://q.test/a/b/requests/1/status") == "https://q.test/a/b/requests/1/status/stream?logs=1")
-        #expect(FalOriginJobRun.appending("", query: "logs=1", to: "https://q.test/s?token=x") == "https://q.test/s?token=x&logs=1")
+        #expect(
+            FalOriginJobRun.appending("/stream", query: "logs=1", to: "https://q.test/a/b/requests/1/status")
+                == "https://q.test/a/b/requests/1/status/stream?logs=1"
+        )
+        #expect(
+            FalOriginJobRun.appending("", query: "logs=1", to: "https://q.test/s?token=x")
+                == "https://q.test/s?token=x&logs=1"
+        )
         #expect(FalOriginClient.origin(of: "HTTPS://Q.test:9443/a?b") == "https://q.test:9443")
         #expect(FalOriginClient.origin(of: "no-scheme") == nil)
     }

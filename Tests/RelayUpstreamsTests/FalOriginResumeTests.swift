@@ -24,9 +24,16 @@ struct FalOriginResumeTests {
         let table: JobTable
     }
 
-    func makeRelay(_ directory: String, origin: FakeFalOrigin, store: BlobStore, pool: NIOThreadPool) async throws -> Relay {
+    func makeRelay(
+        _ directory: String,
+        origin: FakeFalOrigin,
+        store: BlobStore,
+        pool: NIOThreadPool
+    ) async throws -> Relay {
         var configuration = FalOriginUpstream.Configuration(
-            baseURL: origin.baseURL, apiKey: "test-key", publicBaseURL: { FalOriginUpstreamTests.publicBase }
+            baseURL: origin.baseURL,
+            apiKey: "test-key",
+            publicBaseURL: { FalOriginUpstreamTests.publicBase }
         )
         configuration.retry = RetryPolicy(baseDelay: .milliseconds(10), maxDelay: .milliseconds(40), maxAttempts: 4)
         configuration.statusPollInterval = .milliseconds(10)
@@ -34,11 +41,15 @@ struct FalOriginResumeTests {
         configuration.idleTimeout = .seconds(60)
         configuration.jobDeadline = .seconds(30)
         var logger = Logger(label: "origin-resume-test")
-        logger.logLevel = ProcessInfo.processInfo.environment["ORIGIN_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["ORIGIN_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let upstream = try FalOriginUpstream(configuration: configuration, store: store, logger: logger)
         let results = ResultIndex(directory: directory, threadPool: pool)
         try await results.load()
-        let table = JobTable(results: results, log: RequestLog(dataDirectory: directory, threadPool: pool, retentionSeconds: 3600)) { _ in
+        let table = JobTable(
+            results: results,
+            log: RequestLog(dataDirectory: directory, threadPool: pool, retentionSeconds: 3600)
+        ) { _ in
             upstream
         }
         try await table.restore(models: { $0 == Self.model.id ? Self.model : nil })
@@ -46,7 +57,9 @@ struct FalOriginResumeTests {
     }
 
     func withStore(_ body: (String, BlobStore, NIOThreadPool) async throws -> Void) async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-resume-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "origin-resume-\(UUID().uuidString)"
+        ).path
         let pool = NIOThreadPool(numberOfThreads: 2)
         pool.start()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -61,7 +74,12 @@ struct FalOriginResumeTests {
     }
 
     func submit(_ table: JobTable, _ input: ModelInput, owner: String?) async -> RelayRequest {
-        let request = table.submit(input, endpoint: endpoint, key: RequestKey(input: input, hasher: hasher), ownerKeyID: owner)
+        let request = table.submit(
+            input,
+            endpoint: endpoint,
+            key: RequestKey(input: input, hasher: hasher),
+            ownerKeyID: owner
+        )
         await withCheckedContinuation { continuation in request.recorded.whenDone { continuation.resume() } }
         return request
     }
@@ -106,7 +124,13 @@ struct FalOriginResumeTests {
             let record = origin.record.withLock { $0 }
             #expect(record.submitAttempts == 1 && record.jobsCreated == ["req-1"], "never resubmitted")
             #expect(record.streamRequests == 2 && record.cancels.isEmpty)
-            #expect(second.table.results.lookup(request.job.key, modelID: Self.model.id, canonicalInput: input.canonicalBytes) != nil)
+            #expect(
+                second.table.results.lookup(
+                    request.job.key,
+                    modelID: Self.model.id,
+                    canonicalInput: input.canonicalBytes
+                ) != nil
+            )
             try await first.upstream.shutdown()
             try await second.upstream.shutdown()
         }
@@ -117,13 +141,28 @@ struct FalOriginResumeTests {
         let origin = try await FakeFalOrigin.start()
         try await withStore { directory, store, pool in
             let relay = try await makeRelay(directory, origin: origin, store: store, pool: pool)
-            let job = Job(input: try ModelInput(model: Self.model, input: ["prompt": "x"]), key: RequestKey(digest: Digest128(high: 3, low: 4)))
+            let job = Job(
+                input: try ModelInput(model: Self.model, input: ["prompt": "x"]),
+                key: RequestKey(digest: Digest128(high: 3, low: 4))
+            )
             func handle(_ base: String, _ url: String? = nil) -> UpstreamHandle {
                 let at = url ?? base + "/fal-ai/flux/requests/r"
-                return UpstreamHandle(origin: base, requestID: "r", statusURL: at + "/status", responseURL: at, cancelURL: at + "/cancel")
+                return UpstreamHandle(
+                    origin: base,
+                    requestID: "r",
+                    statusURL: at + "/status",
+                    responseURL: at,
+                    cancelURL: at + "/cancel"
+                )
             }
-            #expect(relay.upstream.resume(job, from: handle("http://127.0.0.1:1"), attachedAt: .now()) == nil, "another origin")
-            #expect(relay.upstream.resume(job, from: handle(origin.baseURL, "file:///etc/passwd"), attachedAt: .now()) == nil)
+            #expect(
+                relay.upstream.resume(job, from: handle("http://127.0.0.1:1"), attachedAt: .now()) == nil,
+                "another origin"
+            )
+            #expect(
+                relay.upstream.resume(job, from: handle(origin.baseURL, "file:///etc/passwd"), attachedAt: .now())
+                    == nil
+            )
             #expect(origin.record.withLock { $0.statusPolls + $0.streamRequests } == 0)
             try await relay.upstream.shutdown()
         }
@@ -164,7 +203,10 @@ struct FalOriginResumeTests {
                 #expect(outcomes == [.miss, .miss] && attempts == 8 && relay.table.results.count == 0)
             default:
                 #expect(first.status == 502 && first.errorType == "upstream_error", "\(first)")
-                #expect(first.message.contains("origin \(origin.baseURL) answered HTTP \(status)") && first.message.contains("scripted \(status)"))
+                #expect(
+                    first.message.contains("origin \(origin.baseURL) answered HTTP \(status)")
+                        && first.message.contains("scripted \(status)")
+                )
                 #expect(outcomes == [.miss, .miss] && relay.table.results.count == 0)
                 #expect(attempts == (status == 503 ? 8 : 2), "503 is retried, 500 is not")
             }

@@ -27,22 +27,28 @@ struct FalOriginUpstreamTests {
         _ script: FakeFalOrigin.Script = FakeFalOrigin.Script(),
         tls: (certificate: String, key: String)? = nil,
         configure: (inout FalOriginUpstream.Configuration) -> Void = { _ in },
-        _ body: (Fixture) async throws -> Void
+        body: (Fixture) async throws -> Void
     ) async throws {
         let origin = try await FakeFalOrigin.start(script, tls: tls)
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-\(UUID().uuidString)")
+            .path
         let pool = NIOThreadPool(numberOfThreads: 2)
         pool.start()
         let hasher = KeyedHasher(secret: Array(repeating: 9, count: KeyedHasher.secretSize))
         let store = try BlobStore(directory: directory, hasher: hasher, threadPool: pool)
-        var configuration = FalOriginUpstream.Configuration(baseURL: origin.baseURL + "/", apiKey: "test-key", publicBaseURL: { Self.publicBase })
+        var configuration = FalOriginUpstream.Configuration(
+            baseURL: origin.baseURL + "/",
+            apiKey: "test-key",
+            publicBaseURL: { Self.publicBase }
+        )
         configuration.retry = RetryPolicy(baseDelay: .milliseconds(10), maxDelay: .milliseconds(40), maxAttempts: 4)
         configuration.statusPollInterval = .milliseconds(10)
         configuration.requestTimeout = .seconds(5)
         configuration.jobDeadline = .seconds(20)
         configure(&configuration)
         var logger = Logger(label: "origin-test")
-        logger.logLevel = ProcessInfo.processInfo.environment["ORIGIN_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["ORIGIN_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let upstream = try FalOriginUpstream(configuration: configuration, store: store, logger: logger)
         do {
             try await body(Fixture(upstream: upstream, origin: origin, store: store))
@@ -61,7 +67,10 @@ struct FalOriginUpstreamTests {
 
     /// A job whose every event is recorded from the first one on.
     func makeJob(_ input: JSONObject = ["prompt": "a fox in the snow", "seed": 7]) throws -> (Job, FalOriginEventLog) {
-        let job = Job(input: try ModelInput(model: Self.model, input: input), key: RequestKey(digest: Digest128(high: 1, low: 2)))
+        let job = Job(
+            input: try ModelInput(model: Self.model, input: input),
+            key: RequestKey(digest: Digest128(high: 1, low: 2))
+        )
         let log = FalOriginEventLog()
         _ = job.subscribe(after: 0) { event in log.append(event) }
         return (job, log)
@@ -110,7 +119,10 @@ struct FalOriginUpstreamTests {
         #expect(result["seed"] == 7)
         let record = origin.record.withLock { $0 }
         #expect(record.mediaRequests == ["cat.png": 1, "clip.bin": 1, "thumb.jpg": 1], "each URL is pulled once")
-        #expect(record.mediaAuthorizations.allSatisfy { $0 == "Key test-key" }, "media on the origin's own host get the key")
+        #expect(
+            record.mediaAuthorizations.allSatisfy { $0 == "Key test-key" },
+            "media on the origin's own host get the key"
+        )
     }
 
     func stored(_ url: String, store: BlobStore) async throws -> [UInt8]? {
@@ -180,16 +192,19 @@ struct FalOriginUpstreamTests {
     }
 
     @Test func pollingOnlyWhenTheStreamIsSwitchedOff() async throws {
-        try await withOrigin(configure: { $0.useStatusStream = false }) { fixture in
-            let (job, log) = try makeJob()
-            _ = fixture.upstream.start(job)
-            guard case .success = try await outcome(of: job) else {
-                Issue.record("expected success, got \(job.status.phase)")
-                return
+        try await withOrigin(
+            configure: { $0.useStatusStream = false },
+            body: { fixture in
+                let (job, log) = try makeJob()
+                _ = fixture.upstream.start(job)
+                guard case .success = try await outcome(of: job) else {
+                    Issue.record("expected success, got \(job.status.phase)")
+                    return
+                }
+                #expect(log.logs == ["line 1", "line 2", "line 3"])
+                #expect(fixture.origin.record.withLock { $0.streamRequests } == 0)
             }
-            #expect(log.logs == ["line 1", "line 2", "line 3"])
-            #expect(fixture.origin.record.withLock { $0.streamRequests } == 0)
-        }
+        )
     }
 
     @Test func aStreamThatDropsFallsBackToPollingWithoutResubmitting() async throws {
@@ -241,8 +256,13 @@ struct FalOriginUpstreamTests {
                 Issue.record("expected failure, got \(job.status.phase)")
                 return
             }
-            #expect(error.status == 502 && error.errorType == "upstream_error" && error.message.contains("scripted 500"))
-            #expect(error.message.contains("origin \(fixture.origin.baseURL) answered HTTP 500 to submit"), "\(error.message)")
+            #expect(
+                error.status == 502 && error.errorType == "upstream_error" && error.message.contains("scripted 500")
+            )
+            #expect(
+                error.message.contains("origin \(fixture.origin.baseURL) answered HTTP 500 to submit"),
+                "\(error.message)"
+            )
             #expect(log.terminals == 1)
             #expect(fixture.origin.record.withLock { $0.submitAttempts } == 1)
         }
@@ -260,8 +280,14 @@ struct FalOriginUpstreamTests {
                 return
             }
             #expect(error.status == 503 && error.errorType == "rate_limited")
-            #expect(error.message.contains("origin \(fixture.origin.baseURL)") && error.message.contains("HTTP 429"), "\(error.message)")
-            #expect(error.message.contains("after 4 attempts") && error.message.contains("scripted 429"), "\(error.message)")
+            #expect(
+                error.message.contains("origin \(fixture.origin.baseURL)") && error.message.contains("HTTP 429"),
+                "\(error.message)"
+            )
+            #expect(
+                error.message.contains("after 4 attempts") && error.message.contains("scripted 429"),
+                "\(error.message)"
+            )
             #expect(log.terminals == 1)
             #expect(fixture.origin.record.withLock { $0.submitAttempts } == 4)
         }
@@ -310,7 +336,10 @@ struct FalOriginUpstreamTests {
                 Issue.record("expected failure, got \(job.status.phase)")
                 return
             }
-            #expect(error.status == 502 && error.message.contains("origin \(fixture.origin.baseURL) result is not valid JSON"))
+            #expect(
+                error.status == 502
+                    && error.message.contains("origin \(fixture.origin.baseURL) result is not valid JSON")
+            )
             #expect(log.terminals == 1)
         }
     }
@@ -318,39 +347,50 @@ struct FalOriginUpstreamTests {
     @Test func aStalledOriginFailsAtTheJobDeadlineAndIsCancelled() async throws {
         var script = FakeFalOrigin.Script()
         script.stream = .stallAfter(3)
-        try await withOrigin(script, configure: { $0.jobDeadline = .milliseconds(600) }) { fixture in
-            let (job, log) = try makeJob()
-            let started = ContinuousClock.now
-            _ = fixture.upstream.start(job)
-            guard case .failure(let error) = try await outcome(of: job, within: 10) else {
-                Issue.record("expected failure, got \(job.status.phase)")
-                return
+        try await withOrigin(
+            script,
+            configure: { $0.jobDeadline = .milliseconds(600) },
+            body: { fixture in
+                let (job, log) = try makeJob()
+                let started = ContinuousClock.now
+                _ = fixture.upstream.start(job)
+                guard case .failure(let error) = try await outcome(of: job, within: 10) else {
+                    Issue.record("expected failure, got \(job.status.phase)")
+                    return
+                }
+                #expect(
+                    ContinuousClock.now - started < .seconds(5),
+                    "the deadline, not the 45 s idle timeout, ended it"
+                )
+                #expect(error.status == 503 && error.errorType == "request_timeout")
+                #expect(["line 1"].starts(with: log.logs) && log.terminals == 1)
+                #expect(try await eventually { fixture.origin.record.withLock { $0.cancels } == ["req-1"] })
             }
-            #expect(ContinuousClock.now - started < .seconds(5), "the deadline, not the 45 s idle timeout, ended it")
-            #expect(error.status == 503 && error.errorType == "request_timeout")
-            #expect(["line 1"].starts(with: log.logs) && log.terminals == 1)
-            #expect(try await eventually { fixture.origin.record.withLock { $0.cancels } == ["req-1"] })
-        }
+        )
     }
 
     @Test func aSubmitThatNeverAnswersStillEndsTheJob() async throws {
         var script = FakeFalOrigin.Script()
         script.submitStalls = true
-        try await withOrigin(script, configure: {
-            $0.jobDeadline = .milliseconds(500)
-            $0.requestTimeout = .seconds(1)
-        }) { fixture in
-            let (job, log) = try makeJob()
-            _ = fixture.upstream.start(job)
-            guard case .failure(let error) = try await outcome(of: job, within: 5) else {
-                Issue.record("expected failure, got \(job.status.phase)")
-                return
+        try await withOrigin(
+            script,
+            configure: {
+                $0.jobDeadline = .milliseconds(500)
+                $0.requestTimeout = .seconds(1)
+            },
+            body: { fixture in
+                let (job, log) = try makeJob()
+                _ = fixture.upstream.start(job)
+                guard case .failure(let error) = try await outcome(of: job, within: 5) else {
+                    Issue.record("expected failure, got \(job.status.phase)")
+                    return
+                }
+                #expect(error.errorType == "request_timeout" && log.terminals == 1)
+                // The submit may have reached the origin, so it is not repeated after its timeout.
+                try await Task.sleep(for: .milliseconds(1500))
+                #expect(fixture.origin.record.withLock { $0.submitAttempts } == 1)
             }
-            #expect(error.errorType == "request_timeout" && log.terminals == 1)
-            // The submit may have reached the origin, so it is not repeated after its timeout.
-            try await Task.sleep(for: .milliseconds(1500))
-            #expect(fixture.origin.record.withLock { $0.submitAttempts } == 1)
-        }
+        )
     }
 
     // MARK: - Cancel
@@ -362,7 +402,12 @@ struct FalOriginUpstreamTests {
             let upstream = fixture.upstream
             let table = JobTable(upstream: { _ in upstream })
             let input = try ModelInput(model: Self.model, input: ["prompt": "a fox", "seed": 3])
-            let request = table.submit(input, endpoint: try #require(EndpointID(Self.model.id)), key: RequestKey(digest: Digest128(high: 5, low: 6)), ownerKeyID: nil)
+            let request = table.submit(
+                input,
+                endpoint: try #require(EndpointID(Self.model.id)),
+                key: RequestKey(digest: Digest128(high: 5, low: 6)),
+                ownerKeyID: nil
+            )
             #expect(try await eventually { request.job.status.logs.count == 1 })
             #expect(table.cancel(request.id, keyID: nil) == .cancellationRequested)
             #expect(try await eventually { fixture.origin.record.withLock { $0.cancels } == ["req-1"] })
@@ -382,7 +427,9 @@ struct FalOriginUpstreamTests {
             // Either the submit was not sent yet (nothing to cancel), or the job it created is cancelled.
             try await Task.sleep(for: .milliseconds(300))
             #expect(try await eventually { fixture.origin.record.withLock { $0.cancels == $0.jobsCreated } })
-            #expect(fixture.origin.record.withLock { $0.jobsCreated.count <= 1 && $0.statusPolls + $0.streamRequests == 0 })
+            #expect(
+                fixture.origin.record.withLock { $0.jobsCreated.count <= 1 && $0.statusPolls + $0.streamRequests == 0 }
+            )
             #expect(log.terminals == 0)
         }
     }
@@ -391,78 +438,97 @@ struct FalOriginUpstreamTests {
 
     @Test func anUnreachableOriginFailsTheJobAndOpensTheCircuit() async throws {
         let port = try await Self.closedPort()
-        try await withOrigin(configure: {
-            $0.baseURL = "http://127.0.0.1:\(port)"
-            $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 2, coolDown: .seconds(60))
-        }) { fixture in
-            for _ in 0..<2 {
-                let (job, log) = try makeJob()
-                _ = fixture.upstream.start(job)
-                guard case .failure(let error) = try await outcome(of: job) else {
-                    Issue.record("expected failure, got \(job.status.phase)")
+        try await withOrigin(
+            configure: {
+                $0.baseURL = "http://127.0.0.1:\(port)"
+                $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 2, coolDown: .seconds(60))
+            },
+            body: { fixture in
+                for _ in 0..<2 {
+                    let (job, log) = try makeJob()
+                    _ = fixture.upstream.start(job)
+                    guard case .failure(let error) = try await outcome(of: job) else {
+                        Issue.record("expected failure, got \(job.status.phase)")
+                        return
+                    }
+                    #expect(error.status == 503 && error.errorType == "runner_connection_refused")
+                    #expect(error.message.contains("after 4 attempts"))
+                    #expect(log.terminals == 1)
+                }
+                guard case .open = fixture.upstream.circuitState else {
+                    Issue.record("expected the circuit open, got \(fixture.upstream.circuitState)")
                     return
                 }
-                #expect(error.status == 503 && error.errorType == "runner_connection_refused")
-                #expect(error.message.contains("after 4 attempts"))
-                #expect(log.terminals == 1)
+                let (job, _) = try makeJob()
+                _ = fixture.upstream.start(job)
+                // Failed at once, inside `start`.
+                #expect(
+                    job.status.phase
+                        == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused")))
+                )
             }
-            guard case .open = fixture.upstream.circuitState else {
-                Issue.record("expected the circuit open, got \(fixture.upstream.circuitState)")
-                return
-            }
-            let (job, _) = try makeJob()
-            _ = fixture.upstream.start(job)
-            // Failed at once, inside `start`.
-            #expect(job.status.phase == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused"))))
-        }
+        )
     }
 
     @Test func aProbeThatSucceedsClosesTheCircuit() async throws {
         var script = FakeFalOrigin.Script()
         script.submitFailures = [503]
-        try await withOrigin(script, configure: {
-            $0.retry = RetryPolicy(maxAttempts: 1)
-            $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 1, coolDown: .seconds(1))
-        }) { fixture in
-            let (first, _) = try makeJob()
-            _ = fixture.upstream.start(first)
-            guard case .failure(let error) = try await outcome(of: first) else {
-                Issue.record("expected failure, got \(first.status.phase)")
-                return
+        try await withOrigin(
+            script,
+            configure: {
+                $0.retry = RetryPolicy(maxAttempts: 1)
+                $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 1, coolDown: .seconds(1))
+            },
+            body: { fixture in
+                let (first, _) = try makeJob()
+                _ = fixture.upstream.start(first)
+                guard case .failure(let error) = try await outcome(of: first) else {
+                    Issue.record("expected failure, got \(first.status.phase)")
+                    return
+                }
+                #expect(error.status == 502 && error.message.contains("HTTP 503"))
+                let (rejected, _) = try makeJob()
+                _ = fixture.upstream.start(rejected)
+                #expect(
+                    rejected.status.phase
+                        == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused")))
+                )
+                try await Task.sleep(for: .milliseconds(1100))
+                let (probe, _) = try makeJob()
+                _ = fixture.upstream.start(probe)
+                guard case .success = try await outcome(of: probe) else {
+                    Issue.record("expected the probe to succeed, got \(probe.status.phase)")
+                    return
+                }
+                #expect(fixture.upstream.circuitState == .closed(consecutiveFailures: 0))
+                #expect(fixture.origin.record.withLock { $0.submitAttempts } == 2)
             }
-            #expect(error.status == 502 && error.message.contains("HTTP 503"))
-            let (rejected, _) = try makeJob()
-            _ = fixture.upstream.start(rejected)
-            #expect(rejected.status.phase == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused"))))
-            try await Task.sleep(for: .milliseconds(1100))
-            let (probe, _) = try makeJob()
-            _ = fixture.upstream.start(probe)
-            guard case .success = try await outcome(of: probe) else {
-                Issue.record("expected the probe to succeed, got \(probe.status.phase)")
-                return
-            }
-            #expect(fixture.upstream.circuitState == .closed(consecutiveFailures: 0))
-            #expect(fixture.origin.record.withLock { $0.submitAttempts } == 2)
-        }
+        )
     }
 
     // MARK: - TLS and configuration
 
     @Test func trustsAnOriginSignedByTheExtraCA() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-ca-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-ca-\(UUID().uuidString)")
+            .path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         guard let files = try Self.makeCertificates(in: directory) else { return }
-        try await withOrigin(tls: (files.certificate, files.key), configure: { $0.additionalCAPath = files.ca }) { fixture in
-            #expect(fixture.origin.baseURL.hasPrefix("https://"))
-            let (job, log) = try makeJob()
-            _ = fixture.upstream.start(job)
-            guard case .success(let result, _) = try await outcome(of: job) else {
-                Issue.record("expected success, got \(job.status.phase)")
-                return
+        try await withOrigin(
+            tls: (files.certificate, files.key),
+            configure: { $0.additionalCAPath = files.ca },
+            body: {
+                fixture in
+                #expect(fixture.origin.baseURL.hasPrefix("https://"))
+                let (job, log) = try makeJob()
+                _ = fixture.upstream.start(job)
+                guard case .success(let result, _) = try await outcome(of: job) else {
+                    Issue.record("expected success, got \(job.status.phase)")
+                    return
+                }
+                #expect(log.logs == ["line 1", "line 2", "line 3"])
+                try await expectMediaPulled(result, store: fixture.store, origin: fixture.origin)
             }
-            #expect(log.logs == ["line 1", "line 2", "line 3"])
-            try await expectMediaPulled(result, store: fixture.store, origin: fixture.origin)
-        }
+        )
         // Without the CA the certificate is refused, at once and without retrying.
         try await withOrigin(tls: (files.certificate, files.key)) { fixture in
             let (job, _) = try makeJob()
@@ -479,17 +545,28 @@ struct FalOriginUpstreamTests {
     @Test func refusesABadConfiguration() async throws {
         let hasher = KeyedHasher(secret: Array(repeating: 1, count: KeyedHasher.secretSize))
         let pool = NIOThreadPool(numberOfThreads: 1)
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-cfg-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-cfg-\(UUID().uuidString)")
+            .path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try BlobStore(directory: directory, hasher: hasher, threadPool: pool)
         let logger = Logger(label: "origin-test")
         #expect(throws: FalOriginUpstream.ConfigurationError.self) {
-            try FalOriginUpstream(configuration: .init(baseURL: "queue.fal.run", apiKey: nil, publicBaseURL: { "" }), store: store, logger: logger)
+            try FalOriginUpstream(
+                configuration: .init(baseURL: "queue.fal.run", apiKey: nil, publicBaseURL: { "" }),
+                store: store,
+                logger: logger
+            )
         }
         #expect(throws: FalOriginUpstream.ConfigurationError.self) {
             try FalOriginUpstream(
-                configuration: .init(baseURL: "https://queue.fal.run", apiKey: "k", additionalCAPath: directory + "/missing.pem", publicBaseURL: { "" }),
-                store: store, logger: logger
+                configuration: .init(
+                    baseURL: "https://queue.fal.run",
+                    apiKey: "k",
+                    additionalCAPath: directory + "/missing.pem",
+                    publicBaseURL: { "" }
+                ),
+                store: store,
+                logger: logger
             )
         }
     }
@@ -528,7 +605,10 @@ struct FalOriginUpstreamTests {
     }
 
     static func closedPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(
+            host: "127.0.0.1",
+            port: 0
+        ).get()
         let port = channel.localAddress?.port ?? 1
         try await channel.close()
         return port

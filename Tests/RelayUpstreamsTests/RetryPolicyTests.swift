@@ -8,7 +8,12 @@ import Testing
     @Test func fullJitterBackoffDoublesUpToTheCap() {
         // jitter 1 gives the ceiling itself: 0.25, 0.5, 1, 2, 4, 8, then capped at 10.
         let ceilings = (1...8).map { policy.backoff(attempt: $0, jitter: 1) }
-        #expect(ceilings == [.milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(10), .seconds(10)])
+        #expect(
+            ceilings == [
+                .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(4), .seconds(8),
+                .seconds(10), .seconds(10),
+            ]
+        )
         #expect(policy.backoff(attempt: 3, jitter: 0) == .zero)
         #expect(policy.backoff(attempt: 3, jitter: 0.5) == .milliseconds(500))
         // Out-of-range draws are clamped, never negative or past the ceiling.
@@ -20,8 +25,14 @@ import Testing
 
     @Test func retriesTransientStatusesUntilTheAttemptsRunOut() {
         for status in [429, 502, 503, 504] {
-            #expect(policy.decision(after: .status(status), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1) == .retry(after: .milliseconds(250)))
-            #expect(policy.decision(after: .status(status), attempt: 5, replay: .safe, jitter: 0.5) == .retry(after: .seconds(2)))
+            #expect(
+                policy.decision(after: .status(status), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1)
+                    == .retry(after: .milliseconds(250))
+            )
+            #expect(
+                policy.decision(after: .status(status), attempt: 5, replay: .safe, jitter: 0.5)
+                    == .retry(after: .seconds(2))
+            )
             #expect(policy.decision(after: .status(status), attempt: 6, replay: .safe, jitter: 0.5) == .giveUp)
         }
     }
@@ -31,20 +42,43 @@ import Testing
             #expect(policy.decision(after: .status(status), attempt: 1, replay: .safe, jitter: 0.5) == .giveUp)
         }
         // A 504 for the caller's own start timeout would only time out again.
-        #expect(policy.decision(after: .status(504, userTimeout: true), attempt: 1, replay: .safe, jitter: 0.5) == .giveUp)
+        #expect(
+            policy.decision(after: .status(504, userTimeout: true), attempt: 1, replay: .safe, jitter: 0.5) == .giveUp
+        )
     }
 
     @Test func aSubmitIsRepeatedOnlyWhenTheOriginCertainlyDidNotTakeIt() {
-        #expect(policy.decision(after: .transport(.connect), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1) == .retry(after: .milliseconds(250)))
-        #expect(policy.decision(after: .transport(.exchange), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1) == .giveUp)
-        #expect(policy.decision(after: .transport(.exchange), attempt: 1, replay: .safe, jitter: 1) == .retry(after: .milliseconds(250)))
+        #expect(
+            policy.decision(after: .transport(.connect), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1)
+                == .retry(after: .milliseconds(250))
+        )
+        #expect(
+            policy.decision(after: .transport(.exchange), attempt: 1, replay: .onlyIfNotAccepted, jitter: 1) == .giveUp
+        )
+        #expect(
+            policy.decision(after: .transport(.exchange), attempt: 1, replay: .safe, jitter: 1)
+                == .retry(after: .milliseconds(250))
+        )
         #expect(policy.decision(after: .transport(.permanent), attempt: 1, replay: .safe, jitter: 1) == .giveUp)
     }
 
     @Test func honoursRetryAfterWithinItsCap() {
-        #expect(policy.decision(after: .status(429, retryAfter: .seconds(3)), attempt: 1, replay: .onlyIfNotAccepted, jitter: 0) == .retry(after: .seconds(3)))
-        #expect(policy.decision(after: .status(503, retryAfter: .seconds(3600)), attempt: 1, replay: .safe, jitter: 0) == .retry(after: .seconds(30)))
-        #expect(policy.decision(after: .status(500, retryAfter: .seconds(1)), attempt: 1, replay: .safe, jitter: 0) == .giveUp)
+        #expect(
+            policy.decision(
+                after: .status(429, retryAfter: .seconds(3)),
+                attempt: 1,
+                replay: .onlyIfNotAccepted,
+                jitter: 0
+            ) == .retry(after: .seconds(3))
+        )
+        #expect(
+            policy.decision(after: .status(503, retryAfter: .seconds(3600)), attempt: 1, replay: .safe, jitter: 0)
+                == .retry(after: .seconds(30))
+        )
+        #expect(
+            policy.decision(after: .status(500, retryAfter: .seconds(1)), attempt: 1, replay: .safe, jitter: 0)
+                == .giveUp
+        )
         #expect(RetryPolicy.retryAfter("7") == .seconds(7))
         #expect(RetryPolicy.retryAfter(" 0 ") == .zero)
         #expect(RetryPolicy.retryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == nil)

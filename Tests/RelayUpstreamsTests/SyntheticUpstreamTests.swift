@@ -54,13 +54,19 @@ import Testing
 
 @Suite struct SyntheticUpstreamTests {
     static let catalog: ModelCatalog = {
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
             .appendingPathComponent("Config/models.json").path
         return try! ModelCatalog(json: [UInt8](FileManager.default.contents(atPath: path)!))
     }()
 
-    func withUpstream(slots: Int = 2, timeScale: Double = 0, _ body: (SyntheticUpstream, BlobStore) async throws -> Void) async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("synthetic-\(UUID().uuidString)").path
+    func withUpstream(
+        slots: Int = 2,
+        timeScale: Double = 0,
+        _ body: (SyntheticUpstream, BlobStore) async throws -> Void
+    ) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("synthetic-\(UUID().uuidString)")
+            .path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pool = NIOThreadPool(numberOfThreads: 2)
         pool.start()
@@ -92,7 +98,10 @@ import Testing
 
     @Test func imageJobLogsStepsAndStoresARealPNG() async throws {
         try await withUpstream { upstream, store in
-            let job = try job("fal-ai/flux/dev", ["prompt": "a fox", "image_size": "square", "seed": 5, "num_inference_steps": 8])
+            let job = try job(
+                "fal-ai/flux/dev",
+                ["prompt": "a fox", "image_size": "square", "seed": 5, "num_inference_steps": 8]
+            )
             _ = upstream.start(job)
             guard case .success(let result, let seconds) = try await finish(job) else {
                 Issue.record("expected success")
@@ -114,7 +123,11 @@ import Testing
                 return nil
             }
             #expect(!partials.isEmpty)
-            #expect(partials.allSatisfy { $0["images"]?.arrayValue?.first?["url"]?.stringValue?.hasPrefix("data:image/png;base64,") == true })
+            #expect(
+                partials.allSatisfy {
+                    $0["images"]?.arrayValue?.first?["url"]?.stringValue?.hasPrefix("data:image/png;base64,") == true
+                }
+            )
         }
     }
 
@@ -125,7 +138,9 @@ import Testing
             let c = try job("fal-ai/flux/schnell", ["prompt": "same", "image_size": "square"])
             for job in [a, b, c] { _ = upstream.start(job) }
             let results = try await [a, b, c].asyncMap { try await finish($0) }
-            guard case .success(let ra, _) = results[0], case .success(let rb, _) = results[1], case .success(let rc, _) = results[2] else {
+            guard case .success(let ra, _) = results[0], case .success(let rb, _) = results[1],
+                case .success(let rc, _) = results[2]
+            else {
                 Issue.record("expected successes")
                 return
             }
@@ -136,11 +151,15 @@ import Testing
 
     @Test func queuePositionsWithOneSlot() async throws {
         try await withUpstream(slots: 1, timeScale: 0.05) { upstream, _ in
-            let jobs = try (0..<3).map { try job("fal-ai/flux/schnell", ["prompt": .string("q\($0)"), "image_size": "square", "seed": 1]) }
+            let jobs = try (0..<3).map {
+                try job("fal-ai/flux/schnell", ["prompt": .string("q\($0)"), "image_size": "square", "seed": 1])
+            }
             let positions = Recorder<[Int: [Int]]>([:])
             for (index, job) in jobs.enumerated() {
                 _ = job.subscribe(after: 0) { event in
-                    if case .queuePosition(let position) = event.kind { positions.update { $0[index, default: []].append(position) } }
+                    if case .queuePosition(let position) = event.kind {
+                        positions.update { $0[index, default: []].append(position) }
+                    }
                 }
                 _ = upstream.start(job)
             }
@@ -159,7 +178,10 @@ import Testing
             try await Task.sleep(for: .milliseconds(200))
             // The upstream stopped without reporting an outcome: the job table decides what cancellation means.
             #expect(!running.isTerminal)
-            let next = try job("fal-ai/flux/schnell", ["prompt": "next", "image_size": "square", "seed": 1, "num_inference_steps": 1])
+            let next = try job(
+                "fal-ai/flux/schnell",
+                ["prompt": "next", "image_size": "square", "seed": 1, "num_inference_steps": 1]
+            )
             _ = upstream.start(next)
             #expect(try await finish(next) != .cancelled)
         }
@@ -168,7 +190,10 @@ import Testing
     @Test func audioVideoAndTextShapes() async throws {
         try await withUpstream { upstream, store in
             let speech = try job("fal-ai/kokoro/american-english", ["prompt": "hello there"])
-            let video = try job("fal-ai/ltx-video", ["prompt": "waves", "image_size": ["width": 96, "height": 64], "num_frames": 3])
+            let video = try job(
+                "fal-ai/ltx-video",
+                ["prompt": "waves", "image_size": ["width": 96, "height": 64], "num_frames": 3]
+            )
             let text = try job("fal-ai/any-llm", ["prompt": "hi", "max_tokens": 5])
             for job in [speech, video, text] { _ = upstream.start(job) }
             guard case .success(let audio, _) = try await finish(speech),
