@@ -539,23 +539,6 @@ struct CertificateReloader: Service {
     }
 }
 
-/// Lets the admin API stop the service group, which exists only after the services are built.
-final class ShutdownTrigger: Sendable {
-    private let action = Mutex<(@Sendable () -> Void)?>(nil)
-    private let fired = Mutex(false)
-
-    func set(_ body: @escaping @Sendable () -> Void) {
-        let early = fired.withLock { $0 }
-        action.withLock { $0 = body }
-        if early { body() }
-    }
-
-    func fire() {
-        fired.withLock { $0 = true }
-        action.withLock { $0 }?()
-    }
-}
-
 /// Where media URLs point; known only once the listeners are bound (port 0 picks the port).
 final class PublicOrigin: Sendable {
     private let origin = Mutex("http://127.0.0.1")
