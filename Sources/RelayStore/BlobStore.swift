@@ -26,7 +26,7 @@ import Darwin
 /// other bytes throws `.collision` (see `put`).
 ///
 /// All blocking work (hashing, compression, every system call) runs on `threadPool`, never on the caller's event
-/// loop; only `init` (at start-up) and `rawPath` (one `stat`) block their caller.
+/// loop; only `init` (at start-up) blocks its caller.
 public final class BlobStore: Sendable {
     /// The data directory this store lives in.
     public let directory: String
@@ -307,15 +307,6 @@ public final class BlobStore: Sendable {
             throw .corrupt(digest, reason: "LZ4 frame header without a content size")
         }
         return BlobRecord(digest: digest, size: size, storedSize: status.size, mediaType: mediaType)
-    }
-
-    /// For zero-copy serving: the on-disk path when the blob is stored raw; nil when it is compressed or absent.
-    /// Blocks on one `stat(2)` (microseconds with a warm dentry cache); on cold storage prefer `record` and
-    /// `path(for:compressed:)`.
-    public func rawPath(_ digest: Digest128) -> String? {
-        let path = path(for: digest, compressed: false)
-        guard let status = try? BlobFileIO.status(path), status.isRegularFile else { return nil }
-        return path
     }
 
     /// Where the blob of `digest` is (or would be) stored; no I/O. `record(_:mediaType:).isCompressed` says which.

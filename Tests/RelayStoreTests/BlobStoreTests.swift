@@ -35,7 +35,7 @@ struct BlobStoreTests {
         let hex = digest.hex
         let expectedPath = "\(directory.path)/data/blobs/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))/\(hex)"
         #expect(Fixtures.contents(expectedPath) == bytes, "raw bytes at blobs/ab/cd/<digest>")
-        #expect(store.rawPath(digest) == expectedPath)
+        #expect(Fixtures.rawFile(digest, in: store) == expectedPath)
         #expect(try await store.read(digest) == bytes)
         #expect(try await store.record(digest, mediaType: .png) == record)
         #expect(Fixtures.files(under: store.temporaryDirectory).isEmpty)
@@ -61,7 +61,7 @@ struct BlobStoreTests {
         #expect(try LZ4FrameCodec.decompress(frame) == bytes, "the file is a plain LZ4 frame")
         #expect(!FileManager.default.fileExists(atPath: store.path(for: digest, compressed: false)))
 
-        #expect(store.rawPath(digest) == nil, "no sendfile for a compressed blob")
+        #expect(Fixtures.rawFile(digest, in: store) == nil, "no sendfile for a compressed blob")
         #expect(try await store.read(digest) == bytes)
         #expect(try await store.record(digest, mediaType: .text) == record)
     }
@@ -87,7 +87,7 @@ struct BlobStoreTests {
         let record = try await store.put(noise, mediaType: .wav)
         #expect(!record.isCompressed)
         #expect(record.storedSize == noise.count)
-        #expect(store.rawPath(record.digest) != nil)
+        #expect(Fixtures.rawFile(record.digest, in: store) != nil)
 
         let tiny = Array("ok".utf8)
         let tinyRecord = try await store.put(tiny, mediaType: .text)
@@ -135,7 +135,7 @@ struct BlobStoreTests {
         let digest = Fixtures.hasher.digest(Array("never stored".utf8))
         #expect(try await store.read(digest) == nil)
         #expect(try await store.record(digest, mediaType: .png) == nil)
-        #expect(store.rawPath(digest) == nil)
+        #expect(Fixtures.rawFile(digest, in: store) == nil)
         #expect(try await store.remove(digest) == false)
     }
 
@@ -173,7 +173,7 @@ struct BlobStoreTests {
         defer { directory.remove() }
         let store = try Fixtures.store(in: directory)
         let record = try await store.put(Fixtures.randomBytes(10_000), mediaType: .png)
-        let path = try #require(store.rawPath(record.digest))
+        let path = try #require(Fixtures.rawFile(record.digest, in: store))
         var bytes = try #require(Fixtures.contents(path))
         bytes[1234] ^= 0x01
         try Fixtures.write(bytes, to: path)

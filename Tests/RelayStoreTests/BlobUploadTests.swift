@@ -68,7 +68,7 @@ struct BlobUploadTests {
         let uploaded = try await upload(text, pieces: 5, to: store, as: .text)
         #expect(uploaded.digest == put.digest)
         #expect(uploaded.isCompressed)  // the LZ4 blob, not a second raw copy
-        #expect(store.rawPath(put.digest) == nil)
+        #expect(Fixtures.rawFile(put.digest, in: store) == nil)
         #expect(Fixtures.files(under: store.temporaryDirectory).isEmpty)
     }
 

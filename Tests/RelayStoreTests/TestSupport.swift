@@ -96,6 +96,16 @@ enum Fixtures {
         return files.sorted()
     }
 
+    /// The path of `digest`'s raw (uncompressed) file, when there is one.
+    static func rawFile(_ digest: Digest128, in store: BlobStore) -> String? {
+        let path = store.path(for: digest, compressed: false)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+            return nil
+        }
+        return path
+    }
+
     static func contents(_ path: String) -> [UInt8]? {
         FileManager.default.contents(atPath: path).map { [UInt8]($0) }
     }
