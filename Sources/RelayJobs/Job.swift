@@ -40,7 +40,7 @@ public final class Job: Sendable {
     }
 
     private struct State: Sendable {
-        var machine = JobStateMachine()
+        var machine: JobStateMachine
         var subscribers: [Int: Subscriber] = [:]
         var loopGroups: [ObjectIdentifier: LoopGroup] = [:]
         var loopOfToken: [Int: ObjectIdentifier] = [:]
@@ -60,15 +60,22 @@ public final class Job: Sendable {
     public let input: ModelInput
     public let key: RequestKey
     public let createdAt: Timestamp
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let everAttached = Atomic<Int>(0)
 
-    public init(input: ModelInput, key: RequestKey, createdAt: Timestamp = .now(), id: UInt64 = .random(in: 1 ... .max))
-    {
+    /// `maxEvents` bounds the job's event log (see `JobStateMachine`).
+    public init(
+        input: ModelInput,
+        key: RequestKey,
+        createdAt: Timestamp = .now(),
+        id: UInt64 = .random(in: 1 ... .max),
+        maxEvents: Int = JobStateMachine.defaultMaxEvents
+    ) {
         self.id = id
         self.input = input
         self.key = key
         self.createdAt = createdAt
+        state = Mutex(State(machine: JobStateMachine(maxEvents: maxEvents)))
     }
 
     /// A job that ended before a restart, rebuilt from the request log: already terminal with `outcome`.
@@ -78,9 +85,10 @@ public final class Job: Sendable {
         key: RequestKey,
         input: ModelInput,
         outcome: JobOutcome,
-        createdAt: Timestamp
+        createdAt: Timestamp,
+        maxEvents: Int = JobStateMachine.defaultMaxEvents
     ) {
-        self.init(input: input, key: key, createdAt: createdAt, id: id)
+        self.init(input: input, key: key, createdAt: createdAt, id: id, maxEvents: maxEvents)
         state.withLock { state in
             switch outcome {
             case .success(let result, let seconds):

@@ -1,5 +1,4 @@
 public import RelayCore
-import Synchronization
 
 /// The job lifecycle `queued(position) → running → completed(success | failure | cancelled)` as a pure value.
 ///
@@ -12,13 +11,8 @@ import Synchronization
 /// falls further behind than the bound misses the oldest stream items; the status's `logs` keep the newest
 /// `maxEvents` lines likewise.
 public struct JobStateMachine: Sendable {
-    /// The bound for machines made without one (`--event-log-max-events`), set once at start-up.
-    public static var defaultMaxEvents: Int {
-        get { configuredMaxEvents.load(ordering: .relaxed) }
-        set { configuredMaxEvents.store(max(16, newValue), ordering: .relaxed) }
-    }
-
-    private static let configuredMaxEvents = Atomic<Int>(10_000)
+    /// The bound for machines made without one; a relay passes `--event-log-max-events` through `JobTable`.
+    public static let defaultMaxEvents = 10_000
 
     public private(set) var phase: JobPhase = .queued(position: 0)
     /// The retained events: gapless, starting at sequence `firstSequence`.

@@ -3,56 +3,6 @@ public import RelayCore
 public import RelayStore
 import Synchronization
 
-/// How a submission was served, as `x-relay-cache` says it.
-public enum CacheOutcome: String, Sendable, Hashable, CaseIterable {
-    case hit
-    case coalesced
-    case miss
-    case bypass
-}
-
-/// What the client asked of the cache (`Cache-Control` request directives).
-public struct CacheDirectives: Sendable, Hashable {
-    /// Generate anew: neither the result cache nor a generation in flight is used.
-    public var noCache: Bool
-    /// Keep nothing of this request's generation.
-    public var noStore: Bool
-
-    public init(noCache: Bool = false, noStore: Bool = false) {
-        self.noCache = noCache
-        self.noStore = noStore
-    }
-}
-
-/// One client submission: its own id, attached to a (possibly shared) job.
-public struct RelayRequest: Sendable {
-    public let id: String
-    public let endpoint: EndpointID
-    public let job: Job
-    /// The API key id that submitted it (nil = anonymous); only that key sees it.
-    public let ownerKeyID: String?
-    public let createdAt: Timestamp
-    public let cacheOutcome: CacheOutcome
-    /// The RFC 9211 `Cache-Status` value for this request's responses.
-    public let cacheStatus: String
-    public internal(set) var cancelled: Bool
-    /// Done once the request's record is durable: its id may be given to the client only then, or a crash could
-    /// make the id unknown (404) after the restart. Already done when the table keeps no log.
-    public let recorded: RecordCommit
-
-    /// The request's own view: a cancelled request is over even while its shared job runs on for others.
-    public var phase: JobPhase {
-        cancelled ? .completed(.cancelled) : job.status.phase
-    }
-}
-
-/// What a cancel achieved (PROTOCOL.md §3.4).
-public enum CancelOutcome: Sendable, Hashable {
-    case cancellationRequested
-    case alreadyCompleted
-    case notFound
-}
-
 /// Every live request and in-flight job: the result cache, coalescing of identical work, lookup and cancellation.
 ///
 /// Lock order is always table → job → result index (never the reverse): a finished job stays in `inFlight` until
@@ -81,21 +31,21 @@ public final class JobTable: Sendable {
     }
 
     /// A job restored in flight at its upstream, waiting for `resumeAttached()`.
-    private struct Resumption: Sendable {
+    struct Resumption: Sendable {
         let job: Job
         let attachment: RequestLogRecord.Attachment
         let storeResult: Bool
     }
 
-    private struct State: Sendable {
+    struct State: Sendable {
         var requests: [String: RelayRequest] = [:]
         var inFlight: [RequestKey: Job] = [:]
         var resumptions: [Resumption] = []
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let removalCount = Atomic<UInt64>(0)
-    private let resolveUpstream: UpstreamResolver
+    let resolveUpstream: UpstreamResolver
     /// The durable request log; nil keeps requests in memory only.
     public let log: RequestLog?
     private let latency = CommitLatency()
@@ -105,9 +55,12 @@ public final class JobTable: Sendable {
     public let cachePolicy: CachePolicy
     /// How long a finished request stays addressable (status, result) after it was created.
     public let retentionSeconds: Double
+    /// The bound on each job's event log (`--event-log-max-events`; see `JobStateMachine`).
+    public let maxEvents: Int
 
     public init(
         retentionSeconds: Double = 3600,
+        maxEvents: Int = JobStateMachine.defaultMaxEvents,
         results: ResultIndex = ResultIndex(),
         cachePolicy: CachePolicy = CachePolicy(),
         statistics: RelayStatistics = RelayStatistics(),
@@ -117,6 +70,7 @@ public final class JobTable: Sendable {
         self.log = log
         self.statistics = statistics
         self.retentionSeconds = retentionSeconds
+        self.maxEvents = maxEvents
         self.results = results
         self.cachePolicy = cachePolicy
         self.resolveUpstream = upstream
@@ -149,7 +103,7 @@ public final class JobTable: Sendable {
             let cached = results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes),
             cacheable || isRejection(cached)
         {
-            let job = Job(input: input, key: key)
+            let job = Job(input: input, key: key, maxEvents: maxEvents)
             let logged: RequestLogRecord.Outcome
             switch cached.outcome {
             case .success(let result, let seconds):
@@ -199,7 +153,7 @@ public final class JobTable: Sendable {
                 state.requests[request.id] = request
                 return (request, nil)
             }
-            let job = Job(input: input, key: key)
+            let job = Job(input: input, key: key, maxEvents: maxEvents)
             _ = job.attach()
             if coalesce {
                 state.inFlight[key] = job
@@ -302,124 +256,6 @@ public final class JobTable: Sendable {
         return await log.sweep(now: now, oldestWanted: oldest)
     }
 
-    /// How a request in flight when the relay died ends after the restart: COMPLETED with this error, so its
-    /// status, result and streams answer at once instead of hanging or 404.
-    public static let restartedError = FalError.unavailable(
-        "The relay restarted while this request was in flight; submit it again",
-        type: "relay_restarted"
-    )
-
-    /// Reads the request log (call once at start-up, before serving): every request created within retention is
-    /// served again by id to its owner, ended as it ended, or — when it was in flight — still in flight if its
-    /// upstream had accepted the job under its own id (an origin), else with `restartedError`. Returns nil without a
-    /// log.
-    ///
-    /// Jobs still in flight are rebuilt (same job id, key and requests; their input through `models`, which maps a
-    /// model id to the catalog's spec) but not followed yet: call `resumeAttached()` once the relay knows its public
-    /// address (media URLs are rewritten to it).
-    @discardableResult
-    public func restore(
-        now: Timestamp = .now(),
-        models: (String) -> ModelSpec? = { _ in nil }
-    ) async throws(StoreError) -> RequestLog.LoadReport? {
-        guard let log else { return nil }
-        let (restored, report) = try await log.load(now: now, interrupted: .failure(Self.restartedError))
-        var jobs: [UInt64: Job] = [:]
-        var requests: [RelayRequest] = []
-        var resumptions: [Resumption] = []
-        requests.reserveCapacity(restored.count)
-        for item in restored {
-            let creation = item.creation
-            guard let endpoint = EndpointID(creation.endpoint), let input = Self.standInInput(for: endpoint) else {
-                continue
-            }
-            let job: Job
-            if item.cancelled {
-                job = Job(
-                    restoredID: creation.jobID,
-                    key: creation.key,
-                    input: input,
-                    outcome: .cancelled,
-                    createdAt: creation.createdAt
-                )
-            } else if let shared = jobs[creation.jobID] {
-                job = shared
-                _ = job.attach()
-            } else if let attachment = item.attachment {
-                // Still running at the origin: the same job again, in flight, to be followed there by its id.
-                let (rebuilt, known) = Self.rebuiltInput(attachment, models: models, fallback: input)
-                job = Job(input: rebuilt, key: creation.key, createdAt: creation.createdAt, id: creation.jobID)
-                _ = job.attach()
-                jobs[creation.jobID] = job
-                resumptions.append(
-                    Resumption(job: job, attachment: attachment, storeResult: attachment.storeResult && known)
-                )
-            } else {
-                job = Job(
-                    restoredID: creation.jobID,
-                    key: creation.key,
-                    input: input,
-                    outcome: Self.jobOutcome(item.outcome),
-                    createdAt: creation.createdAt
-                )
-                jobs[creation.jobID] = job
-            }
-            requests.append(
-                RelayRequest(
-                    id: creation.id,
-                    endpoint: endpoint,
-                    job: job,
-                    ownerKeyID: creation.ownerKeyID,
-                    createdAt: creation.createdAt,
-                    cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
-                    cacheStatus: creation.cacheStatus,
-                    cancelled: item.cancelled,
-                    recorded: RecordCommit(pending: 0)
-                )
-            )
-        }
-        state.withLock { state in
-            for request in requests where state.requests[request.id] == nil {
-                state.requests[request.id] = request
-            }
-            for resumption in resumptions
-            where resumption.attachment.coalesce && state.inFlight[resumption.job.key] == nil {
-                state.inFlight[resumption.job.key] = resumption.job
-            }
-            state.resumptions.append(contentsOf: resumptions)
-        }
-        return report
-    }
-
-    /// Follows every job `restore()` found in flight at its upstream again, by the upstream's id (progress, result,
-    /// media), through the same completion gate as a new job. A job whose upstream cannot follow it (the origin
-    /// changed, or it is gone from the configuration) ends with `restartedError`. Returns how many are followed.
-    @discardableResult
-    public func resumeAttached() -> Int {
-        let resumptions = state.withLock { state -> [Resumption] in
-            defer { state.resumptions.removeAll() }
-            return state.resumptions
-        }
-        var followed = 0
-        for resumption in resumptions {
-            let job = resumption.job
-            let attachment = resumption.attachment
-            let upstream = resolveUpstream(job.model)
-            var resumed = false
-            follow(job, storeResult: resumption.storeResult, storeRejection: attachment.storeRejection) {
-                let task = upstream.resume(job, from: attachment.handle, attachedAt: attachment.attachedAt)
-                resumed = task != nil
-                return task
-            }
-            if resumed {
-                followed += 1
-            } else {
-                job.receive(.failed(Self.restartedError))
-            }
-        }
-        return followed
-    }
-
     /// Time from a submission to its durable record, and from a job's reported end to its published end (the
     /// price of durability), since start.
     public var commitLatency: (submissions: LatencySummary, ends: LatencySummary) {
@@ -471,7 +307,7 @@ public final class JobTable: Sendable {
 
     /// Runs the job on what `begin` starts. Its end passes the completion gate: the reusable result is stored and
     /// the end recorded, and only once both are on disk is the end published (see the type's documentation).
-    private func follow(_ job: Job, storeResult: Bool, storeRejection: Bool, begin: () -> (any UpstreamTask)?) {
+    func follow(_ job: Job, storeResult: Bool, storeRejection: Bool, begin: () -> (any UpstreamTask)?) {
         statistics.recordUpstreamJobStarted()
         let results = self.results
         let policy = cachePolicy
@@ -581,38 +417,6 @@ public final class JobTable: Sendable {
         )
     }
 
-    /// The input of a job restored in flight, from what went upstream; `known` is false when the catalog no longer
-    /// has the model or no longer accepts the input (then a stand-in, and its result is not cached).
-    private static func rebuiltInput(
-        _ attachment: RequestLogRecord.Attachment,
-        models: (String) -> ModelSpec?,
-        fallback: ModelInput
-    ) -> (ModelInput, known: Bool) {
-        if let model = models(attachment.modelID), let input = try? ModelInput(model: model, input: attachment.input) {
-            return (input, true)
-        }
-        let model = ModelSpec(
-            id: attachment.modelID,
-            title: attachment.modelID,
-            kind: fallback.model.kind,
-            dedup: .never,
-            required: []
-        )
-        return ((try? ModelInput(model: model, input: attachment.input)) ?? fallback, false)
-    }
-
-    /// A restored job's input: only its model id is known (it is never started again).
-    private static func standInInput(for endpoint: EndpointID) -> ModelInput? {
-        let model = ModelSpec(
-            id: endpoint.description,
-            title: endpoint.description,
-            kind: .image,
-            dedup: .never,
-            required: []
-        )
-        return try? ModelInput(model: model, input: [:])
-    }
-
     private static func creation(_ request: RelayRequest) -> RequestLogRecord.Creation {
         RequestLogRecord.Creation(
             id: request.id,
@@ -633,38 +437,4 @@ public final class JobTable: Sendable {
         case .cancelled: .cancelled
         }
     }
-
-    private static func jobOutcome(_ outcome: RequestLogRecord.Outcome) -> JobOutcome {
-        switch outcome {
-        case .success(let result, let seconds): .success(result: result, inferenceSeconds: seconds)
-        case .failure(let error): .failure(error)
-        case .cancelled: .cancelled
-        }
-    }
-}
-
-/// Count, mean and maximum of a duration series.
-public struct LatencySummary: Sendable, Hashable {
-    public private(set) var count = 0
-    public private(set) var total: Duration = .zero
-    public private(set) var maximum: Duration = .zero
-
-    public var mean: Duration { count == 0 ? .zero : total / count }
-
-    mutating func add(_ sample: Duration) {
-        count += 1
-        total += sample
-        maximum = max(maximum, sample)
-    }
-}
-
-/// What `JobTable.commitLatency` reports.
-private final class CommitLatency: Sendable {
-    private let state = Mutex((submissions: LatencySummary(), ends: LatencySummary()))
-
-    var summaries: (submissions: LatencySummary, ends: LatencySummary) { state.withLock { $0 } }
-
-    func record(submission: Duration) { state.withLock { $0.submissions.add(submission) } }
-
-    func record(end: Duration) { state.withLock { $0.ends.add(end) } }
 }

@@ -39,7 +39,6 @@ public struct RelayApplication: Sendable {
         } catch {
             throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
         }
-        JobStateMachine.defaultMaxEvents = config.eventLogMaxEvents
         let secret = try DeploymentSecret.load(dataDirectory: dataDirectory)
         let hasher = KeyedHasher(secret: secret)
         _ = RelayMetricsSystem.registry
@@ -157,6 +156,7 @@ public struct RelayApplication: Sendable {
         )
         let jobs = JobTable(
             retentionSeconds: config.requestRetentionSeconds,
+            maxEvents: config.eventLogMaxEvents,
             results: results,
             cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds),
             log: requestLog

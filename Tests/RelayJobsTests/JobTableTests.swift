@@ -261,4 +261,20 @@ final class ManualUpstream: Upstream, Sendable {
         #expect(table.request(done.id, keyID: nil) == nil)
         #expect(table.request(running.id, keyID: nil) != nil)
     }
+
+    @Test func eachTableBoundsTheEventLogOfItsOwnJobs() throws {
+        let upstream = ManualUpstream()
+        let bounded = JobTable(maxEvents: 16) { _ in upstream }
+        let unbounded = JobTable { _ in upstream }
+        let small = submit(bounded, try input("bounded"))
+        let large = submit(unbounded, try input("unbounded"))
+        for line in 0..<100 {
+            small.job.receive(.log("line \(line)", level: .info))
+            large.job.receive(.log("line \(line)", level: .info))
+        }
+        // The bound trims in batches: at most a quarter over it.
+        #expect((16...20).contains(small.job.status.logs.count))
+        #expect(small.job.status.logs.last?.message == "line 99")
+        #expect(large.job.status.logs.count == 100, "another table in the same process keeps its own bound")
+    }
 }

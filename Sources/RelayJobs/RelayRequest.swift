@@ -1,0 +1,51 @@
+public import RelayCore
+
+/// How a submission was served, as `x-relay-cache` says it.
+public enum CacheOutcome: String, Sendable, Hashable, CaseIterable {
+    case hit
+    case coalesced
+    case miss
+    case bypass
+}
+
+/// What the client asked of the cache (`Cache-Control` request directives).
+public struct CacheDirectives: Sendable, Hashable {
+    /// Generate anew: neither the result cache nor a generation in flight is used.
+    public var noCache: Bool
+    /// Keep nothing of this request's generation.
+    public var noStore: Bool
+
+    public init(noCache: Bool = false, noStore: Bool = false) {
+        self.noCache = noCache
+        self.noStore = noStore
+    }
+}
+
+/// One client submission: its own id, attached to a (possibly shared) job.
+public struct RelayRequest: Sendable {
+    public let id: String
+    public let endpoint: EndpointID
+    public let job: Job
+    /// The API key id that submitted it (nil = anonymous); only that key sees it.
+    public let ownerKeyID: String?
+    public let createdAt: Timestamp
+    public let cacheOutcome: CacheOutcome
+    /// The RFC 9211 `Cache-Status` value for this request's responses.
+    public let cacheStatus: String
+    public internal(set) var cancelled: Bool
+    /// Done once the request's record is durable: its id may be given to the client only then, or a crash could
+    /// make the id unknown (404) after the restart. Already done when the table keeps no log.
+    public let recorded: RecordCommit
+
+    /// The request's own view: a cancelled request is over even while its shared job runs on for others.
+    public var phase: JobPhase {
+        cancelled ? .completed(.cancelled) : job.status.phase
+    }
+}
+
+/// What a cancel achieved (PROTOCOL.md §3.4).
+public enum CancelOutcome: Sendable, Hashable {
+    case cancellationRequested
+    case alreadyCompleted
+    case notFound
+}
