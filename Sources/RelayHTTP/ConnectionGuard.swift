@@ -58,6 +58,9 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: - Events from HTTPPartsTap
 
+    /// The configured limit on a request head.
+    var maxHeaderBytes: Int { clock.limits.maxHeaderBytes }
+
     /// Returns false when the head was too large (the connection is being answered 431 and closed).
     func headReceived(_ head: HTTPRequestHead) -> Bool {
         headReceived(byteCount: Self.size(of: head))
@@ -248,7 +251,9 @@ final class HTTPPartsTap: ChannelDuplexHandler, RemovableChannelHandler {
         if !responding {
             switch parserError {
             case .headerOverflow:
-                timer.reject(.headersTooLarge(limit: 80 * 1024))
+                // llhttp's own cap is above any head the configuration allows: the configured limit is the one
+                // a client must stay under.
+                timer.reject(.headersTooLarge(limit: timer.maxHeaderBytes))
             case .invalidURL:
                 timer.reject(.badRequest("The request target is not a valid URL", type: "bad_request"))
             default:

@@ -206,10 +206,15 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         case .status, .result:
             // Read before the lookup, so that a removal or key change during it shows as a change later.
             let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
-            let read = services.answerRead(facts, route: route)
-            (response, keyID) = (read.response, read.keyID)
-            if read.settled, let principal = read.principal, let keyTableVersion {
-                settledBy = (principal, keyTableVersion, removals)
+            switch services.admit(facts, route: route) {
+            case .refused(let error, let headers):
+                response = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
+            case .admitted(let principal, _):
+                let read = services.answerRead(facts, route: route, principal: principal)
+                (response, keyID) = (read.response, read.keyID)
+                if read.settled, let keyTableVersion {
+                    settledBy = (principal, keyTableVersion, removals)
+                }
             }
         case .file(let digest, let fileExtension):
             return answerFile(
@@ -287,11 +292,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let started = NIODeadline.now()
         guard accept(headLength: headLength) else { return true }
-        if case .refused(let refusal) = services.charge(
-            facts(head, channel: context.channel),
-            route: answer.route,
-            principal: answer.principal
-        ) {
+        let facts = facts(head, channel: context.channel)
+        if let refusal = services.charge(facts, route: answer.route, principal: answer.principal)
+            .refusal(isHead: facts.isHead)
+        {
             send(
                 refusal,
                 for: head,
@@ -406,17 +410,20 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             else { return false }
             body = open
         }
-        // Media URLs are capabilities: a valid key pays from its reads budget, anyone else from their address's.
         let started = NIODeadline.now()
-        let payer = head.authorization.flatMap { services.authenticator.authenticate(authorization: $0) } ?? .anonymous
         guard accept(headLength: headLength) else {
             body?.discard()
             return true
         }
-        if case .refused(let refusal) = services.charge(facts, route: route, principal: payer) {
+        let payer: Principal
+        switch services.admit(facts, route: route) {
+        case .refused(let error, let headers):
             body?.discard()
-            send(refusal, for: head, route: route, keyID: payer.keyID, started: started, context: context)
+            let refusal = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
+            send(refusal, for: head, route: route, keyID: nil, started: started, context: context)
             return true
+        case .admitted(let admitted, _):
+            payer = admitted
         }
         services.jobs.statistics.recordStoreRead(hit: true)
         services.mediaServed(record.digest)

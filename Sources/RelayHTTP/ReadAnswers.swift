@@ -16,6 +16,7 @@ struct RequestFacts {
     var channel: (any Channel)?
 
     var clientIP: String { channel?.remoteAddress?.ipAddress ?? "unknown" }
+    var isHead: Bool { method == .HEAD }
 }
 
 /// A complete response as values: status, header fields (without `content-length` and `connection`, which framing
@@ -112,46 +113,7 @@ struct PreparedResponse {
     }
 }
 
-/// The outcome of authenticating and charging a request.
-enum Admission {
-    case admitted(Principal, rateLimitHeaders: [(String, String)])
-    case refused(PreparedResponse)
-}
-
 extension RelayServices {
-    /// Authenticates the caller (401 for a key that is unknown or revoked) and charges the route's budget (429 with
-    /// `Retry-After` and RateLimit headers). `authorization` nil is the anonymous caller.
-    func admit(_ facts: RequestFacts, route: Route) -> Admission {
-        guard let principal = authenticator.authenticate(authorization: facts.authorization) else {
-            return .refused(PreparedResponse(error: .unauthorized(), requestID: nil, isHead: facts.method == .HEAD))
-        }
-        return charge(facts, route: route, principal: principal)
-    }
-
-    /// Charges the route's budget for `principal` (429 when spent).
-    func charge(_ facts: RequestFacts, route: Route, principal: Principal) -> Admission {
-        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route),
-            rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
-        else { return .admitted(principal, rateLimitHeaders: []) }
-        // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
-        let decision = rateLimiter.check(
-            principal: principal,
-            clientIP: principal.keyID == nil ? facts.clientIP : "",
-            budget: budget
-        )
-        guard let rejection = decision.rejection else {
-            return .admitted(principal, rateLimitHeaders: decision.headers)
-        }
-        return .refused(
-            PreparedResponse(
-                error: .rateLimited(rejection.detail),
-                requestID: nil,
-                extraHeaders: rejection.headers,
-                isHead: facts.method == .HEAD
-            )
-        )
-    }
-
     /// `GET /healthz`.
     func answerHealth(_ facts: RequestFacts) -> PreparedResponse {
         PreparedResponse(status: .ok, json: Self.healthBody, requestID: nil, isHead: facts.method == .HEAD)
@@ -161,13 +123,9 @@ extension RelayServices {
 
     /// A status poll (`…/requests/{id}/status`) or a result fetch (`…/requests/{id}`), answered from the request
     /// table: the hottest reads there are.
-    func answerRead(_ facts: RequestFacts, route: Route) -> ReadAnswer {
+    /// `principal` is the caller `admit` let through.
+    func answerRead(_ facts: RequestFacts, route: Route, principal: Principal) -> ReadAnswer {
         let isHead = facts.method == .HEAD
-        let principal: Principal
-        switch admit(facts, route: route) {
-        case .refused(let response): return ReadAnswer(response: response, principal: nil)
-        case .admitted(let admitted, _): principal = admitted
-        }
         let app: EndpointID
         let id: String
         switch route {
@@ -249,14 +207,14 @@ extension RelayServices {
 /// What `answerRead` decided.
 struct ReadAnswer {
     var response: PreparedResponse
-    /// Who asked; nil when authentication failed.
-    var principal: Principal?
+    /// Who asked.
+    var principal: Principal
     /// The request has finished, so the same request (method, target, Host, Authorization) gets the same response
     /// while the request table has removed nothing and the key table is unchanged. Admission (rate limits) still
     /// applies to every request.
     var settled = false
 
-    var keyID: String? { principal?.keyID }
+    var keyID: String? { principal.keyID }
 }
 
 extension FalWire.QueueBase {

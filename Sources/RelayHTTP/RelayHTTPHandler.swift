@@ -200,9 +200,30 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         routedHead = nil
         accessLog?.annotate(route: route.label, keyID: nil)
         let keepAlive = head.isKeepAlive
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host field is a 400 (the URLs the relay builds for
+        // the client come from it).
+        if head.version == .http1_1, head.headers["host"].count != 1 {
+            return respondError(
+                context: context,
+                head: head,
+                error: .badRequest("An HTTP/1.1 request needs exactly one Host header field", type: "bad_request")
+            )
+        }
+        let facts = facts(head, context: context)
+        let principal: Principal
+        let limitHeaders: [(String, String)]
+        switch services.admit(facts, route: route) {
+        case .refused(let error, let headers):
+            return respondError(context: context, head: head, error: error, extraHeaders: headers)
+        case .admitted(let admitted, let headers):
+            (principal, limitHeaders) = (admitted, headers)
+        }
+        if let keyID = principal.keyID {
+            accessLog?.annotate(keyID: keyID)
+        }
         switch route {
         case .health:
-            write(context: context, keepAlive: keepAlive, services.answerHealth(facts(head, context: context)))
+            write(context: context, keepAlive: keepAlive, services.answerHealth(facts))
         case .ready:
             if services.readiness.isReady {
                 respond(context: context, head: head, status: .ok, json: ["status": "ready"])
@@ -215,14 +236,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case .webSocket, .realtime:
             // Only requests the upgrader declined get here: say why.
-            switch WebSocketGate.target(for: head, services: services) {
+            switch WebSocketGate.target(of: route, uri: head.uri, services: services, admitted: principal) {
             case .failure(let error):
                 respondError(context: context, head: head, error: error)
             case .success:
                 respondError(context: context, head: head, error: .upgradeRequired())
             }
         case .tokens:
-            guard let principal = authenticate(context: context, head: head) else { return }
             let request =
                 (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
             let apps = request["allowed_apps"]?.arrayValue?.compactMap(\.stringValue) ?? []
@@ -262,15 +282,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .stats(stream: true):
             begin(.statsStream, context: context, keepAlive: keepAlive)
         case .admin(let action):
-            guard let principal = authenticate(context: context, head: head) else { return }
-            guard principal.isAdmin else {
-                let message = "The admin API needs an admin key"
-                return respondError(
-                    context: context,
-                    head: head,
-                    error: principal == .anonymous ? .unauthorized(message) : .forbidden(message)
-                )
-            }
             serveAdmin(action, context: context, head: head, body: body)
         case .storageToken, .uploadInitiate, .uploadPut, .v3Upload, .uploadAlias:
             guard let uploads = services.uploads else {
@@ -281,29 +292,27 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 )
             }
             switch route {
-            case .storageToken: serveStorageToken(context: context, head: head, uploads: uploads)
-            case .uploadInitiate: serveUploadInitiate(context: context, head: head, body: body, uploads: uploads)
+            case .storageToken:
+                serveStorageToken(context: context, head: head, principal: principal, uploads: uploads)
+            case .uploadInitiate:
+                serveUploadInitiate(
+                    context: context,
+                    head: head,
+                    body: body,
+                    principal: principal,
+                    limitHeaders: limitHeaders,
+                    uploads: uploads
+                )
             case .uploadAlias(let id): serveUploadAlias(context: context, head: head, id: id)
             default:
                 // `beginUpload` takes every upload body when uploads are enabled.
                 respondError(context: context, head: head, error: .internalError("upload not handled"))
             }
         case .file(let digest, let fileExtension):
-            // Media URLs are capabilities: no key needed. A caller that sends a valid key pays from that key's reads
-            // budget (an app's server fetching its media); anyone else from their address's.
-            let payer = head.headers.first(name: "authorization").flatMap {
-                services.authenticator.authenticate(authorization: $0)
-            }
-            guard admit(context: context, head: head, route: route, principal: payer ?? .anonymous) != nil else {
-                return
-            }
             serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
-            guard let principal = authenticate(context: context, head: head),
-                let limitHeaders = admit(context: context, head: head, route: route, principal: principal)
-            else { return }
             let input: ModelInput
-            switch prepare(endpoint: endpoint, body: body) {
+            switch services.modelInput(endpoint: endpoint, body: body) {
             case .success(let prepared): input = prepared
             case .failure(let error): return respondError(context: context, head: head, error: error)
             }
@@ -354,13 +363,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             answer()
         case .status, .result:
-            let answer = services.answerRead(facts(head, context: context), route: route)
-            if let keyID = answer.keyID { accessLog?.annotate(keyID: keyID) }
-            write(context: context, keepAlive: keepAlive, answer.response)
+            write(
+                context: context,
+                keepAlive: keepAlive,
+                services.answerRead(facts, route: route, principal: principal).response
+            )
         case .statusStream(let app, let id), .cancel(let app, let id):
-            guard let principal = authenticate(context: context, head: head),
-                admit(context: context, head: head, route: route, principal: principal) != nil
-            else { return }
             if case .cancel = route {
                 let (status, body) = FalWire.cancelBody(services.jobs.cancel(id, keyID: principal.keyID, app: app.app))
                 respond(
@@ -406,38 +414,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Charges the request to its caller's budget; on refusal answers 429 (with Retry-After and RateLimit headers)
-    /// and returns nil. Returns the RateLimit headers to add to the response otherwise.
-    func admit(
-        context: ChannelHandlerContext,
-        head: HTTPRequestHead,
-        route: Route,
-        principal: Principal
-    ) -> [(String, String)]? {
-        switch services.charge(facts(head, context: context), route: route, principal: principal) {
-        case .admitted(_, let headers):
-            return headers
-        case .refused(let response):
-            write(context: context, keepAlive: head.isKeepAlive, response)
-            return nil
-        }
-    }
-
-    func authenticate(context: ChannelHandlerContext, head: HTTPRequestHead) -> Principal? {
-        guard
-            let principal = services.authenticator.authenticate(
-                authorization: head.headers.first(name: "authorization")
-            )
-        else {
-            respondError(context: context, head: head, error: .unauthorized())
-            return nil
-        }
-        if let keyID = principal.keyID {
-            accessLog?.annotate(keyID: keyID)
-        }
-        return principal
-    }
-
     /// The request as the shared answers (ReadAnswers.swift) see it.
     func facts(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> RequestFacts {
         let channel = context.channel
@@ -449,41 +425,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             scheme: scheme,
             channel: channel
         )
-    }
-
-    /// Parses, looks up and normalises a submission's input.
-    private func prepare(endpoint: EndpointID, body: ByteBuffer) -> Result<ModelInput, FalError> {
-        let object: JSONObject
-        if body.readableBytes == 0 {
-            object = [:]
-        } else {
-            let parsed: JSONValue
-            do {
-                parsed = try body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }
-            } catch {
-                return .failure(.malformedJSON(error.description))
-            }
-            guard let parsedObject = parsed.objectValue else {
-                return .failure(
-                    .validation(
-                        FalError.ValidationIssue(
-                            location: ["body"],
-                            message: "value is not a valid dict",
-                            type: "type_error.dict"
-                        )
-                    )
-                )
-            }
-            object = parsedObject
-        }
-        guard let model = services.catalog.model(endpoint.description) else {
-            return .failure(.unknownModel(endpoint.description))
-        }
-        do {
-            return .success(try ModelInput(model: model, input: object, mediaURLs: services.uploads?.mediaURLs))
-        } catch {
-            return .failure(error)
-        }
     }
 
     private func queueBase(head: HTTPRequestHead, app: String) -> FalWire.QueueBase {

@@ -303,7 +303,7 @@ public final class RelayHTTPServer: Service, Sendable {
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.
-                upgraders: refusal == nil ? [Self.webSocketUpgrader(services: services)] : [],
+                upgraders: refusal == nil ? [Self.webSocketUpgrader(services: services, scheme: scheme)] : [],
                 completionHandler: { context in
                     // The socket speaks WebSocket now: the HTTP handlers leave (it has deadlines of its own).
                     let (handler, tap, timer, accessLog, fastLane) = boundHandlers.value
@@ -358,22 +358,32 @@ extension RelayHTTPServer {
     static let maxWebSocketMessageBytes = 1 << 20
 
     /// Upgrades `/ws` and `…/realtime` when the caller is admitted; otherwise the request reaches the HTTP handler,
-    /// which answers with the reason (401, 404 or 426).
-    static func webSocketUpgrader(services: RelayServices) -> NIOWebSocketServerUpgrader {
-        NIOWebSocketServerUpgrader(
+    /// which answers with the reason (401, 404, 429 or 426). One upgrader per connection: the admission made when
+    /// the upgrade is decided is the one the session is built from (the caller is charged once).
+    static func webSocketUpgrader(services: RelayServices, scheme: String) -> NIOWebSocketServerUpgrader {
+        let admitted = Mutex<WebSocketTarget?>(nil)
+        return NIOWebSocketServerUpgrader(
             maxFrameSize: maxWebSocketMessageBytes,
             // Protocol errors reach WebSocketSessionHandler, which closes gracefully (close frame, half-close, drain)
             // instead of the decoder closing at once and turning the close frame into a TCP reset.
             automaticErrorHandling: false,
             shouldUpgrade: { channel, head in
-                guard case .success = WebSocketGate.target(for: head, services: services) else {
+                guard
+                    case .success(let target) = WebSocketGate.admit(
+                        head,
+                        channel: channel,
+                        scheme: scheme,
+                        services: services
+                    )
+                else {
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
+                admitted.withLock { $0 = target }
                 return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
             },
-            upgradePipelineHandler: { channel, head in
+            upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    guard case .success(let target) = WebSocketGate.target(for: head, services: services) else {
+                    guard let target = admitted.withLock({ $0 }) else {
                         throw ChannelError.inappropriateOperationForState
                     }
                     let pipeline = channel.pipeline.syncOperations

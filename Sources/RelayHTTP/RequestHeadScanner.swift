@@ -138,7 +138,8 @@ struct RequestHeadScanner {
             }
         }
         guard index <= maxHeadBytes else { return .opaque }
-        guard fast, let method else { return .slow(length: index, bodyLength: contentLength ?? 0) }
+        // No Host: NIO's pipeline answers the 400 HTTP/1.1 requires (RFC 9112 §3.2).
+        guard fast, host != nil, let method else { return .slow(length: index, bodyLength: contentLength ?? 0) }
         func string(_ range: Range<Int>?) -> String? {
             range.map { String(decoding: UnsafeRawBufferPointer(rebasing: bytes[$0]), as: UTF8.self) }
         }

@@ -150,24 +150,13 @@ extension RelayHTTPHandler {
         let kind: UploadExchange.Kind
         switch route {
         case .v3Upload:
-            guard let principal = uploadPrincipal(head), principal != .anonymous else {
-                rejectUpload(context: context, error: .unauthorized("Uploads need an API key or a storage token"))
+            let principal: Principal
+            switch services.admit(facts(head, context: context), route: route) {
+            case .refused(let error, let headers):
+                rejectUpload(context: context, error: error, extraHeaders: headers)
                 return true
-            }
-            if let limiter = services.rateLimiter, let budget = RateLimitPolicy.Budget(route: route) {
-                let decision = limiter.check(
-                    principal: principal,
-                    clientIP: context.channel.remoteAddress?.ipAddress ?? "unknown",
-                    budget: budget
-                )
-                if let rejection = decision.rejection {
-                    rejectUpload(
-                        context: context,
-                        error: .rateLimited(rejection.detail),
-                        extraHeaders: rejection.headers
-                    )
-                    return true
-                }
+            case .admitted(let admitted, _):
+                principal = admitted
             }
             if let keyID = principal.keyID { accessLog?.annotate(keyID: keyID) }
             kind = .v3(fileName: head.headers.first(name: "x-fal-file-name") ?? "upload.bin")
@@ -367,30 +356,15 @@ extension RelayHTTPHandler {
         return .internalError("The upload could not be stored")
     }
 
-    /// `Authorization: Bearer <storage token>` (v3), or an API key as everywhere else.
-    func uploadPrincipal(_ head: HTTPRequestHead) -> Principal? {
-        let authorization = head.headers.first(name: "authorization")
-        if let authorization {
-            let parts = authorization.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer",
-                let principal = services.authenticator.authenticate(
-                    token: String(parts[1]),
-                    app: UploadService.storageScope
-                )
-            {
-                return principal
-            }
-        }
-        return services.authenticator.authenticate(authorization: authorization)
-    }
-
     // MARK: - Requests with small JSON bodies
 
     /// `POST /storage/auth/token`: a Bearer token for v3 uploads, valid `tokenSeconds`.
-    func serveStorageToken(context: ChannelHandlerContext, head: HTTPRequestHead, uploads: UploadService) {
-        guard let principal = authenticate(context: context, head: head),
-            admit(context: context, head: head, route: .storageToken, principal: principal) != nil
-        else { return }
+    func serveStorageToken(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        principal: Principal,
+        uploads: UploadService
+    ) {
         let expiresAt = UploadService.expiry(now: .now(), seconds: uploads.tokenSeconds)
         guard
             let token = services.authenticator.issueToken(
@@ -414,14 +388,10 @@ extension RelayHTTPHandler {
         context: ChannelHandlerContext,
         head: HTTPRequestHead,
         body: ByteBuffer,
+        principal: Principal,
+        limitHeaders: [(String, String)],
         uploads: UploadService
     ) {
-        guard let principal = authenticate(context: context, head: head) else { return }
-        guard principal != .anonymous else {
-            return respondError(context: context, head: head, error: .unauthorized("Uploads need an API key"))
-        }
-        guard let limitHeaders = admit(context: context, head: head, route: .uploadInitiate, principal: principal)
-        else { return }
         let request =
             body.readableBytes == 0
             ? JSONValue.object([:])
@@ -458,7 +428,6 @@ extension RelayHTTPHandler {
 
     /// `GET /files/uploads/<id>/…`: the upload's blob once its PUT is done, else 404.
     func serveUploadAlias(context: ChannelHandlerContext, head: HTTPRequestHead, id: Digest128) {
-        guard admit(context: context, head: head, route: .uploadAlias(id), principal: .anonymous) != nil else { return }
         guard let alias = services.uploads?.aliases.alias(id) else {
             return respondError(
                 context: context,

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP1
 public import RelayCore
 
@@ -8,37 +9,59 @@ public enum WebSocketTarget: Sendable, Hashable {
     case watch(Principal)
     /// `/{app}/realtime`: fal realtime, one msgpack message in → one result out, for `model`.
     case realtime(Principal, ModelSpec)
+
+    var principal: Principal {
+        switch self {
+        case .watch(let principal), .realtime(let principal, _): principal
+        }
+    }
 }
 
-/// Admission for WebSocket upgrades: route, credentials (header, or `fal_jwt_token` because browsers cannot set
-/// headers on a WebSocket), and whether the model speaks realtime.
+/// Admission for WebSocket upgrades: the same admission as every request (credentials from the header, or
+/// `fal_jwt_token` because browsers cannot set headers on a WebSocket; opening a socket is a read), then whether the
+/// route and model speak WebSocket at all.
 enum WebSocketGate {
-    static func target(for head: HTTPRequestHead, services: RelayServices) -> Result<WebSocketTarget, FalError> {
-        let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
-        let endpoint: EndpointID?
+    /// Admits the upgrade request (charging its budget once) and says what the socket is for.
+    static func admit(
+        _ head: HTTPRequestHead,
+        channel: any Channel,
+        scheme: String,
+        services: RelayServices
+    ) -> Result<WebSocketTarget, FalError> {
+        let host = head.headers.first(name: "host")
+        let route = services.router.route(method: head.method, host: host, uri: head.uri)
+        let facts = RequestFacts(
+            method: head.method,
+            uri: head.uri,
+            host: host,
+            authorization: head.headers.first(name: "authorization"),
+            scheme: scheme,
+            channel: channel
+        )
+        switch services.admit(facts, route: route) {
+        case .refused(let error, _): return .failure(error)
+        case .admitted(let principal, _):
+            return target(of: route, uri: head.uri, services: services, admitted: principal)
+        }
+    }
+
+    /// What an admitted caller's socket on `route` is for: 404 for a route or model without a WebSocket endpoint.
+    static func target(
+        of route: Route,
+        uri: String,
+        services: RelayServices,
+        admitted principal: Principal
+    ) -> Result<WebSocketTarget, FalError> {
         switch route {
-        case .webSocket: endpoint = nil
-        case .realtime(let id): endpoint = id
-        default: return .failure(.notFound("No WebSocket endpoint at \(head.uri)"))
-        }
-        let principal: Principal
-        if let header = head.headers.first(name: "authorization") {
-            guard let found = services.authenticator.authenticate(authorization: header) else {
-                return .failure(.unauthorized())
+        case .webSocket:
+            return .success(.watch(principal))
+        case .realtime(let endpoint):
+            guard let model = services.catalog.model(endpoint.description), model.realtime else {
+                return .failure(.notFound("Model \(endpoint.description) has no realtime endpoint"))
             }
-            principal = found
-        } else if let token = QueryParameters(uri: head.uri)["fal_jwt_token"] {
-            guard let found = services.authenticator.authenticate(token: token, app: endpoint?.alias) else {
-                return .failure(.unauthorized("Invalid or expired token"))
-            }
-            principal = found
-        } else {
-            principal = .anonymous
+            return .success(.realtime(principal, model))
+        default:
+            return .failure(.notFound("No WebSocket endpoint at \(uri)"))
         }
-        guard let endpoint else { return .success(.watch(principal)) }
-        guard let model = services.catalog.model(endpoint.description), model.realtime else {
-            return .failure(.notFound("Model \(endpoint.description) has no realtime endpoint"))
-        }
-        return .success(.realtime(principal, model))
     }
 }

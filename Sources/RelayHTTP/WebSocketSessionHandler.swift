@@ -38,11 +38,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         self.target = target
     }
 
-    private var principal: Principal {
-        switch target {
-        case .watch(let principal), .realtime(let principal, _): principal
-        }
-    }
+    private var principal: Principal { target.principal }
 
     // MARK: - Lifecycle
 
@@ -193,7 +189,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             }
             watch(request, after: after, context: context)
         case .submit(let model, let input):
-            switch submit(model: model, input: input) {
+            switch submit(model: model, input: input, context: context) {
             case .success(let request):
                 // The id goes out only once the request's record is durable (see `RelayRequest.recorded`).
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -320,7 +316,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         let echo = input["request_id"]
         input["request_id"] = nil
         guard let endpoint = EndpointID(model.id) else { return }
-        switch submit(model: endpoint.description, input: input) {
+        switch submit(model: endpoint.description, input: input, context: context) {
         case .success(let request):
             if let echo { realtimeEcho[request.id] = echo }
             watch(request, after: 0, context: context)
@@ -354,14 +350,28 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     // MARK: - Shared
 
-    private func submit(model: String, input: JSONObject) -> Result<RelayRequest, FalError> {
+    /// A submission over the socket: charged to the caller's submissions budget like a `POST`, keyed like one.
+    private func submit(
+        model: String,
+        input: JSONObject,
+        context: ChannelHandlerContext
+    ) -> Result<RelayRequest, FalError> {
         guard let endpoint = EndpointID(model) else { return .failure(.unknownModel(model)) }
-        guard let spec = services.catalog.model(endpoint.description) else { return .failure(.unknownModel(model)) }
-        let normalised: ModelInput
-        do {
-            normalised = try ModelInput(model: spec, input: input)
-        } catch {
+        let facts = RequestFacts(
+            method: .POST,
+            uri: "/" + endpoint.description,
+            host: nil,
+            authorization: nil,
+            scheme: "ws",
+            channel: context.channel
+        )
+        if case .refused(let error, _) = services.charge(facts, route: .submit(endpoint), principal: principal) {
             return .failure(error)
+        }
+        let normalised: ModelInput
+        switch services.modelInput(endpoint: endpoint, object: input) {
+        case .success(let input): normalised = input
+        case .failure(let error): return .failure(error)
         }
         return .success(
             services.jobs.submit(

@@ -140,7 +140,7 @@ import Testing
         defer { fixture.remove() }
         let path = "/fal-ai/flux/requests/\(fixture.done.id)"
         try fixture.send(
-            "GET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\n\r\nGET \(path) HTTP/1.1\r\nAuthorization: Key bad:key\r\nConnection: keep-alive, x\r\n\r\n"
+            "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Key bad:key\r\n\r\nGET \(path) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Key bad:key\r\nConnection: keep-alive, x\r\n\r\n"
         )
         let answers = try fixture.responses()
         try #require(answers.count == 2)
@@ -152,12 +152,12 @@ import Testing
     @Test func pipelinedRequestsKeepTheirOrderWhenNIOOwesAResponse() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         // A submit (NIO's, answered once its record is durable — at once here), then reads, in one segment.
         let body = #"{"prompt":"a lighthouse"}"#
         let submit =
-            "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-        try fixture.send(submit + result + "GET /healthz HTTP/1.1\r\n\r\n" + result)
+            "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        try fixture.send(submit + result + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n" + result)
         let answers = try fixture.responses()
         try #require(answers.count == 4)
         #expect(answers[0].body.contains("\"request_id\""))
@@ -176,13 +176,13 @@ import Testing
     @Test func headsAndBodiesSplitAcrossReadsArriveWhole() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        let request = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        let request = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         for byte in request.utf8 {
             try fixture.send(String(decoding: [byte], as: UTF8.self))
         }
         #expect(try fixture.responses().map(\.status) == [200])
         let body = #"{"prompt":"a quiet harbour at dawn"}"#
-        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Content-Length: \(body.utf8.count)\r\n\r\n"
+        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Content-Length: \(body.utf8.count)\r\n\r\n"
         try fixture.send(submit + body.prefix(5))
         try fixture.send(String(body.dropFirst(5).prefix(10)))
         try fixture.send(String(body.dropFirst(15)) + request)
@@ -197,18 +197,18 @@ import Testing
         let fixture = try Fixture()
         defer { fixture.remove() }
         let result = "/fal-ai/flux/requests/\(fixture.done.id)"
-        try fixture.send("GET \(result) HTTP/1.1\r\n\(Self.key)\r\nGET \(result) HTTP/1.1\r\n\(Self.key)\r\n")
+        try fixture.send("GET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\nGET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
         let twice = try fixture.responses()
         #expect(twice.count == 2 && twice.allSatisfy { $0.body.contains("\"seed\":7") })
-        try fixture.send("GET \(result)/status HTTP/1.1\r\n\(Self.key)\r\n")
+        try fixture.send("GET \(result)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
         #expect(try fixture.responses().first?.body.contains("COMPLETED") == true)
-        try fixture.send("HEAD \(result)/status HTTP/1.1\r\n\(Self.key)\r\n")
+        try fixture.send("HEAD \(result)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
         let head = try fixture.responses(bodiless: true)
         #expect(head.first?.status == 200 && head.first?.body.isEmpty == true)
         // The run host has no result route: NIO answers (405), and the lane did not reuse the queue host's route.
         try fixture.send("GET \(result) HTTP/1.1\r\nHost: localhost\r\n\(Self.key)\r\n")
         #expect(try fixture.responses().first?.status == 405)
-        try fixture.send("GET \(result) HTTP/1.1\r\n\(Self.key)\r\n")
+        try fixture.send("GET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
         #expect(try fixture.responses().first?.body.contains("\"seed\":7") == true)
     }
 
@@ -249,7 +249,7 @@ import Testing
         let keys = VersionedKeys()
         let fixture = try Fixture(authenticator: keys)
         defer { fixture.remove() }
-        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(result + result + result)
         let three = try fixture.responses()
         #expect(three.count == 3 && three.allSatisfy { $0.status == 200 && $0.body.contains("\"seed\":7") })
@@ -267,7 +267,7 @@ import Testing
     @Test func aSweepThatRemovesRequestsEndsTheReplay() throws {
         let fixture = try Fixture(authenticator: VersionedKeys())
         defer { fixture.remove() }
-        let status = "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\n\(Self.key)\r\n"
+        let status = "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(status)
         #expect(try fixture.responses().map(\.status) == [200])
         let removed = fixture.services.jobs.sweep(
@@ -282,7 +282,7 @@ import Testing
         let keys = VersionedKeys()
         let fixture = try Fixture(authenticator: keys)
         defer { fixture.remove() }
-        let status = "GET /fal-ai/flux/requests/\(fixture.running.id)/status HTTP/1.1\r\n\(Self.key)\r\n"
+        let status = "GET /fal-ai/flux/requests/\(fixture.running.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(status)
         #expect(try fixture.responses().first?.body.contains("IN_PROGRESS") == true)
         fixture.running.job.receive(.succeeded(result: ["seed": 8], inferenceSeconds: 1))
@@ -298,7 +298,7 @@ import Testing
         let policy = RateLimitPolicy(reads: RateLimitPolicy.Limit(quota: 1, windowSeconds: 60, burst: 3))
         let fixture = try Fixture(authenticator: keys, rateLimiter: RateLimiter(policy: policy) { .zero })
         defer { fixture.remove() }
-        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(String(repeating: result, count: 5))
         #expect(try fixture.responses().map(\.status) == [200, 200, 200, 429, 429])
         #expect(keys.authentications == 1)
@@ -312,17 +312,17 @@ import Testing
     @Test func nioHTTPHandlersJoinOnlyWhenARequestNeedsThem() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n"
-        try fixture.send(result + "GET /healthz HTTP/1.1\r\n\r\n")
+        let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
+        try fixture.send(result + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
         #expect(try fixture.responses().map(\.status) == [200, 200])
         #expect(try Self.handlerNames(fixture.channel) == ["ConnectionTimer", "FastLane"])
         // Not plain keep-alive: the lane hands it on, and the HTTP handlers join behind the lane, once.
-        try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n")
+        try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive, x\r\n\r\n")
         let joined = try Self.handlerNames(fixture.channel)
         #expect(
             joined.count > 2 && joined.prefix(2) == ["ConnectionTimer", "FastLane"] && joined.last == "RelayHTTPHandler"
         )
-        try fixture.send("GET /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n" + result)
+        try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive, x\r\n\r\n" + result)
         #expect(try fixture.responses().map(\.status) == [200, 200, 200])
         #expect(try Self.handlerNames(fixture.channel) == joined)
     }
@@ -330,7 +330,7 @@ import Testing
     @Test func shutdownClosesAConnectionThatOnlyHadFastRequests() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        try fixture.send("GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\n\(Self.key)\r\n")
+        try fixture.send("GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
         #expect(try fixture.responses().map(\.status) == [200])
         #expect(fixture.channel.isActive)
         fixture.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
@@ -341,7 +341,7 @@ import Testing
     @Test func anErrorClosesAConnectionThatOnlyHadFastRequests() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        try fixture.send("GET /healthz HTTP/1.1\r\n\r\n")
+        try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
         fixture.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read"))
         fixture.channel.embeddedEventLoop.run()
         #expect(!fixture.channel.isActive)
@@ -353,9 +353,9 @@ import Testing
         let chunk = #"{"prompt":"chunked bodies"}"#
         let size = String(chunk.utf8.count, radix: 16)
         try fixture.send(
-            "POST /fal-ai/flux/dev HTTP/1.1\r\n\(Self.key)Transfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\n"
+            "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Transfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\n"
         )
-        try fixture.send("GET /healthz HTTP/1.1\r\n\r\n")
+        try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
         let answers = try fixture.responses()
         #expect(answers.map(\.status) == [200, 200])
         #expect(try fixture.fastLane.ledger.forwarded == 0, "opaque: NIO framed both, the lane counted nothing")
@@ -364,7 +364,7 @@ import Testing
     @Test func malformedRequestsGetNIOsFalShapedErrors() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        try fixture.send("GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n")
+        try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nBad Header: x\r\n\r\n")
         let answers = try fixture.responses()
         #expect(answers.map(\.status) == [400])
         #expect(answers.first?.body.contains("bad_request") == true)

@@ -1,0 +1,149 @@
+import NIOHTTP1
+import RelayCore
+
+/// The one step in front of every responder, whatever the transport (the HTTP/1.1 fast lane, NIO's HTTP/1.1
+/// pipeline, HTTP/2 streams, WebSocket upgrades and the submissions sent over `/ws` and realtime): who is asking,
+/// whether they may ask this route at all, and whether their budget allows it now.
+enum Admission {
+    case admitted(Principal, rateLimitHeaders: [(String, String)])
+    /// The fal-shaped error to answer (401, 403 or 429) and the fields that go with it (`Retry-After`, RateLimit).
+    case refused(FalError, headers: [(String, String)])
+
+    /// The refusal as a response; nil when admitted.
+    func refusal(isHead: Bool) -> PreparedResponse? {
+        guard case .refused(let error, let headers) = self else { return nil }
+        return PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: isHead)
+    }
+}
+
+/// What a route asks of its caller before its responder runs.
+enum CallerRule: Equatable {
+    /// Probes, the site, the catalog and routing errors: no credentials read, nothing charged.
+    case none
+    /// Media URLs are capabilities: no key needed. A caller with a valid key pays from that key's budget (an app's
+    /// server fetching its media); anyone else, a bad key included, from their address's.
+    case optionalPayer
+    /// Credentials are checked when present (401 when they are not valid); no credentials is the anonymous caller.
+    case caller
+    /// As `caller`, and anonymous callers are refused (401): uploads and the tokens that sign them.
+    case key
+    /// As `caller`, and only admin keys pass (401 anonymous, 403 any other key).
+    case admin
+    /// The signed URL of an initiated upload is its credential, checked where the body is taken.
+    case signedURL
+
+    init(_ route: Route) {
+        switch route {
+        case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
+            self = .none
+        case .file, .uploadAlias:
+            self = .optionalPayer
+        case .uploadPut:
+            self = .signedURL
+        case .v3Upload, .uploadInitiate, .storageToken:
+            self = .key
+        case .admin:
+            self = .admin
+        case .tokens, .webSocket, .realtime, .submit, .status, .statusStream, .result, .cancel, .run, .stream:
+            self = .caller
+        }
+    }
+}
+
+extension RelayServices {
+    /// Authenticates the caller as `route` asks and charges the route's budget: every transport calls this once per
+    /// request, before the route's responder.
+    func admit(_ facts: RequestFacts, route: Route) -> Admission {
+        let principal: Principal
+        switch CallerRule(route) {
+        case .none, .signedURL:
+            return .admitted(.anonymous, rateLimitHeaders: [])
+        case .optionalPayer:
+            principal = (try? caller(facts, route: route).get()) ?? .anonymous
+        case .caller, .key, .admin:
+            switch caller(facts, route: route) {
+            case .failure where route == .v3Upload: return .refused(.unauthorized(Self.keyNeeded(route)), headers: [])
+            case .failure(let error): return .refused(error, headers: [])
+            case .success(let found): principal = found
+            }
+        }
+        switch CallerRule(route) {
+        case .key where principal == .anonymous:
+            return .refused(.unauthorized(Self.keyNeeded(route)), headers: [])
+        case .admin where !principal.isAdmin:
+            let message = "The admin API needs an admin key"
+            return .refused(principal == .anonymous ? .unauthorized(message) : .forbidden(message), headers: [])
+        default:
+            return charge(facts, route: route, principal: principal)
+        }
+    }
+
+    /// Charges the route's budget for `principal` (429 with `Retry-After` and RateLimit headers when spent). Used by
+    /// `admit`, by a repeated answer whose caller is already known, and by each submission inside a WebSocket.
+    func charge(_ facts: RequestFacts, route: Route, principal: Principal) -> Admission {
+        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route),
+            rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
+        else { return .admitted(principal, rateLimitHeaders: []) }
+        // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
+        let decision = rateLimiter.check(
+            principal: principal,
+            clientIP: principal.keyID == nil ? facts.clientIP : "",
+            budget: budget
+        )
+        guard let rejection = decision.rejection else {
+            return .admitted(principal, rateLimitHeaders: decision.headers)
+        }
+        return .refused(.rateLimited(rejection.detail), headers: rejection.headers)
+    }
+
+    /// The caller a request's credentials name: the `Authorization` field (`Key id:secret`, or `Bearer <token>` for
+    /// uploads), else a `fal_jwt_token` query parameter, which browsers send where they cannot set headers
+    /// (WebSockets) and fal-js in client mode sends on plain HTTP too (status streams, `stream`). No credentials at
+    /// all is the anonymous caller.
+    func caller(_ facts: RequestFacts, route: Route) -> Result<Principal, FalError> {
+        if let authorization = facts.authorization {
+            if case .v3Upload = route, let token = Self.bearerToken(authorization),
+                let principal = authenticator.authenticate(token: token, app: UploadService.storageScope)
+            {
+                return .success(principal)
+            }
+            guard let principal = authenticator.authenticate(authorization: authorization) else {
+                return .failure(.unauthorized())
+            }
+            return .success(principal)
+        }
+        guard facts.uri.utf8.contains(UInt8(ascii: "?")), let token = QueryParameters(uri: facts.uri)["fal_jwt_token"]
+        else {
+            return .success(.anonymous)
+        }
+        guard let principal = authenticator.authenticate(token: token, app: route.endpoint?.alias) else {
+            return .failure(.unauthorized("Invalid or expired token"))
+        }
+        return .success(principal)
+    }
+
+    private static func bearerToken(_ authorization: String) -> String? {
+        let parts = authorization.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1])
+    }
+
+    private static func keyNeeded(_ route: Route) -> String {
+        switch route {
+        case .v3Upload: "Uploads need an API key or a storage token"
+        case .storageToken: "Storage tokens need an API key"
+        default: "Uploads need an API key"
+        }
+    }
+}
+
+extension Route {
+    /// The model a route addresses, whose alias a scoped token must allow.
+    var endpoint: EndpointID? {
+        switch self {
+        case .realtime(let id), .submit(let id), .run(let id), .stream(let id): id
+        case .status(let app, _), .statusStream(let app, _), .result(let app, _), .cancel(let app, _): app
+        default: nil
+        }
+    }
+}
