@@ -62,11 +62,16 @@ def test_completed_results_survive_kill_9():
         try:
             with httpx.Client(verify=ssl.create_default_context(cafile=first.ca), timeout=30) as client:
                 base = f"https://{first.queue_host}"
-                submitted = client.post(f"{base}/fal-ai/flux/dev", json=body, headers=headers).json()
-                wait_completed(client, base, "fal-ai/flux", submitted["request_id"], headers)
-                result = client.get(f"{base}/fal-ai/flux/requests/{submitted['request_id']}", headers=headers).json()
-                original = client.get(result["images"][0]["url"]).content
-                time.sleep(0.5)  # let the manifest write reach the disk (it is queued, not on the request path)
+                request_id = client.post(f"{base}/fal-ai/flux/dev", json=body, headers=headers).json()["request_id"]
+                # The stream shows the end the moment it is published: the relay is killed right then, with no
+                # time to finish a write. A job's end is published only after its result manifest and its end
+                # record are fsynced, so what a client saw complete must be served again after the crash.
+                url = f"{base}/fal-ai/flux/requests/{request_id}/status/stream"
+                with client.stream("GET", url, headers=headers) as stream:
+                    for line in stream.iter_lines():
+                        if '"COMPLETED"' in line.replace(" ", ""):
+                            first.process.send_signal(signal.SIGKILL)
+                            break
         finally:
             first.process.send_signal(signal.SIGKILL)
             first.process.wait(10)
@@ -74,13 +79,16 @@ def test_completed_results_survive_kill_9():
         try:
             with httpx.Client(verify=ssl.create_default_context(cafile=second.ca), timeout=30) as client:
                 base = f"https://{second.queue_host}"
+                # The keys file survived too: the first key still reads its request, ended as it was seen.
+                restored = client.get(f"{base}/fal-ai/flux/requests/{request_id}", headers=headers)
+                assert restored.status_code == 200, restored.text
                 again = client.post(f"{base}/fal-ai/flux/dev", json=body, headers={"Authorization": f"Key {second.key}"})
                 assert again.headers["x-relay-cache"] == "hit"
-                request_id = again.json()["request_id"]
-                result = client.get(f"{base}/fal-ai/flux/requests/{request_id}", headers={"Authorization": f"Key {second.key}"}).json()
-                url = result["images"][0]["url"]
-                path = url.split("/files/")[1]
-                served = client.get(f"{base}/files/{path}").content
-                assert served == original
+                hit = client.get(f"{base}/fal-ai/flux/requests/{again.json()['request_id']}",
+                                 headers={"Authorization": f"Key {second.key}"}).json()
+                assert hit["images"] == restored.json()["images"]
+                url = hit["images"][0]["url"]
+                served = client.get(f"{base}/files/{url.split('/files/')[1]}")
+                assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
         finally:
             second.stop()
