@@ -109,10 +109,14 @@ public enum FalWire {
         }
     }
 
+    /// One `logs` entry. The level goes twice: flat, as the Python client and fal's docs read it, and in `labels`,
+    /// which fal-swift decodes (`logs[i].labels.level`) and without which it fails on every status with logs.
     public static func logEntry(_ entry: LogEntry) -> JSONValue {
-        .object([
+        let level = JSONValue.string(entry.level.rawValue)
+        return .object([
             "message": .string(entry.message),
-            "level": .string(entry.level.rawValue),
+            "level": level,
+            "labels": .object(["level": level]),
             "source": "USER",
             "timestamp": .string(entry.timestamp.iso8601),
         ])
