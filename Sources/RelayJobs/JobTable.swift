@@ -1,4 +1,3 @@
-public import CoreMetrics
 public import RelayCore
 public import RelayStore
 import Synchronization

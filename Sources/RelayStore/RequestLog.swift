@@ -322,7 +322,7 @@ public final class RequestLog: Sendable {
         var segments: [(sequence: Int, name: String)] = []
         for name in try BlobFileIO.list(directory) {
             if name.hasPrefix(".tmp-") {
-                try? BlobFileIO.remove(directory + "/" + name)
+                _ = try? BlobFileIO.remove(directory + "/" + name)
             } else if let sequence = sequence(fromName: name) {
                 segments.append((sequence, name))
             }
@@ -423,7 +423,7 @@ public final class RequestLog: Sendable {
             do throws(StoreError) {
                 try BlobFileIO.replace(directory + "/" + name(forSequence: next), with: temporary)
             } catch {
-                try? BlobFileIO.remove(temporary)
+                _ = try? BlobFileIO.remove(temporary)
                 throw error
             }
             try BlobFileIO.syncDirectory(directory)

@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 public import RelayCore
 
 /// One entry of the durable request log (`RequestLog`): a request created, a job attached at an upstream that keeps

@@ -115,7 +115,9 @@ struct BlobUploadTests {
         #expect(try await aliases.record(other, eventLoop: loop).get() == first)  // write-once
         #expect(aliases.pinnedDigests == [first.digest])
         // Debris of an interrupted write is swept at load; a restart sees the record.
-        FileManager.default.createFile(atPath: aliases.directory + "/\(id.hex).tmp.123", contents: Data("{".utf8))
+        #expect(
+            FileManager.default.createFile(atPath: aliases.directory + "/\(id.hex).tmp.123", contents: Data("{".utf8))
+        )
         let reloaded = try UploadAliases(dataDirectory: directory.path, threadPool: .singleton)
         #expect(try await reloaded.load() == 1)
         #expect(reloaded.alias(id) == first)
