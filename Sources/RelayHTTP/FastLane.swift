@@ -217,15 +217,8 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 }
             }
         case .file(let digest, let fileExtension):
-            return answerFile(
-                head,
-                facts: facts,
-                route: route,
-                digest: digest,
-                fileExtension: fileExtension,
-                headLength: headLength,
-                context: context
-            )
+            guard let file = MediaFileRequest(digest: digest, fileExtension: fileExtension) else { return false }
+            return answerFile(head, facts: facts, route: route, file: file, headLength: headLength, context: context)
         default:
             return false
         }
@@ -383,29 +376,27 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         return route
     }
 
-    /// A media file on plain HTTP whose record is known and whose file is open in this loop: the plan (200, 206,
-    /// 304, 416, HEAD) and sendfile, with no trip to the thread pool. Anything else goes the long way, which opens
-    /// the file and remembers it for next time.
+    /// A media file on plain HTTP whose record is known and whose file is open in this loop: `mediaAnswer` and
+    /// sendfile, with no trip to the thread pool. Anything else goes the long way, which opens the file and remembers
+    /// it for next time. Nothing is charged or counted before the lane knows it can answer.
     private func answerFile(
         _ head: RequestHeadScanner.FastHead,
         facts: RequestFacts,
         route: Route,
-        digest: Digest128,
-        fileExtension: String,
+        file: MediaFileRequest,
         headLength: Int,
         context: ChannelHandlerContext
     ) -> Bool {
-        guard scheme == "http", let mediaType = MediaType.forExtension(fileExtension),
-            let record = services.media.cachedRecord(digest, mediaType: mediaType)
-        else { return false }
-        var requestHeaders = HTTPHeaders()
-        if let value = head.ifNoneMatch { requestHeaders.add(name: "if-none-match", value: value) }
-        if let value = head.range { requestHeaders.add(name: "range", value: value) }
-        if let value = head.ifRange { requestHeaders.add(name: "if-range", value: value) }
-        let plan = MediaResponsePlan(method: head.method, requestHeaders: requestHeaders, record: record)
-        guard plan.outcome != .unsatisfiable else { return false }  // the JSON error: the long way
+        guard scheme == "http", let record = services.media.cachedRecord(file.digest, mediaType: file.mediaType) else {
+            return false
+        }
+        var facts = facts
+        if let value = head.ifNoneMatch { facts.headers.add(name: "if-none-match", value: value) }
+        if let value = head.range { facts.headers.add(name: "range", value: value) }
+        if let value = head.ifRange { facts.headers.add(name: "if-range", value: value) }
+        let answer = services.mediaAnswer(record: record, facts: facts)
         var body: MediaBody?
-        if let range = plan.body {
+        if case .send(_, _, _, let record, let range?) = answer {
             guard let open = services.media.zeroCopyBodyIfOpen(of: record, range: range, eventLoop: context.eventLoop)
             else { return false }
             body = open
@@ -425,39 +416,37 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         case .admitted(let admitted, _):
             payer = admitted
         }
-        services.jobs.statistics.recordStoreRead(hit: true)
-        services.mediaServed(record.digest)
-        var headers = plan.headers.map { ($0.name, $0.value) }
-        let requestID = RequestID.make()
-        headers.append(("x-fal-request-id", requestID))
-        // The plan's fields carry `content-length` (what GET would send, for HEAD too); encode it in place.
-        let contentLength = plan.headers.first(name: "content-length").flatMap(Int.init) ?? body?.byteCount ?? 0
-        headers.removeAll { $0.0 == "content-length" }
-        var buffer = context.channel.allocator.buffer(capacity: 512)
-        PreparedResponse.encodeHead(status: plan.status, headers: headers, contentLength: contentLength, into: &buffer)
-        context.write(Self.wrapOutboundOut(buffer), promise: nil)
-        if let body {
-            // Below the HTTP codec: the region goes to the socket as it is (sendfile).
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            let channel = context.channel
-            _ = body.write(on: context.eventLoop) { part in
-                bound.value.write(NIOAny(part))
-            }.always { result in
-                if case .failure = result { channel.close(promise: nil) }
+        services.countMediaServed(record)
+        switch answer {
+        case .complete(let response):
+            send(response, for: head, route: route, keyID: payer.keyID, started: started, context: context)
+        case .send(let status, let headers, let contentLength, _, _):
+            var buffer = context.channel.allocator.buffer(capacity: 512)
+            PreparedResponse.encodeHead(status: status, headers: headers, contentLength: contentLength, into: &buffer)
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            if let body {
+                // Below the HTTP codec: the region goes to the socket as it is (sendfile).
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                let channel = context.channel
+                _ = body.write(on: context.eventLoop) { part in
+                    bound.value.write(NIOAny(part))
+                }.always { result in
+                    if case .failure = result { channel.close(promise: nil) }
+                }
             }
+            timer.responseEnded()
+            logAccess(
+                method: head.method,
+                uri: head.uri,
+                status: status.code,
+                bytes: body?.byteCount ?? 0,
+                started: started,
+                route: route.label,
+                keyID: payer.keyID,
+                requestID: headers.first { $0.0 == "x-fal-request-id" }?.1,
+                cache: nil
+            )
         }
-        timer.responseEnded()
-        logAccess(
-            method: head.method,
-            uri: head.uri,
-            status: plan.status.code,
-            bytes: body?.byteCount ?? 0,
-            started: started,
-            route: route.label,
-            keyID: payer.keyID,
-            requestID: requestID,
-            cache: nil
-        )
         return true
     }
 

@@ -29,7 +29,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A response that completes later.
     struct Exchange {
         enum Kind {
-            case file
+            /// An answer known later (a media file being read, a submission being made durable, a purge).
+            case waiting
             case run(RelayRequest)
             case statusStream(RelayRequest, base: FalWire.QueueBase, withLogs: Bool)
             case partialStream(RelayRequest)
@@ -42,7 +43,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let keepAlive: Bool
         var subscriptionToken = 0
         var keepAliveTask: RepeatedTask?
-        var headSent = false
         /// The last event written (streams): later deliveries at or below it are replay overlaps.
         var lastSent = 0
         /// Events were held back while the channel was not writable; replay from `lastSent` once it is.
@@ -60,7 +60,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Told the route and the caller's key id, for the access line.
     let accessLog: AccessLogHandler?
     /// The route of the request being received, when `beginUpload` already computed it (dispatch reuses it).
-    var routedHead: Route?
+    var routedRoute: Route?
 
     /// HTTP/1.1: an SSE status stream takes the connection over (`StatusStreamHandler`) instead of streaming through
     /// the HTTP handlers. HTTP/2 streams share their connection, so they stream here.
@@ -89,7 +89,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (Self.unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
-            routedHead = nil  // never a previous request's
+            routedRoute = nil  // never a previous request's
             if beginUpload(context: context, head: head) { return }
             if let length = head.headers.first(name: "content-length").flatMap(Int.init),
                 length > services.limits.maxJSONBodyBytes
@@ -154,7 +154,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if event is RelayShutdownEvent, case .exchanging(let exchange) = state, case .statusStream = exchange.kind {
             writeSSE(
                 context: context,
-                text: "retry: 1000\n: the relay is shutting down; reconnect with Last-Event-ID\n\n"
+                text: ServerSentEvents.shutdownHint
             )
             endStream(exchange, context: context)
         }
@@ -195,9 +195,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let route =
-            routedHead
+            routedRoute
             ?? services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
-        routedHead = nil
+        routedRoute = nil
         accessLog?.annotate(route: route.label, keyID: nil)
         let keepAlive = head.isKeepAlive
         // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host field is a 400 (the URLs the relay builds for
@@ -210,339 +210,97 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             )
         }
         let facts = facts(head, context: context)
-        let principal: Principal
-        let limitHeaders: [(String, String)]
+        var request: RouteRequest
         switch services.admit(facts, route: route) {
         case .refused(let error, let headers):
             return respondError(context: context, head: head, error: error, extraHeaders: headers)
-        case .admitted(let admitted, let headers):
-            (principal, limitHeaders) = (admitted, headers)
+        case .admitted(let principal, let headers):
+            request = RouteRequest(
+                facts: facts,
+                route: route,
+                principal: principal,
+                rateLimitHeaders: headers,
+                eventLoop: context.eventLoop
+            )
         }
-        if let keyID = principal.keyID {
+        if let keyID = request.principal.keyID {
             accessLog?.annotate(keyID: keyID)
         }
-        switch route {
-        case .health:
-            write(context: context, keepAlive: keepAlive, services.answerHealth(facts))
-        case .ready:
-            if services.readiness.isReady {
-                respond(context: context, head: head, status: .ok, json: ["status": "ready"])
-            } else {
-                respondError(
-                    context: context,
-                    head: head,
-                    error: .unavailable("starting or draining", type: "not_ready")
-                )
+        request.body = body
+        carryOut(services.respond(request), facts: facts, context: context, keepAlive: keepAlive)
+    }
+
+    /// Does what a responder decided, on this connection (or this HTTP/2 stream).
+    private func carryOut(_ answer: RouteAnswer, facts: RequestFacts, context: ChannelHandlerContext, keepAlive: Bool) {
+        switch answer {
+        case .response(let response):
+            write(context: context, keepAlive: keepAlive, response)
+        case .pending(let future):
+            let number = begin(.waiting, context: context, keepAlive: keepAlive)
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            future.hop(to: context.eventLoop).whenSuccess { response in
+                let (handler, context) = bound.value
+                guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
+                handler.state = .idle
+                handler.write(context: context, keepAlive: keepAlive, response)
             }
-        case .webSocket, .realtime:
-            // Only requests the upgrader declined get here: say why.
-            switch WebSocketGate.target(of: route, uri: head.uri, services: services, admitted: principal) {
-            case .failure(let error):
-                respondError(context: context, head: head, error: error)
-            case .success:
-                respondError(context: context, head: head, error: .upgradeRequired())
-            }
-        case .tokens:
-            let request =
-                (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }) ?? [:]
-            let apps = request["allowed_apps"]?.arrayValue?.compactMap(\.stringValue) ?? []
-            let seconds = request["token_expiration"]?.intValue ?? 120
-            guard let token = services.authenticator.issueToken(for: principal, apps: apps, seconds: seconds) else {
-                respondError(context: context, head: head, error: .unauthorized("Tokens need an API key"))
-                return
-            }
-            respond(context: context, head: head, status: .ok, json: .string(token))
-        case .metrics:
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
-            let text = services.metricsText?() ?? []
-            var buffer = context.channel.allocator.buffer(capacity: text.count)
-            buffer.writeBytes(text)
-            write(context: context, head: head, status: .ok, headers: headers, body: buffer)
-        case .notFound:
-            respondError(
-                context: context,
-                head: head,
-                error: .notFound("No route for \(head.method.rawValue) \(Self.path(head.uri))")
-            )
-        case .methodNotAllowed:
-            respondError(context: context, head: head, error: .methodNotAllowed(head.method.rawValue))
-        case .ui(let name):
-            serveAsset(context: context, head: head, name: name)
-        case .catalog:
-            serveCatalog(context: context, head: head)
-        case .stats(stream: false):
-            respond(
-                context: context,
-                head: head,
-                status: .ok,
-                json: services.jobs.statistics.snapshot(),
-                extraHeaders: [("cache-control", "no-store")]
-            )
-        case .stats(stream: true):
-            begin(.statsStream, context: context, keepAlive: keepAlive)
-        case .admin(let action):
-            serveAdmin(action, context: context, head: head, body: body)
-        case .storageToken, .uploadInitiate, .uploadPut, .v3Upload, .uploadAlias:
-            guard let uploads = services.uploads else {
-                return respondError(
-                    context: context,
-                    head: head,
-                    error: .notFound("Uploads are not enabled on this relay")
-                )
-            }
-            switch route {
-            case .storageToken:
-                serveStorageToken(context: context, head: head, principal: principal, uploads: uploads)
-            case .uploadInitiate:
-                serveUploadInitiate(
-                    context: context,
-                    head: head,
-                    body: body,
-                    principal: principal,
-                    limitHeaders: limitHeaders,
-                    uploads: uploads
-                )
-            case .uploadAlias(let id): serveUploadAlias(context: context, head: head, id: id)
-            default:
-                // `beginUpload` takes every upload body when uploads are enabled.
-                respondError(context: context, head: head, error: .internalError("upload not handled"))
-            }
-        case .file(let digest, let fileExtension):
-            serveFile(context: context, head: head, digest: digest, fileExtension: fileExtension)
-        case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
-            let input: ModelInput
-            switch services.modelInput(endpoint: endpoint, body: body) {
-            case .success(let prepared): input = prepared
-            case .failure(let error): return respondError(context: context, head: head, error: error)
-            }
-            var webhook: String?
-            if case .submit = route, let url = QueryParameters(uri: head.uri)["fal_webhook"] {
-                if let error = services.webhooks.validate(url: url) {
-                    return respondError(context: context, head: head, error: error)
-                }
-                webhook = url
-            }
-            let directives = Self.cacheDirectives(head.headers)
-            let request = services.jobs.submit(
-                input,
-                endpoint: endpoint,
-                key: services.requestKey(input, principal: principal),
-                ownerKeyID: principal.keyID,
-                directives: CacheDirectives(
-                    noCache: directives.contains("no-cache"),
-                    noStore: directives.contains("no-store")
-                )
-            )
-            // The id goes out only once the request's record is durable: a crash must not turn it into a 404.
-            func answer() {
-                guard context.channel.isActive else { return }
-                switch route {
-                case .submit:
-                    if let webhook { services.webhooks.register(request: request, url: webhook) }
-                    let base = queueBase(head: head, app: endpoint.app)
-                    respond(
-                        context: context,
-                        head: head,
-                        status: .ok,
-                        json: FalWire.submitResponse(request, base: base),
-                        requestID: request.id,
-                        extraHeaders: Self.cacheHeaders(request) + limitHeaders
-                    )
-                case .run:
-                    begin(.run(request), context: context, keepAlive: keepAlive)
-                default:
-                    begin(.partialStream(request), context: context, keepAlive: keepAlive)
-                }
-            }
+        case .afterRecorded(let request, let then):
             guard request.recorded.isDone else {
-                let deferred = NIOLoopBound(answer, eventLoop: context.eventLoop)
+                let number = begin(.waiting, context: context, keepAlive: keepAlive)
+                let bound = NIOLoopBound((self, context, then, facts), eventLoop: context.eventLoop)
                 let eventLoop = context.eventLoop
-                request.recorded.whenDone { eventLoop.execute { deferred.value() } }
+                request.recorded.whenDone {
+                    eventLoop.execute {
+                        let (handler, context, then, facts) = bound.value
+                        guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
+                        handler.state = .idle
+                        handler.carryOut(then, facts: facts, context: context, keepAlive: keepAlive)
+                    }
+                }
                 return
             }
-            answer()
-        case .status, .result:
-            write(
-                context: context,
-                keepAlive: keepAlive,
-                services.answerRead(facts, route: route, principal: principal).response
-            )
-        case .statusStream(let app, let id), .cancel(let app, let id):
-            if case .cancel = route {
-                let (status, body) = FalWire.cancelBody(services.jobs.cancel(id, keyID: principal.keyID, app: app.app))
-                respond(
+            carryOut(then, facts: facts, context: context, keepAlive: keepAlive)
+        case .follow(let follow):
+            switch follow.kind {
+            case .statusStream(let base, let withLogs, let after):
+                if statusStreamsTakeOver {
+                    let stream = StatusStreamHandler.Stream(
+                        request: follow.request,
+                        base: base,
+                        withLogs: withLogs,
+                        after: after
+                    )
+                    return takeOver(stream, context: context)
+                }
+                begin(
+                    .statusStream(follow.request, base: base, withLogs: withLogs),
+                    after: after,
                     context: context,
-                    head: head,
-                    status: HTTPResponseStatus(statusCode: status),
-                    json: body,
-                    requestID: id
+                    keepAlive: keepAlive
                 )
-                return
+            case .partialStream:
+                begin(.partialStream(follow.request), context: context, keepAlive: keepAlive)
+            case .run:
+                begin(.run(follow.request), context: context, keepAlive: keepAlive)
             }
-            guard let request = services.jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app
-            else {
-                respondError(context: context, head: head, error: .notFound("Request \(id) not found"), requestID: id)
-                return
-            }
-            // Resume after the last event the client saw: the header on reconnects, the query parameter for browsers
-            // (EventSource cannot set headers on its first connect).
-            let query = QueryParameters(uri: head.uri)
-            let lastSeen =
-                (head.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
-            if lastSeen > 0, request.phase.isCompleted, lastSeen >= request.job.status.lastSequence {
-                write(context: context, head: head, status: .noContent, headers: HTTPHeaders(), body: nil)
-                return
-            }
-            let base = queueBase(head: head, app: app.app)
-            if statusStreamsTakeOver {
-                let stream = StatusStreamHandler.Stream(
-                    request: request,
-                    base: base,
-                    withLogs: query.flag("logs"),
-                    after: max(0, lastSeen)
-                )
-                takeOver(stream, context: context)
-                return
-            }
-            begin(
-                .statusStream(request, base: base, withLogs: query.flag("logs")),
-                after: max(0, lastSeen),
-                context: context,
-                keepAlive: keepAlive
-            )
+        case .file(let file):
+            sendFile(file, facts: facts, context: context, keepAlive: keepAlive)
+        case .statisticsStream:
+            begin(.statsStream, context: context, keepAlive: keepAlive)
         }
     }
 
-    /// The request as the shared answers (ReadAnswers.swift) see it.
+    /// The request as a responder sees it.
     func facts(_ head: HTTPRequestHead, context: ChannelHandlerContext) -> RequestFacts {
-        let channel = context.channel
-        return RequestFacts(
+        RequestFacts(
             method: head.method,
             uri: head.uri,
             host: head.headers.first(name: "host"),
             authorization: head.headers.first(name: "authorization"),
             scheme: scheme,
-            channel: channel
+            channel: context.channel,
+            headers: head.headers
         )
-    }
-
-    private func queueBase(head: HTTPRequestHead, app: String) -> FalWire.QueueBase {
-        FalWire.QueueBase(scheme: scheme, host: head.headers.first(name: "host"), app: app)
-    }
-
-    // MARK: - Media files
-
-    /// `GET`/`HEAD /files/<digest>.<ext>`: stat on the pool → a pure plan (200/206/304/416) → the body as sendfile
-    /// (plain HTTP), a buffer, or 256 KiB chunks read only as fast as the client takes them (TLS).
-    func serveFile(context: ChannelHandlerContext, head: HTTPRequestHead, digest: Digest128, fileExtension: String) {
-        guard let mediaType = MediaType.forExtension(fileExtension) else {
-            return respondError(context: context, head: head, error: .notFound("No such file"))
-        }
-        let number = begin(.file, context: context, keepAlive: head.isKeepAlive)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        services.media.record(digest, mediaType: mediaType, eventLoop: context.eventLoop).whenComplete { result in
-            let (handler, context) = bound.value
-            handler.planFile(context: context, head: head, number: number, result: result)
-        }
-    }
-
-    private func planFile(
-        context: ChannelHandlerContext,
-        head: HTTPRequestHead,
-        number: Int,
-        result: Result<BlobRecord?, any Error>
-    ) {
-        guard case .exchanging(let exchange) = state, exchange.number == number else { return }
-        let record: BlobRecord
-        switch result {
-        case .success(let found?):
-            record = found
-            services.jobs.statistics.recordStoreRead(hit: true)
-        case .success(nil):
-            state = .idle
-            services.jobs.statistics.recordStoreRead(hit: false)
-            return respondError(context: context, head: head, error: .notFound("No such file"))
-        case .failure(let error):
-            state = .idle
-            services.logger.error("media stat failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
-            return respondError(context: context, head: head, error: .internalError("Could not read the file"))
-        }
-        services.mediaServed(record.digest)
-        let plan = MediaResponsePlan(method: head.method, requestHeaders: head.headers, record: record)
-        if plan.outcome == .unsatisfiable {
-            state = .idle
-            return respondError(
-                context: context,
-                head: head,
-                error: .rangeNotSatisfiable(length: record.size),
-                extraHeaders: plan.headers.map { ($0.name, $0.value) }
-            )
-        }
-        guard let range = plan.body else {
-            // HEAD (keeps Content-Length and Content-Range), 304, or an empty blob.
-            state = .idle
-            return write(context: context, head: head, status: plan.status, headers: plan.headers, body: nil)
-        }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        services.media.body(
-            of: record,
-            range: range,
-            zeroCopy: scheme == "http",
-            allocator: context.channel.allocator,
-            eventLoop: context.eventLoop
-        ).whenComplete { result in
-            let (handler, context) = bound.value
-            handler.sendFile(context: context, head: head, number: number, plan: plan, result: result)
-        }
-    }
-
-    private func sendFile(
-        context: ChannelHandlerContext,
-        head: HTTPRequestHead,
-        number: Int,
-        plan: MediaResponsePlan,
-        result: Result<MediaBody?, any Error>
-    ) {
-        guard case .exchanging(let exchange) = state, exchange.number == number else {
-            if case .success(let body?) = result { body.discard() }  // the client left meanwhile: close the file
-            return
-        }
-        state = .idle  // HTTPServerPipelineHandler holds the next request back until .end
-        let body: MediaBody
-        switch result {
-        case .success(let loaded?):
-            body = loaded
-        case .success(nil):
-            return respondError(context: context, head: head, error: .notFound("No such file"))
-        case .failure(let error):
-            services.logger.error("media read failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
-            return respondError(context: context, head: head, error: .internalError("Could not read the file"))
-        }
-        var headers = plan.headers
-        headers.add(name: "x-fal-request-id", value: RequestID.make())
-        let keepAlive = head.isKeepAlive
-        if !keepAlive {
-            headers.replaceOrAdd(name: "connection", value: "close")
-        }
-        context.write(
-            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: plan.status, headers: headers))),
-            promise: nil
-        )
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let channel = context.channel
-        body.write(on: context.eventLoop) { part in
-            bound.value.writeAndFlush(Self.wrapOutboundOut(.body(part)))
-        }.whenComplete { result in
-            switch result {
-            case .success:
-                bound.value.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
-                    if !keepAlive { channel.close(promise: nil) }
-                }
-            case .failure:
-                channel.close(promise: nil)  // the body was cut short: never end it as if complete
-            }
-        }
     }
 
     // MARK: - Exchanges that follow a job
@@ -568,7 +326,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     @discardableResult
-    private func begin(
+    func begin(
         _ kind: Exchange.Kind,
         after sequence: Int = 0,
         context: ChannelHandlerContext,
@@ -578,7 +336,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var exchange = Exchange(number: exchangeCount, kind: kind, keepAlive: keepAlive)
         let request: RelayRequest
         switch kind {
-        case .file:
+        case .waiting:
             state = .exchanging(exchange)
             return exchange.number
         case .statsStream:
@@ -617,7 +375,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
         headers.add(name: "cache-control", value: "no-cache")
         headers.add(name: "x-fal-request-id", value: request.id)
-        for (name, value) in Self.cacheHeaders(request) {
+        for (name, value) in FalWire.cacheHeaders(request) {
             headers.add(name: name, value: value)
         }
         headers.add(name: "x-accel-buffering", value: "no")
@@ -629,7 +387,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             promise: nil
         )
         context.flush()
-        exchange.headSent = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let number = exchange.number
         let interval = TimeAmount.seconds(services.limits.sseKeepAliveSeconds)
@@ -653,7 +410,6 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
             promise: nil
         )
-        exchange.headSent = true
         writeSSE(context: context, data: services.jobs.statistics.snapshot())
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let number = exchange.number
@@ -669,7 +425,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard case .exchanging(let exchange) = state, exchange.number == number, context.channel.isWritable else {
             return
         }
-        writeSSE(context: context, text: ": ping\n\n")
+        writeSSE(context: context, text: ServerSentEvents.keepAlive)
     }
 
     private func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
@@ -692,12 +448,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             break
         }
         switch exchange.kind {
-        case .file, .statsStream:
+        case .waiting, .statsStream:
             return
         case .run(let request):
             guard case .completed(let outcome) = event.kind else { return }
             finish(exchange, context: context, clientGone: false)
-            let extra = Self.cacheHeaders(request)
+            let extra = FalWire.cacheHeaders(request)
             switch FalWire.result(for: .completed(outcome), id: request.id) {
             case .success(let result):
                 respond(
@@ -735,7 +491,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if cancelled {
                 phase = .completed(.cancelled)
                 logs = withLogs ? [] : nil
-                frame = Self.sseFrame(
+                frame = ServerSentEvents.frame(
                     data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
                     id: event.sequence,
                     allocator: context.channel.allocator
@@ -753,7 +509,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 )
                 frame = FrameMemo.current.frame(for: key) {
                     // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
-                    Self.sseFrame(
+                    ServerSentEvents.frame(
                         data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
                         id: event.sequence,
                         allocator: context.channel.allocator
@@ -768,17 +524,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
-        let frame = Self.sseFrame(data: data, id: id, allocator: context.channel.allocator)
+        let frame = ServerSentEvents.frame(data: data, id: id, allocator: context.channel.allocator)
         context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
-    }
-
-    /// `id: n` (optional), `data: <json>`, blank line.
-    static func sseFrame(data: JSONValue, id: Int?, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var bytes: [UInt8] = id.map { Array("id: \($0)\n".utf8) } ?? []
-        bytes.append(contentsOf: "data: ".utf8)
-        data.write(into: &bytes)
-        bytes.append(contentsOf: [UInt8(ascii: "\n"), UInt8(ascii: "\n")])
-        return allocator.buffer(bytes: bytes)
     }
 
     func writeSSE(context: ChannelHandlerContext, text: String) {
@@ -805,7 +552,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             services.jobs.statistics.adjustWatchers(.sse, by: -1)
         }
         switch exchange.kind {
-        case .file, .statsStream:
+        case .waiting, .statsStream:
             break
         case .run(let request), .partialStream(let request), .statusStream(let request, _, _):
             if exchange.subscriptionToken != 0 {
@@ -956,40 +703,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         }
     }
-
-    private static func path(_ uri: String) -> Substring {
-        uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-    }
-
-    /// `x-relay-cache` and RFC 9211 `Cache-Status`: how the request was served.
-    static func cacheHeaders(_ request: RelayRequest) -> [(String, String)] {
-        [("x-relay-cache", request.cacheOutcome.rawValue), ("cache-status", request.cacheStatus)]
-    }
-
-    /// `Cache-Control` request directives, lowercased, without values.
-    static func cacheDirectives(_ headers: HTTPHeaders) -> Set<Substring> {
-        var directives: Set<Substring> = []
-        for value in headers["cache-control"] {
-            for part in value.split(separator: ",") {
-                let name = (part.split(separator: "=", maxSplits: 1).first ?? "").filter { $0 != " " && $0 != "\t" }
-                directives.insert(Substring(name.lowercased()))
-            }
-        }
-        return directives
-    }
 }
 
 @available(*, unavailable)
 extension RelayHTTPHandler: Sendable {}
-
-extension Job {
-    /// Subscribes a handler living on `eventLoop`: `body` runs on that loop, and all subscribers on one loop share one
-    /// hop per batch of events.
-    func subscribe(
-        after sequence: Int,
-        on eventLoop: any EventLoop,
-        _ body: @escaping @Sendable (JobEvent) -> Void
-    ) -> Subscription {
-        subscribe(after: sequence, loop: ObjectIdentifier(eventLoop), execute: { eventLoop.execute($0) }, body)
-    }
-}

@@ -91,67 +91,6 @@ enum StaticSiteFiles {
     }
 }
 
-extension RelayHTTPHandler {
-    /// `/`, `/dashboard`, `/ui/<name>`: from memory, `ETag` + `If-None-Match` → 304, revalidated on every use
-    /// (`no-cache`) so a new relay version is picked up at once.
-    func serveAsset(context: ChannelHandlerContext, head: HTTPRequestHead, name: String) {
-        guard let asset = services.site?[name] else {
-            return respondError(context: context, head: head, error: .notFound("No such page"))
-        }
-        var headers = HTTPHeaders()
-        headers.add(name: "etag", value: asset.etag)
-        headers.add(name: "cache-control", value: "no-cache")
-        headers.add(name: "x-content-type-options", value: "nosniff")
-        if head.headers["if-none-match"].contains(where: {
-            $0.split(separator: ",").contains { $0.trimmingSpaces == asset.etag || $0.trimmingSpaces == "*" }
-        }) {
-            return write(context: context, head: head, status: .notModified, headers: headers, body: nil)
-        }
-        headers.add(name: "content-type", value: asset.contentType)
-        if name.hasSuffix(".html") {
-            // The UI talks only to this relay; no inline script, no framing by others.
-            headers.add(
-                name: "content-security-policy",
-                value:
-                    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
-            )
-        }
-        if head.method == .HEAD {
-            headers.add(name: "content-length", value: String(asset.bytes.count))
-            return write(context: context, head: head, status: .ok, headers: headers, body: nil)
-        }
-        write(
-            context: context,
-            head: head,
-            status: .ok,
-            headers: headers,
-            body: context.channel.allocator.buffer(bytes: asset.bytes)
-        )
-    }
-
-    /// The catalog as the playground shows it: id, title, kind, required fields and defaults (the form).
-    func serveCatalog(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        let models: [JSONValue] = services.catalog.models.map { model in
-            .object([
-                "id": .string(model.id),
-                "title": .string(model.title),
-                "kind": .string(model.kind.rawValue),
-                "required": .array(model.required.map(JSONValue.string)),
-                "defaults": .object(model.defaults),
-                "dedup": .string(model.dedup.rawValue),
-                "realtime": .bool(model.realtime),
-            ])
-        }
-        respond(
-            context: context,
-            head: head,
-            status: .ok,
-            json: .object(["models": .array(models)]),
-            extraHeaders: [("cache-control", "no-cache")]
-        )
-    }
-}
-
 extension Substring {
     var trimmingSpaces: Substring {
         var text = self

@@ -113,7 +113,7 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     static func head(for request: RelayRequest) -> String {
         var head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n"
         head += "x-fal-request-id: \(request.id)\r\n"
-        for (name, value) in RelayHTTPHandler.cacheHeaders(request) {
+        for (name, value) in FalWire.cacheHeaders(request) {
             head += "\(name): \(value)\r\n"
         }
         head += "x-accel-buffering: no\r\nconnection: close\r\n\r\n"
@@ -170,7 +170,7 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
             let data = FalWire.status(id: request.id, phase: phase, logs: logs, base: stream.base)
             let ends: Bool
             if case .completed = phase { ends = true } else { ends = false }
-            return (RelayHTTPHandler.sseFrame(data: data, id: event.sequence, allocator: allocator), ends)
+            return (ServerSentEvents.frame(data: data, id: event.sequence, allocator: allocator), ends)
         }
     }
 
@@ -179,9 +179,9 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
         write(Self.ping, context: context, flush: true)
     }
 
-    private static let ping = ByteBufferAllocator().buffer(string: ": ping\n\n")
+    private static let ping = ByteBufferAllocator().buffer(string: ServerSentEvents.keepAlive)
     private static let shutdownHint = ByteBufferAllocator().buffer(
-        string: "retry: 1000\n: the relay is shutting down; reconnect with Last-Event-ID\n\n"
+        string: ServerSentEvents.shutdownHint
     )
 
     private func write(_ frame: ByteBuffer, context: ChannelHandlerContext, flush: Bool) {

@@ -145,7 +145,7 @@ extension RelayHTTPHandler {
             return false
         }
         let route = services.router.route(method: head.method, host: head.headers.first(name: "host"), uri: head.uri)
-        routedHead = route
+        routedRoute = route
         accessLog?.annotate(route: route.label, keyID: nil)
         let kind: UploadExchange.Kind
         switch route {
@@ -354,87 +354,5 @@ extension RelayHTTPHandler {
             services.logger.error("upload not stored", metadata: ["error": "\(error)"])
         }
         return .internalError("The upload could not be stored")
-    }
-
-    // MARK: - Requests with small JSON bodies
-
-    /// `POST /storage/auth/token`: a Bearer token for v3 uploads, valid `tokenSeconds`.
-    func serveStorageToken(
-        context: ChannelHandlerContext,
-        head: HTTPRequestHead,
-        principal: Principal,
-        uploads: UploadService
-    ) {
-        let expiresAt = UploadService.expiry(now: .now(), seconds: uploads.tokenSeconds)
-        guard
-            let token = services.authenticator.issueToken(
-                for: principal,
-                apps: [UploadService.storageScope],
-                seconds: uploads.tokenSeconds
-            )
-        else {
-            return respondError(context: context, head: head, error: .unauthorized("Storage tokens need an API key"))
-        }
-        respond(
-            context: context,
-            head: head,
-            status: .ok,
-            json: UploadService.storageTokenBody(token: token, expiresAt: expiresAt, baseURL: uploads.baseURL)
-        )
-    }
-
-    /// `POST /storage/upload/initiate`: `{file_name, content_type}` → `{upload_url, file_url}`.
-    func serveUploadInitiate(
-        context: ChannelHandlerContext,
-        head: HTTPRequestHead,
-        body: ByteBuffer,
-        principal: Principal,
-        limitHeaders: [(String, String)],
-        uploads: UploadService
-    ) {
-        let request =
-            body.readableBytes == 0
-            ? JSONValue.object([:])
-            : (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) })
-        guard let object = request?.objectValue else {
-            return respondError(
-                context: context,
-                head: head,
-                error: .malformedJSON("expected {\"file_name\", \"content_type\"}")
-            )
-        }
-        let fileName = object["file_name"]?.stringValue ?? "upload.bin"
-        let id = UploadService.makeUploadID()
-        guard
-            let token = services.authenticator.issueToken(
-                for: principal,
-                apps: [UploadService.uploadScope(id)],
-                seconds: uploads.tokenSeconds
-            )
-        else {
-            return respondError(context: context, head: head, error: .unauthorized("Uploads need an API key"))
-        }
-        respond(
-            context: context,
-            head: head,
-            status: .ok,
-            json: [
-                "upload_url": .string(uploads.uploadURL(id: id, token: token)),
-                "file_url": .string(uploads.fileURL(id: id, fileName: fileName)),
-            ],
-            extraHeaders: limitHeaders
-        )
-    }
-
-    /// `GET /files/uploads/<id>/…`: the upload's blob once its PUT is done, else 404.
-    func serveUploadAlias(context: ChannelHandlerContext, head: HTTPRequestHead, id: Digest128) {
-        guard let alias = services.uploads?.aliases.alias(id) else {
-            return respondError(
-                context: context,
-                head: head,
-                error: .notFound("No such file (the upload may not be finished)")
-            )
-        }
-        serveFile(context: context, head: head, digest: alias.digest, fileExtension: alias.mediaType.fileExtension)
     }
 }

@@ -1,0 +1,34 @@
+import NIOCore
+import RelayCore
+
+/// Probes and metrics: `/healthz` (the process answers), `/readyz` (start-up done, not draining), `/metrics`.
+extension RelayServices {
+    func respondHealth(_ request: RouteRequest) -> RouteAnswer {
+        switch request.route {
+        case .health:
+            return .response(answerHealth(request.facts))
+        case .ready:
+            guard readiness.isReady else {
+                return request.error(.unavailable("starting or draining", type: "not_ready"))
+            }
+            return request.json(["status": "ready"])
+        default:
+            let text = metricsText?() ?? []
+            return .response(
+                PreparedResponse(
+                    status: .ok,
+                    headers: [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    body: ByteBuffer(bytes: text),
+                    isHead: request.isHead
+                )
+            )
+        }
+    }
+
+    /// `GET /healthz`, built once.
+    func answerHealth(_ facts: RequestFacts) -> PreparedResponse {
+        PreparedResponse(status: .ok, json: Self.healthBody, requestID: nil, isHead: facts.isHead)
+    }
+
+    private static let healthBody = ByteBuffer(string: #"{"status":"ok"}"#)
+}

@@ -1,0 +1,190 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+
+/// The fal queue and run APIs (PROTOCOL.md §2–§5): submit, run and `/stream`, status, result, cancel and the status
+/// stream. Every transport's request for one of these routes is decided here.
+extension RelayServices {
+    func respondQueue(_ request: RouteRequest) -> RouteAnswer {
+        switch request.route {
+        case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
+            return submit(request, endpoint: endpoint)
+        case .status, .result:
+            return .response(answerRead(request.facts, route: request.route, principal: request.principal).response)
+        case .cancel(let app, let id):
+            let (status, body) = FalWire.cancelBody(jobs.cancel(id, keyID: request.principal.keyID, app: app.app))
+            return request.json(body, status: HTTPResponseStatus(statusCode: status), requestID: id)
+        case .statusStream(let app, let id):
+            return statusStream(request, app: app, id: id)
+        default:
+            return request.error(.internalError("not a queue route"))
+        }
+    }
+
+    private func submit(_ request: RouteRequest, endpoint: EndpointID) -> RouteAnswer {
+        let input: ModelInput
+        switch modelInput(endpoint: endpoint, body: request.body) {
+        case .success(let prepared): input = prepared
+        case .failure(let error): return request.error(error)
+        }
+        var webhook: String?
+        if case .submit = request.route, let url = QueryParameters(uri: request.facts.uri)["fal_webhook"] {
+            if let error = webhooks.validate(url: url) { return request.error(error) }
+            webhook = url
+        }
+        let directives = FalWire.cacheDirectives(request.facts.headers)
+        let submitted = jobs.submit(
+            input,
+            endpoint: endpoint,
+            key: requestKey(input, principal: request.principal),
+            ownerKeyID: request.principal.keyID,
+            directives: CacheDirectives(
+                noCache: directives.contains("no-cache"),
+                noStore: directives.contains("no-store")
+            )
+        )
+        let answer: RouteAnswer
+        switch request.route {
+        case .submit:
+            if let webhook { webhooks.register(request: submitted, url: webhook) }
+            answer = request.json(
+                FalWire.submitResponse(submitted, base: queueBase(request.facts, app: endpoint.app)),
+                requestID: submitted.id,
+                extraHeaders: FalWire.cacheHeaders(submitted) + request.rateLimitHeaders
+            )
+        case .run:
+            answer = .follow(JobFollow(request: submitted, kind: .run))
+        default:
+            answer = .follow(JobFollow(request: submitted, kind: .partialStream))
+        }
+        return .afterRecorded(submitted, then: answer)
+    }
+
+    private func statusStream(_ request: RouteRequest, app: EndpointID, id: String) -> RouteAnswer {
+        guard let found = jobs.request(id, keyID: request.principal.keyID), found.endpoint.app == app.app else {
+            return request.error(.notFound("Request \(id) not found"), requestID: id)
+        }
+        // Resume after the last event the client saw: the header on reconnects, the query parameter for browsers
+        // (EventSource cannot set headers on its first connect).
+        let query = QueryParameters(uri: request.facts.uri)
+        let lastSeen =
+            (request.facts.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
+        if lastSeen > 0, found.phase.isCompleted, lastSeen >= found.job.status.lastSequence {
+            return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
+        }
+        let kind = JobFollow.Kind.statusStream(
+            base: queueBase(request.facts, app: app.app),
+            withLogs: query.flag("logs"),
+            after: max(0, lastSeen)
+        )
+        return .follow(JobFollow(request: found, kind: kind))
+    }
+
+    func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {
+        FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app)
+    }
+
+    /// A status poll (`…/requests/{id}/status`) or a result fetch (`…/requests/{id}`), answered from the request
+    /// table: the hottest reads there are.
+    /// `principal` is the caller `admit` let through.
+    func answerRead(_ facts: RequestFacts, route: Route, principal: Principal) -> ReadAnswer {
+        let isHead = facts.method == .HEAD
+        let app: EndpointID
+        let id: String
+        switch route {
+        case .status(let a, let i), .result(let a, let i): (app, id) = (a, i)
+        default:
+            return ReadAnswer(
+                response: PreparedResponse(error: .internalError("not a read"), requestID: nil, isHead: isHead),
+                principal: principal
+            )
+        }
+        guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
+            return ReadAnswer(
+                response: PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead),
+                principal: principal
+            )
+        }
+        let phase = request.phase
+        let cacheHeaders = FalWire.cacheHeaders(request)
+        // A finished request answers the same from now on: only a sweep past retention can change that.
+        let settled = phase.isCompleted
+        if case .status = route {
+            let query = QueryParameters(uri: facts.uri)
+            let logs = query.flag("logs") ? request.job.status.logs[...] : nil
+            let json = FalWire.status(
+                id: id,
+                phase: phase,
+                logs: logs,
+                base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app)
+            )
+            let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
+            return ReadAnswer(
+                response: PreparedResponse(
+                    status: status,
+                    json: json,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
+            )
+        }
+        if case .completed(.success) = phase, let bytes = request.job.resultBytes {
+            return ReadAnswer(
+                response: PreparedResponse(
+                    status: .ok,
+                    json: bytes,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
+            )
+        }
+        switch FalWire.result(for: phase, id: id) {
+        case .success(let result):
+            return ReadAnswer(
+                response: PreparedResponse(
+                    status: .ok,
+                    json: result,
+                    requestID: id,
+                    extraHeaders: cacheHeaders,
+                    isHead: isHead
+                ),
+                principal: principal,
+                settled: settled
+            )
+        case .failure(let error):
+            return ReadAnswer(
+                response: PreparedResponse(error: error, requestID: id, isHead: isHead),
+                principal: principal,
+                settled: settled
+            )
+        }
+    }
+}
+
+/// What `answerRead` decided.
+struct ReadAnswer {
+    var response: PreparedResponse
+    /// Who asked.
+    var principal: Principal
+    /// The request has finished, so the same request (method, target, Host, Authorization) gets the same response
+    /// while the request table has removed nothing and the key table is unchanged. Admission (rate limits) still
+    /// applies to every request.
+    var settled = false
+
+    var keyID: String? { principal.keyID }
+}
+
+extension FalWire.QueueBase {
+    /// `scheme://host` as the client reached the relay (a missing or malformed Host falls back to 127.0.0.1).
+    init(scheme: String, host: String?, app: String) {
+        let host = host.flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
+        self.init(origin: "\(scheme)://\(host)", app: app)
+    }
+}

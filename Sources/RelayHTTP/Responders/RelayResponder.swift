@@ -1,0 +1,51 @@
+import NIOCore
+import RelayCore
+
+/// Where each route is answered: one responder per route family. Every transport calls `respond` after `admit`,
+/// and carries out what it returns; none of them decides an answer itself.
+///
+/// | routes | responder |
+/// | --- | --- |
+/// | health, ready, metrics | `respondHealth` (HealthResponder.swift) |
+/// | submit, run, stream, status, result, cancel, status stream | `respondQueue` (QueueResponder.swift) |
+/// | files, upload aliases | `respondMedia` (MediaResponder.swift) |
+/// | storage token, upload initiate | `respondUpload` (UploadResponder.swift); upload bodies: `UploadExchange` |
+/// | tokens | `respondTokens` (TokenResponder.swift) |
+/// | admin | `respondAdmin` (AdminResponder.swift) |
+/// | ui, catalog, stats | `respondSite` (SiteResponder.swift) |
+/// | ws, realtime | `WebSocketGate` at the upgrade; a plain request is told why it was not upgraded here |
+extension RelayServices {
+    func respond(_ request: RouteRequest) -> RouteAnswer {
+        switch request.route {
+        case .health, .ready, .metrics:
+            return respondHealth(request)
+        case .submit, .run, .stream, .status, .result, .cancel, .statusStream:
+            return respondQueue(request)
+        case .file, .uploadAlias:
+            return respondMedia(request)
+        case .storageToken, .uploadInitiate, .uploadPut, .v3Upload:
+            return respondUpload(request)
+        case .tokens:
+            return respondTokens(request)
+        case .admin(let action):
+            return respondAdmin(request, action: action)
+        case .ui, .catalog, .stats:
+            return respondSite(request)
+        case .webSocket, .realtime:
+            // Only requests the upgrader declined get here: say why.
+            switch WebSocketGate.target(
+                of: request.route,
+                uri: request.facts.uri,
+                services: self,
+                admitted: request.principal
+            ) {
+            case .failure(let error): return request.error(error)
+            case .success: return request.error(.upgradeRequired())
+            }
+        case .notFound:
+            return request.error(.notFound("No route for \(request.facts.method.rawValue) \(request.facts.path)"))
+        case .methodNotAllowed:
+            return request.error(.methodNotAllowed(request.facts.method.rawValue))
+        }
+    }
+}

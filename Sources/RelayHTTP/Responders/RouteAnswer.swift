@@ -1,0 +1,88 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+import RelayStore
+
+/// A request as a responder sees it: its facts, its route, the caller admission let through, and its body.
+struct RouteRequest {
+    var facts: RequestFacts
+    var route: Route
+    var principal: Principal
+    /// RateLimit fields from admission, for responses that report the caller's budget (submissions).
+    var rateLimitHeaders: [(String, String)] = []
+    /// The whole body (requests with small JSON bodies); empty for the others.
+    var body = ByteBuffer()
+    /// The connection's loop: answers that complete later complete there.
+    var eventLoop: any EventLoop
+
+    var isHead: Bool { facts.isHead }
+
+    /// A fal-shaped error for this request.
+    func error(_ error: FalError, requestID: String? = nil, extraHeaders: [(String, String)] = []) -> RouteAnswer {
+        .response(PreparedResponse(error: error, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead))
+    }
+
+    /// A JSON answer for this request.
+    func json(
+        _ value: JSONValue,
+        status: HTTPResponseStatus = .ok,
+        requestID: String? = nil,
+        extraHeaders: [(String, String)] = []
+    ) -> RouteAnswer {
+        .response(
+            PreparedResponse(
+                status: status,
+                json: value,
+                requestID: requestID,
+                extraHeaders: extraHeaders,
+                isHead: isHead
+            )
+        )
+    }
+}
+
+/// What a responder decided: a response, or an instruction the transport carries out. Transports (the fast lane,
+/// NIO's HTTP/1.1 pipeline, HTTP/2 streams) only encode these; no route is decided anywhere else.
+indirect enum RouteAnswer {
+    /// A complete response.
+    case response(PreparedResponse)
+    /// A response that is known later (an admin purge that runs on the store).
+    case pending(EventLoopFuture<PreparedResponse>)
+    /// `then`, once the request's record is durable: an id must not go out before a crash can no longer lose it.
+    case afterRecorded(RelayRequest, then: RouteAnswer)
+    /// Follow a job's events to the client (an SSE status stream, the run host's `/stream`, a synchronous run).
+    case follow(JobFollow)
+    /// Send a stored media file (looked up, planned and read by the transport through `MediaResponder`).
+    case file(MediaFileRequest)
+    /// The dashboard's statistics feed: a snapshot over SSE every second.
+    case statisticsStream
+}
+
+/// How a job is followed, and where from.
+struct JobFollow {
+    enum Kind {
+        /// `…/requests/{id}/status/stream`: fal status objects with `id:` lines, from `after` on.
+        case statusStream(base: FalWire.QueueBase, withLogs: Bool, after: Int)
+        /// The run host's `POST /{model}/stream`: partial outputs, then the result; no ids (PROTOCOL.md §5.3).
+        case partialStream
+        /// The run host's `POST /{model}`: the result (or error) as one response when the job ends.
+        case run
+    }
+
+    var request: RelayRequest
+    var kind: Kind
+
+    /// A client that leaves a run or a `/stream` takes its request with it (the job goes on only for others); a
+    /// status stream only watches.
+    var cancelsWhenClientLeaves: Bool {
+        if case .statusStream = kind { return false }
+        return true
+    }
+}
+
+/// A media file a client asked for, and who pays for it (the reads budget is charged by admission already).
+struct MediaFileRequest {
+    var digest: Digest128
+    var mediaType: MediaType
+}
