@@ -8,7 +8,7 @@ APT_TEST     := curl openssl lz4 chromium chromium-driver
 PIP_TEST     := fal-client==1.0.3 pytest selenium
 RELAY_FLAGS  ?=
 
-.PHONY: run test build release deps test-deps swift-test client-test clean
+.PHONY: run test build release deps test-deps swift-test client-test clean embed-catalog
 
 run: deps release
 	./.build/release/media-relay serve --config Config/relay.json $(RELAY_FLAGS)
@@ -45,3 +45,11 @@ test-deps: deps
 
 clean:
 	rm -rf .build
+
+# The binary carries a copy of Config/models.json (the one source) so that it serves its catalog from any directory:
+# refresh the copy after editing the catalog (EmbeddedCatalogTests fails while they differ).
+embed-catalog:
+	awk 'FNR == NR { json = json "        " $$0 "\n"; next } /^        """#$$/ { skip = 0 } !skip { print } \
+	  /= #"""$$/ { printf "%s", json; skip = 1 }' Config/models.json Sources/RelayServer/EmbeddedCatalog.swift \
+	  > Sources/RelayServer/EmbeddedCatalog.swift.new
+	mv Sources/RelayServer/EmbeddedCatalog.swift.new Sources/RelayServer/EmbeddedCatalog.swift
