@@ -1,5 +1,5 @@
 import Crypto
-public import Foundation
+import Foundation
 import RelayCore
 public import RelayHTTP
 import Synchronization
@@ -43,6 +43,8 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     private let path: String
     private let cache = Mutex(Cache())
+    /// The clock the re-check interval is measured on (a test's own clock moves only when the test moves it).
+    private let now: @Sendable () -> ContinuousClock.Instant
     /// Signs realtime tokens; nil (no tokens) when the store is used only to manage keys. Kept as bytes because
     /// `SymmetricKey` is not Sendable.
     private let signingKeyBytes: [UInt8]?
@@ -50,8 +52,13 @@ public final class APIKeyStore: Authenticator, Sendable {
     var signingKey: SymmetricKey? { signingKeyBytes.map { SymmetricKey(data: $0) } }
 
     /// `secret`: the deployment secret, from which the token-signing key is derived.
-    public init(dataDirectory: String, secret: [UInt8]? = nil) {
+    public init(
+        dataDirectory: String,
+        secret: [UInt8]? = nil,
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
+    ) {
         self.path = (dataDirectory as NSString).appendingPathComponent("keys.json")
+        self.now = now
         self.signingKeyBytes = secret.map { secret in
             HKDF<SHA256>.deriveKey(
                 inputKeyMaterial: SymmetricKey(data: secret),
@@ -170,7 +177,7 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     /// The key table and its generation, under the same staleness bound as `entries(fresh:)`.
     private func table(fresh: Bool = false) -> (entries: [String: Entry], generation: UInt64) {
-        let now = ContinuousClock.now
+        let now = self.now()
         if !fresh,
             let cached = cache.withLock({ cache -> ([String: Entry], UInt64)? in
                 guard let checked = cache.checkedAt, now - checked < Self.recheckInterval else { return nil }
