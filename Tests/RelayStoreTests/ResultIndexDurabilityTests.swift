@@ -428,8 +428,8 @@ struct ResultIndexDurabilityTests {
         pool.submit { _ in gate.wait() }
         index.store(key, ResultFixtures.success(1, digests: [new]))
         #expect(index.references(new) && !index.references(old), "in memory the newest version counts")
-        let snapshotting = Task { try await index.writeSnapshot() }
-        try await Task.sleep(for: .milliseconds(200))  // the snapshot is collected, its write waits for the pool
+        // Runs at once, up to its first suspension: the snapshot is collected, and its write waits for the pool.
+        let snapshotting = Task.immediate { try await index.writeSnapshot() }
         gate.signal()
         #expect(try await snapshotting.value)
         await index.flush()
