@@ -52,6 +52,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     private var pending: ByteBuffer?
     /// A `read` held back while the channel is not writable.
     private var readHeld = false
+    /// A status stream took the connection over: this handler has left the pipeline.
+    private var handedOver = false
+    /// Told when a status stream takes the connection over (it counts as an SSE connection from then on).
+    private let connectionKind: ConnectionKindTracker?
 
     /// Adds NIO's HTTP/1.1 handlers after this one: run once, before the first request the lane hands on; nil once
     /// they are there.
@@ -65,8 +69,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         timer: ConnectionTimer,
         ledger: SlowPathLedger,
         proto: String = "http/1.1",
+        connectionKind: ConnectionKindTracker? = nil,
         slowPath: SlowPathInstaller? = nil
     ) {
+        self.connectionKind = connectionKind
         self.services = services
         self.scheme = scheme
         self.timer = timer
@@ -124,6 +130,11 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             case .fast(let head, let length):
                 if ledger.isIdle, answer(head, headLength: length, context: context) {
                     bytes.moveReaderIndex(forwardBy: length)
+                    // The stream's writer flushes; whatever follows a close-delimited response is dropped.
+                    if handedOver {
+                        wrote = false
+                        return
+                    }
                     wrote = true
                 } else {
                     forward(context: context, &bytes, headLength: length, bodyLength: 0)
@@ -219,6 +230,8 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         case .file(let digest, let fileExtension):
             guard let file = MediaFileRequest(digest: digest, fileExtension: fileExtension) else { return false }
             return answerFile(head, facts: facts, route: route, file: file, headLength: headLength, context: context)
+        case .statusStream:
+            return answerStatusStream(head, facts: facts, route: route, headLength: headLength, context: context)
         default:
             return false
         }
@@ -447,6 +460,67 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 cache: nil
             )
         }
+        return true
+    }
+
+    /// A status stream: the queue responder decides, and the connection goes straight to the bare SSE writer
+    /// (`StatusStreamHandler`). NIO's HTTP handlers never join a connection that only watches.
+    private func answerStatusStream(
+        _ head: RequestHeadScanner.FastHead,
+        facts: RequestFacts,
+        route: Route,
+        headLength: Int,
+        context: ChannelHandlerContext
+    ) -> Bool {
+        let started = NIODeadline.now()
+        guard accept(headLength: headLength) else { return true }
+        var facts = facts
+        if let value = head.lastEventID { facts.headers.add(name: "last-event-id", value: value) }
+        let principal: Principal
+        switch services.admit(facts, route: route) {
+        case .refused(let error, let headers):
+            let refusal = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
+            send(refusal, for: head, route: route, keyID: nil, started: started, context: context)
+            return true
+        case .admitted(let admitted, _):
+            principal = admitted
+        }
+        let request = RouteRequest(facts: facts, route: route, principal: principal, eventLoop: context.eventLoop)
+        switch services.respond(request) {
+        case .follow(let follow):
+            guard case .statusStream(let stream) = follow.kind else { break }
+            var entry = AccessEntry(method: head.method, path: Self.path(head.uri), started: started)
+            entry.status = 200
+            entry.route = route.label
+            entry.keyID = principal.keyID
+            entry.requestID = stream.request.id
+            entry.cache = stream.request.cacheOutcome.rawValue
+            let writer = StatusStreamHandler(
+                services: services,
+                stream: stream,
+                access: entry,
+                accessSink: accessLog,
+                connectionKind: connectionKind
+            )
+            handedOver = true
+            do {
+                try StatusStreamHandler.takeOver(writer, pipeline: context.pipeline)
+            } catch {
+                services.logger.error(
+                    "status stream could not take the connection over",
+                    metadata: ["error": "\(error)"]
+                )
+                context.close(promise: nil)
+            }
+            return true
+        case .response(let response):
+            send(response, for: head, route: route, keyID: principal.keyID, started: started, context: context)
+            return true
+        default:
+            break
+        }
+        let error = PreparedResponse(error: .internalError("unexpected answer"), requestID: nil, isHead: facts.isHead)
+        send(error, for: head, route: route, keyID: principal.keyID, started: started, context: context)
         return true
     }
 

@@ -32,7 +32,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             /// An answer known later (a media file being read, a submission being made durable, a purge).
             case waiting
             case run(RelayRequest)
-            case statusStream(RelayRequest, base: FalWire.QueueBase, withLogs: Bool)
+            case statusStream(StatusStream)
             case partialStream(RelayRequest)
             /// `/relay/stats/stream`: a statistics snapshot every second (the dashboard).
             case statsStream
@@ -43,10 +43,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let keepAlive: Bool
         var subscriptionToken = 0
         var keepAliveTask: RepeatedTask?
-        /// The last event written (streams): later deliveries at or below it are replay overlaps.
-        var lastSent = 0
-        /// Events were held back while the channel was not writable; replay from `lastSent` once it is.
-        var behind = false
+        /// Which events of the followed job go out, wait in its log, or are over (streams).
+        var stream = JobStreamStateMachine(after: 0)
     }
 
     let services: RelayServices
@@ -130,19 +128,21 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, case .exchanging(var exchange) = state, exchange.behind {
-            exchange.behind = false
+        if case .exchanging(var exchange) = state,
+            let after = exchange.stream.writabilityChanged(writable: context.channel.isWritable)
+        {
             state = .exchanging(exchange)
             let request: RelayRequest
             switch exchange.kind {
-            case .statusStream(let r, _, _), .partialStream(let r): request = r
+            case .statusStream(let stream): request = stream.request
+            case .partialStream(let r): request = r
             default: return context.fireChannelWritabilityChanged()
             }
-            for event in request.job.replay(after: exchange.lastSent) {
+            for event in request.job.replay(after: after) {
                 receive(event, context: context, number: exchange.number)
-                guard case .exchanging(let current) = state, current.number == exchange.number, !current.behind else {
-                    break
-                }
+                guard case .exchanging(let current) = state, current.number == exchange.number,
+                    !current.stream.isBehind
+                else { break }
             }
         }
         context.fireChannelWritabilityChanged()
@@ -262,22 +262,11 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             carryOut(then, facts: facts, context: context, keepAlive: keepAlive)
         case .follow(let follow):
             switch follow.kind {
-            case .statusStream(let base, let withLogs, let after):
+            case .statusStream(let stream):
                 if statusStreamsTakeOver {
-                    let stream = StatusStreamHandler.Stream(
-                        request: follow.request,
-                        base: base,
-                        withLogs: withLogs,
-                        after: after
-                    )
                     return takeOver(stream, context: context)
                 }
-                begin(
-                    .statusStream(follow.request, base: base, withLogs: withLogs),
-                    after: after,
-                    context: context,
-                    keepAlive: keepAlive
-                )
+                begin(.statusStream(stream), after: stream.after, context: context, keepAlive: keepAlive)
             case .partialStream:
                 begin(.partialStream(follow.request), context: context, keepAlive: keepAlive)
             case .run:
@@ -307,7 +296,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Hands the connection to a bare SSE writer: this handler and the rest of the HTTP/1.1 pipeline leave it, and the
     /// access line of this request is written by the stream when it ends.
-    private func takeOver(_ stream: StatusStreamHandler.Stream, context: ChannelHandlerContext) {
+    private func takeOver(_ stream: StatusStream, context: ChannelHandlerContext) {
         let request = stream.request
         let access = accessLog?.takeOver(status: 200, requestID: request.id, cache: request.cacheOutcome.rawValue)
         let writer = StatusStreamHandler(
@@ -343,9 +332,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             writeStatsStreamHead(context: context, exchange: &exchange)
             state = .exchanging(exchange)
             return exchange.number
-        case .run(let r), .partialStream(let r), .statusStream(let r, _, _):
+        case .run(let r), .partialStream(let r):
             request = r
+        case .statusStream(let stream):
+            request = stream.request
         }
+        exchange.stream = JobStreamStateMachine(after: sequence)
         if case .run = kind {
         } else {
             writeStreamHead(context: context, request: request, exchange: &exchange)
@@ -422,9 +414,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
-        guard case .exchanging(let exchange) = state, exchange.number == number, context.channel.isWritable else {
-            return
-        }
+        guard case .exchanging(let exchange) = state, exchange.number == number,
+            exchange.stream.shouldPing(writable: context.channel.isWritable)
+        else { return }
         writeSSE(context: context, text: ServerSentEvents.keepAlive)
     }
 
@@ -434,16 +426,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .statusStream, .partialStream:
             // A slow reader never makes us buffer: while the socket cannot take more, events stay in the job's log
             // and are replayed from there when it drains (`channelWritabilityChanged`).
-            guard event.sequence > exchange.lastSent else { return }
-            guard context.channel.isWritable, !exchange.behind else {
-                if !exchange.behind {
-                    exchange.behind = true
-                    state = .exchanging(exchange)
-                }
-                return
-            }
-            exchange.lastSent = event.sequence
+            let delivery = exchange.stream.deliver(sequence: event.sequence, writable: context.channel.isWritable)
             state = .exchanging(exchange)
+            guard delivery == .write else { return }
         default:
             break
         }
@@ -483,41 +468,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             default:
                 break
             }
-        case .statusStream(let request, let base, let withLogs):
-            // A request cancelled on its own ends even while its shared job runs on.
-            let cancelled = services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false
-            guard var (phase, logs) = FalWire.statusUpdate(for: event, withLogs: withLogs) else { return }
-            let frame: ByteBuffer
-            if cancelled {
-                phase = .completed(.cancelled)
-                logs = withLogs ? [] : nil
-                frame = ServerSentEvents.frame(
-                    data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
-                    id: event.sequence,
-                    allocator: context.channel.allocator
-                )
-            } else {
-                // Every watcher of this request on this loop gets the same bytes: build them once per event.
-                let key = FrameMemo.Key(
-                    kind: .sse,
-                    job: ObjectIdentifier(request.job),
-                    sequence: event.sequence,
-                    requestID: request.id,
-                    withLogs: withLogs,
-                    origin: base.origin,
-                    app: base.app
-                )
-                frame = FrameMemo.current.frame(for: key) {
-                    // `id:` lets EventSource resume with Last-Event-ID; the run host's /stream never sends ids (PROTOCOL.md §5.3).
-                    ServerSentEvents.frame(
-                        data: FalWire.status(id: request.id, phase: phase, logs: logs, base: base),
-                        id: event.sequence,
-                        allocator: context.channel.allocator
-                    )
-                }
-            }
+        case .statusStream(let stream):
+            // The same frames as the HTTP/1.1 writer's, shared with every watcher of the request on this loop.
+            let (frame, ends) = stream.frame(for: event, services: services, allocator: context.channel.allocator)
+            guard frame.readableBytes > 0 else { return }
             context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
-            if case .completed = phase {
+            if ends {
                 endStream(exchange, context: context)
             }
         }
@@ -554,17 +510,17 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch exchange.kind {
         case .waiting, .statsStream:
             break
-        case .run(let request), .partialStream(let request), .statusStream(let request, _, _):
+        case .run(let request), .partialStream(let request):
             if exchange.subscriptionToken != 0 {
                 request.job.unsubscribe(exchange.subscriptionToken)
             }
+            // A client that leaves a run or a `/stream` takes its request with it (the job goes on for others).
             if clientGone {
-                switch exchange.kind {
-                case .run, .partialStream:
-                    _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
-                default:
-                    break
-                }
+                _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
+            }
+        case .statusStream(let stream):
+            if exchange.subscriptionToken != 0 {
+                stream.request.job.unsubscribe(exchange.subscriptionToken)
             }
         }
     }

@@ -248,7 +248,13 @@ public final class RelayHTTPServer: Service, Sendable {
             )
             return
         }
-        let fastLane = FastLane(services: services, scheme: scheme, timer: timer, ledger: SlowPathLedger()) {
+        let fastLane = FastLane(
+            services: services,
+            scheme: scheme,
+            timer: timer,
+            ledger: SlowPathLedger(),
+            connectionKind: kind
+        ) {
             pipeline,
             fastLane in
             try addHTTPHandlers(

@@ -18,6 +18,8 @@ struct RequestHeadScanner {
         var ifNoneMatch: String?
         var range: String?
         var ifRange: String?
+        /// An SSE client resuming a status stream.
+        var lastEventID: String?
     }
 
     enum Verdict {
@@ -77,6 +79,7 @@ struct RequestHeadScanner {
         var ifNoneMatch: Range<Int>?
         var range: Range<Int>?
         var ifRange: Range<Int>?
+        var lastEventID: Range<Int>?
         var contentLength: Int?
         while true {
             guard index + 1 < count else { return count > maxHeadBytes ? .opaque : .incomplete }
@@ -122,6 +125,9 @@ struct RequestHeadScanner {
             case .ifRange:
                 guard ifRange == nil else { return .opaque }
                 ifRange = value
+            case .lastEventID:
+                guard lastEventID == nil else { return .opaque }
+                lastEventID = value
             case .contentLength:
                 guard let length = Self.decimal(bytes, value), contentLength == nil || contentLength == length else {
                     return .opaque
@@ -150,7 +156,8 @@ struct RequestHeadScanner {
             authorization: string(authorization),
             ifNoneMatch: string(ifNoneMatch),
             range: string(range),
-            ifRange: string(ifRange)
+            ifRange: string(ifRange),
+            lastEventID: string(lastEventID)
         )
         return .fast(head, length: index)
     }
@@ -221,8 +228,8 @@ struct RequestHeadScanner {
     }
 
     private enum Field {
-        case host, authorization, ifNoneMatch, range, ifRange, contentLength, transferEncoding, upgrade, connection,
-            expect, other
+        case host, authorization, ifNoneMatch, range, ifRange, lastEventID, contentLength, transferEncoding, upgrade,
+            connection, expect, other
     }
 
     private static func field(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Field {
@@ -236,6 +243,7 @@ struct RequestHeadScanner {
         case 10: return equalsIgnoringCase(bytes, name, "connection") ? .connection : .other
         case 13:
             if equalsIgnoringCase(bytes, name, "authorization") { return .authorization }
+            if equalsIgnoringCase(bytes, name, "last-event-id") { return .lastEventID }
             return equalsIgnoringCase(bytes, name, "if-none-match") ? .ifNoneMatch : .other
         case 14: return equalsIgnoringCase(bytes, name, "content-length") ? .contentLength : .other
         case 17: return equalsIgnoringCase(bytes, name, "transfer-encoding") ? .transferEncoding : .other

@@ -11,7 +11,7 @@ import RelayJobs
 /// connection carries nothing after it: inbound bytes are ignored, EOF or an error ends the stream. It keeps every
 /// behaviour of the stream that `RelayHTTPHandler` serves over HTTP/2: `id:` sequence numbers, the resume point,
 /// the logs variant, `: ping` every interval (`KeepAliveWheel`), close after COMPLETED, pause and replay from the
-/// job's log for a slow reader (`StatusStreamStateMachine`), a `retry:` hint at shutdown, the watcher count, and one
+/// job's log for a slow reader (`JobStreamStateMachine`), a `retry:` hint at shutdown, the watcher count, and one
 /// access line with HTTP metrics at its end.
 ///
 /// Loop-confined (STYLE.md rule 2).
@@ -21,18 +21,9 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// What the stream follows and how its frames look.
-    struct Stream {
-        let request: RelayRequest
-        let base: FalWire.QueueBase
-        let withLogs: Bool
-        /// The last event the client saw (Last-Event-ID or `?last_event_id=`), 0 for all.
-        let after: Int
-    }
-
     private let services: RelayServices
-    private let stream: Stream
-    private var machine: StatusStreamStateMachine
+    private let stream: StatusStream
+    private var machine: JobStreamStateMachine
     private var context: ChannelHandlerContext?
     private var subscriptionToken = 0
     private var keepAliveSlot: KeepAliveWheel.Slot?
@@ -43,14 +34,14 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
 
     init(
         services: RelayServices,
-        stream: Stream,
+        stream: StatusStream,
         access: AccessEntry?,
         accessSink: AccessLogSink?,
         connectionKind: ConnectionKindTracker? = nil
     ) {
         self.services = services
         self.stream = stream
-        self.machine = StatusStreamStateMachine(after: stream.after)
+        self.machine = JobStreamStateMachine(after: stream.after)
         self.access = access
         self.accessSink = accessSink
         self.connectionKind = connectionKind
@@ -130,47 +121,12 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
         case .write:
             break
         }
-        let (frame, ends) = Self.frame(for: event, of: stream, services: services, allocator: context.channel.allocator)
+        let (frame, ends) = stream.frame(for: event, services: services, allocator: context.channel.allocator)
         guard frame.readableBytes > 0 else { return }
         if ends {
             end(context: context, last: frame)
         } else {
             write(frame, context: context, flush: flush)
-        }
-    }
-
-    /// The frame of `event` for `stream` and whether it ends the stream: built once per event per loop and shared by
-    /// every watcher of the request there (`FrameMemo`), the request's cancellation looked up once with it. An event
-    /// that shows as no status change gives an empty frame.
-    static func frame(
-        for event: JobEvent,
-        of stream: Stream,
-        services: RelayServices,
-        allocator: ByteBufferAllocator
-    ) -> (frame: ByteBuffer, ends: Bool) {
-        let request = stream.request
-        let key = FrameMemo.Key(
-            kind: .sse,
-            job: ObjectIdentifier(request.job),
-            sequence: event.sequence,
-            requestID: request.id,
-            withLogs: stream.withLogs,
-            origin: stream.base.origin,
-            app: stream.base.app
-        )
-        return FrameMemo.current.frame(for: key) {
-            guard var (phase, logs) = FalWire.statusUpdate(for: event, withLogs: stream.withLogs) else {
-                return (allocator.buffer(capacity: 0), false)
-            }
-            // A request cancelled on its own ends even while its shared job runs on.
-            if services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false {
-                phase = .completed(.cancelled)
-                logs = stream.withLogs ? [] : nil
-            }
-            let data = FalWire.status(id: request.id, phase: phase, logs: logs, base: stream.base)
-            let ends: Bool
-            if case .completed = phase { ends = true } else { ends = false }
-            return (ServerSentEvents.frame(data: data, id: event.sequence, allocator: allocator), ends)
         }
     }
 

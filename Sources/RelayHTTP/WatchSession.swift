@@ -30,13 +30,8 @@ public struct WatchSession: Sendable {
         case ignore
     }
 
-    private struct Watch: Sendable {
-        var lastSent: Int
-        var behind = false
-    }
-
     public let maxWatches: Int
-    private var watches: [String: Watch] = [:]
+    private var watches: [String: JobStreamStateMachine] = [:]
 
     public init(maxWatches: Int = 256) {
         self.maxWatches = maxWatches
@@ -80,7 +75,7 @@ public struct WatchSession: Sendable {
     /// Starts watching; false when the socket already watches as many requests as it may.
     public mutating func begin(_ requestID: String, after: Int) -> Bool {
         if watches[requestID] == nil && watches.count >= maxWatches { return false }
-        watches[requestID] = Watch(lastSent: after)
+        watches[requestID] = JobStreamStateMachine(after: after)
         return true
     }
 
@@ -112,30 +107,29 @@ public struct WatchSession: Sendable {
     /// Decides about one event; `writable` is the channel's writability now.
     public mutating func deliver(_ requestID: String, sequence: Int, writable: Bool) -> Delivery {
         guard var watch = watches[requestID] else { return .ignore }
-        guard sequence > watch.lastSent else { return .duplicate }
-        guard writable, !watch.behind else {
-            watch.behind = true
-            watches[requestID] = watch
-            return .deferred
+        defer { watches[requestID] = watch }
+        switch watch.deliver(sequence: sequence, writable: writable) {
+        case .write: return .send
+        case .drop: return .duplicate
+        case .wait: return .deferred
         }
-        watch.lastSent = sequence
-        watches[requestID] = watch
-        return .send
     }
 
     /// Marks an event sent during a resync.
     public mutating func sent(_ requestID: String, sequence: Int) {
-        guard var watch = watches[requestID], sequence > watch.lastSent else { return }
-        watch.lastSent = sequence
+        guard var watch = watches[requestID] else { return }
+        _ = watch.deliver(sequence: sequence, writable: true)
         watches[requestID] = watch
     }
 
     /// The watches that fell behind, with the sequence to replay after; clears their flag.
     public mutating func takeBehind() -> [(requestID: String, after: Int)] {
         var out: [(String, Int)] = []
-        for (id, watch) in watches where watch.behind {
-            out.append((id, watch.lastSent))
-            watches[id]?.behind = false
+        for (id, var watch) in watches {
+            if let after = watch.writabilityChanged(writable: true) {
+                out.append((id, after))
+                watches[id] = watch
+            }
         }
         return out.sorted { $0.0 < $1.0 }
     }

@@ -182,7 +182,8 @@ import Testing
         }
         #expect(try fixture.responses().map(\.status) == [200])
         let body = #"{"prompt":"a quiet harbour at dawn"}"#
-        let submit = "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Content-Length: \(body.utf8.count)\r\n\r\n"
+        let submit =
+            "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)Content-Length: \(body.utf8.count)\r\n\r\n"
         try fixture.send(submit + body.prefix(5))
         try fixture.send(String(body.dropFirst(5).prefix(10)))
         try fixture.send(String(body.dropFirst(15)) + request)
@@ -197,7 +198,9 @@ import Testing
         let fixture = try Fixture()
         defer { fixture.remove() }
         let result = "/fal-ai/flux/requests/\(fixture.done.id)"
-        try fixture.send("GET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\nGET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
+        try fixture.send(
+            "GET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\nGET \(result) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
+        )
         let twice = try fixture.responses()
         #expect(twice.count == 2 && twice.allSatisfy { $0.body.contains("\"seed\":7") })
         try fixture.send("GET \(result)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
@@ -267,7 +270,8 @@ import Testing
     @Test func aSweepThatRemovesRequestsEndsTheReplay() throws {
         let fixture = try Fixture(authenticator: VersionedKeys())
         defer { fixture.remove() }
-        let status = "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
+        let status =
+            "GET /fal-ai/flux/requests/\(fixture.done.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(status)
         #expect(try fixture.responses().map(\.status) == [200])
         let removed = fixture.services.jobs.sweep(
@@ -282,7 +286,8 @@ import Testing
         let keys = VersionedKeys()
         let fixture = try Fixture(authenticator: keys)
         defer { fixture.remove() }
-        let status = "GET /fal-ai/flux/requests/\(fixture.running.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
+        let status =
+            "GET /fal-ai/flux/requests/\(fixture.running.id)/status HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(status)
         #expect(try fixture.responses().first?.body.contains("IN_PROGRESS") == true)
         fixture.running.job.receive(.succeeded(result: ["seed": 8], inferenceSeconds: 1))
@@ -327,10 +332,56 @@ import Testing
         #expect(try Self.handlerNames(fixture.channel) == joined)
     }
 
+    /// A watcher's connection goes from the lane straight to the bare SSE writer: NIO's HTTP handlers are never added
+    /// (only to be removed again), and bytes pipelined after the stream's request go nowhere.
+    @Test func aStatusStreamGoesStraightToTheSSEWriter() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let channel = EmbeddedChannel()
+        let installs = Mutex(0)
+        let timer = ConnectionTimer(limits: fixture.services.limits.connection)
+        try channel.pipeline.syncOperations.addHandler(timer)
+        let lane = FastLane(services: fixture.services, scheme: "http", timer: timer, ledger: SlowPathLedger()) {
+            _,
+            _ in
+            installs.withLock { $0 += 1 }
+        }
+        try channel.pipeline.syncOperations.addHandler(lane)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        let stream = "GET /fal-ai/flux/requests/\(fixture.done.id)/status/stream HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        try channel.writeInbound(ByteBuffer(string: stream + Self.key + "\r\nGET /healthz HTTP/1.1\r\n\r\n"))
+        channel.embeddedEventLoop.run()
+        var wire = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { wire += String(buffer: buffer) }
+        #expect(wire.hasPrefix("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream"))
+        #expect(
+            wire.contains(#""status":"COMPLETED""#) && !wire.contains("healthz") && !wire.contains(#"{"status":"ok"}"#)
+        )
+        #expect(installs.withLock { $0 } == 0)
+        #expect(try Self.handlerNames(channel) == ["StatusStreamHandler"] || !channel.isActive)
+        // The installer is what a request the lane hands on calls.
+        let other = EmbeddedChannel()
+        let otherTimer = ConnectionTimer(limits: fixture.services.limits.connection)
+        try other.pipeline.syncOperations.addHandler(otherTimer)
+        try other.pipeline.syncOperations.addHandler(
+            FastLane(services: fixture.services, scheme: "http", timer: otherTimer, ledger: SlowPathLedger()) { _, _ in
+                installs.withLock { $0 += 1 }
+            }
+        )
+        try other.writeInbound(
+            ByteBuffer(string: "POST /fal-ai/flux/dev HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        )
+        #expect(installs.withLock { $0 } == 1)
+        _ = try? other.finish()
+        _ = try? channel.finish()
+    }
+
     @Test func shutdownClosesAConnectionThatOnlyHadFastRequests() throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
-        try fixture.send("GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n")
+        try fixture.send(
+            "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
+        )
         #expect(try fixture.responses().map(\.status) == [200])
         #expect(fixture.channel.isActive)
         fixture.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())

@@ -10,34 +10,10 @@ import Testing
 
 @testable import RelayHTTP
 
-/// The bare HTTP/1.1 SSE writer: its state machine on its own, the handler on an EmbeddedChannel (frames, pause and
-/// replay, pings, shutdown, close after COMPLETED, the client leaving), and a whole HTTP/1.1 pipeline that an SSE
-/// request reduces to that one handler.
+/// The bare HTTP/1.1 SSE writer on an EmbeddedChannel (frames, pause and replay, pings, shutdown, close after
+/// COMPLETED, the client leaving), and a whole HTTP/1.1 pipeline that an SSE request reduces to that one handler. Its
+/// state machine has its own suite (JobStreamStateMachineTests).
 @Suite struct StatusStreamHandlerTests {
-    // MARK: - State machine
-
-    @Test func theMachineSendsInOrderDropsRepeatsAndWaitsWhileFull() {
-        var machine = StatusStreamStateMachine(after: 2)
-        #expect(machine.deliver(sequence: 2, writable: true) == .drop)
-        #expect(machine.deliver(sequence: 3, writable: true) == .write)
-        #expect(machine.deliver(sequence: 3, writable: true) == .drop)
-        #expect(machine.deliver(sequence: 4, writable: false) == .wait)
-        // Behind: even a writable moment does not let a later event jump ahead of the held-back ones.
-        #expect(machine.deliver(sequence: 5, writable: true) == .wait)
-        #expect(!machine.shouldPing(writable: true))
-        #expect(machine.writabilityChanged(writable: false) == nil)
-        #expect(machine.writabilityChanged(writable: true) == 3)
-        #expect(machine.writabilityChanged(writable: true) == nil)
-        #expect(machine.deliver(sequence: 4, writable: true) == .write)
-        #expect(machine.shouldPing(writable: true))
-        #expect(!machine.shouldPing(writable: false))
-        let first = machine.end()
-        let second = machine.end()
-        #expect(first && !second)
-        #expect(machine.deliver(sequence: 9, writable: true) == .drop)
-        #expect(!machine.shouldPing(writable: true))
-    }
-
     // MARK: - Handler
 
     struct Fixture {
@@ -59,7 +35,7 @@ import Testing
         @discardableResult
         func openStream(after: Int = 0, withLogs: Bool = true) throws -> StatusStreamHandler {
             try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
-            let stream = StatusStreamHandler.Stream(
+            let stream = StatusStream(
                 request: request,
                 base: FalWire.QueueBase(origin: "http://127.0.0.1", app: "fal-ai/flux"),
                 withLogs: withLogs,

@@ -73,12 +73,13 @@ extension RelayServices {
         if lastSeen > 0, found.phase.isCompleted, lastSeen >= found.job.status.lastSequence {
             return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
         }
-        let kind = JobFollow.Kind.statusStream(
+        let stream = StatusStream(
+            request: found,
             base: queueBase(request.facts, app: app.app),
             withLogs: query.flag("logs"),
             after: max(0, lastSeen)
         )
-        return .follow(JobFollow(request: found, kind: kind))
+        return .follow(JobFollow(request: found, kind: .statusStream(stream)))
     }
 
     func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {

@@ -62,8 +62,8 @@ indirect enum RouteAnswer {
 /// How a job is followed, and where from.
 struct JobFollow {
     enum Kind {
-        /// `…/requests/{id}/status/stream`: fal status objects with `id:` lines, from `after` on.
-        case statusStream(base: FalWire.QueueBase, withLogs: Bool, after: Int)
+        /// `…/requests/{id}/status/stream`: fal status objects with `id:` lines, from the stream's resume point on.
+        case statusStream(StatusStream)
         /// The run host's `POST /{model}/stream`: partial outputs, then the result; no ids (PROTOCOL.md §5.3).
         case partialStream
         /// The run host's `POST /{model}`: the result (or error) as one response when the job ends.
@@ -72,13 +72,6 @@ struct JobFollow {
 
     var request: RelayRequest
     var kind: Kind
-
-    /// A client that leaves a run or a `/stream` takes its request with it (the job goes on only for others); a
-    /// status stream only watches.
-    var cancelsWhenClientLeaves: Bool {
-        if case .statusStream = kind { return false }
-        return true
-    }
 }
 
 /// A media file a client asked for, and who pays for it (the reads budget is charged by admission already).

@@ -1,16 +1,20 @@
-/// A bare SSE status stream's protocol as a value (STYLE.md rule 1): which job events go out, which wait in the job's
-/// log while the socket cannot take more, and when the stream is over. `StatusStreamHandler` performs the actions.
+/// How one watcher follows one job, whatever carries it: an SSE status stream on HTTP/1.1 (`StatusStreamHandler`) or
+/// on an HTTP/2 stream, the run host's `/stream` and a synchronous run (`RelayHTTPHandler`), and each watch on a
+/// `/ws` socket (`WatchSession`). It decides which job events go out, which wait in the job's log while the socket
+/// cannot take more, when to catch up from the log, when a keep-alive may go out, and when the stream is over; the
+/// transports perform what it decides.
 ///
 /// A slow reader never makes the relay buffer: an event that finds the socket unwritable is not written, the stream
-/// is marked behind, and once the socket drains everything after the last event sent is replayed from the job's log.
-struct StatusStreamStateMachine {
-    enum State: Equatable {
+/// is marked behind, and once the socket drains everything after the last event sent is replayed from the job's log
+/// (a replay that overlaps live events is dropped by sequence number, so nothing is sent twice).
+struct JobStreamStateMachine: Sendable {
+    enum State: Equatable, Sendable {
         case streaming(lastSent: Int, behind: Bool)
         case ended
     }
 
     /// What to do with one event.
-    enum Delivery: Equatable {
+    enum Delivery: Equatable, Sendable {
         /// Write it (the machine counts it as sent).
         case write
         /// Already sent (a replay overlapping live events), or the stream is over.
@@ -27,6 +31,18 @@ struct StatusStreamStateMachine {
     }
 
     var isStreaming: Bool { state != .ended }
+
+    /// The last event sent (or the resume point), while streaming.
+    var lastSent: Int? {
+        guard case .streaming(let lastSent, _) = state else { return nil }
+        return lastSent
+    }
+
+    /// Whether events are held back in the job's log, waiting for the socket to drain.
+    var isBehind: Bool {
+        if case .streaming(_, true) = state { return true }
+        return false
+    }
 
     mutating func deliver(sequence: Int, writable: Bool) -> Delivery {
         guard case .streaming(let lastSent, let behind) = state, sequence > lastSent else { return .drop }
