@@ -53,8 +53,7 @@ extension RelayHTTPHandler {
         context: ChannelHandlerContext,
         keepAlive: Bool
     ) {
-        var headers = HTTPHeaders(head.headers)
-        headers.add(name: "content-length", value: String(head.contentLength))
+        let headers = HTTPHeaders(head.headers + [("content-length", String(head.contentLength))])
         guard let range else {
             // HEAD (keeps Content-Length and Content-Range), 304, or an empty blob.
             state = .idle

@@ -492,9 +492,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func endStream(_ exchange: Exchange, context: ChannelHandlerContext) {
         finish(exchange, context: context, clientGone: false)
         let keepAlive = exchange.keepAlive
+        let channel = context.channel
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
             if !keepAlive {
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
         }
     }

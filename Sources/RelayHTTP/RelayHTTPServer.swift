@@ -1,4 +1,4 @@
-public import Logging
+import Logging
 public import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -271,15 +271,31 @@ public final class RelayHTTPServer: Service, Sendable {
     }
 
     /// Every handler `configureHTTP1` may put in a connection's pipeline, head to tail: its own and those NIO's
-    /// `configureHTTPServerPipeline` adds. A status stream that takes a connection over removes these, looked up by
-    /// type (NIO has no public walk of a pipeline; its debug description, the one listing, cost a fifth of the
-    /// relay's CPU while 10,000 watchers attached). The end-to-end pipeline test fails if one is missing here.
-    static let http1HandlerTypes: [any ChannelHandler.Type] = [
-        ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self, ByteToMessageHandler<HTTPRequestDecoder>.self,
-        HTTPServerPipelineHandler.self, NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self,
-        HTTPPartsTap.self,
-        AccessLogHandler.self, RelayHTTPHandler.self,
-    ]
+    /// `configureHTTPServerPipeline` adds. The one description of an HTTP/1.1 pipeline: a status stream that takes a
+    /// connection over removes all of these, a WebSocket upgrade the relay's own (NIO's upgrader removes its own), and
+    /// both look them up by type (NIO has no public walk of a pipeline, and its debug description is far too costly
+    /// per connection). The end-to-end pipeline test fails if one is missing here.
+    static var http1HandlerTypes: [any ChannelHandler.Type] {
+        [
+            ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self,
+            ByteToMessageHandler<HTTPRequestDecoder>.self, HTTPServerPipelineHandler.self,
+            NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self, HTTPPartsTap.self,
+            AccessLogHandler.self, RelayHTTPHandler.self,
+        ]
+    }
+
+    /// The relay's own HTTP/1.1 handlers: what leaves a connection that upgrades to WebSocket.
+    static var relayHTTP1HandlerTypes: [any ChannelHandler.Type] {
+        [ConnectionTimer.self, FastLane.self, HTTPPartsTap.self, AccessLogHandler.self, RelayHTTPHandler.self]
+    }
+
+    /// The contexts of those `types` that are in the pipeline, head to tail.
+    static func contexts(
+        of types: [any ChannelHandler.Type],
+        in operations: ChannelPipeline.SynchronousOperations
+    ) -> [ChannelHandlerContext] {
+        types.compactMap { try? operations.context(handlerType: $0) }
+    }
 
     /// NIO's HTTP/1.1 server pipeline with upgrades, then the relay's handlers, at the end of `pipeline`.
     private static func addHTTPHandlers(
@@ -305,21 +321,16 @@ public final class RelayHTTPServer: Service, Sendable {
             connectionKind: kind
         )
         let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes, ledger: fastLane?.ledger)
-        let boundHandlers = NIOLoopBound((handler, tap, timer, accessLog, fastLane), eventLoop: pipeline.eventLoop)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.
                 upgraders: refusal == nil ? [Self.webSocketUpgrader(services: services, scheme: scheme)] : [],
                 completionHandler: { context in
                     // The socket speaks WebSocket now: the HTTP handlers leave (it has deadlines of its own).
-                    let (handler, tap, timer, accessLog, fastLane) = boundHandlers.value
-                    if let fastLane {
-                        _ = try? context.pipeline.syncOperations.removeHandler(fastLane)
+                    let operations = context.pipeline.syncOperations
+                    for departing in Self.contexts(of: Self.relayHTTP1HandlerTypes, in: operations).reversed() {
+                        operations.removeHandler(context: departing, promise: nil)
                     }
-                    _ = try? context.pipeline.syncOperations.removeHandler(handler)
-                    _ = try? context.pipeline.syncOperations.removeHandler(accessLog)
-                    _ = try? context.pipeline.syncOperations.removeHandler(tap)
-                    _ = try? context.pipeline.syncOperations.removeHandler(timer)
                     kind?.opened(.webSocket)
                 }
             ),

@@ -56,9 +56,7 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     /// then flows only into this handler, which drops it.
     static func takeOver(_ handler: StatusStreamHandler, pipeline: ChannelPipeline) throws {
         let operations = pipeline.syncOperations
-        let departing = RelayHTTPServer.http1HandlerTypes.compactMap { type in
-            try? operations.context(handlerType: type)
-        }
+        let departing = RelayHTTPServer.contexts(of: RelayHTTPServer.http1HandlerTypes, in: operations)
         try operations.addHandler(handler)
         for context in departing.reversed() {
             operations.removeHandler(context: context, promise: nil)

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 import RelayCore
 
 /// What `media-relay canonicalize` prints: the bytes (or the key) the relay derives from a request's input.
