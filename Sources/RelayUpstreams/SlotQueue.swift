@@ -30,6 +30,11 @@ final class SlotQueue: Sendable {
     private struct Waiter {
         let observer: PositionObserver
         let continuation: CheckedContinuation<Void, any Error>
+    }
+
+    /// A waiter's spot in line: plain values, so that a pass over the whole line copies no closures.
+    private struct Spot {
+        let id: Int
         /// The last place it was told.
         var told: Int
     }
@@ -37,8 +42,10 @@ final class SlotQueue: Sendable {
     private struct State {
         var free: Int
         var entries: [Int: Entry] = [:]
-        /// Waiting ids in arrival order; ids that left (cancelled) stay until they reach the front, and are skipped.
-        var line = CircularBuffer<Int>()
+        /// Waiters in arrival order. Those that left (cancelled) stay until they reach the front, and are skipped.
+        var line = CircularBuffer<Spot>()
+        /// Ids in `line` of waiters that left.
+        var left: Set<Int> = []
         var waiting = 0
         var nextID = 1
         /// Places changed since the last pass.
@@ -87,10 +94,8 @@ final class SlotQueue: Sendable {
                         return true
                     }
                     observer(state.waiting)
-                    state.entries[id] = .waiting(
-                        Waiter(observer: observer, continuation: continuation, told: state.waiting)
-                    )
-                    state.line.append(id)
+                    state.entries[id] = .waiting(Waiter(observer: observer, continuation: continuation))
+                    state.line.append(Spot(id: id, told: state.waiting))
                     state.waiting += 1
                     return false
                 }
@@ -107,8 +112,9 @@ final class SlotQueue: Sendable {
                     state.entries[id] = .cancelledWhileArriving
                     return nil
                 case .waiting(let waiter):
-                    // Its id stays in `line` and is skipped when it reaches the front: O(1) here.
+                    // Its spot stays in `line` and is skipped when it reaches the front: O(1) here.
                     state.entries[id] = nil
+                    state.left.insert(id)
                     state.waiting -= 1
                     state.moved = true
                     return waiter
@@ -126,8 +132,9 @@ final class SlotQueue: Sendable {
     /// Gives a slot back; the longest waiter gets it. O(1) amortised: nobody else is told anything here.
     func release() {
         let next = state.withLock { state -> Waiter? in
-            while let id = state.line.popFirst() {
-                guard case .waiting(let waiter) = state.entries.removeValue(forKey: id) else { continue }
+            while let spot = state.line.popFirst() {
+                if !state.left.isEmpty, state.left.remove(spot.id) != nil { continue }
+                guard case .waiting(let waiter) = state.entries.removeValue(forKey: spot.id) else { continue }
                 state.waiting -= 1
                 state.moved = true
                 return waiter
@@ -144,10 +151,10 @@ final class SlotQueue: Sendable {
         state.withLock { $0.waiting }
     }
 
-    /// Waiters the queue keeps books on (waiting, or between `acquire` and joining the line): 0 whenever nobody
-    /// waits, whenever their tasks were cancelled.
+    /// Waiters the queue keeps books on (waiting, between `acquire` and joining the line, or left but still in
+    /// line): 0 whenever nobody waits, whenever their tasks were cancelled.
     var trackedWaiters: Int {
-        state.withLock { $0.entries.count }
+        state.withLock { $0.entries.count + $0.left.count }
     }
 
     /// Tells waiters their new places (see the type's comment); what the scheduled pass runs.
@@ -157,14 +164,15 @@ final class SlotQueue: Sendable {
             guard state.moved else { return }
             state.moved = false
             var place = 0
-            for id in state.line {
-                guard case .waiting(var waiter) = state.entries[id] else { continue }
+            for index in state.line.indices {
+                let spot = state.line[index]
+                if !state.left.isEmpty, state.left.contains(spot.id) { continue }
                 defer { place += 1 }
-                guard place != waiter.told else { continue }
-                guard place < Self.exactAhead || place <= waiter.told - waiter.told / 4 else { continue }
+                guard place != spot.told else { continue }
+                guard place < Self.exactAhead || place <= spot.told - spot.told / 4 else { continue }
+                guard case .waiting(let waiter) = state.entries[spot.id] else { continue }
                 waiter.observer(place)
-                waiter.told = place
-                state.entries[id] = .waiting(waiter)
+                state.line[index].told = place
             }
         }
     }
