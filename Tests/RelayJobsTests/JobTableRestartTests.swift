@@ -123,8 +123,8 @@ struct JobTableRestartTests {
         pool.submit { _ in
             while !gate.withLock({ $0 }) { usleep(1000) }
         }
+        // The end reaches the completion gate at once, and the gate can do nothing durable while the pool is held.
         upstream.tasks[0].job.receive(.succeeded(result: ["ok": true], inferenceSeconds: 1))
-        try await Task.sleep(for: .milliseconds(50))
         #expect(!request.phase.isCompleted, "the end was shown before its records were durable")
         // Updates after the end was reported are ignored while it is being written.
         upstream.tasks[0].job.receive(.log("late", level: .info))
