@@ -126,7 +126,7 @@ final class FalOriginClient: Sendable {
     // MARK: - Circuit breaker
 
     func acquire() -> OriginCircuitBreaker.Permission {
-        breaker.withLock { $0.acquire(now: .now) }
+        breaker.withLock { $0.acquire(now: configuration.now()) }
     }
 
     func abandonProbe(_ ticket: Int) {
@@ -139,7 +139,7 @@ final class FalOriginClient: Sendable {
 
     private func recordOutcome(healthy: Bool) {
         breaker.withLock { breaker in
-            if healthy { breaker.recordSuccess() } else { breaker.recordFailure(now: .now) }
+            if healthy { breaker.recordSuccess() } else { breaker.recordFailure(now: configuration.now()) }
         }
     }
 

@@ -34,6 +34,8 @@ extension FalOriginUpstream {
         public var mediaConcurrency: Int = 4
         public var retry: RetryPolicy = RetryPolicy()
         public var breaker: OriginCircuitBreaker.Configuration = OriginCircuitBreaker.Configuration()
+        /// The clock the circuit breaker's cool-down runs on (a test moves its own instead of waiting).
+        public var now: @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
         /// `User-Agent` of every call.
         public var userAgent: String = "MediaRelay (fal-origin)"
 

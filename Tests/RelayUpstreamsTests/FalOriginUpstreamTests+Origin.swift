@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RelayCore
+import RelayJobs
+import RelayStore
+import Synchronization
+import Testing
+
+@testable import RelayUpstreams
+
+/// The origin unreachable or failing (the circuit breaker), and how the origin is trusted and configured.
+extension FalOriginUpstreamTests {
+    // MARK: - Origin down and the circuit breaker
+
+    @Test func anUnreachableOriginFailsTheJobAndOpensTheCircuit() async throws {
+        let port = try await Self.closedPort()
+        try await withOrigin(
+            configure: {
+                $0.baseURL = "http://127.0.0.1:\(port)"
+                $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 2, coolDown: .seconds(60))
+            },
+            body: { fixture in
+                for _ in 0..<2 {
+                    let (job, log) = try makeJob()
+                    _ = fixture.upstream.start(job)
+                    guard case .failure(let error) = try await outcome(of: job) else {
+                        Issue.record("expected failure, got \(job.status.phase)")
+                        return
+                    }
+                    #expect(error.status == 503 && error.errorType == "runner_connection_refused")
+                    #expect(error.message.contains("after 4 attempts"))
+                    #expect(log.terminals == 1)
+                }
+                guard case .open = fixture.upstream.circuitState else {
+                    Issue.record("expected the circuit open, got \(fixture.upstream.circuitState)")
+                    return
+                }
+                let (job, _) = try makeJob()
+                _ = fixture.upstream.start(job)
+                // Failed at once, inside `start`.
+                #expect(
+                    job.status.phase
+                        == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused")))
+                )
+            }
+        )
+    }
+
+    @Test func aProbeThatSucceedsClosesTheCircuit() async throws {
+        var script = FakeFalOrigin.Script()
+        script.submitFailures = [503]
+        let clock = TestClock()
+        try await withOrigin(
+            script,
+            configure: {
+                $0.retry = RetryPolicy(maxAttempts: 1)
+                $0.breaker = OriginCircuitBreaker.Configuration(failureThreshold: 1, coolDown: .seconds(60))
+                $0.now = { clock.now }
+            },
+            body: { fixture in
+                let (first, _) = try makeJob()
+                _ = fixture.upstream.start(first)
+                guard case .failure(let error) = try await outcome(of: first) else {
+                    Issue.record("expected failure, got \(first.status.phase)")
+                    return
+                }
+                #expect(error.status == 502 && error.message.contains("HTTP 503"))
+                let (rejected, _) = try makeJob()
+                _ = fixture.upstream.start(rejected)
+                #expect(
+                    rejected.status.phase
+                        == .completed(.failure(.unavailable("origin circuit open", type: "runner_connection_refused")))
+                )
+                clock.advance(by: .seconds(60))
+                let (probe, _) = try makeJob()
+                _ = fixture.upstream.start(probe)
+                guard case .success = try await outcome(of: probe) else {
+                    Issue.record("expected the probe to succeed, got \(probe.status.phase)")
+                    return
+                }
+                #expect(fixture.upstream.circuitState == .closed(consecutiveFailures: 0))
+                #expect(fixture.origin.record.withLock { $0.submitAttempts } == 2)
+            }
+        )
+    }
+
+    // MARK: - TLS and configuration
+
+    @Test func trustsAnOriginSignedByTheExtraCA() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-ca-\(UUID().uuidString)")
+            .path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        guard let files = try Self.makeCertificates(in: directory) else { return }
+        try await withOrigin(
+            tls: (files.certificate, files.key),
+            configure: { $0.additionalCAPath = files.ca },
+            body: {
+                fixture in
+                #expect(fixture.origin.baseURL.hasPrefix("https://"))
+                let (job, log) = try makeJob()
+                _ = fixture.upstream.start(job)
+                guard case .success(let result, _) = try await outcome(of: job) else {
+                    Issue.record("expected success, got \(job.status.phase)")
+                    return
+                }
+                #expect(log.logs == ["line 1", "line 2", "line 3"])
+                try await expectMediaPulled(result, store: fixture.store, origin: fixture.origin)
+            }
+        )
+        // Without the CA the certificate is refused, at once and without retrying.
+        try await withOrigin(tls: (files.certificate, files.key)) { fixture in
+            let (job, _) = try makeJob()
+            _ = fixture.upstream.start(job)
+            guard case .failure(let error) = try await outcome(of: job) else {
+                Issue.record("expected failure, got \(job.status.phase)")
+                return
+            }
+            #expect(error.message.contains("TLS"))
+            #expect(fixture.origin.record.withLock { $0.submitAttempts } == 0)
+        }
+    }
+
+    @Test func refusesABadConfiguration() async throws {
+        let hasher = KeyedHasher(secret: Array(repeating: 1, count: KeyedHasher.secretSize))
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("origin-cfg-\(UUID().uuidString)")
+            .path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try BlobStore(directory: directory, hasher: hasher, threadPool: pool)
+        let logger = Logger(label: "origin-test")
+        #expect(throws: FalOriginUpstream.ConfigurationError.self) {
+            try FalOriginUpstream(
+                configuration: .init(baseURL: "queue.fal.run", apiKey: nil, publicBaseURL: { "" }),
+                store: store,
+                logger: logger
+            )
+        }
+        #expect(throws: FalOriginUpstream.ConfigurationError.self) {
+            try FalOriginUpstream(
+                configuration: .init(
+                    baseURL: "https://queue.fal.run",
+                    apiKey: "k",
+                    additionalCAPath: directory + "/missing.pem",
+                    publicBaseURL: { "" }
+                ),
+                store: store,
+                logger: logger
+            )
+        }
+    }
+
+    /// A private CA and a leaf for 127.0.0.1 made with openssl (PROTOCOL.md §10); nil (test skipped) without it.
+    static func makeCertificates(in directory: String) throws -> (ca: String, certificate: String, key: String)? {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let script = """
+            set -e
+            cd "$1"
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=origin-test-ca \\
+              -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \\
+              -addext subjectKeyIdentifier=hash
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1
+            printf '%s\\n' subjectAltName=IP:127.0.0.1 basicConstraints=critical,CA:FALSE \\
+              keyUsage=critical,digitalSignature,keyEncipherment extendedKeyUsage=serverAuth \\
+              authorityKeyIdentifier=keyid subjectKeyIdentifier=hash > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script, "sh", directory]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            return nil
+        }
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            Issue.record("openssl could not make the test certificates (exit \(process.terminationStatus))")
+            return nil
+        }
+        return (directory + "/ca.pem", directory + "/server.pem", directory + "/server.key")
+    }
+
+    static func closedPort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(
+            host: "127.0.0.1",
+            port: 0
+        ).get()
+        let port = channel.localAddress?.port ?? 1
+        try await channel.close()
+        return port
+    }
+}
