@@ -2,7 +2,7 @@ public import RelayCore
 import Synchronization
 
 /// Keeps the blob store within its byte budget and free of garbage (DESIGN.md "Storage": TTL, LRU byte budget with
-/// watermarks, unreferenced blobs collected). Run `run(every:)` as a service.
+/// watermarks, unreferenced blobs collected). Run `run(every:on:)` as a service.
 ///
 /// Each sweep: expires results past their TTL; scans `blobs/`; drops results whose blobs are gone; deletes blobs no
 /// result references once idle for the grace period; and above the high watermark evicts referenced blobs least
@@ -183,10 +183,11 @@ public final class BlobExpiry: Sendable {
         return report
     }
 
-    /// Sweeps now and then every `interval` until the task is cancelled (wrap it in a `Service` and cancel it on
-    /// graceful shutdown). `onSweep` sees each outcome, for logging and metrics.
-    public func run(
-        every interval: Duration,
+    /// Sweeps now and then every `interval` of `clock` until the task is cancelled (wrap it in a `Service` and cancel
+    /// it on graceful shutdown). `onSweep` sees each outcome, for logging and metrics.
+    public func run<C: Clock>(
+        every interval: C.Duration,
+        on clock: C = ContinuousClock(),
         onSweep: @Sendable (Result<SweepReport, StoreError>) -> Void = { _ in }
     ) async {
         while !Task.isCancelled {
@@ -197,7 +198,7 @@ public final class BlobExpiry: Sendable {
                 onSweep(.failure(error))
             }
             do {
-                try await Task.sleep(for: interval)
+                try await clock.sleep(for: interval)
             } catch {
                 return
             }

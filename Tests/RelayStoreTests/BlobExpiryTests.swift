@@ -231,17 +231,27 @@ struct BlobExpiryTests {
         #expect(ResultIndex().isLoaded)
     }
 
-    @Test func runSweepsUntilCancelled() async throws {
+    @Test func runSweepsEveryIntervalUntilCancelled() async throws {
         let setup = try await Setup()
         defer { setup.directory.remove() }
         let garbage = try await setup.put(1)
         try setup.age(garbage, secondsAgo: 86_400)
         let expiry = BlobExpiry(store: setup.store, results: setup.results, configuration: .init(maxBytes: nil))
         let sweeps = Counter()
-        let task = Task { await expiry.run(every: .milliseconds(20)) { _ in sweeps.increment() } }
-        while sweeps.value < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        let clock = ManualClock()
+        var waits = clock.sleeps.makeAsyncIterator()
+        let task = Task { await expiry.run(every: .seconds(30), on: clock) { _ in sweeps.increment() } }
+        // A sweep at once, then one each time the interval passes.
+        for sweep in 1...3 {
+            _ = await waits.next()
+            #expect(sweeps.value == sweep)
+            if sweep < 3 { clock.advance(by: .seconds(30)) }
+        }
+        clock.advance(by: .seconds(29))
+        #expect(sweeps.value == 3, "not before the interval passed")
         task.cancel()
         await task.value
+        #expect(sweeps.value == 3)
         #expect(!setup.exists(garbage))
         #expect(expiry.collected == 1)
     }
