@@ -81,19 +81,39 @@ extension RelayServices {
     /// Charges the route's budget for `principal` (429 with `Retry-After` and RateLimit headers when spent). Used by
     /// `admit`, by a repeated answer whose caller is already known, and by each submission inside a WebSocket.
     func charge(_ facts: RequestFacts, route: Route, principal: Principal) -> Admission {
-        guard let rateLimiter, let budget = RateLimitPolicy.Budget(route: route),
+        charge(facts, budget: RateLimitPolicy.Budget(route: route), principal: principal, requestID: route.requestID)
+    }
+
+    /// Charges one request to `budget` (nil: not limited) for `principal`.
+    func charge(
+        _ facts: RequestFacts,
+        budget: RateLimitPolicy.Budget?,
+        principal: Principal,
+        requestID: String? = nil
+    ) -> Admission {
+        guard let rateLimiter, let budget,
             rateLimiter.policy.limit(for: RateLimitPolicy.Tier(principal), budget: budget) != nil
         else { return .admitted(principal, rateLimitHeaders: []) }
         // Keyed callers are counted by key: the address (formatted per call) is only needed for anonymous ones.
         let decision = rateLimiter.check(
             principal: principal,
             clientIP: principal.keyID == nil ? facts.clientIP : "",
-            budget: budget
+            budget: budget,
+            requestID: requestID
         )
         guard let rejection = decision.rejection else {
             return .admitted(principal, rateLimitHeaders: decision.headers)
         }
         return .refused(.rateLimited(rejection.detail), headers: rejection.headers)
+    }
+
+    /// A read of a request id that does not exist (or is not the caller's): charged to the caller's own `read`
+    /// budget, so that guessing ids costs what any read costs. 429 once that is spent, else the 404.
+    func unknownRequest(_ facts: RequestFacts, principal: Principal, id: String) -> PreparedResponse {
+        if case .refused(let error, let headers) = charge(facts, budget: .reads, principal: principal) {
+            return PreparedResponse(error: error, requestID: id, extraHeaders: headers, isHead: facts.isHead)
+        }
+        return PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: facts.isHead)
     }
 
     /// The caller a request's credentials name: the `Authorization` field (`Key id:secret`, or `Bearer <token>` for
@@ -138,6 +158,14 @@ extension RelayServices {
 }
 
 extension Route {
+    /// The request a route reads (status, status stream, result, cancel).
+    var requestID: String? {
+        switch self {
+        case .status(_, let id), .statusStream(_, let id), .result(_, let id), .cancel(_, let id): id
+        default: nil
+        }
+    }
+
     /// The model a route addresses, whose alias a scoped token must allow.
     var endpoint: EndpointID? {
         switch self {

@@ -1,54 +1,73 @@
-/// How many requests each tier may make, in two separate budgets: submissions and reads.
+/// What each caller may do, and why: the policy protects what costs money (upstream work) and the relay itself, and
+/// never throttles what a caller is entitled to read.
 ///
-/// **Why two budgets.** A submission (`POST` to submit, run or stream) is what costs money and GPU time upstream;
-/// everything after it — status polls, status streams, results, cancels, media files — only reads what the relay
-/// already holds. fal's clients read a lot: the Python client's `subscribe` polls its job's status every 0.1 s
-/// (ten requests a second, PROTOCOL.md §5.1), the JS client every 0.5 s. If polls came out of the submission
-/// budget, a signed-in user (100 a minute) would be throttled ten seconds into their first job, by their own
-/// client, doing exactly what it should. So reads have their own, much larger budget, the same for every tier:
-/// by default 20 a second sustained with a burst of 100 — two jobs polled at full speed at once, indefinitely,
-/// plus room for fetching results and media. Only submissions differ by tier.
+/// | budget | counted per | charged for | default |
+/// | --- | --- | --- | --- |
+/// | `submit` | caller (key, or address when anonymous) | a submission that starts upstream work | 20 / 100 / 500 / 2000 a minute by tier, burst a quarter of that |
+/// | `served` | caller | every submission, also those answered by the cache or by coalescing | 200 a second, burst 2000 |
+/// | `request` | request × caller | status, result and cancel of one request | 20 a second, burst 100 |
+/// | `watchers` | caller | open SSE status streams, at once | 200 / 2,000 / 10,000 / 50,000 by tier |
+/// | `read` | caller | tokens, opening a WebSocket, storage tokens, admin, and reads of request ids that do not exist | 20 a second, burst 100 |
+/// | (none) | | media files and upload aliases: immutable, content-addressed, one `sendfile` each | bounded by the connection caps |
 ///
-/// **Submissions per tier** (per minute): anonymous 20, signed-in 100, pro 500, enterprise 2000 (configurable),
-/// admin unlimited. The burst is a quarter of the minute's quota, rounded up and never below 5: a signed-in key
-/// can fire 25 jobs at once, then one every 0.6 s.
+/// **Why.** A submission that starts work costs GPU time upstream: only those draw from the tier's quota. A
+/// submission answered by a hit or by attaching to work in flight costs nothing upstream, so a viral prompt (1,000
+/// identical submissions on one key at once) must not be refused: those draw from `served`, which only keeps one
+/// caller from flooding the relay. fal's clients poll the status of each request they wait on ten times a second
+/// (the Python client, PROTOCOL.md §5.1): a backend with 1,000 requests in flight on one key polls 10,000 times a
+/// second, so reads of one's own requests are counted per request, and a key's polling grows with the work it has in
+/// flight. Reads of ids that do not exist fall back to the caller's `read` budget, so guessing ids is not free.
+/// Media URLs are capabilities for immutable bytes, served as a CDN serves them. Concurrent watchers (SSE status
+/// streams) are capped per caller by tier (`watchers`), not by a request rate: 1,500 browsers watching one job
+/// through one key is the relay's headline use.
 ///
 /// **How it is counted.** Each budget is a token bucket (`TokenBucket`): it holds `burst` tokens, refills at
-/// `quota / window` tokens a second, and each request takes one. This gives short bursts without allowing more
-/// than the quota over time, with no window edges where a client could spend two windows' worth at once.
-/// Anonymous requests are counted per client IP address, keyed requests per API key (on any IP).
+/// `quota / window` tokens a second, and each request takes one, so short bursts pass without allowing more than the
+/// quota over time. Admin keys are never limited.
 ///
 /// **What a throttled client sees.** `429` with `{"detail": "Rate limit exceeded: …", "error_type": "rate_limited"}`
 /// and `Retry-After`. fal's clients treat a 429 as temporary: Python retries it up to ten times with backoff over
-/// about 50 s (§9.2), JS three times — so a brief overshoot slows a client down instead of failing it. A refused
-/// request costs nothing, so those retries do not push recovery further away. Every limited response also carries
-/// the IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers) so clients can pace
-/// themselves: `RateLimit-Policy: "submit";q=100;w=60` is the quota (q requests per w seconds), and
-/// `RateLimit: "submit";r=24;t=1` the requests left now (r) and the seconds until the budget is full again (t).
+/// about 50 s (§9.2), JS three times. Every limited response also carries the IETF `RateLimit-Policy` and `RateLimit`
+/// headers (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy: "submit";q=100;w=60` is the quota (q requests
+/// per w seconds), and `RateLimit: "submit";r=24;t=1` the requests left now (r) and the seconds until the budget is
+/// full again (t).
 public struct RateLimitPolicy: Sendable, Hashable {
     /// Which budget a request draws from.
     public enum Budget: String, Sendable, Hashable, CaseIterable {
-        /// `POST` submit, run and stream: each may start upstream work. Uploads (initiate, v3 upload) too: each
-        /// costs disk and bandwidth like a job's media.
+        /// Submissions that start upstream work (charged when the job table decides to start it), and uploads
+        /// (initiate, v3 upload: each costs disk and bandwidth like a job's media).
         case submissions = "submit"
-        /// Status polls and streams, results, cancels, media files, tokens, opening a WebSocket: answered from
-        /// what the relay holds. (Each request *inside* a realtime session starts work: charge it to
-        /// `submissions` as it arrives.)
+        /// Every submission (submit, run, stream, and each one sent over `/ws` or realtime), whatever answers it.
+        case served
+        /// Reads of one request: its status, result and cancel, per request and caller.
+        case requestReads = "request"
+        /// Everything else a caller reads: tokens, opening a WebSocket, storage tokens, admin, unknown request ids.
         case reads = "read"
 
         /// The policy name in the `RateLimit-Policy` and `RateLimit` headers.
         public var policyName: String { rawValue }
 
-        /// The budget a route draws from; nil for routes that are never limited (probes, metrics, errors).
+        /// The budget admission charges for a route before its responder runs; nil for routes that are never
+        /// limited (probes, metrics, errors, media). A submission's `submissions` charge comes later, only if it
+        /// starts work.
         public init?(route: Route) {
             switch route {
-            case .submit, .run, .stream, .uploadInitiate, .v3Upload:
+            case .submit, .run, .stream:
+                self = .served
+            case .uploadInitiate, .v3Upload:
                 self = .submissions
-            case .status, .statusStream, .result, .cancel, .file, .tokens, .webSocket, .realtime, .admin, .storageToken,
-                .uploadAlias:
+            case .status, .result, .cancel:
+                self = .requestReads
+            case .statusStream:
+                // Open streams are capped per caller (`watchers`), not by a rate: 2,000 browsers watching one job
+                // through one key open 2,000 streams at once.
+                return nil
+            case .tokens, .webSocket, .realtime, .admin, .storageToken:
                 self = .reads
             case .uploadPut:
                 // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.
+                return nil
+            case .file, .uploadAlias:
                 return nil
             case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
                 return nil
@@ -102,7 +121,13 @@ public struct RateLimitPolicy: Sendable, Hashable {
 
         /// "100 submissions per minute": for error messages.
         func describe(_ budget: Budget) -> String {
-            let noun = budget == .submissions ? "submissions" : "reads"
+            let noun: String
+            switch budget {
+            case .submissions: noun = "submissions that start upstream work"
+            case .served: noun = "submissions"
+            case .requestReads: noun = "reads of one request"
+            case .reads: noun = "reads"
+            }
             switch windowSeconds {
             case 1: return "\(quota) \(noun) per second"
             case 60: return "\(quota) \(noun) per minute"
@@ -117,21 +142,34 @@ public struct RateLimitPolicy: Sendable, Hashable {
     public var proPerMinute: Int
     /// Set per deployment (the "custom" in enterprise pricing).
     public var enterprisePerMinute: Int
-    /// Shared by every tier except admin; see the type's documentation for why it is large.
+    /// Every submission, per caller; the same for every tier except admin.
+    public var served: Limit
+    /// Reads of one request, per request and caller.
+    public var requestReads: Limit
+    /// Other reads, per caller.
     public var reads: Limit
+    /// Concurrent watchers (SSE status streams) per caller, by tier: anonymous (per address), signed-in, pro,
+    /// enterprise. Admin keys are not capped.
+    public var watchers: [Tier: Int]
 
     public init(
         anonymousPerMinute: Int = 20,
         signedInPerMinute: Int = 100,
         proPerMinute: Int = 500,
         enterprisePerMinute: Int = 2000,
-        reads: Limit = Limit(quota: 20, windowSeconds: 1, burst: 100)
+        served: Limit = Limit(quota: 200, windowSeconds: 1, burst: 2000),
+        requestReads: Limit = Limit(quota: 20, windowSeconds: 1, burst: 100),
+        reads: Limit = Limit(quota: 20, windowSeconds: 1, burst: 100),
+        watchers: [Tier: Int] = [.anonymous: 200, .signedIn: 2_000, .pro: 10_000, .enterprise: 50_000]
     ) {
         self.anonymousPerMinute = anonymousPerMinute
         self.signedInPerMinute = signedInPerMinute
         self.proPerMinute = proPerMinute
         self.enterprisePerMinute = enterprisePerMinute
+        self.served = served
+        self.requestReads = requestReads
         self.reads = reads
+        self.watchers = watchers
     }
 
     /// The defaults above.
@@ -149,7 +187,14 @@ public struct RateLimitPolicy: Sendable, Hashable {
         }
         switch budget {
         case .submissions: return .submissions(perMinute: perMinute)
+        case .served: return served
+        case .requestReads: return requestReads
         case .reads: return reads
         }
+    }
+
+    /// How many watchers `tier` may hold open at once; nil means uncapped (admin).
+    public func maxWatchers(for tier: Tier) -> Int? {
+        tier == .admin ? nil : watchers[tier] ?? watchers[.signedIn] ?? 2_000
     }
 }

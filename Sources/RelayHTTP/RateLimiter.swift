@@ -28,6 +28,8 @@ public final class RateLimiter: Sendable {
     public let maxEntries: Int
     private let clock: Clock
     private let table: Mutex<Table>
+    /// Open watchers per caller (`acquireWatcher`).
+    private let watching = Mutex<[Subject: Int]>([:])
 
     /// `maxEntries` below 16 is raised to 16.
     public init(
@@ -52,17 +54,20 @@ public final class RateLimiter: Sendable {
         principal: Principal,
         clientIP: String,
         budget: RateLimitPolicy.Budget,
+        requestID: String? = nil,
         cost: Int = 1
     ) -> RateLimitDecision {
-        check(principal: principal, clientIP: clientIP, budget: budget, cost: cost, now: clock())
+        check(principal: principal, clientIP: clientIP, budget: budget, requestID: requestID, cost: cost, now: clock())
     }
 
     /// Charges `cost` requests to the caller's `budget` at `now`: keyed callers by key id, anonymous ones by
-    /// `clientIP`. Admin is never limited and never stored.
+    /// `clientIP`; reads of one request (`requestReads`) by that request and caller. Admin is never limited and
+    /// never stored.
     public func check(
         principal: Principal,
         clientIP: String,
         budget: RateLimitPolicy.Budget,
+        requestID: String? = nil,
         cost: Int = 1,
         now: Duration
     ) -> RateLimitDecision {
@@ -77,7 +82,10 @@ public final class RateLimiter: Sendable {
                 resetSeconds: 0
             )
         }
-        let subject: Subject = principal.keyID.map(Subject.key) ?? .address(clientIP)
+        var subject = Self.subject(principal, clientIP: clientIP)
+        if budget == .requestReads, let requestID {
+            subject = .request(requestID, caller: principal.keyID ?? clientIP)
+        }
         let (decision, reset) = table.withLock { table in
             table.take(BucketKey(subject: subject, budget: budget), limit: limit, cost: cost, now: now)
         }
@@ -115,10 +123,42 @@ public final class RateLimiter: Sendable {
         table.withLock { $0.dropFull(now: now) }
     }
 
-    /// Whose bucket: an API key's, or an anonymous IP address's.
+    /// Takes a watcher place for the caller (an SSE status stream), or nil when the caller's tier has all its places
+    /// taken. The place is given back when the lease is released or goes away.
+    public func acquireWatcher(principal: Principal, clientIP: String) -> WatcherLease? {
+        guard let cap = policy.maxWatchers(for: RateLimitPolicy.Tier(principal)) else {
+            return WatcherLease(release: nil)
+        }
+        let subject = Self.subject(principal, clientIP: clientIP)
+        let taken = watching.withLock { watching -> Bool in
+            let open = watching[subject, default: 0]
+            guard open < cap else { return false }
+            watching[subject] = open + 1
+            return true
+        }
+        guard taken else { return nil }
+        return WatcherLease { [self] in
+            watching.withLock { watching in
+                let left = watching[subject, default: 1] - 1
+                watching[subject] = left > 0 ? left : nil
+            }
+        }
+    }
+
+    /// Watchers open now for `principal` (tests, statistics).
+    public func watchers(principal: Principal, clientIP: String) -> Int {
+        watching.withLock { $0[Self.subject(principal, clientIP: clientIP), default: 0] }
+    }
+
+    private static func subject(_ principal: Principal, clientIP: String) -> Subject {
+        principal.keyID.map(Subject.key) ?? .address(clientIP)
+    }
+
+    /// Whose bucket: an API key's, an anonymous IP address's, or one request's as read by one caller.
     enum Subject: Hashable {
         case key(String)
         case address(String)
+        case request(String, caller: String)
     }
 
     struct BucketKey: Hashable {
@@ -266,5 +306,27 @@ public struct RateLimitRejection: Sendable, Hashable {
     /// `{"detail": "Rate limit exceeded: …", "error_type": "rate_limited"}`.
     public var body: JSONValue {
         .object(["detail": .string(detail), "error_type": .string(errorType)])
+    }
+}
+
+/// A watcher's place, held while its stream is open. `release` is idempotent; a lease that goes away unreleased (an
+/// answer never carried out) gives its place back too.
+public final class WatcherLease: Sendable {
+    private let releaser: Mutex<(@Sendable () -> Void)?>
+
+    init(release: (@Sendable () -> Void)?) {
+        releaser = Mutex(release)
+    }
+
+    public func release() {
+        let release = releaser.withLock { releaser in
+            defer { releaser = nil }
+            return releaser
+        }
+        release?()
+    }
+
+    deinit {
+        release()
     }
 }

@@ -51,6 +51,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     let scheme: String
     var state = State.idle
     private var exchangeCount = 0
+    /// A request is being dispatched on this stack (see `channelRead`).
+    private var dispatching = false
 
     /// Set when the connection was accepted beyond a connection cap: every request is answered with it, then close.
     let refusal: FalError?
@@ -112,7 +114,21 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             state = .receiving(head, body)
         case (.end, .receiving(let head, let body)):
             state = .idle
+            guard !dispatching else {
+                // A pipelined request that NIO hands on while the previous answer is being written, from inside that
+                // write: answered from a fresh stack. Answers that complete at once (a known media record, an error)
+                // would otherwise nest one request inside the other, and a few hundred pipelined requests overflow
+                // the stack (a crash any client could cause).
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.dispatch(context: context, head: head, body: body)
+                }
+                return
+            }
+            dispatching = true
             dispatch(context: context, head: head, body: body)
+            dispatching = false
         case (.body(var chunk), .uploading):
             uploadReceived(context: context, chunk: &chunk)
         case (.end, .uploading):
@@ -520,6 +536,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
             }
         case .statusStream(let stream):
+            stream.lease?.release()
             if exchange.subscriptionToken != 0 {
                 stream.request.job.unsubscribe(exchange.subscriptionToken)
             }

@@ -10,6 +10,8 @@ struct StatusStream {
     let withLogs: Bool
     /// The last event the client saw (Last-Event-ID or `?last_event_id=`), 0 for all.
     let after: Int
+    /// The caller's watcher place, released when the stream ends.
+    var lease: WatcherLease?
 
     /// The frame of `event` and whether it ends the stream: built once per event per loop and shared by
     /// every watcher of the request there (`FrameMemo`), the request's cancellation looked up once with it. An event

@@ -161,6 +161,7 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     /// Releases what the stream holds; false when it had already ended.
     private func finish(clientGone: Bool) -> Bool {
         guard machine.end() else { return false }
+        stream.lease?.release()
         if subscriptionToken != 0 {
             stream.request.job.unsubscribe(subscriptionToken)
         }

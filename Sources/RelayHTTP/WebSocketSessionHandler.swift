@@ -350,7 +350,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     // MARK: - Shared
 
-    /// A submission over the socket: charged to the caller's submissions budget like a `POST`, keyed like one.
+    /// A submission over the socket: charged like a `POST` (every submission, and the tier's budget if it starts
+    /// upstream work), keyed like one.
     private func submit(
         model: String,
         input: JSONObject,
@@ -373,14 +374,10 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         case .success(let input): normalised = input
         case .failure(let error): return .failure(error)
         }
-        return .success(
-            services.jobs.submit(
-                normalised,
-                endpoint: endpoint,
-                key: services.requestKey(normalised, principal: principal),
-                ownerKeyID: principal.keyID
-            )
-        )
+        switch services.submit(normalised, endpoint: endpoint, facts: facts, principal: principal) {
+        case .submitted(let request, _): return .success(request)
+        case .refused(let error, _): return .failure(error)
+        }
     }
 
     private func keepAlive(context: ChannelHandlerContext) {

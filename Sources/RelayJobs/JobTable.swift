@@ -94,6 +94,31 @@ public final class JobTable: Sendable {
         ownerKeyID: String?,
         directives: CacheDirectives = CacheDirectives()
     ) -> RelayRequest {
+        guard
+            let request = submit(
+                input,
+                endpoint: endpoint,
+                key: key,
+                ownerKeyID: ownerKeyID,
+                directives: directives,
+                mayStartWork: { true }
+            )
+        else { preconditionFailure("a submission that may always start work was refused") }
+        return request
+    }
+
+    /// As `submit`, but new upstream work starts only if `mayStartWork` says so; nil when it says no. It is asked
+    /// under the table's lock at the moment the table decides that this submission is neither a hit nor attached to
+    /// work in flight, so a budget for upstream work (the caller's tier) is charged exactly for the submissions that
+    /// start some, with no window in which two concurrent misses both slip through on one unit of budget.
+    public func submit(
+        _ input: ModelInput,
+        endpoint: EndpointID,
+        key: RequestKey,
+        ownerKeyID: String?,
+        directives: CacheDirectives = CacheDirectives(),
+        mayStartWork: () -> Bool
+    ) -> RelayRequest? {
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
         let keyParameter = "key=\"\(key.digest.hex)\""
@@ -138,7 +163,7 @@ public final class JobTable: Sendable {
         }
 
         let commit = RecordCommit(pending: log == nil ? 0 : 1)
-        let (request, newJob) = state.withLock { state -> (RelayRequest, Job?) in
+        let decided = state.withLock { state -> (RelayRequest, Job?)? in
             if coalesce, let job = state.inFlight[key], job.attach() {
                 let status = "MediaRelay; fwd=miss; collapsed; \(keyParameter)"
                 let request = Self.makeRequest(
@@ -152,6 +177,7 @@ public final class JobTable: Sendable {
                 state.requests[request.id] = request
                 return (request, nil)
             }
+            guard mayStartWork() else { return nil }
             let job = Job(input: input, key: key, maxEvents: maxEvents)
             _ = job.attach()
             if coalesce {
@@ -173,6 +199,7 @@ public final class JobTable: Sendable {
             state.requests[request.id] = request
             return (request, job)
         }
+        guard let (request, newJob) = decided else { return nil }
         if let log {
             let started = ContinuousClock.now
             commit.whenDone { [latency] in latency.record(submission: ContinuousClock.now - started) }

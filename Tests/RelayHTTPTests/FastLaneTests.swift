@@ -299,8 +299,8 @@ import Testing
     @Test func aReplayIsStillChargedToTheCallersRateLimit() throws {
         let keys = VersionedKeys()
         keys.state.withLock { $0.tier = "pro" }
-        // Reads: a burst of 3, refilled once a minute on a clock that stands still.
-        let policy = RateLimitPolicy(reads: RateLimitPolicy.Limit(quota: 1, windowSeconds: 60, burst: 3))
+        // Reads of one request: a burst of 3, refilled once a minute on a clock that stands still.
+        let policy = RateLimitPolicy(requestReads: RateLimitPolicy.Limit(quota: 1, windowSeconds: 60, burst: 3))
         let fixture = try Fixture(authenticator: keys, rateLimiter: RateLimiter(policy: policy) { .zero })
         defer { fixture.remove() }
         let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"

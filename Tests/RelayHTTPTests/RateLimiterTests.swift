@@ -64,14 +64,16 @@ import Testing
     @Test func routesDrawFromTheirBudget() throws {
         let endpoint = try #require(EndpointID("fal-ai/flux/dev"))
         let digest = Digest128(high: 1, low: 2)
-        #expect(RateLimitPolicy.Budget(route: .submit(endpoint)) == .submissions)
-        #expect(RateLimitPolicy.Budget(route: .run(endpoint)) == .submissions)
-        #expect(RateLimitPolicy.Budget(route: .stream(endpoint)) == .submissions)
-        #expect(RateLimitPolicy.Budget(route: .status(app: endpoint, requestID: "r")) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .statusStream(app: endpoint, requestID: "r")) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .result(app: endpoint, requestID: "r")) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .cancel(app: endpoint, requestID: "r")) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .file(digest, fileExtension: "png")) == .reads)
+        // Every submission draws from `served`; the tier's budget is charged only when one starts upstream work.
+        #expect(RateLimitPolicy.Budget(route: .submit(endpoint)) == .served)
+        #expect(RateLimitPolicy.Budget(route: .run(endpoint)) == .served)
+        #expect(RateLimitPolicy.Budget(route: .stream(endpoint)) == .served)
+        #expect(RateLimitPolicy.Budget(route: .status(app: endpoint, requestID: "r")) == .requestReads)
+        #expect(RateLimitPolicy.Budget(route: .statusStream(app: endpoint, requestID: "r")) == nil)  // watchers cap
+        #expect(RateLimitPolicy.Budget(route: .result(app: endpoint, requestID: "r")) == .requestReads)
+        #expect(RateLimitPolicy.Budget(route: .cancel(app: endpoint, requestID: "r")) == .requestReads)
+        // Media is a CDN's job: not limited by default.
+        #expect(RateLimitPolicy.Budget(route: .file(digest, fileExtension: "png")) == nil)
         #expect(RateLimitPolicy.Budget(route: .tokens) == .reads)
         #expect(RateLimitPolicy.Budget(route: .webSocket) == .reads)
         #expect(RateLimitPolicy.Budget(route: .realtime(endpoint)) == .reads)
@@ -125,11 +127,12 @@ import Testing
         #expect(rejection.status == 429)
         #expect(rejection.errorType == "rate_limited")
         #expect(
-            rejection.detail == "Rate limit exceeded: 20 submissions per minute for anonymous callers, retry in 3 s"
+            rejection.detail
+                == "Rate limit exceeded: 20 submissions that start upstream work per minute for anonymous callers, retry in 3 s"
         )
         #expect(
             String(decoding: rejection.body.serialized(), as: UTF8.self)
-                == #"{"detail":"Rate limit exceeded: 20 submissions per minute for anonymous callers, retry in 3 s","error_type":"rate_limited"}"#
+                == #"{"detail":"Rate limit exceeded: 20 submissions that start upstream work per minute for anonymous callers, retry in 3 s","error_type":"rate_limited"}"#
         )
         #expect(rejection.headers.map { "\($0.0): \($0.1)" }.last == "retry-after: 3")
 
@@ -347,5 +350,64 @@ extension RateLimiter {
         at now: Duration
     ) -> RateLimitDecision {
         check(principal: principal, clientIP: ip, budget: budget, now: now)
+    }
+}
+
+/// The policy's per-request reads and per-caller watcher places.
+@Suite struct RateLimitPolicyShapeTests {
+    /// 1,000 requests in flight on one key, each polled ten times a second, never touch each other's budget.
+    @Test func readsOfOneRequestAreCountedPerRequestAndCaller() {
+        let limiter = RateLimiter(policy: .standard) { .zero }
+        let pro = Principal.key(id: "k", tier: "pro")
+        for second in 0..<3 {
+            for id in 0..<1_000 {
+                for poll in 0..<10 {
+                    let now = Duration.seconds(second) + .milliseconds(100 * poll)
+                    let decision = limiter.check(
+                        principal: pro,
+                        clientIP: "",
+                        budget: .requestReads,
+                        requestID: "r\(id)",
+                        now: now
+                    )
+                    #expect(decision.isAllowed)
+                }
+            }
+        }
+        // One request read far faster than any client polls is limited, for that request and caller only.
+        var refused = 0
+        for _ in 0..<200 {
+            if !limiter.check(principal: pro, clientIP: "", budget: .requestReads, requestID: "hot", now: .seconds(5))
+                .isAllowed
+            {
+                refused += 1
+            }
+        }
+        #expect(refused == 100)
+        let other = Principal.key(id: "other", tier: "pro")
+        #expect(
+            limiter.check(principal: other, clientIP: "", budget: .requestReads, requestID: "hot", now: .seconds(5))
+                .isAllowed
+        )
+    }
+
+    @Test func watcherPlacesAreCappedByTierAndGivenBack() {
+        var policy = RateLimitPolicy.standard
+        policy.watchers[.signedIn] = 2
+        let limiter = RateLimiter(policy: policy) { .zero }
+        let key = Principal.key(id: "k", tier: "signed-in")
+        let first = limiter.acquireWatcher(principal: key, clientIP: "")
+        var second = limiter.acquireWatcher(principal: key, clientIP: "")
+        #expect(first != nil && second != nil)
+        #expect(limiter.acquireWatcher(principal: key, clientIP: "") == nil)
+        first?.release()
+        first?.release()  // idempotent
+        #expect(limiter.watchers(principal: key, clientIP: "") == 1)
+        second = nil  // a lease that goes away gives its place back
+        #expect(limiter.watchers(principal: key, clientIP: "") == 0)
+        #expect(second == nil)
+        let admin = Principal.key(id: "a", tier: "admin")
+        let many = (0..<10).compactMap { _ in limiter.acquireWatcher(principal: admin, clientIP: "") }
+        #expect(many.count == 10)
     }
 }

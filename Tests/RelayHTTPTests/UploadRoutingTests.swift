@@ -55,7 +55,7 @@ import Testing
         #expect(RateLimitPolicy.Budget(route: .uploadInitiate) == .submissions)
         #expect(RateLimitPolicy.Budget(route: .v3Upload) == .submissions)
         #expect(RateLimitPolicy.Budget(route: .storageToken) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .uploadAlias(id)) == .reads)
+        #expect(RateLimitPolicy.Budget(route: .uploadAlias(id)) == nil)  // media: not limited
         #expect(RateLimitPolicy.Budget(route: .uploadPut(id: id, token: "x")) == nil)  // paid for at initiate
     }
 

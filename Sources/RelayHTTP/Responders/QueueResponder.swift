@@ -13,7 +13,17 @@ extension RelayServices {
         case .status, .result:
             return .response(answerRead(request.facts, route: request.route, principal: request.principal).response)
         case .cancel(let app, let id):
-            let (status, body) = FalWire.cancelBody(jobs.cancel(id, keyID: request.principal.keyID, app: app.app))
+            let outcome = jobs.cancel(id, keyID: request.principal.keyID, app: app.app)
+            if outcome == .notFound,
+                case .refused(let error, let headers) = charge(
+                    request.facts,
+                    budget: .reads,
+                    principal: request.principal
+                )
+            {
+                return request.error(error, requestID: id, extraHeaders: headers)
+            }
+            let (status, body) = FalWire.cancelBody(outcome)
             return request.json(body, status: HTTPResponseStatus(statusCode: status), requestID: id)
         case .statusStream(let app, let id):
             return statusStream(request, app: app, id: id)
@@ -34,16 +44,24 @@ extension RelayServices {
             webhook = url
         }
         let directives = FalWire.cacheDirectives(request.facts.headers)
-        let submitted = jobs.submit(
+        let submitted: RelayRequest
+        let limitHeaders: [(String, String)]
+        switch submit(
             input,
             endpoint: endpoint,
-            key: requestKey(input, principal: request.principal),
-            ownerKeyID: request.principal.keyID,
+            facts: request.facts,
+            principal: request.principal,
             directives: CacheDirectives(
                 noCache: directives.contains("no-cache"),
                 noStore: directives.contains("no-store")
             )
-        )
+        ) {
+        case .refused(let error, let headers):
+            return request.error(error, extraHeaders: headers)
+        case .submitted(let made, let headers):
+            submitted = made
+            limitHeaders = headers.isEmpty ? request.rateLimitHeaders : headers
+        }
         let answer: RouteAnswer
         switch request.route {
         case .submit:
@@ -51,7 +69,7 @@ extension RelayServices {
             answer = request.json(
                 FalWire.submitResponse(submitted, base: queueBase(request.facts, app: endpoint.app)),
                 requestID: submitted.id,
-                extraHeaders: FalWire.cacheHeaders(submitted) + request.rateLimitHeaders
+                extraHeaders: FalWire.cacheHeaders(submitted) + limitHeaders
             )
         case .run:
             answer = .follow(JobFollow(request: submitted, kind: .run))
@@ -63,7 +81,7 @@ extension RelayServices {
 
     private func statusStream(_ request: RouteRequest, app: EndpointID, id: String) -> RouteAnswer {
         guard let found = jobs.request(id, keyID: request.principal.keyID), found.endpoint.app == app.app else {
-            return request.error(.notFound("Request \(id) not found"), requestID: id)
+            return .response(unknownRequest(request.facts, principal: request.principal, id: id))
         }
         // Resume after the last event the client saw: the header on reconnects, the query parameter for browsers
         // (EventSource cannot set headers on its first connect).
@@ -73,13 +91,60 @@ extension RelayServices {
         if lastSeen > 0, found.phase.isCompleted, lastSeen >= found.job.status.lastSequence {
             return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
         }
+        // Watchers are capped per caller by tier, not by a request rate.
+        var lease: WatcherLease?
+        if let rateLimiter {
+            let tier = RateLimitPolicy.Tier(request.principal)
+            lease = rateLimiter.acquireWatcher(principal: request.principal, clientIP: request.facts.clientIP)
+            guard lease != nil else {
+                let cap = rateLimiter.policy.maxWatchers(for: tier) ?? 0
+                let detail = "Rate limit exceeded: \(cap) open status streams for \(tier.rawValue) callers"
+                return request.error(.rateLimited(detail), requestID: id, extraHeaders: [("retry-after", "1")])
+            }
+        }
         let stream = StatusStream(
             request: found,
             base: queueBase(request.facts, app: app.app),
             withLogs: query.flag("logs"),
-            after: max(0, lastSeen)
+            after: max(0, lastSeen),
+            lease: lease
         )
         return .follow(JobFollow(request: found, kind: .statusStream(stream)))
+    }
+
+    /// A submission, however it came (HTTP, `/ws`, realtime): the caller's tier budget is charged only if the job
+    /// table starts upstream work for it, at the moment it decides to (`JobTable.submit(mayStartWork:)`).
+    func submit(
+        _ input: ModelInput,
+        endpoint: EndpointID,
+        facts: RequestFacts,
+        principal: Principal,
+        directives: CacheDirectives = CacheDirectives()
+    ) -> Submission {
+        var refusal: (FalError, [(String, String)])?
+        var headers: [(String, String)] = []
+        let made = jobs.submit(
+            input,
+            endpoint: endpoint,
+            key: requestKey(input, principal: principal),
+            ownerKeyID: principal.keyID,
+            directives: directives,
+            mayStartWork: {
+                switch charge(facts, budget: .submissions, principal: principal) {
+                case .admitted(_, let charged):
+                    headers = charged
+                    return true
+                case .refused(let error, let charged):
+                    refusal = (error, charged)
+                    return false
+                }
+            }
+        )
+        guard let made else {
+            let (error, charged) = refusal ?? (.rateLimited("Rate limit exceeded"), [])
+            return .refused(error, headers: charged)
+        }
+        return .submitted(made, rateLimitHeaders: headers)
     }
 
     func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {
@@ -102,10 +167,7 @@ extension RelayServices {
             )
         }
         guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
-            return ReadAnswer(
-                response: PreparedResponse(error: .notFound("Request \(id) not found"), requestID: id, isHead: isHead),
-                principal: principal
-            )
+            return ReadAnswer(response: unknownRequest(facts, principal: principal, id: id), principal: principal)
         }
         let phase = request.phase
         let cacheHeaders = FalWire.cacheHeaders(request)
@@ -188,4 +250,12 @@ extension FalWire.QueueBase {
         let host = host.flatMap { HostPattern.split($0[...]) != nil ? $0 : nil } ?? "127.0.0.1"
         self.init(origin: "\(scheme)://\(host)", app: app)
     }
+}
+
+/// What `RelayServices.submit` made of a submission.
+enum Submission {
+    /// The request, with the RateLimit fields of the budget it was charged to (none when it started no work).
+    case submitted(RelayRequest, rateLimitHeaders: [(String, String)])
+    /// Refused: it would have started upstream work beyond the caller's budget.
+    case refused(FalError, headers: [(String, String)])
 }
