@@ -39,6 +39,8 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         case forwardingBody(remaining: Int)
         /// NIO owns the connection from here on.
         case opaque
+        /// NIO's handlers are being replaced for an upgrade (`rearmUpgrade`): what arrives waits here, in order.
+        case rearming(ByteBuffer)
     }
 
     private let services: RelayServices
@@ -61,6 +63,8 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// they are there.
     typealias SlowPathInstaller = (ChannelPipeline.SynchronousOperations, FastLane) throws -> Void
     private var slowPath: SlowPathInstaller?
+    /// The same installer, kept to install NIO's handlers afresh for an upgrade that is not the first request.
+    private let installer: SlowPathInstaller?
 
     /// `slowPath` nil: the HTTP handlers are in the pipeline already.
     init(
@@ -78,6 +82,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         self.timer = timer
         self.ledger = ledger
         self.slowPath = slowPath
+        self.installer = slowPath
         self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
         self.scanner = RequestHeadScanner(
             maxHeadBytes: services.limits.connection.maxHeaderBytes,
@@ -92,6 +97,10 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         switch mode {
         case .opaque:
             context.fireChannelRead(data)
+            return
+        case .rearming(var held):
+            held.writeBuffer(&bytes)
+            mode = .rearming(held)
             return
         case .forwardingBody(let remaining):
             guard bytes.readableBytes > remaining else {
@@ -120,6 +129,19 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 pending = bytes
                 return
             case .opaque:
+                mode = .opaque
+                guard installSlowPath(context: context) else { return }
+                context.fireChannelRead(Self.wrapInboundOut(bytes))
+                return
+            case .upgrade:
+                // NIO's upgrade handler only looks at the first request its pipeline sees: an upgrade after other
+                // requests (fal-js opens its realtime socket after any other call on the origin) gets a pipeline of
+                // its own, as a first request would. Only while NIO owes no response: its handlers are between
+                // requests then, holding nothing.
+                if slowPath == nil, ledger.isIdle, let installer {
+                    rearmUpgrade(context: context, installer: installer, held: bytes)
+                    return
+                }
                 mode = .opaque
                 guard installSlowPath(context: context) else { return }
                 context.fireChannelRead(Self.wrapInboundOut(bytes))
@@ -156,6 +178,36 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             mode = .forwardingBody(remaining: bodyLength - available)
         }
         context.fireChannelRead(Self.wrapInboundOut(message))
+    }
+
+    /// Replaces NIO's HTTP handlers (and the relay's behind them) with a fresh set, whose upgrade handler sees the
+    /// next request as its first. NIO's decoder leaves the pipeline on a later tick, so `held` (and whatever arrives
+    /// meanwhile) goes to the new set once the old one is gone.
+    private func rearmUpgrade(context: ChannelHandlerContext, installer: @escaping SlowPathInstaller, held: ByteBuffer)
+    {
+        mode = .rearming(held)
+        let operations = context.pipeline.syncOperations
+        let behind = RelayHTTPServer.http1HandlerTypes.filter { $0 != ConnectionTimer.self && $0 != FastLane.self }
+        let removals = RelayHTTPServer.contexts(of: behind, in: operations).reversed().map { departing in
+            let removed = context.eventLoop.makePromise(of: Void.self)
+            operations.removeHandler(context: departing, promise: removed)
+            return removed.futureResult
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        EventLoopFuture.andAllComplete(removals, on: context.eventLoop).whenComplete { _ in
+            let (lane, context) = bound.value
+            guard case .rearming(let bytes) = lane.mode else { return }
+            lane.mode = .opaque
+            do {
+                try installer(context.pipeline.syncOperations, lane)
+            } catch {
+                lane.services.logger.error("could not set up the HTTP/1.1 pipeline", metadata: ["error": "\(error)"])
+                context.close(promise: nil)
+                return
+            }
+            context.fireChannelRead(Self.wrapInboundOut(bytes))
+            context.fireChannelReadComplete()
+        }
     }
 
     /// Puts NIO's HTTP handlers in place if they are not yet; false (the connection closing) if that failed.

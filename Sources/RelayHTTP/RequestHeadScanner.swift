@@ -29,9 +29,11 @@ struct RequestHeadScanner {
         case fast(FastHead, length: Int)
         /// A well-framed request for NIO: a head of `length` bytes followed by `bodyLength` bytes of body.
         case slow(length: Int, bodyLength: Int)
-        /// A message whose end the scanner cannot tell (chunked body, upgrade, anything unusual): NIO takes the
-        /// connection from here on.
+        /// A message whose end the scanner cannot tell (chunked body, anything unusual): NIO takes the connection
+        /// from here on.
         case opaque
+        /// A well-formed head asking to switch protocols (`Upgrade`): NIO's upgrade handler takes the connection.
+        case upgrade
     }
 
     /// Heads longer than this are opaque (NIO answers 431).
@@ -81,6 +83,7 @@ struct RequestHeadScanner {
         var ifRange: Range<Int>?
         var lastEventID: Range<Int>?
         var contentLength: Int?
+        var upgrade = false
         while true {
             guard index + 1 < count else { return count > maxHeadBytes ? .opaque : .incomplete }
             if bytes[index] == Self.cr {
@@ -134,8 +137,10 @@ struct RequestHeadScanner {
                 }
                 contentLength = length
                 if length > 0 { fast = false }
-            case .transferEncoding, .upgrade:
+            case .transferEncoding:
                 return .opaque
+            case .upgrade:
+                upgrade = true
             case .connection:
                 // `close` (or anything but plain keep-alive) goes to NIO, which closes after the response.
                 if !Self.equalsIgnoringCase(bytes, value, "keep-alive") { fast = false }
@@ -144,6 +149,7 @@ struct RequestHeadScanner {
             }
         }
         guard index <= maxHeadBytes else { return .opaque }
+        if upgrade { return .upgrade }
         // No Host: NIO's pipeline answers the 400 HTTP/1.1 requires (RFC 9112 §3.2).
         guard fast, host != nil, let method else { return .slow(length: index, bodyLength: contentLength ?? 0) }
         func string(_ range: Range<Int>?) -> String? {

@@ -82,10 +82,22 @@ import Testing
         }
     }
 
+    @Test func anUpgradeIsToldApart() {
+        guard case .upgrade = scan("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        else {
+            Issue.record("not an upgrade")
+            return
+        }
+        // A chunked body is opaque even with an Upgrade field.
+        guard case .opaque = scan("POST /x HTTP/1.1\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n") else {
+            Issue.record("not opaque")
+            return
+        }
+    }
+
     @Test func whatItCannotFrameIsOpaque() {
         for text in [
             "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "GET /x HTTP/1.0\r\n\r\n",
             "GET /x HTTP/2.0\r\n\r\n",
             "GET  /x HTTP/1.1\r\n\r\n",

@@ -182,3 +182,61 @@ def test_anonymous_submissions_are_rate_limited_with_retry_after(relay, http):
     # Reads are a separate budget: polling is never throttled by having spent the submissions.
     for _ in range(30):
         assert httpx.get(f"http://127.0.0.1:{relay.http_port}/healthz").status_code == 200
+
+
+def read_http_head(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def test_upgrade_after_other_requests_on_one_connection(relay):
+    """fal-js opens its realtime socket on a connection that already carried other calls: the upgrade must work there
+    too, not only as a connection's first request (NIO's upgrade handler looks only at that one)."""
+    import os
+    import socket
+    import struct
+
+    port = relay.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        body = json.dumps({"prompt": "before the upgrade", "image_size": "square", "seed": 93}).encode()
+        sock.sendall(b"POST /fal-ai/flux/schnell HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Key {relay.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head, rest = read_http_head(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += sock.recv(4096)
+        request_id = json.loads(rest[:length])["request_id"]
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head, rest = read_http_head(sock)
+        assert head.startswith(b"HTTP/1.1 200") and rest == b'{"status":"ok"}', (head, rest)
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     f"Authorization: Key {relay.key}\r\n\r\n".encode())
+        head, rest = read_http_head(sock)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        # The socket speaks WebSocket now: watch the request submitted before the upgrade.
+        payload = json.dumps({"type": "watch", "request_id": request_id}).encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        frame = rest
+        while len(frame) < 2:
+            frame += sock.recv(4096)
+        assert frame[0] == 0x81, frame[:2]
+        size = frame[1] & 0x7F
+        offset = 2
+        if size == 126:
+            while len(frame) < 4:
+                frame += sock.recv(4096)
+            size, offset = struct.unpack(">H", frame[2:4])[0], 4
+        while len(frame) < offset + size:
+            frame += sock.recv(65536)
+        message = json.loads(frame[offset:offset + size])
+        assert message["request_id"] == request_id and message["type"] in ("event", "partial"), message
