@@ -237,6 +237,7 @@ extension Route {
         case .storageToken: "storage_token"
         case .v3Upload: "upload"
         case .uploadAlias: "upload_file"
+        case .multipartUpload: "upload_multipart"
         case .ui: "ui"
         case .catalog: "catalog"
         case .stats: "stats"

@@ -40,8 +40,12 @@ enum CallerRule: Equatable {
             self = .optionalPayer
         case .uploadPut:
             self = .signedURL
-        case .v3Upload, .uploadInitiate, .storageToken:
+        case .v3Upload, .uploadInitiate, .storageToken, .multipartUpload(.initiate):
             self = .key
+        case .multipartUpload:
+            // v3 steps carry a storage token or key (checked by the upload responder and `UploadExchange` as a v3
+            // upload's); signed steps their URL.
+            self = .signedURL
         case .admin:
             self = .admin
         case .tokens, .webSocket, .realtime, .submit, .status, .statusStream, .result, .cancel, .run, .stream:

@@ -54,8 +54,12 @@ public struct RateLimitPolicy: Sendable, Hashable {
             switch route {
             case .submit, .run, .stream:
                 self = .served
-            case .uploadInitiate, .v3Upload:
+            case .uploadInitiate, .v3Upload, .multipartUpload(.initiate):
                 self = .submissions
+            case .multipartUpload:
+                // v3 creation is charged as a v3 upload by its responder; parts and completion are the rest of an
+                // upload already paid for.
+                return nil
             case .status, .result, .cancel:
                 self = .requestReads
             case .statusStream:

@@ -30,6 +30,9 @@ public enum Route: Sendable, Hashable {
     case v3Upload
     /// `GET /files/uploads/<id>[/<name>]`: an initiated upload's stable file URL, serving its blob once stored.
     case uploadAlias(Digest128)
+    /// fal's multipart uploads (§7.1 c, §7.2): v3 create, parts and completion; `initiate-multipart`, its signed parts
+    /// and completion.
+    case multipartUpload(MultipartUploadStep)
     /// The browser UI: `/` (playground), `/dashboard`, and `/ui/<asset>`; the string is the asset name.
     case ui(String)
     /// `GET /relay/models`: the catalog as the playground's gallery.
@@ -158,6 +161,10 @@ public struct Router: Sendable {
             }
         case "files" where segments.count == 2 && segments[1] == "upload":
             return method == .POST ? .v3Upload : .methodNotAllowed
+        case "files" where segments.count == 3 && segments[1] == "upload" && segments[2] == "multipart":
+            return method == .POST ? .multipartUpload(.create) : .methodNotAllowed
+        case "files" where segments.count == 7 && segments[1] == "uploads":
+            return Self.v3MultipartStep(segments, method: method)
         case "files" where (3...4).contains(segments.count) && segments[1] == "uploads":
             guard let id = Digest128(hex: segments[2]), id.hex == segments[2] else { return .notFound }
             return readOnly ? .uploadAlias(id) : .methodNotAllowed
@@ -168,6 +175,10 @@ public struct Router: Sendable {
             return method == .POST ? .storageToken : .methodNotAllowed
         case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "initiate":
             return method == .POST ? .uploadInitiate : .methodNotAllowed
+        case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "initiate-multipart":
+            return method == .POST ? .multipartUpload(.initiate) : .methodNotAllowed
+        case "storage" where segments.count == 6 && segments[1] == "upload" && segments[2] == "multipart":
+            return Self.signedMultipartStep(segments, method: method)
         case "storage" where segments.count == 4 && segments[1] == "upload":
             guard let id = Digest128(hex: segments[2]), id.hex == segments[2], Self.isUploadToken(segments[3]) else {
                 return .notFound

@@ -127,6 +127,8 @@ struct UploadExchange {
         case v3(fileName: String)
         /// The PUT of an initiated upload: recorded as the alias `id`.
         case put(id: Digest128)
+        /// One part of a multipart upload: sealed in `tmp/` and kept by the upload's `MultipartUpload`.
+        case part(upload: Digest128, number: Int)
     }
 
     let head: HTTPRequestHead
@@ -148,6 +150,7 @@ extension RelayHTTPHandler {
         routedRoute = route
         accessLog?.annotate(route: route.label, keyID: nil)
         let kind: UploadExchange.Kind
+        var limit = uploads.maxBytes
         switch route {
         case .v3Upload:
             let principal: Principal
@@ -166,12 +169,21 @@ extension RelayHTTPHandler {
                 return true
             }
             kind = .put(id: id)
+        case .multipartUpload(let step) where step.isPart:
+            switch beginPart(step, head: head, context: context, uploads: uploads) {
+            case .failure(let error):
+                rejectUpload(context: context, error: error)
+                return true
+            case .success(let (id, number, partLimit)):
+                kind = .part(upload: id, number: number)
+                limit = partLimit
+            }
         default:
             return false
         }
         services.jobs.statistics.recordHTTPRequest()
-        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > uploads.maxBytes {
-            rejectUpload(context: context, error: .payloadTooLarge(limit: uploads.maxBytes))
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limit {
+            rejectUpload(context: context, error: .payloadTooLarge(limit: limit))
             return true
         }
         if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
@@ -187,7 +199,7 @@ extension RelayHTTPHandler {
                 kind: kind,
                 upload: uploads.store.makeUpload(),
                 mediaType: mediaType,
-                receiver: UploadReceiver(limit: uploads.maxBytes)
+                receiver: UploadReceiver(limit: limit)
             )
         )
         return true
@@ -242,7 +254,9 @@ extension RelayHTTPHandler {
                 handler.perform(next, exchange: current, context: context)
             }
         }
-        if actions.finish {
+        if actions.finish, case .part(let id, let number) = exchange.kind {
+            finishPart(context: context, upload: upload, id: id, number: number, uploads: uploads)
+        } else if actions.finish {
             let services = self.services
             let eventLoop = context.eventLoop
             let kind = exchange.kind
@@ -255,7 +269,7 @@ extension RelayHTTPHandler {
                 case .v3(let name):
                     id = record.digest
                     fileName = name
-                case .put(let uploadID):
+                case .put(let uploadID), .part(let uploadID, _):  // parts never get here: `finishPart` seals them
                     id = uploadID
                     fileName = "upload"
                 }
@@ -271,6 +285,83 @@ extension RelayHTTPHandler {
                 let (handler, context) = bound.value
                 guard case .uploading(let current) = handler.state, current.upload === upload else { return }
                 handler.finishUpload(context: context, exchange: current, result: result)
+            }
+        }
+    }
+
+    /// A multipart step's part: its caller (as `authorizeV3Multipart` or `authorizeSignedMultipart` says), then the
+    /// upload id, part number and the most bytes the part may have.
+    private func beginPart(
+        _ step: MultipartUploadStep,
+        head: HTTPRequestHead,
+        context: ChannelHandlerContext,
+        uploads: UploadService
+    ) -> Result<(Digest128, Int, Int), FalError> {
+        let authorized: Result<MultipartUpload, FalError>
+        let id: Digest128
+        let number: Int
+        switch step {
+        case .part(let file, let upload, let partNumber):
+            let facts = facts(head, context: context)
+            authorized = services.authorizeV3Multipart(facts, file: file, upload: upload, uploads: uploads)
+            (id, number) = (upload, partNumber)
+        case .signedPart(let upload, let token, let partNumber):
+            authorized = services.authorizeSignedMultipart(token: token, upload: upload, uploads: uploads)
+            (id, number) = (upload, partNumber)
+        default:
+            return .failure(.internalError("not a part"))
+        }
+        if case .failure(let error) = authorized { return .failure(error) }
+        let now = Timestamp.now()
+        guard let limit = uploads.multipart.update(id, { $0.beginPart(number, now: now) }) else {
+            return .failure(MultipartUploadTable.unknown)
+        }
+        return limit.map { (id, number, $0) }
+    }
+
+    /// Every byte of a part is written: seal its file and hand it to its upload, which answers with its etag (the
+    /// digest of its bytes) in the `ETag` field (the Python client reads it there) and in a JSON body (fal-js).
+    private func finishPart(
+        context: ChannelHandlerContext,
+        upload: BlobUpload,
+        id: Digest128,
+        number: Int,
+        uploads: UploadService
+    ) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        uploads.parts.seal(upload, eventLoop: eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            guard case .uploading(let current) = handler.state, current.upload === upload else {
+                // The client left meanwhile: nothing holds the sealed file.
+                if case .success(let sealed) = result { uploads.parts.remove([sealed.path], eventLoop: eventLoop) }
+                return
+            }
+            handler.state = .idle
+            let head = current.head
+            switch result {
+            case .failure(let error):
+                handler.respondError(context: context, head: head, error: handler.uploadError(error))
+            case .success(let sealed):
+                let etag = "\"\(sealed.digest.hex)\""
+                let part = MultipartUpload.Part(path: sealed.path, etag: etag, size: sealed.size)
+                let outcome =
+                    uploads.multipart.update(id) { $0.partStored(number, part: part, now: .now()) }
+                    ?? .rejected(MultipartUploadTable.unknown)
+                switch outcome {
+                case .rejected(let error):
+                    uploads.parts.remove([sealed.path], eventLoop: eventLoop)
+                    handler.respondError(context: context, head: head, error: error)
+                case .accepted(let replaced):
+                    if let replaced { uploads.parts.remove([replaced], eventLoop: eventLoop) }
+                    handler.respond(
+                        context: context,
+                        head: head,
+                        status: .ok,
+                        json: ["partNumber": .number(Double(number)), "etag": .string(etag)],
+                        extraHeaders: [("etag", etag)]
+                    )
+                }
             }
         }
     }
@@ -301,7 +392,7 @@ extension RelayHTTPHandler {
                         "file_size": .number(Double(record.size)),
                     ]
                 )
-            case .put:
+            case .put, .part:
                 guard alias.digest == record.digest else {
                     // The URL was used already, for other bytes: a file URL names one content for good.
                     return respondError(

@@ -1,3 +1,4 @@
+public import NIOPosix
 public import RelayCore
 public import RelayStore
 import Synchronization
@@ -13,6 +14,9 @@ import Synchronization
 ///   `UploadAliases` record maps the id to the digest, and the file URL serves that blob — served, not redirected:
 ///   fal's async Python client does not follow redirects (§9.5) and neither do many HTTP libraries by default; the
 ///   response is the blob's own (its `ETag` is the digest), so caches still see one object.
+/// - multipart, for files too big for one request (both of fal's flows: `MultipartUploadStep`): parts streamed into
+///   `tmp/`, assembled in order into one blob at completion, served by the upload's stable URL like an initiated
+///   upload; abandoned ones removed after `multipartLimits.idleSeconds`.
 public final class UploadService: Sendable {
     public let store: BlobStore
     public let aliases: UploadAliases
@@ -20,6 +24,12 @@ public final class UploadService: Sendable {
     public let maxBytes: Int
     /// Lifetime of storage tokens and signed PUT URLs (the authenticator caps tokens at 10...3600 s).
     public let tokenSeconds: Int
+    /// Bounds of multipart uploads (per part, in all, and how long an unfinished one is kept).
+    public let multipartLimits: MultipartUploadLimits
+    /// Multipart uploads in progress.
+    let multipart = MultipartUploadTable()
+    /// Where their part files are written, sealed and assembled.
+    let parts: UploadParts
     private let publicOrigin: @Sendable () -> String
     private let addresses = Mutex<(hostNames: Set<String>, ports: Set<Int>)?>(nil)
 
@@ -31,9 +41,16 @@ public final class UploadService: Sendable {
         aliases: UploadAliases,
         maxBytes: Int = 100 * 1024 * 1024,
         tokenSeconds: Int = 3600,
+        multipartLimits: MultipartUploadLimits = MultipartUploadLimits(),
+        threadPool: NIOThreadPool = .singleton,
         publicOrigin: @escaping @Sendable () -> String
     ) {
         self.store = store
+        // A part is one request body: never larger than the single-upload limit (`--max-upload-bytes`).
+        var limits = multipartLimits
+        limits.partBytes = min(limits.partBytes, maxBytes)
+        self.multipartLimits = limits
+        self.parts = UploadParts(store: store, threadPool: threadPool)
         self.aliases = aliases
         self.maxBytes = maxBytes
         self.tokenSeconds = min(max(tokenSeconds, 10), 3600)
@@ -67,6 +84,14 @@ public final class UploadService: Sendable {
     }
 
     var baseURL: String { publicOrigin() }
+
+    /// The signed base URL of a multipart upload made by `initiate-multipart` (its parts and completion go below it).
+    func signedMultipartURL(id: Digest128, token: String) -> String {
+        "\(publicOrigin())/storage/upload/multipart/\(id.hex)/\(token)"
+    }
+
+    /// The token scope of one `initiate-multipart` upload's signed URL.
+    static func multipartScope(_ id: Digest128) -> String { "multipart-\(id.hex)" }
 
     /// The token scope of one initiated upload's PUT URL.
     static func uploadScope(_ id: Digest128) -> String { "upload-\(id.hex)" }

@@ -10,6 +10,8 @@ extension RelayServices {
             return storageToken(request, uploads: uploads)
         case .uploadInitiate:
             return initiate(request, uploads: uploads)
+        case .multipartUpload(let step):
+            return respondMultipart(request, step: step, uploads: uploads)
         default:
             // `UploadExchange` takes every upload body when uploads are enabled.
             return request.error(.internalError("upload not handled"))
