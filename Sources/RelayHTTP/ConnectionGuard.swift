@@ -100,8 +100,16 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
                 + "connection: close\r\ncontent-length: \(body.count)\r\n\r\n"
         )
         buffer.writeBytes(body)
-        let channel = context.channel
-        context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        let written = context.writeAndFlush(Self.wrapOutboundOut(buffer))
+        guard error.status != 408 else {
+            // Too slow (slowloris, a stalled body): nothing to wait for.
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        // A head too large or a target too long: the client may still be sending the rest, so linger until it has
+        // read the answer.
+        LingeringCloseHandler.close(context.channel, after: written)
     }
 
     private func rearm() {

@@ -671,7 +671,12 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
         let channel = context.channel
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+        let ended = context.writeAndFlush(Self.wrapOutboundOut(.end(nil)))
+        if case .rejecting = state, statusStreamsTakeOver {
+            // HTTP/1.1, answered before the body was read: the client may still be sending it.
+            return LingeringCloseHandler.close(channel, after: ended)
+        }
+        ended.whenComplete { _ in
             if !keepAlive {
                 channel.close(promise: nil)
             }
