@@ -207,6 +207,7 @@ extension UploadService {
         fileName: String,
         mediaType: MediaType,
         ownerKeyID: String?,
+        now: Timestamp = .now(),
         eventLoop: any EventLoop
     ) -> MultipartUpload {
         let upload = MultipartUpload(
@@ -216,7 +217,7 @@ extension UploadService {
             mediaType: mediaType,
             ownerKeyID: ownerKeyID,
             limits: multipartLimits,
-            now: .now()
+            now: now
         )
         multipart.insert(upload)
         armMultipartSweep(on: eventLoop)

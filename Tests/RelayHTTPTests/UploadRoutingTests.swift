@@ -59,6 +59,72 @@ import Testing
         #expect(RateLimitPolicy.Budget(route: .uploadPut(id: id, token: "x")) == nil)  // paid for at initiate
     }
 
+    @Test(arguments: ["v3.fal.media", "127.0.0.1:8443"])
+    func multipartSteps(host: String) {
+        let upload = Digest128(hex: "0123456789abcdef0123456789abcdef")!
+        let base = "/files/uploads/\(id.hex)/clip.mp4/multipart/\(upload.hex)"
+        let signed = "/storage/upload/multipart/\(upload.hex)/abcdef0123456789.ff00"
+        let token = "abcdef0123456789.ff00"
+        #expect(router.route(method: .POST, host: host, uri: "/files/upload/multipart") == .multipartUpload(.create))
+        #expect(
+            router.route(method: .PUT, host: host, uri: "\(base)/7")
+                == .multipartUpload(.part(file: id, upload: upload, number: 7))
+        )
+        #expect(
+            router.route(method: .POST, host: host, uri: "\(base)/complete")
+                == .multipartUpload(.complete(file: id, upload: upload))
+        )
+        #expect(
+            router.route(method: .POST, host: host, uri: "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3")
+                == .multipartUpload(.initiate)
+        )
+        #expect(
+            router.route(method: .PUT, host: host, uri: "\(signed)/2")
+                == .multipartUpload(.signedPart(upload: upload, token: token, number: 2))
+        )
+        #expect(
+            router.route(method: .POST, host: host, uri: "\(signed)/complete")
+                == .multipartUpload(.signedComplete(upload: upload, token: token))
+        )
+        // A part number that is not one still reaches the upload, which answers 400 (not a 404 for a mistyped URL).
+        #expect(
+            router.route(method: .PUT, host: host, uri: "\(base)/abc")
+                == .multipartUpload(.part(file: id, upload: upload, number: 0))
+        )
+        #expect(
+            router.route(method: .PUT, host: host, uri: "\(base)/99999999999")
+                == .multipartUpload(.part(file: id, upload: upload, number: 0))
+        )
+        #expect(router.route(method: .GET, host: host, uri: "\(base)/1") == .methodNotAllowed)
+        #expect(router.route(method: .PUT, host: host, uri: "\(base)/complete") == .methodNotAllowed)
+        #expect(router.route(method: .GET, host: host, uri: "/files/upload/multipart") == .methodNotAllowed)
+        #expect(
+            router.route(method: .PUT, host: host, uri: "/files/uploads/\(id.hex)/x/multipart/nothex/1") == .notFound
+        )
+        #expect(
+            router.route(method: .PUT, host: host, uri: "/files/uploads/\(id.hex)/x/other/\(upload.hex)/1") == .notFound
+        )
+        #expect(
+            router.route(method: .PUT, host: host, uri: "/storage/upload/multipart/\(upload.hex)/short/1") == .notFound
+        )
+        // The stable file URL the multipart flow returns is still the upload alias.
+        #expect(router.route(method: .GET, host: host, uri: "/files/uploads/\(id.hex)/clip.mp4") == .uploadAlias(id))
+    }
+
+    @Test func multipartStepsAreChargedOnceAndCheckedWhereTheyAreAnswered() {
+        let upload = Digest128(hex: "0123456789abcdef0123456789abcdef")!
+        #expect(RateLimitPolicy.Budget(route: .multipartUpload(.initiate)) == .submissions)
+        #expect(CallerRule(.multipartUpload(.initiate)) == .key)
+        for step: MultipartUploadStep in [
+            .create, .part(file: id, upload: upload, number: 1), .complete(file: id, upload: upload),
+            .signedPart(upload: upload, token: "t", number: 1), .signedComplete(upload: upload, token: "t"),
+        ] {
+            // v3 creation is charged as a v3 upload by its responder; parts and completion belong to a paid upload.
+            #expect(RateLimitPolicy.Budget(route: .multipartUpload(step)) == nil)
+            #expect(CallerRule(.multipartUpload(step)) == .signedURL)
+        }
+    }
+
     @Test func storageTokenExpiryHasAnExplicitOffsetAndNeverOverstates() {
         let now = Timestamp(secondsSinceEpoch: 1_795_574_398.75)
         let expiry = UploadService.expiry(now: now, seconds: 3600)

@@ -9,7 +9,7 @@ import RelayCore
 /// | health, ready, metrics | `respondHealth` (HealthResponder.swift) |
 /// | submit, run, stream, status, result, cancel, status stream | `respondQueue` (QueueResponder.swift) |
 /// | files, upload aliases | `respondMedia` (MediaResponder.swift) |
-/// | storage token, upload initiate, multipart steps | `respondUpload` (UploadResponder.swift); bodies: UploadExchange |
+/// | storage token, upload initiate, multipart | `respondUpload` (UploadResponder.swift); bodies: `UploadExchange` |
 /// | tokens | `respondTokens` (TokenResponder.swift) |
 /// | admin | `respondAdmin` (AdminResponder.swift) |
 /// | ui, catalog, stats | `respondSite` (SiteResponder.swift) |
