@@ -1,6 +1,6 @@
 import CoreMetrics
-public import Foundation
-public import Logging
+import Foundation
+import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
