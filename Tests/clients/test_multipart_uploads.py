@@ -222,3 +222,37 @@ def test_a_part_over_the_part_limit_is_413():
                 wait_until(lambda: len(tmp_files(server)) == 1)  # only part 1
         finally:
             server.stop()
+
+
+def relay_has_setting(flag):
+    import subprocess
+
+    from conftest import BINARY
+
+    shown = subprocess.run([BINARY, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    return flag in shown.stdout + shown.stderr
+
+
+@pytest.mark.skipif(
+    not relay_has_setting("--max-multipart-upload-bytes"),
+    reason="the total cap's setting is not wired into the relay's configuration yet (UploadService multipartLimits)",
+)
+def test_an_upload_over_the_total_cap_is_413_and_keeps_its_parts():
+    with tempfile.TemporaryDirectory(prefix="media-relay-multipart-total-") as data_dir:
+        server = Relay(data_dir, extra_args=("--max-multipart-upload-bytes", str(3 * MiB)))
+        try:
+            with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as http:
+                token = storage_token(http, server)["token"]
+                access_url, upload_id = create(http, server, token)
+                base = f"{access_url}/multipart/{upload_id}"
+                auth = {"Authorization": f"Bearer {token}"}
+                chunks = [os.urandom(MiB) for _ in range(3)]
+                etags = [put_part(http, base, n + 1, chunk, auth).headers["etag"] for n, chunk in enumerate(chunks)]
+                over = put_part(http, base, 4, b"1", auth)  # 3 MiB + 1: answered after its body, on a live connection
+                assert over.status_code == 413 and over.json()["error_type"] == "payload_too_large", over.text
+                listed = [{"partNumber": n + 1, "etag": etag} for n, etag in enumerate(etags)]
+                done = http.post(f"{base}/complete", json={"parts": listed}, headers=auth)
+                assert done.status_code == 200, done.text
+                assert http.get(access_url).content == b"".join(chunks)
+        finally:
+            server.stop()
