@@ -7,12 +7,18 @@ import Testing
     /// Work the queue scheduled, run only when the test says the interval has passed: no test here sleeps.
     final class ManualTime: Sendable {
         private let pending = Mutex<[@Sendable () -> Void]>([])
+        private let delays = Mutex<[Duration]>([])
 
         var scheduler: SlotQueue.Scheduler {
-            { _, work in self.pending.withLock { $0.append(work) } }
+            { delay, work in
+                self.delays.withLock { $0.append(delay) }
+                self.pending.withLock { $0.append(work) }
+            }
         }
 
         var scheduledCount: Int { pending.withLock { $0.count } }
+        /// The delay of every pass scheduled so far.
+        var scheduledDelays: [Duration] { delays.withLock { $0 } }
 
         /// The interval passes: what was scheduled runs.
         func advance() {
@@ -131,6 +137,25 @@ import Testing
         let perWaiter = 1 + SlotQueue.exactAhead + 25
         #expect(total <= count * perWaiter)
         #expect(told.value.values.allSatisfy { $0 == $0.sorted(by: >) })
+    }
+
+    /// A pass walks the whole line: a line of 2.5 × `spotsPerInterval` is walked every 2 intervals, not every one.
+    @Test func aLongLineIsWalkedLessOften() async throws {
+        let time = ManualTime()
+        let queue = SlotQueue(slots: 1, interval: .milliseconds(250), spotsPerInterval: 10, scheduler: time.scheduler)
+        try await queue.acquire { _ in }
+        let waiters = try await line(of: 26, on: queue) { _, _ in }
+        queue.release()
+        time.advance()
+        for _ in 0..<20 {
+            queue.release()
+            time.advance()
+        }
+        for _ in 0..<5 { queue.release() }
+        for waiter in waiters { try await waiter.value }
+        // 25 left after the first release: 2 intervals; 5 after the next 20 releases: one.
+        #expect(time.scheduledDelays.first == .milliseconds(500))
+        #expect(time.scheduledDelays.last == .milliseconds(250))
     }
 
     /// A task cancelled after it was granted a slot (before it resumed) leaves nothing in the queue's books.
