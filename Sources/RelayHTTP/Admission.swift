@@ -40,7 +40,7 @@ enum CallerRule: Equatable {
             self = .optionalPayer
         case .uploadPut:
             self = .signedURL
-        case .v3Upload, .uploadInitiate, .storageToken, .multipartUpload(.initiate):
+        case .v3Upload, .uploadInitiate, .storageToken, .multipartUpload(.initiate), .multipartUpload(.completeByURL):
             self = .key
         case .multipartUpload:
             // v3 steps carry a storage token or key (checked by the upload responder and `UploadExchange` as a v3

@@ -21,6 +21,21 @@ extension RelayServices {
             case .failure(let error): return request.error(error)
             case .success: return completeMultipart(request, id: id, uploads: uploads)
             }
+        case .completeByURL:
+            guard let url = Self.jsonObject(request.body)?["upload_url"]?.stringValue,
+                case .signedComplete(let id, let token) = Router.signedCompletion(uploadURL: url)
+            else {
+                return request.error(
+                    .badRequest(
+                        "expected {\"upload_url\": <an initiate-multipart upload_url>, \"parts\": […]}",
+                        type: "invalid_upload_url"
+                    )
+                )
+            }
+            switch authorizeSignedMultipart(token: token, upload: id, uploads: uploads) {
+            case .failure(let error): return request.error(error)
+            case .success: return completeMultipart(request, id: id, uploads: uploads)
+            }
         case .part, .signedPart:
             // `UploadExchange` takes every part body when uploads are enabled.
             return request.error(.internalError("multipart part not handled"))

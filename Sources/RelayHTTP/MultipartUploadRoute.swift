@@ -8,7 +8,8 @@ public import RelayCore
 ///   completion to `POST {access_url}/multipart/{uploadId}/complete`, each with the storage token or key.
 /// - initiate (fal-js above 90 MB): `POST /storage/upload/initiate-multipart` gives `upload_url`
 ///   (`/storage/upload/multipart/<upload>/<token>`, signed) and `file_url`; parts go to `PUT {upload_url}/{n}` and the
-///   completion to `POST {upload_url}/complete`, with no credentials but the signed URL.
+///   completion to `POST {upload_url}/complete`, with no credentials but the signed URL. The same completion is also
+///   `POST /storage/upload/complete-multipart` `{upload_url, parts}` with the key (the name fal's server proxy allows).
 public enum MultipartUploadStep: Sendable, Hashable {
     case create
     /// `number` is 0 when the segment is not a number (answered 400, as an out-of-range number is).
@@ -17,6 +18,8 @@ public enum MultipartUploadStep: Sendable, Hashable {
     case initiate
     case signedPart(upload: Digest128, token: String, number: Int)
     case signedComplete(upload: Digest128, token: String)
+    /// `POST /storage/upload/complete-multipart`: the upload named by the `upload_url` in the body.
+    case completeByURL
 
     /// Whether the step streams a body to disk (`UploadExchange`) rather than answering a small JSON request.
     var isPart: Bool {
@@ -51,6 +54,24 @@ extension Router {
         return method == .PUT
             ? .multipartUpload(.signedPart(upload: upload, token: token, number: partNumber(segments[5])))
             : .methodNotAllowed
+    }
+
+    /// The signed completion of the `initiate-multipart` upload whose `upload_url` this is (any origin and query).
+    static func signedCompletion(uploadURL: String) -> MultipartUploadStep? {
+        var rest = uploadURL[...]
+        if let colon = rest.firstIndex(of: ":"), rest[colon...].hasPrefix("://") {
+            rest = rest[rest.index(colon, offsetBy: 3)...]
+            guard let slash = rest.firstIndex(of: "/") else { return nil }
+            rest = rest[slash...]
+        }
+        if let query = rest.firstIndex(where: { $0 == "?" || $0 == "#" }) { rest = rest[..<query] }
+        guard rest.hasPrefix("/") else { return nil }
+        var segments = rest.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        segments.append("complete")
+        guard segments.count == 6, segments[0] == "storage", segments[1] == "upload", segments[2] == "multipart",
+            case .multipartUpload(let step) = signedMultipartStep(segments, method: .POST)
+        else { return nil }
+        return step
     }
 
     private static func hexID(_ text: Substring) -> Digest128? {

@@ -177,6 +177,8 @@ public struct Router: Sendable {
             return method == .POST ? .uploadInitiate : .methodNotAllowed
         case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "initiate-multipart":
             return method == .POST ? .multipartUpload(.initiate) : .methodNotAllowed
+        case "storage" where segments.count == 3 && segments[1] == "upload" && segments[2] == "complete-multipart":
+            return method == .POST ? .multipartUpload(.completeByURL) : .methodNotAllowed
         case "storage" where segments.count == 6 && segments[1] == "upload" && segments[2] == "multipart":
             return Self.signedMultipartStep(segments, method: method)
         case "storage" where segments.count == 4 && segments[1] == "upload":

@@ -107,14 +107,34 @@ import Testing
         #expect(
             router.route(method: .PUT, host: host, uri: "/storage/upload/multipart/\(upload.hex)/short/1") == .notFound
         )
+        #expect(
+            router.route(method: .POST, host: host, uri: "/storage/upload/complete-multipart?storage_type=fal-cdn-v3")
+                == .multipartUpload(.completeByURL)
+        )
         // The stable file URL the multipart flow returns is still the upload alias.
         #expect(router.route(method: .GET, host: host, uri: "/files/uploads/\(id.hex)/clip.mp4") == .uploadAlias(id))
+    }
+
+    @Test func aCompletionByNameFindsTheUploadInItsURL() {
+        let upload = Digest128(hex: "0123456789abcdef0123456789abcdef")!
+        let token = "abcdef0123456789.ff00"
+        let signed = MultipartUploadStep.signedComplete(upload: upload, token: token)
+        let path = "/storage/upload/multipart/\(upload.hex)/\(token)"
+        #expect(Router.signedCompletion(uploadURL: "https://127.0.0.1:8443\(path)") == signed)
+        #expect(Router.signedCompletion(uploadURL: "https://rest.fal.ai\(path)?storage_type=fal-cdn-v3") == signed)
+        #expect(Router.signedCompletion(uploadURL: path) == signed)
+        #expect(Router.signedCompletion(uploadURL: "https://127.0.0.1:8443\(path)/1") == nil)
+        #expect(Router.signedCompletion(uploadURL: "https://127.0.0.1:8443/storage/upload/initiate") == nil)
+        #expect(Router.signedCompletion(uploadURL: "https://host") == nil)
+        #expect(Router.signedCompletion(uploadURL: "") == nil)
     }
 
     @Test func multipartStepsAreChargedOnceAndCheckedWhereTheyAreAnswered() {
         let upload = Digest128(hex: "0123456789abcdef0123456789abcdef")!
         #expect(RateLimitPolicy.Budget(route: .multipartUpload(.initiate)) == .submissions)
         #expect(CallerRule(.multipartUpload(.initiate)) == .key)
+        #expect(CallerRule(.multipartUpload(.completeByURL)) == .key)
+        #expect(RateLimitPolicy.Budget(route: .multipartUpload(.completeByURL)) == nil)
         for step: MultipartUploadStep in [
             .create, .part(file: id, upload: upload, number: 1), .complete(file: id, upload: upload),
             .signedPart(upload: upload, token: "t", number: 1), .signedComplete(upload: upload, token: "t"),

@@ -203,6 +203,25 @@ def test_initiate_multipart_with_signed_part_urls(http, relay):
     wait_until(lambda: tmp_files(relay) == before)
 
 
+def test_complete_multipart_by_name_with_the_upload_url(http, relay):
+    grant = http.post(
+        f"https://{relay.queue_host}/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+        json={"content_type": "image/png", "file_name": "big.png"}, headers=key_headers(relay),
+    ).json()
+    chunks = [os.urandom(MiB), os.urandom(5)]
+    parts = [http.put(f"{grant['upload_url']}/{n + 1}", content=chunk).json() for n, chunk in enumerate(chunks)]
+    complete_url = f"https://{relay.queue_host}/storage/upload/complete-multipart?storage_type=fal-cdn-v3"
+    body = {"upload_url": grant["upload_url"], "parts": parts}
+    assert http.post(complete_url, json=body).status_code == 401  # this name takes the key
+    elsewhere = http.post(complete_url, json={**body, "upload_url": "https://x/storage/upload/initiate"},
+                          headers=key_headers(relay))
+    assert elsewhere.status_code == 400 and elsewhere.json()["error_type"] == "invalid_upload_url", elsewhere.text
+    done = http.post(complete_url, json=body, headers=key_headers(relay))
+    assert done.status_code == 200, done.text
+    assert done.json()["file_url"] == grant["file_url"]
+    assert http.get(grant["file_url"]).content == b"".join(chunks)
+
+
 def test_a_part_over_the_part_limit_is_413():
     with tempfile.TemporaryDirectory(prefix="media-relay-multipart-cap-") as data_dir:
         server = Relay(data_dir, extra_args=("--max-upload-bytes", str(MiB)))
