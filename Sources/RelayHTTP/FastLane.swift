@@ -193,9 +193,9 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             operations.removeHandler(context: departing, promise: removed)
             return removed.futureResult
         }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context, installer), eventLoop: context.eventLoop)
         EventLoopFuture.andAllComplete(removals, on: context.eventLoop).whenComplete { _ in
-            let (lane, context) = bound.value
+            let (lane, context, installer) = bound.value
             guard case .rearming(let bytes) = lane.mode else { return }
             lane.mode = .opaque
             do {
