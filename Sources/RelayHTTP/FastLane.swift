@@ -43,11 +43,11 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         case rearming(ByteBuffer)
     }
 
-    private let services: RelayServices
-    private let scheme: String
-    private let timer: ConnectionTimer
+    let services: RelayServices
+    let scheme: String
+    let timer: ConnectionTimer
     let ledger: SlowPathLedger
-    private let accessLog: AccessLogSink
+    let accessLog: AccessLogSink
     private let scanner: RequestHeadScanner
     private var mode = Mode.scanning
     /// Bytes of a head not yet complete.
@@ -55,9 +55,9 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// A `read` held back while the channel is not writable.
     private var readHeld = false
     /// A status stream took the connection over: this handler has left the pipeline.
-    private var handedOver = false
+    var handedOver = false
     /// Told when a status stream takes the connection over (it counts as an SSE connection from then on).
-    private let connectionKind: ConnectionKindTracker?
+    let connectionKind: ConnectionKindTracker?
 
     /// Adds NIO's HTTP/1.1 handlers after this one: run once, before the first request the lane hands on; nil once
     /// they are there.
@@ -89,6 +89,19 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             maxTargetBytes: services.limits.maxURLBytes
         )
     }
+
+    /// The last answer on this connection that can no longer change (the status or result of a finished request), as
+    /// the bytes written. A client that polls a finished request or fetches its result again and again gets them with
+    /// no table lookup, no response built and nothing encoded. Each use still checks that the caller's key is as it
+    /// was (the key table's version), that no request was removed, and charges the caller's rate limit.
+    var settled: SettledAnswer?
+
+    /// The last request line routed on this connection: a client polling a status or fetching a result sends the
+    /// same one again and again, and routing is a pure function of method, Host and target.
+    var lastRouted: (method: HTTPMethod, host: String?, uri: String, route: Route)?
+
+    /// The metrics instruments last used here: a connection mostly repeats one kind of request.
+    var lastInstruments: HTTPMetrics.Instruments?
 
     // MARK: - Inbound
 
@@ -247,371 +260,6 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         }
         services.logger.debug("connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
-    }
-
-    // MARK: - Answers
-
-    /// Answers `head` if it is one of the fast routes and everything it needs is at hand; false leaves it to NIO.
-    private func answer(_ head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
-        if let settled, settled.answers(head) {
-            if replay(settled, for: head, headLength: headLength, context: context) { return true }
-            self.settled = nil
-        }
-        let route = route(head)
-        let started = NIODeadline.now()
-        let facts = facts(head, channel: context.channel)
-        let response: PreparedResponse
-        var keyID: String?
-        var settledBy: (principal: Principal, keyTableVersion: UInt64, removals: UInt64)?
-        switch route {
-        case .health:
-            response = services.answerHealth(facts)
-        case .status, .result:
-            // Read before the lookup, so that a removal or key change during it shows as a change later.
-            let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
-            switch services.admit(facts, route: route) {
-            case .refused(let error, let headers):
-                response = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
-            case .admitted(let principal, _):
-                let read = services.answerRead(facts, route: route, principal: principal)
-                (response, keyID) = (read.response, read.keyID)
-                if read.settled, let keyTableVersion {
-                    settledBy = (principal, keyTableVersion, removals)
-                }
-            }
-        case .file(let digest, let fileExtension):
-            guard let file = MediaFileRequest(digest: digest, fileExtension: fileExtension) else { return false }
-            return answerFile(head, facts: facts, route: route, file: file, headLength: headLength, context: context)
-        case .statusStream:
-            return answerStatusStream(head, facts: facts, route: route, headLength: headLength, context: context)
-        default:
-            return false
-        }
-        guard accept(headLength: headLength) else { return true }
-        let bytes = send(response, for: head, route: route, keyID: keyID, started: started, context: context)
-        if let (principal, keyTableVersion, removals) = settledBy {
-            settled = SettledAnswer(
-                method: head.method,
-                uri: head.uri,
-                host: head.host,
-                authorization: head.authorization,
-                route: route,
-                principal: principal,
-                keyTableVersion: keyTableVersion,
-                removals: removals,
-                bytes: bytes,
-                status: response.status.code,
-                bodyLength: response.body.readableBytes,
-                requestID: response.field("x-fal-request-id"),
-                cache: response.field("x-relay-cache")
-            )
-        }
-        return true
-    }
-
-    /// The last answer on this connection that can no longer change (the status or result of a finished request), as
-    /// the bytes written. A client that polls a finished request or fetches its result again and again gets them with
-    /// no table lookup, no response built and nothing encoded. Each use still checks that the caller's key is as it
-    /// was (the key table's version), that no request was removed, and charges the caller's rate limit.
-    private var settled: SettledAnswer?
-
-    private struct SettledAnswer {
-        let method: HTTPMethod
-        let uri: String
-        let host: String?
-        let authorization: String?
-        let route: Route
-        let principal: Principal
-        let keyTableVersion: UInt64
-        let removals: UInt64
-        let bytes: ByteBuffer
-        let status: UInt
-        let bodyLength: Int
-        let requestID: String?
-        let cache: String?
-
-        /// The same request: everything a read's answer depends on (the scheme is the connection's).
-        func answers(_ head: RequestHeadScanner.FastHead) -> Bool {
-            head.uri == uri && head.authorization == authorization && head.method == method && head.host == host
-        }
-    }
-
-    /// Sends `answer` again if it still stands; false when it may not (the caller answers anew).
-    private func replay(
-        _ answer: SettledAnswer,
-        for head: RequestHeadScanner.FastHead,
-        headLength: Int,
-        context: ChannelHandlerContext
-    ) -> Bool {
-        guard services.jobs.removals == answer.removals,
-            services.authenticator.keyTableVersion() == answer.keyTableVersion
-        else {
-            return false
-        }
-        let started = NIODeadline.now()
-        guard accept(headLength: headLength) else { return true }
-        let facts = facts(head, channel: context.channel)
-        if let refusal = services.charge(facts, route: answer.route, principal: answer.principal)
-            .refusal(isHead: facts.isHead)
-        {
-            send(
-                refusal,
-                for: head,
-                route: answer.route,
-                keyID: answer.principal.keyID,
-                started: started,
-                context: context
-            )
-            return true
-        }
-        context.write(Self.wrapOutboundOut(answer.bytes), promise: nil)
-        timer.responseEnded()
-        logAccess(
-            method: head.method,
-            uri: head.uri,
-            status: answer.status,
-            bytes: answer.bodyLength,
-            started: started,
-            route: answer.route.label,
-            keyID: answer.principal.keyID,
-            requestID: answer.requestID,
-            cache: answer.cache
-        )
-        return true
-    }
-
-    /// Counts a request head the lane answers, for the connection's deadlines and the statistics; false when the head
-    /// is over the limit (the clock has sent 431 and closes).
-    private func accept(headLength: Int) -> Bool {
-        guard timer.headReceived(byteCount: headLength) else { return false }
-        timer.requestEnded()
-        services.jobs.statistics.recordHTTPRequest()
-        return true
-    }
-
-    private func facts(_ head: RequestHeadScanner.FastHead, channel: any Channel) -> RequestFacts {
-        RequestFacts(
-            method: head.method,
-            uri: head.uri,
-            host: head.host,
-            authorization: head.authorization,
-            scheme: scheme,
-            channel: channel
-        )
-    }
-
-    /// Writes a whole response (flushed with the read's others), ends it for the clock and logs it. Returns the bytes.
-    @discardableResult
-    private func send(
-        _ response: PreparedResponse,
-        for head: RequestHeadScanner.FastHead,
-        route: Route,
-        keyID: String?,
-        started: NIODeadline,
-        context: ChannelHandlerContext
-    ) -> ByteBuffer {
-        var buffer = context.channel.allocator.buffer(capacity: 256 + response.body.readableBytes)
-        response.encode(into: &buffer)
-        context.write(Self.wrapOutboundOut(buffer), promise: nil)
-        timer.responseEnded()
-        logAccess(
-            method: head.method,
-            uri: head.uri,
-            status: response.status.code,
-            bytes: response.body.readableBytes,
-            started: started,
-            route: route.label,
-            keyID: keyID,
-            requestID: response.field("x-fal-request-id"),
-            cache: response.field("x-relay-cache")
-        )
-        return buffer
-    }
-
-    /// The last request line routed on this connection: a client polling a status or fetching a result sends the
-    /// same one again and again, and routing is a pure function of method, Host and target.
-    private var lastRouted: (method: HTTPMethod, host: String?, uri: String, route: Route)?
-
-    private func route(_ head: RequestHeadScanner.FastHead) -> Route {
-        if let last = lastRouted, last.uri == head.uri, last.method == head.method, last.host == head.host {
-            return last.route
-        }
-        let route = services.router.route(method: head.method, host: head.host, uri: head.uri)
-        lastRouted = (head.method, head.host, head.uri, route)
-        return route
-    }
-
-    /// A media file on plain HTTP whose record is known and whose file is open in this loop: `mediaAnswer` and
-    /// sendfile, with no trip to the thread pool. Anything else goes the long way, which opens the file and remembers
-    /// it for next time. Nothing is charged or counted before the lane knows it can answer.
-    private func answerFile(
-        _ head: RequestHeadScanner.FastHead,
-        facts: RequestFacts,
-        route: Route,
-        file: MediaFileRequest,
-        headLength: Int,
-        context: ChannelHandlerContext
-    ) -> Bool {
-        guard scheme == "http", let record = services.media.cachedRecord(file.digest, mediaType: file.mediaType) else {
-            return false
-        }
-        var facts = facts
-        if let value = head.ifNoneMatch { facts.headers.add(name: "if-none-match", value: value) }
-        if let value = head.range { facts.headers.add(name: "range", value: value) }
-        if let value = head.ifRange { facts.headers.add(name: "if-range", value: value) }
-        let answer = services.mediaAnswer(record: record, facts: facts)
-        var body: MediaBody?
-        if case .send(_, _, _, let record, let range?) = answer {
-            guard let open = services.media.zeroCopyBodyIfOpen(of: record, range: range, eventLoop: context.eventLoop)
-            else { return false }
-            body = open
-        }
-        let started = NIODeadline.now()
-        guard accept(headLength: headLength) else {
-            body?.discard()
-            return true
-        }
-        let payer: Principal
-        switch services.admit(facts, route: route) {
-        case .refused(let error, let headers):
-            body?.discard()
-            let refusal = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
-            send(refusal, for: head, route: route, keyID: nil, started: started, context: context)
-            return true
-        case .admitted(let admitted, _):
-            payer = admitted
-        }
-        services.countMediaServed(record)
-        switch answer {
-        case .complete(let response):
-            send(response, for: head, route: route, keyID: payer.keyID, started: started, context: context)
-        case .send(let status, let headers, let contentLength, _, _):
-            var buffer = context.channel.allocator.buffer(capacity: 512)
-            PreparedResponse.encodeHead(status: status, headers: headers, contentLength: contentLength, into: &buffer)
-            context.write(Self.wrapOutboundOut(buffer), promise: nil)
-            if let body {
-                // Below the HTTP codec: the region goes to the socket as it is (sendfile).
-                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-                let channel = context.channel
-                _ = body.write(on: context.eventLoop) { part in
-                    bound.value.write(NIOAny(part))
-                }.always { result in
-                    if case .failure = result { channel.close(promise: nil) }
-                }
-            }
-            timer.responseEnded()
-            logAccess(
-                method: head.method,
-                uri: head.uri,
-                status: status.code,
-                bytes: body?.byteCount ?? 0,
-                started: started,
-                route: route.label,
-                keyID: payer.keyID,
-                requestID: headers.first { $0.0 == "x-fal-request-id" }?.1,
-                cache: nil
-            )
-        }
-        return true
-    }
-
-    /// A status stream: the queue responder decides, and the connection goes straight to the bare SSE writer
-    /// (`StatusStreamHandler`). NIO's HTTP handlers never join a connection that only watches.
-    private func answerStatusStream(
-        _ head: RequestHeadScanner.FastHead,
-        facts: RequestFacts,
-        route: Route,
-        headLength: Int,
-        context: ChannelHandlerContext
-    ) -> Bool {
-        let started = NIODeadline.now()
-        guard accept(headLength: headLength) else { return true }
-        var facts = facts
-        if let value = head.lastEventID { facts.headers.add(name: "last-event-id", value: value) }
-        let principal: Principal
-        switch services.admit(facts, route: route) {
-        case .refused(let error, let headers):
-            let refusal = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
-            send(refusal, for: head, route: route, keyID: nil, started: started, context: context)
-            return true
-        case .admitted(let admitted, _):
-            principal = admitted
-        }
-        let request = RouteRequest(facts: facts, route: route, principal: principal, eventLoop: context.eventLoop)
-        switch services.respond(request) {
-        case .follow(let follow):
-            guard case .statusStream(let stream) = follow.kind else { break }
-            var entry = AccessEntry(method: head.method, path: Self.path(head.uri), started: started)
-            entry.status = 200
-            entry.route = route.label
-            entry.keyID = principal.keyID
-            entry.requestID = stream.request.id
-            entry.cache = stream.request.cacheOutcome.rawValue
-            let writer = StatusStreamHandler(
-                services: services,
-                stream: stream,
-                access: entry,
-                accessSink: accessLog,
-                connectionKind: connectionKind
-            )
-            handedOver = true
-            do {
-                try StatusStreamHandler.takeOver(writer, pipeline: context.pipeline)
-            } catch {
-                services.logger.error(
-                    "status stream could not take the connection over",
-                    metadata: ["error": "\(error)"]
-                )
-                context.close(promise: nil)
-            }
-            return true
-        case .response(let response):
-            send(response, for: head, route: route, keyID: principal.keyID, started: started, context: context)
-            return true
-        default:
-            break
-        }
-        let error = PreparedResponse(error: .internalError("unexpected answer"), requestID: nil, isHead: facts.isHead)
-        send(error, for: head, route: route, keyID: principal.keyID, started: started, context: context)
-        return true
-    }
-
-    /// The access line and HTTP metrics of a request answered here.
-    private func logAccess(
-        method: HTTPMethod,
-        uri: String,
-        status: UInt,
-        bytes: Int,
-        started: NIODeadline,
-        route: String,
-        keyID: String?,
-        requestID: String?,
-        cache: String?
-    ) {
-        // Without a log the path is never read: spare the scan.
-        var entry = AccessEntry(method: method, path: accessLog.logger == nil ? "" : Self.path(uri), started: started)
-        entry.status = status
-        entry.declaredLength = bytes
-        entry.route = route
-        entry.keyID = keyID
-        entry.requestID = requestID
-        entry.cache = cache
-        accessLog.record(entry, instruments: instruments(route: route, status: status))
-    }
-
-    /// The metrics instruments last used here: a connection mostly repeats one kind of request.
-    private var lastInstruments: HTTPMetrics.Instruments?
-
-    private func instruments(route: String, status: UInt) -> HTTPMetrics.Instruments {
-        if let last = lastInstruments, last.status == status, last.route == route { return last }
-        let made = services.httpMetrics.instruments(route: route, status: status)
-        lastInstruments = made
-        return made
-    }
-
-    private static func path(_ uri: String) -> String {
-        guard let mark = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri }
-        return String(uri[..<mark])
     }
 
     // MARK: - Back-pressure

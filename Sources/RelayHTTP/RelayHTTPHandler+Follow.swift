@@ -1,0 +1,241 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+
+extension RelayHTTPHandler {
+    // MARK: - Exchanges that follow a job
+
+    /// Hands the connection to a bare SSE writer: this handler and the rest of the HTTP/1.1 pipeline leave it, and the
+    /// access line of this request is written by the stream when it ends.
+    func takeOver(_ stream: StatusStream, context: ChannelHandlerContext) {
+        let request = stream.request
+        let access = accessLog?.takeOver(status: 200, requestID: request.id, cache: request.cacheOutcome.rawValue)
+        let writer = StatusStreamHandler(
+            services: services,
+            stream: stream,
+            access: access,
+            accessSink: accessLog?.sink,
+            connectionKind: connectionKind
+        )
+        do {
+            try StatusStreamHandler.takeOver(writer, pipeline: context.pipeline)
+        } catch {
+            services.logger.error("status stream could not take the connection over", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    @discardableResult
+    func begin(
+        _ kind: Exchange.Kind,
+        after sequence: Int = 0,
+        context: ChannelHandlerContext,
+        keepAlive: Bool
+    ) -> Int {
+        exchangeCount += 1
+        var exchange = Exchange(number: exchangeCount, kind: kind, keepAlive: keepAlive)
+        let request: RelayRequest
+        switch kind {
+        case .waiting:
+            state = .exchanging(exchange)
+            return exchange.number
+        case .statsStream:
+            writeStatsStreamHead(context: context, exchange: &exchange)
+            state = .exchanging(exchange)
+            return exchange.number
+        case .run(let r), .partialStream(let r):
+            request = r
+        case .statusStream(let stream):
+            request = stream.request
+        }
+        exchange.stream = JobStreamStateMachine(after: sequence)
+        if case .run = kind {
+        } else {
+            writeStreamHead(context: context, request: request, exchange: &exchange)
+        }
+        if case .statusStream = kind {
+            services.jobs.statistics.adjustWatchers(.sse, by: 1)
+        }
+        state = .exchanging(exchange)
+        let number = exchange.number
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let subscription = request.job.subscribe(after: sequence, on: context.eventLoop) { event in
+            let (handler, context) = bound.value
+            handler.receive(event, context: context, number: number)
+        }
+        if case .exchanging(var current) = state, current.number == number {
+            current.subscriptionToken = subscription.token
+            state = .exchanging(current)
+        }
+        for event in subscription.replay {
+            receive(event, context: context, number: number)
+        }
+        return number
+    }
+
+    func writeStreamHead(context: ChannelHandlerContext, request: RelayRequest, exchange: inout Exchange) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "cache-control", value: "no-cache")
+        headers.add(name: "x-fal-request-id", value: request.id)
+        for (name, value) in FalWire.cacheHeaders(request) {
+            headers.add(name: name, value: value)
+        }
+        headers.add(name: "x-accel-buffering", value: "no")
+        if !exchange.keepAlive {
+            headers.add(name: "connection", value: "close")
+        }
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+            promise: nil
+        )
+        context.flush()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let number = exchange.number
+        let interval = TimeAmount.seconds(services.limits.sseKeepAliveSeconds)
+        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = bound.value
+            handler.sendKeepAlive(context: context, number: number)
+        }
+    }
+
+    /// The dashboard's feed: one snapshot at once, then one a second; `: ping` is not needed (data flows).
+    func writeStatsStreamHead(context: ChannelHandlerContext, exchange: inout Exchange) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "cache-control", value: "no-store")
+        headers.add(name: "x-accel-buffering", value: "no")
+        headers.add(name: "x-fal-request-id", value: RequestID.make())
+        if !exchange.keepAlive {
+            headers.add(name: "connection", value: "close")
+        }
+        context.write(
+            Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+            promise: nil
+        )
+        writeSSE(context: context, data: services.jobs.statistics.snapshot())
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let number = exchange.number
+        exchange.keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) {
+            _ in
+            let (handler, context) = bound.value
+            guard case .exchanging(let current) = handler.state, current.number == number else { return }
+            handler.writeSSE(context: context, data: handler.services.jobs.statistics.snapshot())
+        }
+    }
+
+    func sendKeepAlive(context: ChannelHandlerContext, number: Int) {
+        guard case .exchanging(let exchange) = state, exchange.number == number,
+            exchange.stream.shouldPing(writable: context.channel.isWritable)
+        else { return }
+        writeSSE(context: context, text: ServerSentEvents.keepAlive)
+    }
+
+    func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
+        guard case .exchanging(var exchange) = state, exchange.number == number else { return }
+        switch exchange.kind {
+        case .statusStream, .partialStream:
+            // A slow reader never makes us buffer: while the socket cannot take more, events stay in the job's log
+            // and are replayed from there when it drains (`channelWritabilityChanged`).
+            let delivery = exchange.stream.deliver(sequence: event.sequence, writable: context.channel.isWritable)
+            state = .exchanging(exchange)
+            guard delivery == .write else { return }
+        default:
+            break
+        }
+        switch exchange.kind {
+        case .waiting, .statsStream:
+            return
+        case .run(let request):
+            guard case .completed(let outcome) = event.kind else { return }
+            finish(exchange, context: context, clientGone: false)
+            let extra = FalWire.cacheHeaders(request)
+            switch FalWire.result(for: .completed(outcome), id: request.id) {
+            case .success(let result):
+                respond(
+                    context: context,
+                    keepAlive: exchange.keepAlive,
+                    status: .ok,
+                    json: result,
+                    requestID: request.id,
+                    extraHeaders: extra
+                )
+            case .failure(let error):
+                respondError(context: context, keepAlive: exchange.keepAlive, error: error, requestID: request.id)
+            }
+        case .partialStream:
+            switch event.kind {
+            case .partial(let value):
+                writeSSE(context: context, data: value)
+            case .completed(.success(let result, _)):
+                writeSSE(context: context, data: result)
+                endStream(exchange, context: context)
+            case .completed(.failure(let error)):
+                writeSSE(context: context, data: error.body)
+                endStream(exchange, context: context)
+            case .completed(.cancelled):
+                writeSSE(context: context, data: FalError.cancelled().body)
+                endStream(exchange, context: context)
+            default:
+                break
+            }
+        case .statusStream(let stream):
+            // The same frames as the HTTP/1.1 writer's, shared with every watcher of the request on this loop.
+            let (frame, ends) = stream.frame(for: event, services: services, allocator: context.channel.allocator)
+            guard frame.readableBytes > 0 else { return }
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
+            if ends {
+                endStream(exchange, context: context)
+            }
+        }
+    }
+
+    func writeSSE(context: ChannelHandlerContext, data: JSONValue, id: Int? = nil) {
+        let frame = ServerSentEvents.frame(data: data, id: id, allocator: context.channel.allocator)
+        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(frame))), promise: nil)
+    }
+
+    func writeSSE(context: ChannelHandlerContext, text: String) {
+        let buffer = context.channel.allocator.buffer(string: text)
+        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func endStream(_ exchange: Exchange, context: ChannelHandlerContext) {
+        finish(exchange, context: context, clientGone: false)
+        let keepAlive = exchange.keepAlive
+        let channel = context.channel
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive {
+                channel.close(promise: nil)
+            }
+        }
+    }
+
+    /// Ends an exchange's subscriptions and timers. A client that leaves a run or stream detaches its request
+    /// (the job goes on only if other requests wait on it).
+    func finish(_ exchange: Exchange, context: ChannelHandlerContext, clientGone: Bool) {
+        state = .idle
+        exchange.keepAliveTask?.cancel()
+        if case .statusStream = exchange.kind {
+            services.jobs.statistics.adjustWatchers(.sse, by: -1)
+        }
+        switch exchange.kind {
+        case .waiting, .statsStream:
+            break
+        case .run(let request), .partialStream(let request):
+            if exchange.subscriptionToken != 0 {
+                request.job.unsubscribe(exchange.subscriptionToken)
+            }
+            // A client that leaves a run or a `/stream` takes its request with it (the job goes on for others).
+            if clientGone {
+                _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
+            }
+        case .statusStream(let stream):
+            stream.lease?.release()
+            if exchange.subscriptionToken != 0 {
+                stream.request.job.unsubscribe(exchange.subscriptionToken)
+            }
+        }
+    }
+}
