@@ -41,7 +41,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 MEDIA_CONNECTIONS=${MEDIA_CONNECTIONS:-16}
 NEWTLS_CONNECTIONS=${NEWTLS_CONNECTIONS:-32}
 LOAD_THREADS=${LOAD_THREADS:-1}
-SCENARIOS=${SCENARIOS:-"small media tls new-tls"}
+SCENARIOS=${SCENARIOS:-"small media tls new-tls h2"}
 RELAY_BIN=${RELAY_BIN:-$ROOT/.build/release/media-relay}
 LOAD_BIN=${LOAD_BIN:-$HERE/.build/release/relay-load}
 RELAY_THREADS=${RELAY_THREADS:-2}
@@ -65,6 +65,11 @@ if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
         || die "could not install nginx-light"
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ " $SCENARIOS " == *" h2 "* ]] && ! command -v h2load >/dev/null; then
+    say "installing nghttp2-client for h2load (apt)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client) >/dev/null \
+        || die "could not install nghttp2-client"
+fi
 for tool in curl python3; do command -v $tool >/dev/null || die "$tool is needed"; done
 
 # --- processes and cleanup ---------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ http {
     etag on;
     server {
         listen 127.0.0.1:$NGINX_HTTP;
-        listen 127.0.0.1:$NGINX_HTTPS ssl;
+        listen 127.0.0.1:$NGINX_HTTPS ssl http2;
         ssl_certificate $DATA/tls/server.pem;
         ssl_certificate_key $DATA/tls/server-key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -223,13 +228,39 @@ def busy_cpu():
     return (sum(fields[:8]) - idle) / tick
 
 server0, busy0, wall0 = server_cpu(), busy_cpu(), time.monotonic()
-child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+h2load = os.path.basename(command[0]) == "h2load" or "h2load" in command
+child = subprocess.Popen(command, stdout=subprocess.PIPE if h2load else subprocess.DEVNULL, text=True)
+h2_output = child.stdout.read() if h2load else ""
 _, status, usage = os.wait4(child.pid, 0)
 server1, busy1, wall1 = server_cpu(), busy_cpu(), time.monotonic()
 if status != 0:
-    sys.exit(f"relay-load failed: {command}")
+    sys.exit(f"load generator failed: {command}")
 client = usage.ru_utime + usage.ru_stime
-report = json.load(open(out))
+if h2load:
+    # h2load prints totals, not percentiles: the latency cells of its rows are mean / max.
+    import re
+    rate = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s, ([\d.]+)(\w+)/s", h2_output)
+    done = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", h2_output)
+    timing = re.search(r"time for request:\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", h2_output)
+    if not rate or not done:
+        sys.exit("could not read h2load's output:\n" + h2_output)
+    unit = {"B": 1, "KB": 1024, "MB": 1048576, "GB": 1073741824}
+    ms = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    duration = float(command[command.index("-D") + 1]) if "-D" in command else 0.0
+    warmup = float(command[command.index("--warm-up-time") + 1].rstrip("s")) if "--warm-up-time" in command else 0.0
+    report = {
+        "requests_per_sec": float(rate.group(1)),
+        "bytes_per_sec": float(rate.group(2)) * unit.get(rate.group(3), 1),
+        "latency_ms": {
+            "p50": float(timing.group(5)) * ms.get(timing.group(6), 1) if timing else 0.0,
+            "p99": float(timing.group(3)) * ms.get(timing.group(4), 1) if timing else 0.0,
+        },
+        "error_total": int(done.group(3)) + int(done.group(4)),
+        "duration_s": duration,
+        "warmup_s": warmup,
+    }
+else:
+    report = json.load(open(out))
 wall = wall1 - wall0
 report["run_wall_s"] = round(wall, 2)
 report["server_cpu_s_run"] = round(server1 - server0, 2)
@@ -276,6 +307,13 @@ run_one() {  # scenario server pid subcommand url connections [repeat]
     local scenario=$1 server=$2 pid=$3 subcommand=$4 url=$5 connections=$6 round=$7 load
     load=$(cut -d' ' -f1 /proc/loadavg)
     say "$scenario on $server (round $round): $subcommand $url ($connections connections; load average $load)"
+    if [[ $scenario == h2 ]]; then
+        # HTTP/2 over TLS (what browsers use): h2load, $connections connections x H2_STREAMS streams each.
+        python3 "$WORK/run_one.py" "$RAW/$scenario-$server-$round.json" "$pid" "$load" \
+            $NICE_CMD h2load -c "$connections" -m "${H2_STREAMS:-16}" -t "$LOAD_THREADS" -D "$DURATION" \
+            --warm-up-time "${WARMUP}s" -H "$AUTH" "$url"
+        return
+    fi
     # Media is fetched as browsers fetch it: no key, under the relay's default limits (media is not rate-limited).
     local auth=(-H "$AUTH")
     [[ $scenario == media ]] && auth=()
@@ -296,7 +334,9 @@ for scenario in $SCENARIOS; do
              nginx_url=https://127.0.0.1:$NGINX_HTTPS$RESULT_PATH; conns=$CONNECTIONS ;;
         new-tls) subcommand=new-tls; relay_url=https://127.0.0.1:$RELAY_HTTPS$RESULT_PATH
                  nginx_url=https://127.0.0.1:$NGINX_HTTPS$RESULT_PATH; conns=$NEWTLS_CONNECTIONS ;;
-        *) die "unknown scenario $scenario (small media tls new-tls healthz)" ;;
+        h2) subcommand=h2load; relay_url=https://127.0.0.1:$RELAY_HTTPS$RESULT_PATH
+            nginx_url=https://127.0.0.1:$NGINX_HTTPS$RESULT_PATH; conns=${H2_CONNECTIONS:-16} ;;
+        *) die "unknown scenario $scenario (small media tls new-tls h2 healthz)" ;;
     esac
     for round in $(seq 1 "$REPEAT"); do
         wait_for_quiet
@@ -320,12 +360,13 @@ cp -r "$RAW" "$NAME.raw"
 python3 - "$RAW" "$SCENARIOS" "$NAME.md" <<PY
 import json, os, sys
 raw, scenarios, out = sys.argv[1], sys.argv[2].split(), sys.argv[3]
-targets = {"small": 1.0, "media": 1.0, "tls": 1.0, "new-tls": 0.8, "healthz": None}
+targets = {"small": 1.0, "media": 1.0, "tls": 1.0, "new-tls": 0.8, "h2": 1.0, "healthz": None}
 titles = {
     "small": "small cached result ($SMALL_BYTES B), HTTP keep-alive, $CONNECTIONS conns",
     "media": "media $MEDIA_BYTES B, plain HTTP keep-alive, $MEDIA_CONNECTIONS conns",
     "tls": "small cached result, TLS keep-alive, $CONNECTIONS conns",
     "new-tls": "small cached result, new TLS connection per request, $NEWTLS_CONNECTIONS conns",
+    "h2": "small cached result, HTTP/2 over TLS (h2load), ${H2_CONNECTIONS:-16} conns x ${H2_STREAMS:-16} streams; latency mean / max",
     "healthz": "reference: GET /healthz (no auth, no job lookup), $CONNECTIONS conns",
 }
 rows, cpu_rows = [], []
