@@ -13,7 +13,8 @@ public enum CanonicalForm {
         model modelID: String?,
         printKey: Bool,
         catalogPath: String,
-        dataDirectory: String
+        dataDirectory: String,
+        relayURLs: [String] = []
     ) throws -> [UInt8] {
         let document: JSONValue
         do {
@@ -35,7 +36,7 @@ public enum CanonicalForm {
         guard let object = document.objectValue else { throw Failure(description: "the input must be a JSON object") }
         let normalised: ModelInput
         do {
-            normalised = try ModelInput(model: model, input: object)
+            normalised = try ModelInput(model: model, input: object, mediaURLs: mediaURLs(relayURLs))
         } catch {
             throw Failure(description: "the input is not valid for \(modelID): \(error.message)")
         }
@@ -47,5 +48,19 @@ public enum CanonicalForm {
         }
         let key = RequestKey(input: normalised, hasher: KeyedHasher(secret: [UInt8](secret)))
         return Array(key.digest.hex.utf8)
+    }
+
+    /// This relay's own media URLs, keyed by their bytes as the relay keys them: the names and ports of the default
+    /// listeners (127.0.0.1, localhost and ::1 on 8080 and 8443), and those of each of `relayURLs` (its public URL,
+    /// or any other way clients reach it). Upload URLs are keyed by their text here (their bytes are on the relay).
+    static func mediaURLs(_ relayURLs: [String]) -> RelayMediaURLs {
+        var names: Set<String> = ["localhost", "127.0.0.1", "::1"]
+        var ports: Set<Int> = [8080, 8443]
+        for text in relayURLs {
+            guard let url = URLComponents(string: text), let host = url.host else { continue }
+            names.insert(host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]")))
+            ports.insert(url.port ?? (url.scheme?.lowercased() == "http" ? 80 : 443))
+        }
+        return RelayMediaURLs(hostNames: names, ports: ports)
     }
 }

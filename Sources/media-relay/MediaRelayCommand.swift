@@ -118,6 +118,10 @@ struct Canonicalize: AsyncParsableCommand {
     @Option(help: "Model catalog (default Config/models.json)") var catalog: String = "Config/models.json"
     @Option(help: "Data directory holding the deployment secret (default ./data, or RELAY_DATA_DIR)") var dataDir:
         String?
+    @Option(
+        name: .customLong("relay-url"),
+        help: "A URL the relay is reached at (repeatable): its media URLs in the input are keyed by their bytes"
+    ) var relayURLs: [String] = []
 
     func run() async throws {
         let input = FileHandle.standardInput.readDataToEndOfFile()
@@ -127,7 +131,8 @@ struct Canonicalize: AsyncParsableCommand {
                 model: model,
                 printKey: key,
                 catalogPath: catalog,
-                dataDirectory: dataDir ?? ProcessInfo.processInfo.environment["RELAY_DATA_DIR"] ?? "./data"
+                dataDirectory: dataDir ?? ProcessInfo.processInfo.environment["RELAY_DATA_DIR"] ?? "./data",
+                relayURLs: relayURLs
             )
             FileHandle.standardOutput.write(Data(output + [UInt8(ascii: "\n")]))
         } catch {

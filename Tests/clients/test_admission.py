@@ -120,3 +120,46 @@ def test_http11_needs_exactly_one_host(own_relay, request_bytes):
 def test_http10_without_host_is_served(own_relay):
     answer = raw_exchange(own_relay.http_port, b"GET /healthz HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def test_one_input_is_one_request_key_over_http_ws_and_canonicalize(own_relay):
+    """The same input naming this relay's media is the same RequestKey however it comes: HTTP, /ws, and
+    `media-relay canonicalize --key`, whichever way the media URL is spelled (scheme, host, port)."""
+    import re
+    import subprocess
+    import time
+
+    from conftest import BINARY
+
+    key = {"Authorization": f"Key {own_relay.key}"}
+    base = f"https://{own_relay.queue_host}"
+    with httpx.Client(verify=tls(own_relay), timeout=30) as http:
+        made = http.post(f"{base}/fal-ai/flux/schnell", headers=key,
+                         json={"prompt": "a source image", "image_size": "square", "seed": 31}).json()
+        deadline = time.time() + 60
+        while http.get(made["status_url"], headers=key).json()["status"] != "COMPLETED":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        media = http.get(made["response_url"], headers=key).json()["images"][0]["url"]
+        assert media.startswith(f"{base}/files/")
+        body = {"prompt": "edit the source", "image_url": media, "seed": 32, "num_inference_steps": 4,
+                "image_size": "square"}
+        first = http.post(f"{base}/fal-ai/flux/dev", headers=key, json=body)
+        assert first.headers["x-relay-cache"] == "miss"
+        request_key = re.search(r'key="([0-9a-f]+)"', first.headers["cache-status"]).group(1)
+
+    # The same bytes by another spelling of the relay's address, over /ws: the same work (attached or served).
+    plain = media.replace(base, f"http://localhost:{own_relay.http_port}")
+    with connect(f"ws://127.0.0.1:{own_relay.http_port}/ws", additional_headers=key) as ws:
+        ws.send(json.dumps({"type": "submit", "model": "fal-ai/flux/dev", "input": {**body, "image_url": plain}}))
+        while True:
+            message = json.loads(ws.recv(timeout=30))
+            if message["type"] in ("submitted", "error"):
+                break
+    assert message["type"] == "submitted" and message["cache"] in ("coalesced", "hit"), message
+
+    printed = subprocess.run(
+        [BINARY, "canonicalize", "--model", "fal-ai/flux/dev", "--key", "--data-dir", own_relay.data_dir,
+         "--relay-url", base, "--relay-url", f"http://localhost:{own_relay.http_port}"],
+        input=json.dumps({**body, "image_url": plain}), capture_output=True, text=True, timeout=60, check=True)
+    assert printed.stdout.strip() == request_key
