@@ -3,16 +3,6 @@ import NIOHTTP1
 import RelayCore
 import RelayStore
 
-/// How many requests the fast lane handed to NIO's HTTP pipeline, and how many of their responses have ended: while
-/// one is unanswered, later requests must queue behind it (responses go out in request order), so they go to NIO
-/// too. Loop-confined; shared by `FastLane` (counts requests) and `HTTPPartsTap` (counts response ends).
-final class SlowPathLedger {
-    var forwarded = 0
-    var answered = 0
-
-    var isIdle: Bool { answered >= forwarded }
-}
-
 /// Answers the hottest HTTP/1.1 requests straight from the bytes, below NIO's HTTP codec: cached results, status
 /// polls, `/healthz`, and media files already open (sendfile). Everything else goes on to NIO's pipeline unchanged.
 ///
@@ -20,8 +10,8 @@ final class SlowPathLedger {
 /// parts passing five handlers each way, a header dictionary, NIO's encoder) it cost ~4x nginx's CPU per request;
 /// here it is one scan of the head, the shared answer logic (`RelayServices.answerRead`), and one write of bytes.
 ///
-/// Sits between `ConnectionTimer` and the HTTP decoder. `RequestHeadScanner` frames every message: a fast head is
-/// answered only when NIO owes no response (`SlowPathLedger`), otherwise the whole message — head and its
+/// Sits between `ConnectionStateHandler` and the HTTP decoder. `RequestHeadScanner` frames every message: a fast head is
+/// answered only when NIO owes no response (the connection's state machine counts them), otherwise the whole message — head and its
 /// `Content-Length` body — is forwarded, so NIO's parser only ever sees whole messages in order. A message the
 /// scanner cannot frame (chunked body, upgrade, anything unusual) hands the connection to NIO for good. Reads stop
 /// while the channel is not writable, so a client that pipelines requests without reading answers cannot grow the
@@ -45,8 +35,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
 
     let services: RelayServices
     let scheme: String
-    let timer: ConnectionTimer
-    let ledger: SlowPathLedger
+    let timer: ConnectionStateHandler
     let accessLog: AccessLogSink
     private let scanner: RequestHeadScanner
     private var mode = Mode.scanning
@@ -70,8 +59,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     init(
         services: RelayServices,
         scheme: String,
-        timer: ConnectionTimer,
-        ledger: SlowPathLedger,
+        timer: ConnectionStateHandler,
         proto: String = "http/1.1",
         connectionKind: ConnectionKindTracker? = nil,
         slowPath: SlowPathInstaller? = nil
@@ -80,7 +68,6 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         self.services = services
         self.scheme = scheme
         self.timer = timer
-        self.ledger = ledger
         self.slowPath = slowPath
         self.installer = slowPath
         self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
@@ -151,7 +138,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 // requests (fal-js opens its realtime socket after any other call on the origin) gets a pipeline of
                 // its own, as a first request would. Only while NIO owes no response: its handlers are between
                 // requests then, holding nothing.
-                if slowPath == nil, ledger.isIdle, let installer {
+                if slowPath == nil, timer.owesNoResponse, let installer {
                     rearmUpgrade(context: context, installer: installer, held: bytes)
                     return
                 }
@@ -163,7 +150,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
                 forward(context: context, &bytes, headLength: length, bodyLength: bodyLength)
                 if case .forwardingBody = mode { return }
             case .fast(let head, let length):
-                if ledger.isIdle, answer(head, headLength: length, context: context) {
+                if timer.owesNoResponse, answer(head, headLength: length, context: context) {
                     bytes.moveReaderIndex(forwardBy: length)
                     // The stream's writer flushes; whatever follows a close-delimited response is dropped.
                     if handedOver {
@@ -184,7 +171,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
             bytes.moveReaderIndex(to: bytes.writerIndex)
             return
         }
-        ledger.forwarded += 1
+        timer.requestForwarded()
         let available = min(bodyLength, bytes.readableBytes - headLength)
         let message = bytes.readSlice(length: headLength + available)!
         if available < bodyLength {
@@ -200,7 +187,9 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     {
         mode = .rearming(held)
         let operations = context.pipeline.syncOperations
-        let behind = RelayHTTPServer.http1HandlerTypes.filter { $0 != ConnectionTimer.self && $0 != FastLane.self }
+        let behind = RelayHTTPServer.http1HandlerTypes.filter {
+            $0 != ConnectionStateHandler.self && $0 != FastLane.self
+        }
         let removals = RelayHTTPServer.contexts(of: behind, in: operations).reversed().map { departing in
             let removed = context.eventLoop.makePromise(of: Void.self)
             operations.removeHandler(context: departing, promise: removed)

@@ -1,5 +1,5 @@
-public import RelayCore
-public import RelayStore
+import RelayCore
+import RelayStore
 
 /// The bounds of multipart uploads: bytes per part and in all, and how long an unfinished one is kept.
 public struct MultipartUploadLimits: Sendable, Hashable {

@@ -228,9 +228,10 @@ public final class RelayHTTPServer: Service, Sendable {
     ) throws {
         let pipeline = channel.pipeline.syncOperations
         let logger = services.logger
-        let timer = ConnectionTimer(limits: services.limits.connection) { message, _ in
-            logger.debug("\(message)")
-        }
+        let timer = ConnectionStateHandler(
+            limits: services.limits.connection,
+            logger: { message, _ in logger.debug("\(message)") }
+        )
         try pipeline.addHandler(timer)
         // A connection over a cap has every request answered 503 by the HTTP handler: no fast lane for it.
         guard refusal == nil else {
@@ -249,7 +250,6 @@ public final class RelayHTTPServer: Service, Sendable {
             services: services,
             scheme: scheme,
             timer: timer,
-            ledger: SlowPathLedger(),
             connectionKind: kind
         ) {
             pipeline,
@@ -274,7 +274,7 @@ public final class RelayHTTPServer: Service, Sendable {
     /// per connection). The end-to-end pipeline test fails if one is missing here.
     static var http1HandlerTypes: [any ChannelHandler.Type] {
         [
-            ConnectionTimer.self, FastLane.self, HTTPResponseEncoder.self,
+            ConnectionStateHandler.self, FastLane.self, HTTPResponseEncoder.self,
             ByteToMessageHandler<HTTPRequestDecoder>.self, HTTPServerPipelineHandler.self,
             NIOHTTPResponseHeadersValidator.self, HTTPServerUpgradeHandler.self, HTTPPartsTap.self,
             AccessLogHandler.self, RelayHTTPHandler.self,
@@ -283,7 +283,7 @@ public final class RelayHTTPServer: Service, Sendable {
 
     /// The relay's own HTTP/1.1 handlers: what leaves a connection that upgrades to WebSocket.
     static var relayHTTP1HandlerTypes: [any ChannelHandler.Type] {
-        [ConnectionTimer.self, FastLane.self, HTTPPartsTap.self, AccessLogHandler.self, RelayHTTPHandler.self]
+        [ConnectionStateHandler.self, FastLane.self, HTTPPartsTap.self, AccessLogHandler.self, RelayHTTPHandler.self]
     }
 
     /// The contexts of those `types` that are in the pipeline, head to tail.
@@ -301,7 +301,7 @@ public final class RelayHTTPServer: Service, Sendable {
         scheme: String,
         refusal: FalError?,
         kind: ConnectionKindTracker?,
-        timer: ConnectionTimer,
+        timer: ConnectionStateHandler,
         fastLane: FastLane?
     ) throws {
         let accessLog = AccessLogHandler(
@@ -317,7 +317,7 @@ public final class RelayHTTPServer: Service, Sendable {
             statusStreamsTakeOver: true,
             connectionKind: kind
         )
-        let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes, ledger: fastLane?.ledger)
+        let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes)
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (
                 // A connection over a cap gets no upgrade: its request reaches the HTTP handler and is answered 503.

@@ -45,7 +45,7 @@ public struct HTTPLimits: Sendable {
     /// Interval of SSE comment keep-alives.
     public var sseKeepAliveSeconds: Int64
     /// Header, keep-alive idle and body deadlines, and the largest request head (431 beyond).
-    public var connection: ConnectionClock.Limits
+    public var connection: ConnectionStateMachine.Limits
     /// Longest request target (414 beyond).
     public var maxURLBytes: Int
     /// Open connections allowed in total and per client address (503 beyond).
@@ -55,7 +55,7 @@ public struct HTTPLimits: Sendable {
     public init(
         maxJSONBodyBytes: Int = 10 * 1024 * 1024,
         sseKeepAliveSeconds: Int64 = 15,
-        connection: ConnectionClock.Limits = ConnectionClock.Limits(),
+        connection: ConnectionStateMachine.Limits = ConnectionStateMachine.Limits(),
         maxURLBytes: Int = 8 * 1024,
         maxConnections: Int = 16_000,
         maxConnectionsPerAddress: Int = 1_024

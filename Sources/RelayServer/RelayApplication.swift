@@ -236,7 +236,7 @@ public struct RelayApplication: Sendable {
             limits: HTTPLimits(
                 maxJSONBodyBytes: config.maxJSONBodyBytes,
                 sseKeepAliveSeconds: config.sseKeepAliveSeconds,
-                connection: ConnectionClock.Limits(
+                connection: ConnectionStateMachine.Limits(
                     headerTimeout: .milliseconds(Int64(config.headerTimeoutSeconds * 1000)),
                     idleTimeout: .milliseconds(Int64(config.idleTimeoutSeconds * 1000)),
                     bodyTimeout: .milliseconds(Int64(config.bodyTimeoutSeconds * 1000)),

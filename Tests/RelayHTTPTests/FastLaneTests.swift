@@ -132,7 +132,7 @@ import Testing
             }.sorted()
         }
         #expect(comparable(fast) == comparable(slow))
-        #expect(try fixture.fastLane.ledger.forwarded == 1, "only the second request went through NIO")
+        #expect(try fixture.fastLane.timer.requestsForwarded == 1, "only the second request went through NIO")
     }
 
     @Test func aWrongKeyIsRefusedTheSameWay() throws {
@@ -166,11 +166,11 @@ import Testing
         #expect(answers[3].body.contains("\"seed\":7"))
         // Once NIO owes nothing, the lane answers again.
         let lane = try fixture.fastLane
-        let forwarded = lane.ledger.forwarded
+        let forwarded = lane.timer.requestsForwarded
         try fixture.send(result)
         #expect(try fixture.responses().first?.body.contains("\"seed\":7") == true)
-        #expect(lane.ledger.forwarded == forwarded)
-        #expect(lane.ledger.isIdle)
+        #expect(lane.timer.requestsForwarded == forwarded)
+        #expect(lane.timer.owesNoResponse)
     }
 
     @Test func headsAndBodiesSplitAcrossReadsArriveWhole() throws {
@@ -320,12 +320,13 @@ import Testing
         let result = "GET /fal-ai/flux/requests/\(fixture.done.id) HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\(Self.key)\r\n"
         try fixture.send(result + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
         #expect(try fixture.responses().map(\.status) == [200, 200])
-        #expect(try Self.handlerNames(fixture.channel) == ["ConnectionTimer", "FastLane"])
+        #expect(try Self.handlerNames(fixture.channel) == ["ConnectionStateHandler", "FastLane"])
         // Not plain keep-alive: the lane hands it on, and the HTTP handlers join behind the lane, once.
         try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive, x\r\n\r\n")
         let joined = try Self.handlerNames(fixture.channel)
         #expect(
-            joined.count > 2 && joined.prefix(2) == ["ConnectionTimer", "FastLane"] && joined.last == "RelayHTTPHandler"
+            joined.count > 2 && joined.prefix(2) == ["ConnectionStateHandler", "FastLane"]
+                && joined.last == "RelayHTTPHandler"
         )
         try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive, x\r\n\r\n" + result)
         #expect(try fixture.responses().map(\.status) == [200, 200, 200])
@@ -339,9 +340,9 @@ import Testing
         defer { fixture.remove() }
         let channel = EmbeddedChannel()
         let installs = Mutex(0)
-        let timer = ConnectionTimer(limits: fixture.services.limits.connection)
+        let timer = ConnectionStateHandler(limits: fixture.services.limits.connection)
         try channel.pipeline.syncOperations.addHandler(timer)
-        let lane = FastLane(services: fixture.services, scheme: "http", timer: timer, ledger: SlowPathLedger()) {
+        let lane = FastLane(services: fixture.services, scheme: "http", timer: timer) {
             _,
             _ in
             installs.withLock { $0 += 1 }
@@ -361,10 +362,10 @@ import Testing
         #expect(try Self.handlerNames(channel) == ["StatusStreamHandler"] || !channel.isActive)
         // The installer is what a request the lane hands on calls.
         let other = EmbeddedChannel()
-        let otherTimer = ConnectionTimer(limits: fixture.services.limits.connection)
+        let otherTimer = ConnectionStateHandler(limits: fixture.services.limits.connection)
         try other.pipeline.syncOperations.addHandler(otherTimer)
         try other.pipeline.syncOperations.addHandler(
-            FastLane(services: fixture.services, scheme: "http", timer: otherTimer, ledger: SlowPathLedger()) { _, _ in
+            FastLane(services: fixture.services, scheme: "http", timer: otherTimer) { _, _ in
                 installs.withLock { $0 += 1 }
             }
         )
@@ -409,7 +410,7 @@ import Testing
         try fixture.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
         let answers = try fixture.responses()
         #expect(answers.map(\.status) == [200, 200])
-        #expect(try fixture.fastLane.ledger.forwarded == 0, "opaque: NIO framed both, the lane counted nothing")
+        #expect(try fixture.fastLane.timer.requestsForwarded == 0, "opaque: NIO framed both, the lane counted nothing")
     }
 
     @Test func malformedRequestsGetNIOsFalShapedErrors() throws {

@@ -203,7 +203,7 @@ import Testing
         #expect(text.hasPrefix("HTTP/1.1 200 OK") && text.contains("content-length"))
         #expect(
             try channel.pipeline.handlerContextsSync().map { "\(type(of: $0.handler))" } == [
-                "ConnectionTimer", "FastLane",
+                "ConnectionStateHandler", "FastLane",
             ]
         )
 

@@ -9,7 +9,7 @@ public import NIOCore
 /// - While a body arrives, each read must come within `bodyTimeout` of the previous one.
 /// - While the relay answers (a long run, an SSE stream) there is no deadline: the response side has its own
 ///   back-pressure, and SSE sends keep-alives.
-public struct ConnectionClock: Sendable {
+public struct ConnectionStateMachine: Sendable {
     public enum Phase: Sendable, Hashable {
         /// No byte of the next request yet. `firstRequest`: the connection is new (header deadline applies).
         case awaitingRequest(firstRequest: Bool, since: NIODeadline)
@@ -54,6 +54,14 @@ public struct ConnectionClock: Sendable {
 
     /// Bytes of the next request that arrived while a response was still going (pipelining).
     private var pipelinedBytes = 0
+    /// Requests the fast lane handed to NIO's pipeline whose responses have not ended: while any is owed, later
+    /// requests must queue behind it (responses go out in request order), so the lane answers nothing itself.
+    public private(set) var responsesOwed = 0
+    /// A response head (not 1xx) has gone out and its end has not: a protocol error then cannot be answered (the
+    /// bytes would interleave), only closed.
+    public private(set) var isResponding = false
+    /// A verdict is out (408, 413-style refusals, 431, 414, an idle close): everything after it is dropped.
+    public private(set) var isClosing = false
 
     public init(limits: Limits, now: NIODeadline) {
         self.limits = limits
@@ -124,8 +132,37 @@ public struct ConnectionClock: Sendable {
         phase = .responding
     }
 
-    /// The response ended: wait for the next request (keep-alive). Bytes that came meanwhile start its head.
-    public mutating func responseEnded(now: NIODeadline) {
+    /// The fast lane handed a request to NIO's pipeline.
+    public mutating func requestForwarded() {
+        responsesOwed += 1
+        requestsForwarded += 1
+    }
+
+    /// Requests handed to NIO's pipeline so far (statistics, tests).
+    public private(set) var requestsForwarded = 0
+
+    /// Whether the fast lane may answer the next request itself.
+    public var owesNoResponse: Bool { responsesOwed == 0 }
+
+    /// NIO's pipeline began a final response.
+    public mutating func responseStarted() {
+        isResponding = true
+    }
+
+    /// The connection's verdict is out: drop whatever follows. True only the first time.
+    public mutating func close() -> Bool {
+        guard !isClosing else { return false }
+        isClosing = true
+        return true
+    }
+
+    /// The response ended (`forwarded`: one of NIO's pipeline, which the fast lane handed on): wait for the next
+    /// request (keep-alive). Bytes that came meanwhile start its head.
+    public mutating func responseEnded(now: NIODeadline, forwarded: Bool = false) {
+        if forwarded {
+            responsesOwed = max(0, responsesOwed - 1)
+            isResponding = false
+        }
         guard case .responding = phase else { return }
         if pipelinedBytes > 0 {
             phase = .readingHead(since: now, bytes: pipelinedBytes)

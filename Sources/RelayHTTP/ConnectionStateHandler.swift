@@ -1,32 +1,53 @@
 import NIOCore
 import NIOHTTP1
-public import RelayCore
-import Synchronization
+import RelayCore
 
-/// Enforces a connection's deadlines and head size (`ConnectionClock`) on the wire.
+/// Enforces a connection's deadlines and head size (`ConnectionStateMachine`) on the wire.
 ///
 /// Sits before the HTTP decoder and sees raw bytes; `HTTPPartsTap` (after the decoder) tells it where requests and
 /// responses begin and end. On expiry it writes a fal-shaped 408 (or 431) straight to the socket — below the HTTP
 /// encoder, which may be mid-response or have no request to answer — and closes. A keep-alive connection that idles
 /// out is closed without a response, as every HTTP server does.
-final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
+final class ConnectionStateHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private var clock: ConnectionClock
+    private var clock: ConnectionStateMachine
     private var timer: Scheduled<Void>?
     private var timerDeadline: NIODeadline?
     private var context: ChannelHandlerContext?
-    private var closing = false
     private var headEnd = HeadTerminatorScanner()
-    private let logger: (String, ConnectionClock.Expiry?) -> Void
+    private let logger: (String, ConnectionStateMachine.Expiry?) -> Void
+    /// The time: `NIODeadline.now` in service, a test's own clock in tests.
+    private let now: () -> NIODeadline
 
-    init(limits: ConnectionClock.Limits, logger: @escaping (String, ConnectionClock.Expiry?) -> Void = { _, _ in }) {
-        self.clock = ConnectionClock(limits: limits, now: .now())
+    init(
+        limits: ConnectionStateMachine.Limits,
+        now: @escaping () -> NIODeadline = { .now() },
+        logger: @escaping (String, ConnectionStateMachine.Expiry?) -> Void = { _, _ in }
+    ) {
+        self.now = now
+        self.clock = ConnectionStateMachine(limits: limits, now: now())
         self.logger = logger
     }
+
+    // MARK: - What the fast lane and the parts probe ask and tell
+
+    /// Whether the fast lane may answer the next request itself (NIO owes no response).
+    var owesNoResponse: Bool { clock.owesNoResponse }
+
+    /// The fast lane handed a request to NIO's pipeline.
+    func requestForwarded() {
+        clock.requestForwarded()
+    }
+
+    /// The connection's verdict is out: what still arrives goes nowhere.
+    var isClosing: Bool { clock.isClosing }
+
+    /// Requests the fast lane handed to NIO's pipeline so far.
+    var requestsForwarded: Int { clock.requestsForwarded }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -40,7 +61,7 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }  // the verdict is out: drop the rest
+        guard !clock.isClosing else { return }  // the verdict is out: drop the rest
         let buffer = Self.unwrapInboundIn(data)
         var bytes = buffer.readableBytes
         // One read may carry a head and a large body (TLS hands over everything it decrypted at once): only the
@@ -48,7 +69,7 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
         if clock.isAwaitingHead, let end = headEnd.scan(buffer) {
             bytes = end
         }
-        guard clock.bytesArrived(bytes, now: .now()) else {
+        guard clock.bytesArrived(bytes, now: now()) else {
             reject(.headersTooLarge(limit: clock.limits.maxHeaderBytes))
             return
         }
@@ -69,7 +90,7 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
     /// A head of `byteCount` bytes was read (by `FastLane`, which sees the bytes themselves).
     func headReceived(byteCount: Int) -> Bool {
         headEnd = HeadTerminatorScanner()
-        guard clock.headReceived(headBytes: byteCount, now: .now()) else {
+        guard clock.headReceived(headBytes: byteCount, now: now()) else {
             reject(.headersTooLarge(limit: clock.limits.maxHeaderBytes))
             return false
         }
@@ -82,15 +103,23 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
         rearm()
     }
 
-    func responseEnded() {
-        clock.responseEnded(now: .now())
+    /// A response ended: one the fast lane wrote, or (`forwarded`) one of NIO's pipeline.
+    func responseEnded(forwarded: Bool = false) {
+        clock.responseEnded(now: now(), forwarded: forwarded)
         rearm()
     }
 
+    /// NIO's pipeline began a final response.
+    func responseStarted() {
+        clock.responseStarted()
+    }
+
+    /// Whether a response of NIO's pipeline is under way (a protocol error then cannot be answered, only closed).
+    var isResponding: Bool { clock.isResponding }
+
     /// Answers with `error` below the HTTP encoder and closes.
     func reject(_ error: FalError) {
-        guard let context, !closing else { return }
-        closing = true
+        guard let context, clock.close() else { return }
         timer?.cancel()
         var buffer = context.channel.allocator.buffer(capacity: 256)
         let body = error.body.serialized()
@@ -130,12 +159,12 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
     private func fire() {
         timer = nil
         timerDeadline = nil
-        guard let context, !closing else { return }
-        switch clock.expired(at: .now()) {
+        guard let context, !clock.isClosing else { return }
+        switch clock.expired(at: now()) {
         case nil:
             rearm()
         case .idle:
-            closing = true
+            _ = clock.close()
             logger("keep-alive connection idle: closed", .idle)
             context.close(promise: nil)
         case .header:
@@ -165,6 +194,9 @@ final class ConnectionTimer: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
+@available(*, unavailable)
+extension ConnectionStateHandler: Sendable {}
+
 /// Finds the `\r\n\r\n` that ends a request head, across reads.
 struct HeadTerminatorScanner {
     /// How much of `\r\n\r\n` the bytes seen so far end with.
@@ -188,131 +220,4 @@ struct HeadTerminatorScanner {
             return nil
         }
     }
-}
-
-/// Sees decoded request parts and encoded response parts (after the HTTP codec): tells `ConnectionTimer` where
-/// requests and responses end, and answers decoder errors in the fal error shape (400, or 431 for a head too
-/// large) in place of NIO's `HTTPServerProtocolErrorHandler`, whose bare 400 has no body.
-final class HTTPPartsTap: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let timer: ConnectionTimer
-    private let maxURLBytes: Int
-    /// Told of each response end, so that the fast lane knows when NIO owes no response.
-    private let ledger: SlowPathLedger?
-    private var responding = false
-    /// A head was refused (431/414): the connection is closing, and the rest of the request goes nowhere.
-    private var refused = false
-
-    init(timer: ConnectionTimer, maxURLBytes: Int, ledger: SlowPathLedger? = nil) {
-        self.timer = timer
-        self.maxURLBytes = maxURLBytes
-        self.ledger = ledger
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !refused else { return }
-        switch Self.unwrapInboundIn(data) {
-        case .head(let head):
-            guard timer.headReceived(head) else {
-                refused = true
-                return
-            }
-            guard head.uri.utf8.count <= maxURLBytes else {
-                refused = true
-                timer.reject(.uriTooLong(limit: maxURLBytes))
-                return
-            }
-        case .body:
-            break
-        case .end:
-            timer.requestEnded()
-        }
-        context.fireChannelRead(data)
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch Self.unwrapOutboundIn(data) {
-        case .head(let head) where head.status.code >= 200:
-            responding = true
-        case .end:
-            responding = false
-            context.write(data, promise: promise)
-            ledger?.answered += 1
-            timer.responseEnded()
-            return
-        default:
-            break
-        }
-        context.write(data, promise: promise)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard let parserError = error as? HTTPParserError else {
-            context.fireErrorCaught(error)
-            return
-        }
-        // Any parser error is fatal; answer only if no response has begun (else the bytes would interleave).
-        if !responding {
-            switch parserError {
-            case .headerOverflow:
-                // llhttp's own cap is above any head the configuration allows: the configured limit is the one
-                // a client must stay under.
-                timer.reject(.headersTooLarge(limit: timer.maxHeaderBytes))
-            case .invalidURL:
-                timer.reject(.badRequest("The request target is not a valid URL", type: "bad_request"))
-            default:
-                timer.reject(.badRequest("Malformed HTTP request: \(parserError)", type: "bad_request"))
-            }
-        }
-        context.fireErrorCaught(error)
-    }
-}
-
-/// Caps open connections in total and per client address. Accepting beyond a cap costs one answer: the connection
-/// is served a 503 in the fal error shape and closed.
-public final class ConnectionLimiter: Sendable {
-    public let maxTotal: Int
-    public let maxPerAddress: Int
-    private let state = Mutex<(total: Int, perAddress: [String: Int])>((0, [:]))
-
-    public init(maxTotal: Int, maxPerAddress: Int) {
-        self.maxTotal = maxTotal
-        self.maxPerAddress = maxPerAddress
-    }
-
-    /// Admits a connection from `address`, or says why not. An admitted connection must be `release`d once.
-    public func admit(_ address: String) -> FalError? {
-        state.withLock { state in
-            if state.total >= maxTotal {
-                return .unavailable(
-                    "The relay is at its connection limit (\(maxTotal)); retry shortly",
-                    type: "too_many_connections"
-                )
-            }
-            let mine = state.perAddress[address, default: 0]
-            if mine >= maxPerAddress {
-                return .unavailable(
-                    "Too many connections from your address (limit \(maxPerAddress))",
-                    type: "too_many_connections"
-                )
-            }
-            state.total += 1
-            state.perAddress[address] = mine + 1
-            return nil
-        }
-    }
-
-    public func release(_ address: String) {
-        state.withLock { state in
-            state.total -= 1
-            let left = state.perAddress[address, default: 1] - 1
-            state.perAddress[address] = left > 0 ? left : nil
-        }
-    }
-
-    public var open: Int { state.withLock { $0.total } }
 }

@@ -3,9 +3,9 @@ import Testing
 
 @testable import RelayHTTP
 
-@Suite struct ConnectionClockTests {
+@Suite struct ConnectionStateMachineTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
-    let limits = ConnectionClock.Limits(
+    let limits = ConnectionStateMachine.Limits(
         headerTimeout: .seconds(10),
         idleTimeout: .seconds(75),
         bodyTimeout: .seconds(30),
@@ -13,7 +13,7 @@ import Testing
     )
 
     @Test func aNewConnectionMustSendItsHeadWithinTheHeaderTimeoutFromConnect() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         #expect(clock.deadline?.0 == start + .seconds(10))
         #expect(clock.deadline?.1 == .header)
         // Dribbling bytes does not extend the first request's deadline (slowloris).
@@ -30,7 +30,7 @@ import Testing
     }
 
     @Test func aCompleteRequestHasNoDeadlineWhileTheResponseRuns() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         _ = clock.bytesArrived(100, now: start)
         do {
             let ok = clock.headReceived(headBytes: 100, now: start + .seconds(1))
@@ -42,7 +42,7 @@ import Testing
     }
 
     @Test func keepAliveIdleThenANewHeadDeadlineFromItsFirstByte() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         _ = clock.headReceived(headBytes: 100, now: start)
         clock.requestEnded()
         clock.responseEnded(now: start + .seconds(2))
@@ -56,7 +56,7 @@ import Testing
     }
 
     @Test func aStalledBodyExpiresButAFlowingOneDoesNot() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         _ = clock.headReceived(headBytes: 100, now: start)
         #expect(clock.deadline?.1 == .body)
         for second in stride(from: 20, through: 200, by: 20) {
@@ -67,14 +67,14 @@ import Testing
     }
 
     @Test func headSizeIsCheckedExactlyAtTheHeadAndRoughlyWhileStreaming() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         do {
             let ok = clock.headReceived(headBytes: 1001, now: start)
             #expect(!ok)
         }
-        var streaming = ConnectionClock(limits: limits, now: start)
+        var streaming = ConnectionStateMachine(limits: limits, now: start)
         do {
-            let ok = streaming.bytesArrived(1000 + ConnectionClock.bodySlack, now: start)
+            let ok = streaming.bytesArrived(1000 + ConnectionStateMachine.bodySlack, now: start)
             #expect(ok)
         }
         do {
@@ -84,7 +84,7 @@ import Testing
     }
 
     @Test func pipelinedBytesStartTheNextHeadWhenTheResponseEnds() {
-        var clock = ConnectionClock(limits: limits, now: start)
+        var clock = ConnectionStateMachine(limits: limits, now: start)
         _ = clock.headReceived(headBytes: 100, now: start)
         clock.requestEnded()
         do {
@@ -106,6 +106,23 @@ import Testing
         limiter.release("10.0.0.1")
         #expect(limiter.admit("10.0.0.1") == nil)
         #expect(limiter.open == 3)
+    }
+
+    @Test func aVerdictIsGivenOnceAndForwardedResponsesAreCounted() {
+        var clock = ConnectionStateMachine(limits: limits, now: start)
+        #expect(clock.owesNoResponse)
+        clock.requestForwarded()
+        #expect(!clock.owesNoResponse && clock.requestsForwarded == 1)
+        clock.responseStarted()
+        #expect(clock.isResponding)
+        clock.responseEnded(now: start, forwarded: true)
+        #expect(clock.owesNoResponse && !clock.isResponding)
+        // A response the fast lane wrote owes nothing to NIO's count.
+        clock.responseEnded(now: start)
+        #expect(clock.owesNoResponse)
+        let first = clock.close()
+        let second = clock.close()
+        #expect(first && !second && clock.isClosing)
     }
 }
 
