@@ -126,6 +126,8 @@ public struct RelayApplication: Sendable {
             aliases: uploadAliases,
             maxBytes: config.maxUploadBytes,
             tokenSeconds: config.uploadTokenSeconds,
+            multipartLimits: MultipartUploadLimits(totalBytes: config.maxMultipartUploadBytes),
+            threadPool: threadPool,
             publicOrigin: { publicOrigin.value }
         )
 
@@ -363,19 +365,10 @@ public struct RelayApplication: Sendable {
         return policy
     }
 
+    /// `--catalog` when given, else the catalog built into the binary (Config/models.json when it was built), so the
+    /// relay serves its models from any working directory.
     private func loadCatalog(logger: Logger) throws(ConfigurationError) -> ModelCatalog {
-        guard let path = configuration.catalogPath else {
-            logger.warning("no model catalog configured (--catalog): every model is unknown")
-            return ModelCatalog(models: [])
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigurationError("cannot read model catalog \(path)")
-        }
-        do {
-            return try ModelCatalog(json: [UInt8](data))
-        } catch {
-            throw ConfigurationError("model catalog \(path): \(error.description)")
-        }
+        try EmbeddedCatalog.catalog(orFileAt: configuration.catalogPath)
     }
 
     /// The configured certificate, or the development CA's (made at first start).

@@ -1,6 +1,6 @@
 public import Foundation
 public import Logging
-public import RelayCore
+import RelayCore
 
 /// Everything `media-relay serve` can be told, with the built-in defaults.
 ///
@@ -60,6 +60,8 @@ public struct RelayConfiguration: Sendable {
     public var maxUploadBytes = 100 * 1024 * 1024
     /// Lifetime of storage tokens and signed upload URLs, 10...3600 s.
     public var uploadTokenSeconds = 3600
+    /// The whole of one multipart upload (fal's clients switch to multipart above 90–100 MB).
+    public var maxMultipartUploadBytes = 1 << 30
     /// DNS names the development certificate covers besides `localhost` (e.g. `rest.fal.ai,v3.fal.media`).
     public var tlsExtraNames: [String] = []
     public var requestRetentionSeconds = 3600.0
@@ -180,6 +182,12 @@ public struct RelayConfiguration: Sendable {
             config,
             value throws(ConfigurationError) in
             config.maxUploadBytes = try integer(value, "max_upload_bytes", 1024...(1 << 40))
+        },
+        Setting(
+            name: "max_multipart_upload_bytes",
+            help: "largest multipart upload in all (413 beyond), default 1073741824"
+        ) { config, value throws(ConfigurationError) in
+            config.maxMultipartUploadBytes = try integer(value, "max_multipart_upload_bytes", 1024...(1 << 42))
         },
         Setting(name: "upload_token_seconds", help: "lifetime of storage tokens and signed upload URLs, default 3600") {
             config,

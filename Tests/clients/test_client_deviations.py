@@ -70,11 +70,6 @@ def catalog_ids():
         return [model["id"] for model in json.load(file)["models"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RelayApplication.loadCatalog must fall back to EmbeddedCatalog (try EmbeddedCatalog.catalog(orFileAt: "
-    "configuration.catalogPath)); RelayApplication.swift belongs to another change",
-)
 def test_the_binary_serves_its_built_in_catalog_from_any_directory():
     with tempfile.TemporaryDirectory(prefix="media-relay-elsewhere-") as cwd:
         process, port, output = start_elsewhere(cwd)
