@@ -1,5 +1,5 @@
 public import NIOPosix
-public import RelayCore
+import RelayCore
 public import RelayJobs
 import RelayMedia
 public import RelayStore
