@@ -35,12 +35,12 @@ extension JSONValue {
 
 /// A recursive-descent JSON parser over a byte buffer; one instance parses one document.
 struct JSONParser {
-    private let bytes: UnsafeRawBufferPointer
-    private let maxDepth: Int
-    private var position = 0
-    private var depth = 0
+    let bytes: UnsafeRawBufferPointer
+    let maxDepth: Int
+    var position = 0
+    var depth = 0
     /// Reused for strings with escapes, so unescaping does not allocate per string.
-    private var scratch: [UInt8] = []
+    var scratch: [UInt8] = []
 
     init(bytes: UnsafeRawBufferPointer, maxDepth: Int) {
         self.bytes = bytes
@@ -62,7 +62,7 @@ struct JSONParser {
 
     // MARK: - Values
 
-    private mutating func parseValue() throws(JSONError) -> JSONValue {
+    mutating func parseValue() throws(JSONError) -> JSONValue {
         guard position < bytes.count else {
             throw JSONError(.unexpectedEnd, at: position, "unexpected end of input: expected a value")
         }
@@ -103,7 +103,7 @@ struct JSONParser {
         }
     }
 
-    private mutating func expectLiteral(_ literal: StaticString) throws(JSONError) {
+    mutating func expectLiteral(_ literal: StaticString) throws(JSONError) {
         let start = position
         let count = literal.utf8CodeUnitCount
         let matches = literal.withUTF8Buffer { expected in
@@ -115,14 +115,14 @@ struct JSONParser {
         position += count
     }
 
-    private mutating func enterContainer() throws(JSONError) {
+    mutating func enterContainer() throws(JSONError) {
         depth += 1
         guard depth <= maxDepth else {
             throw JSONError(.tooDeep, at: position, "arrays and objects nested deeper than \(maxDepth) levels")
         }
     }
 
-    private mutating func parseArray() throws(JSONError) -> JSONValue {
+    mutating func parseArray() throws(JSONError) -> JSONValue {
         let open = position
         try enterContainer()
         position += 1
@@ -164,7 +164,7 @@ struct JSONParser {
         }
     }
 
-    private mutating func parseObject() throws(JSONError) -> JSONValue {
+    mutating func parseObject() throws(JSONError) -> JSONValue {
         let open = position
         try enterContainer()
         position += 1
@@ -245,7 +245,7 @@ struct JSONParser {
     // MARK: - Strings
 
     /// Parses a string starting at its opening quote.
-    private mutating func parseString() throws(JSONError) -> String {
+    mutating func parseString() throws(JSONError) -> String {
         let open = position
         var index = position + 1
         var usesScratch = false
@@ -290,7 +290,7 @@ struct JSONParser {
     }
 
     /// Appends the character escaped at `index` (a backslash) to `scratch`; returns the index after the escape.
-    private mutating func unescape(at index: Int) throws(JSONError) -> Int {
+    mutating func unescape(at index: Int) throws(JSONError) -> Int {
         guard index + 1 < bytes.count else {
             throw JSONError(.unexpectedEnd, at: index, "unexpected end of input inside an escape")
         }
@@ -322,7 +322,7 @@ struct JSONParser {
     }
 
     /// Decodes `\uXXXX`, or a `\uD8xx\uDCxx` surrogate pair, at `index`.
-    private mutating func unescapeUnicode(at index: Int) throws(JSONError) -> Int {
+    mutating func unescapeUnicode(at index: Int) throws(JSONError) -> Int {
         let unit = try hexQuad(at: index + 2, escapeAt: index)
         switch unit {
         case 0xD800...0xDBFF:
@@ -358,7 +358,7 @@ struct JSONParser {
         }
     }
 
-    private func hexQuad(at index: Int, escapeAt escape: Int) throws(JSONError) -> UInt32 {
+    func hexQuad(at index: Int, escapeAt escape: Int) throws(JSONError) -> UInt32 {
         var value: UInt32 = 0
         for offset in 0..<4 {
             guard index + offset < bytes.count, let digit = Hex.value(bytes[index + offset]) else {
@@ -369,7 +369,7 @@ struct JSONParser {
         return value
     }
 
-    private mutating func appendUTF8(_ scalar: UInt32) {
+    mutating func appendUTF8(_ scalar: UInt32) {
         switch scalar {
         case 0..<0x80:
             scratch.append(UInt8(scalar))
@@ -390,7 +390,7 @@ struct JSONParser {
 
     /// Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, surrogates or values past
     /// U+10FFFF) that starts with the non-ASCII byte at `index`.
-    private func utf8SequenceLength(at index: Int) throws(JSONError) -> Int {
+    func utf8SequenceLength(at index: Int) throws(JSONError) -> Int {
         let lead = bytes[index]
         let length: Int
         var secondRange: ClosedRange<UInt8> = 0x80...0xBF
@@ -434,114 +434,9 @@ struct JSONParser {
         return length
     }
 
-    // MARK: - Numbers
-
-    /// Exactly representable powers of ten, for the fast path.
-    private static let powersOfTen: [Double] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
-        1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-    ]
-
-    private mutating func parseNumber() throws(JSONError) -> Double {
-        let start = position
-        var index = position
-        let negative = bytes[index] == UInt8(ascii: "-")
-        if negative { index += 1 }
-
-        // Digits accumulated while they fit; `exact` turns false once one does not.
-        var significand: UInt64 = 0
-        var exact = true
-        var exponent = 0
-
-        guard index < bytes.count, Self.isDigit(bytes[index]) else {
-            throw JSONError(.invalidNumber, at: index, "invalid number: expected a digit after '-'")
-        }
-        if bytes[index] == UInt8(ascii: "0") {
-            index += 1
-            if index < bytes.count, Self.isDigit(bytes[index]) {
-                throw JSONError(.invalidNumber, at: start, "invalid number: leading zeros are not allowed")
-            }
-        } else {
-            while index < bytes.count, Self.isDigit(bytes[index]) {
-                Self.accumulate(bytes[index], into: &significand, exact: &exact)
-                index += 1
-            }
-        }
-        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
-            index += 1
-            guard index < bytes.count, Self.isDigit(bytes[index]) else {
-                throw JSONError(.invalidNumber, at: index, "invalid number: expected a digit after the decimal point")
-            }
-            while index < bytes.count, Self.isDigit(bytes[index]) {
-                Self.accumulate(bytes[index], into: &significand, exact: &exact)
-                exponent -= 1
-                index += 1
-            }
-        }
-        if index < bytes.count, bytes[index] | 0x20 == UInt8(ascii: "e") {
-            index += 1
-            var exponentNegative = false
-            if index < bytes.count, bytes[index] == UInt8(ascii: "-") || bytes[index] == UInt8(ascii: "+") {
-                exponentNegative = bytes[index] == UInt8(ascii: "-")
-                index += 1
-            }
-            guard index < bytes.count, Self.isDigit(bytes[index]) else {
-                throw JSONError(.invalidNumber, at: index, "invalid number: expected a digit in the exponent")
-            }
-            var written = 0
-            while index < bytes.count, Self.isDigit(bytes[index]) {
-                // Saturate: past this the value is 0 or out of range whatever the digits.
-                if written < 1_000_000 { written = written * 10 + Int(bytes[index] - UInt8(ascii: "0")) }
-                index += 1
-            }
-            exponent += exponentNegative ? -written : written
-        }
-        position = index
-
-        if significand == 0 && exact {
-            return negative ? -0.0 : 0.0
-        }
-        // Clinger's fast path: significand and power of ten are both exact doubles, so one IEEE
-        // multiplication or division gives the correctly rounded result.
-        if exact, significand <= 1 << 53, exponent >= -22, exponent <= 22 {
-            let magnitude = Double(significand)
-            let value =
-                exponent < 0
-                ? magnitude / Self.powersOfTen[-exponent]
-                : magnitude * Self.powersOfTen[exponent]
-            return negative ? -value : value
-        }
-        // The standard library's conversion is correctly rounded for any length of input.
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
-        guard let value = Double(text) else {
-            throw JSONError(.invalidNumber, at: start, "invalid number")
-        }
-        guard value.isFinite else {
-            throw JSONError(
-                .numberOutOfRange,
-                at: start,
-                "number \(Self.abbreviated(text)) is out of range: magnitude above 1.7976931348623157e+308"
-            )
-        }
-        return value
-    }
-
-    private static func isDigit(_ byte: UInt8) -> Bool {
-        byte &- UInt8(ascii: "0") < 10
-    }
-
-    private static func accumulate(_ digit: UInt8, into significand: inout UInt64, exact: inout Bool) {
-        guard exact else { return }
-        guard significand < 1 << 59 else {
-            exact = false
-            return
-        }
-        significand = significand * 10 + UInt64(digit - UInt8(ascii: "0"))
-    }
-
     // MARK: - Helpers
 
-    private mutating func skipWhitespace() {
+    mutating func skipWhitespace() {
         while position < bytes.count {
             switch bytes[position] {
             case 0x20, 0x09, 0x0A, 0x0D: position += 1
@@ -551,7 +446,7 @@ struct JSONParser {
     }
 
     /// A byte named for an error message.
-    private func describe(_ index: Int) -> String {
+    func describe(_ index: Int) -> String {
         let byte = bytes[index]
         if byte > 0x20 && byte < 0x7F {
             return "'\(Character(Unicode.Scalar(byte)))'"
@@ -559,21 +454,21 @@ struct JSONParser {
         return "byte 0x\(Self.hex(byte))"
     }
 
-    private static func hex<T: BinaryInteger>(_ value: T) -> String {
+    static func hex<T: BinaryInteger>(_ value: T) -> String {
         let digits = String(value, radix: 16, uppercase: true)
         let width = T.self == UInt8.self ? 2 : 4
         return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 
     /// A key as JSON string syntax, shortened for error messages.
-    private static func quoted(_ key: String) -> String {
+    static func quoted(_ key: String) -> String {
         var output: [UInt8] = []
         JSONWriter.appendString(key, into: &output)
         let shown = String(decoding: output, as: UTF8.self)
         return abbreviated(shown)
     }
 
-    private static func abbreviated(_ text: String) -> String {
+    static func abbreviated(_ text: String) -> String {
         text.count <= 64 ? text : String(text.prefix(60)) + "…"
     }
 }
