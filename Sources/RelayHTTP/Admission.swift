@@ -111,6 +111,26 @@ extension RelayServices {
         return .refused(.rateLimited(rejection.detail), headers: rejection.headers)
     }
 
+    /// A watcher's place for the caller (an SSE status stream, a WebSocket), or the 429 when its tier's places are all
+    /// taken; no lease at all when rate limits are off. `take: false` only asks whether a place is free.
+    func watcherPlace(_ facts: RequestFacts, principal: Principal, take: Bool = true) -> Result<WatcherLease?, FalError>
+    {
+        guard let rateLimiter else { return .success(nil) }
+        let tier = RateLimitPolicy.Tier(principal)
+        if take, let lease = rateLimiter.acquireWatcher(principal: principal, clientIP: facts.clientIP) {
+            return .success(lease)
+        }
+        if !take, rateLimiter.hasWatcherPlace(principal: principal, clientIP: facts.clientIP) {
+            return .success(nil)
+        }
+        let cap = rateLimiter.policy.maxWatchers(for: tier) ?? 0
+        return .failure(
+            .rateLimited(
+                "Rate limit exceeded: \(cap) open watchers (status streams and sockets) for \(tier.rawValue) callers"
+            )
+        )
+    }
+
     /// A read of a request id that does not exist (or is not the caller's): charged to the caller's own `read`
     /// budget, so that guessing ids costs what any read costs. 429 once that is spent, else the 404.
     func unknownRequest(_ facts: RequestFacts, principal: Principal, id: String) -> PreparedResponse {

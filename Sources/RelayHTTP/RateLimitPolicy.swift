@@ -6,8 +6,8 @@
 /// | `submit` | caller (key, or address when anonymous) | a submission that starts upstream work | 20 / 100 / 500 / 2000 a minute by tier, burst a quarter of that |
 /// | `served` | caller | every submission, also those answered by the cache or by coalescing | 200 a second, burst 2000 |
 /// | `request` | request × caller | status, result and cancel of one request | 20 a second, burst 100 |
-/// | `watchers` | caller | open SSE status streams, at once | 200 / 2,000 / 10,000 / 50,000 by tier |
-/// | `read` | caller | tokens, opening a WebSocket, storage tokens, admin, and reads of request ids that do not exist | 20 a second, burst 100 |
+/// | `watchers` | caller | open SSE status streams and WebSockets, at once | 200 / 2,000 / 10,000 / 50,000 by tier |
+/// | `read` | caller | tokens, storage tokens, admin, and reads of request ids that do not exist | 20 a second, burst 100 |
 /// | (none) | | media files and upload aliases: immutable, content-addressed, one `sendfile` each | bounded by the connection caps |
 ///
 /// **Why.** A submission that starts work costs GPU time upstream: only those draw from the tier's quota. A
@@ -41,7 +41,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
         case served
         /// Reads of one request: its status, result and cancel, per request and caller.
         case requestReads = "request"
-        /// Everything else a caller reads: tokens, opening a WebSocket, storage tokens, admin, unknown request ids.
+        /// Everything else a caller reads: tokens, storage tokens, admin, unknown request ids.
         case reads = "read"
 
         /// The policy name in the `RateLimit-Policy` and `RateLimit` headers.
@@ -62,11 +62,11 @@ public struct RateLimitPolicy: Sendable, Hashable {
                 return nil
             case .status, .result, .cancel:
                 self = .requestReads
-            case .statusStream:
-                // Open streams are capped per caller (`watchers`), not by a rate: 2,000 browsers watching one job
-                // through one key open 2,000 streams at once.
+            case .statusStream, .webSocket, .realtime:
+                // Open streams and sockets are capped per caller (`watchers`), not by a rate: 2,000 browsers watching
+                // one job through one key open 2,000 of them at once.
                 return nil
-            case .tokens, .webSocket, .realtime, .admin, .storageToken:
+            case .tokens, .admin, .storageToken:
                 self = .reads
             case .uploadPut:
                 // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.

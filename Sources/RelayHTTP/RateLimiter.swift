@@ -145,6 +145,12 @@ public final class RateLimiter: Sendable {
         }
     }
 
+    /// Whether `principal` may open one more watcher now (nothing is taken).
+    public func hasWatcherPlace(principal: Principal, clientIP: String) -> Bool {
+        guard let cap = policy.maxWatchers(for: RateLimitPolicy.Tier(principal)) else { return true }
+        return watchers(principal: principal, clientIP: clientIP) < cap
+    }
+
     /// Watchers open now for `principal` (tests, statistics).
     public func watchers(principal: Principal, clientIP: String) -> Int {
         watching.withLock { $0[Self.subject(principal, clientIP: clientIP), default: 0] }

@@ -375,7 +375,7 @@ extension RelayHTTPServer {
     /// which answers with the reason (401, 404, 429 or 426). One upgrader per connection: the admission made when
     /// the upgrade is decided is the one the session is built from (the caller is charged once).
     static func webSocketUpgrader(services: RelayServices, scheme: String) -> NIOWebSocketServerUpgrader {
-        let admitted = Mutex<WebSocketTarget?>(nil)
+        let admitted = Mutex<(WebSocketTarget, WatcherLease?)?>(nil)
         return NIOWebSocketServerUpgrader(
             maxFrameSize: maxWebSocketMessageBytes,
             // Protocol errors reach WebSocketSessionHandler, which closes gracefully (close frame, half-close, drain)
@@ -383,7 +383,7 @@ extension RelayHTTPServer {
             automaticErrorHandling: false,
             shouldUpgrade: { channel, head in
                 guard
-                    case .success(let target) = WebSocketGate.admit(
+                    case .success(let admission) = WebSocketGate.admit(
                         head,
                         channel: channel,
                         scheme: scheme,
@@ -392,12 +392,12 @@ extension RelayHTTPServer {
                 else {
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
-                admitted.withLock { $0 = target }
+                admitted.withLock { $0 = admission }
                 return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    guard let target = admitted.withLock({ $0 }) else {
+                    guard let (target, lease) = admitted.withLock({ $0 }) else {
                         throw ChannelError.inappropriateOperationForState
                     }
                     let pipeline = channel.pipeline.syncOperations
@@ -408,7 +408,7 @@ extension RelayHTTPServer {
                             maxAccumulatedFrameSize: maxWebSocketMessageBytes
                         )
                     )
-                    try pipeline.addHandler(WebSocketSessionHandler(services: services, target: target))
+                    try pipeline.addHandler(WebSocketSessionHandler(services: services, target: target, lease: lease))
                 }
             }
         )

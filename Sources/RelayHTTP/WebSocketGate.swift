@@ -21,13 +21,14 @@ public enum WebSocketTarget: Sendable, Hashable {
 /// `fal_jwt_token` because browsers cannot set headers on a WebSocket; opening a socket is a read), then whether the
 /// route and model speak WebSocket at all.
 enum WebSocketGate {
-    /// Admits the upgrade request (charging its budget once) and says what the socket is for.
+    /// Admits the upgrade request (charging its budget once, and taking one of the caller's watcher places) and says
+    /// what the socket is for.
     static func admit(
         _ head: HTTPRequestHead,
         channel: any Channel,
         scheme: String,
         services: RelayServices
-    ) -> Result<WebSocketTarget, FalError> {
+    ) -> Result<(WebSocketTarget, WatcherLease?), FalError> {
         let host = head.headers.first(name: "host")
         let route = services.router.route(method: head.method, host: host, uri: head.uri)
         let facts = RequestFacts(
@@ -38,11 +39,17 @@ enum WebSocketGate {
             scheme: scheme,
             channel: channel
         )
+        let principal: Principal
         switch services.admit(facts, route: route) {
         case .refused(let error, _): return .failure(error)
-        case .admitted(let principal, _):
-            return target(of: route, uri: head.uri, services: services, admitted: principal)
+        case .admitted(let admitted, _): principal = admitted
         }
+        let target: WebSocketTarget
+        switch Self.target(of: route, uri: head.uri, services: services, admitted: principal) {
+        case .failure(let error): return .failure(error)
+        case .success(let found): target = found
+        }
+        return services.watcherPlace(facts, principal: principal).map { (target, $0) }
     }
 
     /// What an admitted caller's socket on `route` is for: 404 for a route or model without a WebSocket endpoint.

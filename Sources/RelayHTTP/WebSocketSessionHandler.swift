@@ -33,9 +33,13 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     private var closing = false
     private var rawFrames: ChannelHandlerContext?
 
-    init(services: RelayServices, target: WebSocketTarget) {
+    /// The caller's watcher place, given back when the socket goes.
+    private let lease: WatcherLease?
+
+    init(services: RelayServices, target: WebSocketTarget, lease: WatcherLease? = nil) {
         self.services = services
         self.target = target
+        self.lease = lease
     }
 
     private var principal: Principal { target.principal }
@@ -51,6 +55,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func handlerRemoved(context: ChannelHandlerContext) {
         stopPinging()
+        lease?.release()
         self.context = nil
     }
 
@@ -67,6 +72,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelInactive(context: ChannelHandlerContext) {
         stopPinging()
+        lease?.release()
         rawFrames = nil
         for (id, subscription) in subscriptions {
             subscription.request.job.unsubscribe(subscription.token)

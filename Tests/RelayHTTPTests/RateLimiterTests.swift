@@ -75,8 +75,9 @@ import Testing
         // Media is a CDN's job: not limited by default.
         #expect(RateLimitPolicy.Budget(route: .file(digest, fileExtension: "png")) == nil)
         #expect(RateLimitPolicy.Budget(route: .tokens) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .webSocket) == .reads)
-        #expect(RateLimitPolicy.Budget(route: .realtime(endpoint)) == .reads)
+        // Sockets take watcher places (a count), not a rate; realtime messages are charged as submissions.
+        #expect(RateLimitPolicy.Budget(route: .webSocket) == nil)
+        #expect(RateLimitPolicy.Budget(route: .realtime(endpoint)) == nil)
         for route in [Route.health, .ready, .metrics, .notFound, .methodNotAllowed] {
             #expect(RateLimitPolicy.Budget(route: route) == nil)
         }

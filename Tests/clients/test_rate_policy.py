@@ -191,3 +191,30 @@ def test_anonymous_callers_starting_work_are_limited(busy_relay):
     # A submission served without new work is still admitted: the first one again attaches to its job.
     again = httpx.post(f"{base(busy_relay)}/{MODEL}", json={"prompt": "anonymous work 0", "image_size": "square", "seed": 0})
     assert again.status_code == 200 and again.headers["x-relay-cache"] in ("coalesced", "hit")
+
+
+def test_websockets_take_watcher_places_too(busy_relay):
+    """A socket watching jobs is a watcher like an SSE stream: an anonymous address has 200 places in all, the next
+    upgrade is refused with fal's 429, and a socket that closes gives its place back."""
+    import contextlib
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = f"ws://127.0.0.1:{busy_relay.http_port}/ws"
+    with contextlib.ExitStack() as sockets:
+        opened = [sockets.enter_context(connect(url, open_timeout=30)) for _ in range(200)]
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(url, open_timeout=30):
+                pass
+        assert refused.value.response.status_code == 429
+        assert b"open watchers" in refused.value.response.body
+        opened[-1].close()
+        deadline = time.time() + 10
+        while True:
+            try:
+                sockets.enter_context(connect(url, open_timeout=30))
+                break
+            except InvalidStatus:
+                assert time.time() < deadline, "the closed socket's place did not come back"
+                time.sleep(0.05)

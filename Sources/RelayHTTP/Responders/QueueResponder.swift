@@ -92,15 +92,10 @@ extension RelayServices {
             return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
         }
         // Watchers are capped per caller by tier, not by a request rate.
-        var lease: WatcherLease?
-        if let rateLimiter {
-            let tier = RateLimitPolicy.Tier(request.principal)
-            lease = rateLimiter.acquireWatcher(principal: request.principal, clientIP: request.facts.clientIP)
-            guard lease != nil else {
-                let cap = rateLimiter.policy.maxWatchers(for: tier) ?? 0
-                let detail = "Rate limit exceeded: \(cap) open status streams for \(tier.rawValue) callers"
-                return request.error(.rateLimited(detail), requestID: id, extraHeaders: [("retry-after", "1")])
-            }
+        let lease: WatcherLease?
+        switch watcherPlace(request.facts, principal: request.principal) {
+        case .success(let place): lease = place
+        case .failure(let error): return request.error(error, requestID: id, extraHeaders: [("retry-after", "1")])
         }
         let stream = StatusStream(
             request: found,

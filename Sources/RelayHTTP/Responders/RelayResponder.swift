@@ -33,6 +33,9 @@ extension RelayServices {
             return respondSite(request)
         case .webSocket, .realtime:
             // Only requests the upgrader declined get here: say why.
+            if case .failure(let error) = watcherPlace(request.facts, principal: request.principal, take: false) {
+                return request.error(error, extraHeaders: [("retry-after", "1")])
+            }
             switch WebSocketGate.target(
                 of: request.route,
                 uri: request.facts.uri,
