@@ -22,7 +22,7 @@ extension RelayServices {
             case .success: return completeMultipart(request, id: id, uploads: uploads)
             }
         case .completeByURL:
-            guard let url = Self.jsonObject(request.body)?["upload_url"]?.stringValue,
+            guard let url = request.jsonObject?["upload_url"]?.stringValue,
                 case .signedComplete(let id, let token) = Router.signedCompletion(uploadURL: url)
             else {
                 return request.error(
@@ -104,19 +104,13 @@ extension RelayServices {
     /// `POST /storage/upload/initiate-multipart`: `{file_name, content_type}` → `{upload_url, file_url}`, the upload
     /// URL signed for this upload only.
     private func initiateMultipart(_ request: RouteRequest, uploads: UploadService) -> RouteAnswer {
-        guard let object = Self.jsonObject(request.body) else {
+        guard let object = request.jsonObject else {
             return request.error(.malformedJSON("expected {\"file_name\", \"content_type\"}"))
         }
         let fileName = object["file_name"]?.stringValue ?? "upload.bin"
         let contentType = object["content_type"]?.stringValue ?? "application/octet-stream"
         let id = UploadService.makeUploadID()
-        guard
-            let token = authenticator.issueToken(
-                for: request.principal,
-                apps: [UploadService.multipartScope(id)],
-                seconds: uploads.tokenSeconds
-            )
-        else {
+        guard let token = uploadToken(request, scope: UploadService.multipartScope(id), uploads: uploads) else {
             return request.error(.unauthorized("Uploads need an API key"))
         }
         let upload = uploads.startMultipart(
@@ -195,15 +189,9 @@ extension RelayServices {
         return .internalError("The upload could not be stored")
     }
 
-    static func jsonObject(_ body: ByteBuffer) -> JSONObject? {
-        guard body.readableBytes > 0 else { return JSONObject() }
-        let parsed = try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) }
-        return parsed?.objectValue
-    }
-
     /// The `parts` list of a completion; nil when it is not one.
     static func listedParts(_ body: ByteBuffer) -> [(number: Int, etag: String)]? {
-        guard body.readableBytes > 0, let list = jsonObject(body)?["parts"]?.arrayValue else { return nil }
+        guard body.readableBytes > 0, let list = RouteRequest.jsonObject(body)?["parts"]?.arrayValue else { return nil }
         var parts: [(number: Int, etag: String)] = []
         for entry in list {
             guard let object = entry.objectValue, let number = object["partNumber"]?.intValue,

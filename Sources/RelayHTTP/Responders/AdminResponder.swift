@@ -10,9 +10,7 @@ extension RelayServices {
             stats["cache"] = .object(admin.cacheStatistics())
             return request.json(.object(stats), extraHeaders: [("cache-control", "no-store")])
         case .drain:
-            let body =
-                (try? request.body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) })
-                ?? [:]
+            let body = request.jsonObject ?? [:]
             let shutdown = body["shutdown"]?.boolValue ?? false
             readiness.set(false)
             admin.drain(shutdown)

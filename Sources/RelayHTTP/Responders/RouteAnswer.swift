@@ -18,6 +18,15 @@ struct RouteRequest {
 
     var isHead: Bool { facts.isHead }
 
+    /// A small JSON body as an object: `{}` when there is none, nil when it is not a JSON object.
+    var jsonObject: JSONObject? { Self.jsonObject(body) }
+
+    static func jsonObject(_ body: ByteBuffer) -> JSONObject? {
+        guard body.readableBytes > 0 else { return [:] }
+        return (try? body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) })?
+            .objectValue
+    }
+
     /// A fal-shaped error for this request.
     func error(_ error: FalError, requestID: String? = nil, extraHeaders: [(String, String)] = []) -> RouteAnswer {
         .response(PreparedResponse(error: error, requestID: requestID, extraHeaders: extraHeaders, isHead: isHead))

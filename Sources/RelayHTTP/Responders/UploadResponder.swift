@@ -21,13 +21,7 @@ extension RelayServices {
     /// `POST /storage/auth/token`: a Bearer token for v3 uploads, valid `tokenSeconds`.
     private func storageToken(_ request: RouteRequest, uploads: UploadService) -> RouteAnswer {
         let expiresAt = UploadService.expiry(now: .now(), seconds: uploads.tokenSeconds)
-        guard
-            let token = authenticator.issueToken(
-                for: request.principal,
-                apps: [UploadService.storageScope],
-                seconds: uploads.tokenSeconds
-            )
-        else {
+        guard let token = uploadToken(request, scope: UploadService.storageScope, uploads: uploads) else {
             return request.error(.unauthorized("Storage tokens need an API key"))
         }
         return request.json(
@@ -37,22 +31,12 @@ extension RelayServices {
 
     /// `POST /storage/upload/initiate`: `{file_name, content_type}` → `{upload_url, file_url}`.
     private func initiate(_ request: RouteRequest, uploads: UploadService) -> RouteAnswer {
-        let parsed =
-            request.body.readableBytes == 0
-            ? JSONValue.object([:])
-            : (try? request.body.withUnsafeReadableBytes { bytes throws(JSONError) in try JSONValue(parsing: bytes) })
-        guard let object = parsed?.objectValue else {
+        guard let object = request.jsonObject else {
             return request.error(.malformedJSON("expected {\"file_name\", \"content_type\"}"))
         }
         let fileName = object["file_name"]?.stringValue ?? "upload.bin"
         let id = UploadService.makeUploadID()
-        guard
-            let token = authenticator.issueToken(
-                for: request.principal,
-                apps: [UploadService.uploadScope(id)],
-                seconds: uploads.tokenSeconds
-            )
-        else {
+        guard let token = uploadToken(request, scope: UploadService.uploadScope(id), uploads: uploads) else {
             return request.error(.unauthorized("Uploads need an API key"))
         }
         return request.json(
@@ -62,5 +46,11 @@ extension RelayServices {
             ],
             extraHeaders: request.rateLimitHeaders
         )
+    }
+
+    /// A token signed for `scope` (storage, or one upload's signed URLs), valid `tokenSeconds`; nil for a caller who
+    /// may not have one (anonymous).
+    func uploadToken(_ request: RouteRequest, scope: String, uploads: UploadService) -> String? {
+        authenticator.issueToken(for: request.principal, apps: [scope], seconds: uploads.tokenSeconds)
     }
 }
