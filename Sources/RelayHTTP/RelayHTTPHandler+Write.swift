@@ -133,7 +133,7 @@ extension RelayHTTPHandler {
         }
         let channel = context.channel
         let ended = context.writeAndFlush(Self.wrapOutboundOut(.end(nil)))
-        if case .rejecting = state, statusStreamsTakeOver {
+        if case .rejecting = state, servesHTTP1 {
             // HTTP/1.1, answered before the body was read: the client may still be sending it.
             return LingeringCloseHandler.close(channel, after: ended)
         }

@@ -62,9 +62,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The route of the request being received, when `beginUpload` already computed it (dispatch reuses it).
     var routedRoute: Route?
 
-    /// HTTP/1.1: an SSE status stream takes the connection over (`StatusStreamHandler`) instead of streaming through
-    /// the HTTP handlers. HTTP/2 streams share their connection, so they stream here.
-    let statusStreamsTakeOver: Bool
+    /// The connection is HTTP/1.1 (not an HTTP/2 stream): an SSE status stream takes it over (`StatusStreamHandler`),
+    /// and an answer given before a body was read lingers before closing (`LingeringCloseHandler`). HTTP/2 streams
+    /// share their connection, so they stream here and close only themselves.
+    let servesHTTP1: Bool
     /// Told when a status stream takes the connection over (it counts as an SSE connection from then on).
     let connectionKind: ConnectionKindTracker?
 
@@ -73,14 +74,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         scheme: String,
         refusal: FalError? = nil,
         accessLog: AccessLogHandler? = nil,
-        statusStreamsTakeOver: Bool = false,
+        servesHTTP1: Bool = false,
         connectionKind: ConnectionKindTracker? = nil
     ) {
         self.services = services
         self.scheme = scheme
         self.refusal = refusal
         self.accessLog = accessLog
-        self.statusStreamsTakeOver = statusStreamsTakeOver
+        self.servesHTTP1 = servesHTTP1
         self.connectionKind = connectionKind
     }
 
@@ -279,7 +280,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .follow(let follow):
             switch follow.kind {
             case .statusStream(let stream):
-                if statusStreamsTakeOver {
+                if servesHTTP1 {
                     return takeOver(stream, context: context)
                 }
                 begin(.statusStream(stream), after: stream.after, context: context, keepAlive: keepAlive)

@@ -314,7 +314,7 @@ public final class RelayHTTPServer: Service, Sendable {
             scheme: scheme,
             refusal: refusal,
             accessLog: accessLog,
-            statusStreamsTakeOver: true,
+            servesHTTP1: true,
             connectionKind: kind
         )
         let tap = HTTPPartsTap(timer: timer, maxURLBytes: services.limits.maxURLBytes)

@@ -83,7 +83,7 @@ struct JobFollow {
     var kind: Kind
 }
 
-/// A media file a client asked for, and who pays for it (the reads budget is charged by admission already).
+/// A media file a client asked for: which blob, served as which media type.
 struct MediaFileRequest {
     var digest: Digest128
     var mediaType: MediaType
