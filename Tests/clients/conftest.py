@@ -1,4 +1,5 @@
 """Starts a real media-relay on free loopback ports and points the official fal client at it (PROTOCOL.md §10)."""
+import contextlib
 import importlib
 import os
 import re
@@ -77,16 +78,23 @@ class Relay:
                 self.process.wait(5)
 
 
-@pytest.fixture(scope="session")
-def relay():
-    with tempfile.TemporaryDirectory(prefix="media-relay-test-") as data_dir:
-        server = Relay(data_dir)
+@contextlib.contextmanager
+def started_relay(prefix, extra_args=()):
+    """A relay of a test module's own, in a data directory of its own; it must exit cleanly on SIGTERM."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as data_dir:
+        server = Relay(data_dir, extra_args=extra_args)
         try:
             yield server
         finally:
             server.stop()
             code = server.process.returncode
             assert code == 0, f"relay exited with {code} on SIGTERM:\n" + "".join(server.output[-40:])
+
+
+@pytest.fixture(scope="session")
+def relay():
+    with started_relay("media-relay-test-") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

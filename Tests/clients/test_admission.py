@@ -3,25 +3,20 @@ a client cannot set headers) and budgets apply the same over HTTP, /ws and realt
 import json
 import socket
 import ssl
-import tempfile
 
 import httpx
 import msgpack
 import pytest
 from websockets.sync.client import connect
 
-from conftest import Relay
+from conftest import started_relay
 
 
 @pytest.fixture(scope="module")
 def own_relay():
     """A relay of this module's own: the tests spend the anonymous submissions budget of 127.0.0.1."""
-    with tempfile.TemporaryDirectory(prefix="media-relay-admission-") as data_dir:
-        server = Relay(data_dir)
-        try:
-            yield server
-        finally:
-            server.stop()
+    with started_relay("media-relay-admission-") as server:
+        yield server
 
 
 def tls(relay):

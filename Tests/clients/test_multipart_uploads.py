@@ -4,25 +4,19 @@ and both flows by hand (v3 multipart; initiate-multipart as fal-js sends it), wi
 import hashlib
 import os
 import ssl
-import tempfile
 import time
 
 import httpx
 import pytest
 
-from conftest import Relay
+from conftest import started_relay
 from test_uploads import FAL_HOSTS, MiB, ConnectProxy, fal_client_module, key_headers, raw_request, storage_token  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def relay():
-    with tempfile.TemporaryDirectory(prefix="media-relay-multipart-") as data_dir:
-        server = Relay(data_dir, extra_args=("--tls-extra-names", ",".join(FAL_HOSTS)))
-        try:
-            yield server
-        finally:
-            server.stop()
-            assert server.process.returncode == 0, "".join(server.output[-40:])
+    with started_relay("media-relay-multipart-", ("--tls-extra-names", ",".join(FAL_HOSTS))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -223,55 +217,34 @@ def test_complete_multipart_by_name_with_the_upload_url(http, relay):
 
 
 def test_a_part_over_the_part_limit_is_413():
-    with tempfile.TemporaryDirectory(prefix="media-relay-multipart-cap-") as data_dir:
-        server = Relay(data_dir, extra_args=("--max-upload-bytes", str(MiB)))
-        try:
-            with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as http:
-                token = storage_token(http, server)["token"]
-                access_url, upload_id = create(http, server, token)
-                base = f"{access_url}/multipart/{upload_id}"
-                auth = {"Authorization": f"Bearer {token}"}
-                assert put_part(http, base, 1, os.urandom(MiB), auth).status_code == 200
-                # Refused before the body is read: sent by hand, as a client that waits for the answer.
-                path = httpx.URL(base).path
-                head = (f"PUT {path}/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-                        f"Content-Length: {MiB + 1}\r\n\r\n")
-                over = raw_request(server.http_port, head)
-                assert over.startswith(b"HTTP/1.1 413") and b"payload_too_large" in over, over[:300]
-                wait_until(lambda: len(tmp_files(server)) == 1)  # only part 1
-        finally:
-            server.stop()
+    with started_relay("media-relay-multipart-cap-", ("--max-upload-bytes", str(MiB))) as server:
+        with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as http:
+            token = storage_token(http, server)["token"]
+            access_url, upload_id = create(http, server, token)
+            base = f"{access_url}/multipart/{upload_id}"
+            auth = {"Authorization": f"Bearer {token}"}
+            assert put_part(http, base, 1, os.urandom(MiB), auth).status_code == 200
+            # Refused before the body is read: sent by hand, as a client that waits for the answer.
+            path = httpx.URL(base).path
+            head = (f"PUT {path}/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                    f"Content-Length: {MiB + 1}\r\n\r\n")
+            over = raw_request(server.http_port, head)
+            assert over.startswith(b"HTTP/1.1 413") and b"payload_too_large" in over, over[:300]
+            wait_until(lambda: len(tmp_files(server)) == 1)  # only part 1
 
 
-def relay_has_setting(flag):
-    import subprocess
-
-    from conftest import BINARY
-
-    shown = subprocess.run([BINARY, "serve", "--help"], capture_output=True, text=True, timeout=30)
-    return flag in shown.stdout + shown.stderr
-
-
-@pytest.mark.skipif(
-    not relay_has_setting("--max-multipart-upload-bytes"),
-    reason="the total cap's setting is not wired into the relay's configuration yet (UploadService multipartLimits)",
-)
 def test_an_upload_over_the_total_cap_is_413_and_keeps_its_parts():
-    with tempfile.TemporaryDirectory(prefix="media-relay-multipart-total-") as data_dir:
-        server = Relay(data_dir, extra_args=("--max-multipart-upload-bytes", str(3 * MiB)))
-        try:
-            with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as http:
-                token = storage_token(http, server)["token"]
-                access_url, upload_id = create(http, server, token)
-                base = f"{access_url}/multipart/{upload_id}"
-                auth = {"Authorization": f"Bearer {token}"}
-                chunks = [os.urandom(MiB) for _ in range(3)]
-                etags = [put_part(http, base, n + 1, chunk, auth).headers["etag"] for n, chunk in enumerate(chunks)]
-                over = put_part(http, base, 4, b"1", auth)  # 3 MiB + 1: answered after its body, on a live connection
-                assert over.status_code == 413 and over.json()["error_type"] == "payload_too_large", over.text
-                listed = [{"partNumber": n + 1, "etag": etag} for n, etag in enumerate(etags)]
-                done = http.post(f"{base}/complete", json={"parts": listed}, headers=auth)
-                assert done.status_code == 200, done.text
-                assert http.get(access_url).content == b"".join(chunks)
-        finally:
-            server.stop()
+    with started_relay("media-relay-multipart-total-", ("--max-multipart-upload-bytes", str(3 * MiB))) as server:
+        with httpx.Client(verify=ssl.create_default_context(cafile=server.ca), timeout=30) as http:
+            token = storage_token(http, server)["token"]
+            access_url, upload_id = create(http, server, token)
+            base = f"{access_url}/multipart/{upload_id}"
+            auth = {"Authorization": f"Bearer {token}"}
+            chunks = [os.urandom(MiB) for _ in range(3)]
+            etags = [put_part(http, base, n + 1, chunk, auth).headers["etag"] for n, chunk in enumerate(chunks)]
+            over = put_part(http, base, 4, b"1", auth)  # 3 MiB + 1: answered after its body, on a live connection
+            assert over.status_code == 413 and over.json()["error_type"] == "payload_too_large", over.text
+            listed = [{"partNumber": n + 1, "etag": etag} for n, etag in enumerate(etags)]
+            done = http.post(f"{base}/complete", json={"parts": listed}, headers=auth)
+            assert done.status_code == 200, done.text
+            assert http.get(access_url).content == b"".join(chunks)

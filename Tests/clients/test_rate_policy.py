@@ -1,16 +1,14 @@
 """The rate-limit policy with the relay's defaults, as apps use a relay: one backend key with many requests in flight,
 a viral prompt, many watchers of one job, media fetched like a CDN's, and anonymous callers starting work."""
 import asyncio
-import json
 import socket
 import subprocess
-import tempfile
 import time
 
 import httpx
 import pytest
 
-from conftest import BINARY, Relay
+from conftest import BINARY, started_relay
 
 MODEL = "fal-ai/flux/schnell"
 
@@ -18,17 +16,13 @@ MODEL = "fal-ai/flux/schnell"
 @pytest.fixture(scope="module")
 def busy_relay():
     """Default limits; jobs that take long enough to stay in flight while a test reads them (2 slots, slow steps)."""
-    with tempfile.TemporaryDirectory(prefix="media-relay-policy-") as data_dir:
-        server = Relay(data_dir, extra_args=("--synthetic-time-scale", "20", "--enterprise-rpm", "100000"))
+    with started_relay("media-relay-policy-", ("--synthetic-time-scale", "20", "--enterprise-rpm", "100000")) as server:
         enterprise = subprocess.run(
-            [BINARY, "keys", "create", "--tier", "enterprise", "--data-dir", data_dir],
+            [BINARY, "keys", "create", "--tier", "enterprise", "--data-dir", server.data_dir],
             check=True, capture_output=True, text=True, timeout=60,
         )
         server.enterprise_key = enterprise.stdout.strip().splitlines()[-1]
-        try:
-            yield server
-        finally:
-            server.stop()
+        yield server
 
 
 def base(relay):

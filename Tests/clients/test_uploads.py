@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Relay
+from conftest import Relay, started_relay
 
 MiB = 1024 * 1024
 FAL_HOSTS = ("rest.fal.ai", "v3.fal.media")
@@ -26,13 +26,10 @@ FAL_HOSTS = ("rest.fal.ai", "v3.fal.media")
 
 @pytest.fixture(scope="module")
 def relay():
-    with tempfile.TemporaryDirectory(prefix="media-relay-uploads-") as data_dir:
-        server = Relay(data_dir, extra_args=("--tls-extra-names", ",".join(FAL_HOSTS), "--body-timeout-seconds", "2"))
-        try:
-            yield server
-        finally:
-            server.stop()
-            assert server.process.returncode == 0, "".join(server.output[-40:])
+    with started_relay(
+        "media-relay-uploads-", ("--tls-extra-names", ",".join(FAL_HOSTS), "--body-timeout-seconds", "2")
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
