@@ -4,7 +4,7 @@
 SWIFT        ?= swift
 PYTHON       ?= python3
 APT_BUILD    := pkg-config liblz4-dev libxxhash-dev zlib1g-dev
-APT_TEST     := curl openssl lz4 chromium chromium-driver
+APT_TEST     := curl openssl lz4 chromium chromium-driver postgresql nginx-light
 PIP_TEST     := fal-client==1.0.3 pytest selenium
 RELAY_FLAGS  ?=
 
