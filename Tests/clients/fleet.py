@@ -13,10 +13,10 @@ import json
 import os
 import re
 import shutil
+import select
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,6 +251,64 @@ class LoadBalancer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+class StorageProxy:
+    """An HTTP CONNECT proxy that tunnels fal's fixed storage hosts (rest.fal.ai, v3.fal.media, port 443) to the load
+    balancer's TLS port, and refuses anything else: fal_client.upload_file then reaches the fleet unmodified
+    (HTTPS_PROXY, which httpx honours). The load balancer's certificate covers those names."""
+
+    HOSTS = ("rest.fal.ai", "v3.fal.media")
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.tunnelled = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.tunnel, args=(client,), daemon=True).start()
+
+    def tunnel(self, client):
+        with client:
+            client.settimeout(30)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = client.recv(4096)
+                if not data:
+                    return
+                head += data
+            method, authority = head.split(b" ")[:2]
+            host, _, port = authority.decode().rpartition(":")
+            if method != b"CONNECT" or host not in self.HOSTS or port != "443":
+                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnelled.append(host)
+            with socket.create_connection(("127.0.0.1", self.target_port), timeout=30) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                sockets = [client, upstream]
+                while True:
+                    readable, _, _ = select.select(sockets, [], [], 30)
+                    if not readable:
+                        return
+                    for source in readable:
+                        data = source.recv(65536)
+                        if not data:
+                            return
+                        (upstream if source is client else client).sendall(data)
+
+    def close(self):
+        self.server.close()
 
 
 # ---- relay nodes --------------------------------------------------------------------------------------------------
@@ -554,91 +612,63 @@ def started_fleet(nodes=3, extra_args=(), node_args=None, time_scale="0.1", clus
         shutil.rmtree(root, ignore_errors=True)
 
 
-# ---- loadtest/cluster.sh entry point --------------------------------------------------------------------------------
+# ---- requests to one chosen node (the load balancer would choose for itself) ---------------------------------------
+
+APP = "fal-ai/flux"
 
 
-def submit_latencies(url, key, count, concurrency, seed_base, host=None):
-    """Submission latency in ms: `count` distinct seeded submissions of a quick model, `concurrency` at a time."""
-    latencies = []
-    lock = threading.Lock()
-    counter = iter(range(count))
-    errors = []
-
-    def worker():
-        headers = {"Authorization": f"Key {key}"}
-        if host:
-            headers["Host"] = host
-        with httpx.Client(timeout=30) as client:
-            while True:
-                with lock:
-                    number = next(counter, None)
-                if number is None:
-                    return
-                body = {"prompt": f"bench {seed_base}", "seed": seed_base + number, "image_size": "square"}
-                started = time.perf_counter()
-                response = client.post(f"{url}/fal-ai/flux/schnell", json=body, headers=headers)
-                elapsed = (time.perf_counter() - started) * 1000
-                with lock:
-                    if response.status_code == 200:
-                        latencies.append(elapsed)
-                    else:
-                        errors.append(response.status_code)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(600)
-    return latencies, errors
+def submit(fleet, node, body, model="fal-ai/flux/dev", key=None, params=None):
+    """POST to one node's queue API (its plain HTTP port; Host 127.0.0.1 is the queue host)."""
+    return httpx.post(f"{fleet.node_http(node)}/{model}", json=body, headers=fleet.headers(key), params=params,
+                      timeout=30)
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def status(fleet, node, request_id, logs=True, key=None):
+    return httpx.get(f"{fleet.node_http(node)}/{APP}/requests/{request_id}/status", params={"logs": int(logs)},
+                     headers=fleet.headers(key), timeout=30)
 
 
-def bench(fleet, count, concurrency):
-    """Submit latency: one node alone (no database) against the fleet through nginx and against one fleet node
-    directly (which isolates what the database adds from what nginx adds). Distinct seeds: every submission is a
-    miss, the case that talks to the database most."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="media-relay-single-") as single_root:
-        os.chmod(single_root, 0o755)
-        single = Fleet(single_root, nodes=1, cluster=False, load_balancer=False,
-                       extra_args=("--rate-limits", "off"))
-        try:
-            for name, url, key in (
-                ("single node (no database)", single.node_http(0), single.key),
-                ("fleet node, direct", fleet.node_http(0), fleet.key),
-                ("fleet through nginx", fleet.lb_http, fleet.key),
-            ):
-                submit_latencies(url, key, 50, concurrency, seed_base=hash(name) % 1_000_000, host="127.0.0.1")
-                latencies, errors = submit_latencies(
-                    url, key, count, concurrency, seed_base=10_000_000 + hash(name) % 1_000_000, host="127.0.0.1"
-                )
-                if not latencies:
-                    raise SystemExit(f"{name}: every submission failed: {collections.Counter(errors)}")
-                rows.append((name, statistics.median(latencies), percentile(latencies, 0.99), len(errors)))
-        finally:
-            single.close()
-    base_p50, base_p99 = rows[0][1], rows[0][2]
-    print(f"\nsubmit latency, {count} misses each, {concurrency} at a time (ms):")
-    print(f"{'':28} {'p50':>8} {'p99':>8} {'p50 ×':>7} {'p99 ×':>7} {'p50 +ms':>8} errors")
-    for name, p50, p99, errors in rows:
-        print(f"{name:28} {p50:8.2f} {p99:8.2f} {p50 / base_p50:7.2f} {p99 / base_p99:7.2f} {p50 - base_p50:8.2f} {errors}")
+def result(fleet, node, request_id, key=None):
+    return httpx.get(f"{fleet.node_http(node)}/{APP}/requests/{request_id}", headers=fleet.headers(key), timeout=30)
+
+
+def wait_completed(fleet, node, request_id, timeout=60, key=None):
+    """Polls the status on `node` until COMPLETED; returns that status. Any answer but 200/202 fails at once."""
+
+    def completed():
+        answer = status(fleet, node, request_id, key=key)
+        assert answer.status_code in (200, 202), f"status on node {node}: {answer.status_code} {answer.text}"
+        return answer.json() if answer.json()["status"] == "COMPLETED" else None
+
+    return wait_for(completed, timeout, f"request {request_id} did not complete on node {node}")
+
+
+def read_events(response, limit=None):
+    """SSE events of a streaming httpx response as (id, data) pairs; stops after `limit` data events."""
+    events, event_id, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("id:"):
+            event_id = int(line[3:].strip())
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            events.append((event_id, json.loads("\n".join(data))))
+            event_id, data = None, []
+            if limit and len(events) >= limit:
+                break
+    return events
+
+
+# ---- loadtest/cluster.sh: a fleet until Ctrl-C --------------------------------------------------------------------
 
 
 def main():
+    """`python3 fleet.py [--nodes N] [--time-scale S] [-- relay flags]`: a fleet until Ctrl-C (loadtest/cluster.sh)."""
     parser = argparse.ArgumentParser(description="A local MediaRelay fleet: PostgreSQL, N relays, nginx in front.")
-    parser.add_argument("command", choices=("serve", "bench"))
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--time-scale", default="1")
-    parser.add_argument("--count", type=int, default=2000, help="bench: submissions per scenario")
-    parser.add_argument("--concurrency", type=int, default=8, help="bench: submissions in flight")
     options, extra = parser.parse_known_args()
     extra = [argument for argument in extra if argument != "--"]
-    if options.command == "bench":
-        extra = ["--rate-limits", "off", *extra]
     root = tempfile.mkdtemp(prefix="media-relay-cluster-")
     os.chmod(root, 0o755)
     stop = threading.Event()
@@ -659,15 +689,12 @@ def main():
         print(f"  export FAL_KEY={fleet.key}")
         print(f"  export FAL_QUEUE_RUN_HOST={fleet.queue_host} FAL_RUN_HOST={fleet.run_host}")
         print(f"  export SSL_CERT_FILE={fleet.ca}", flush=True)
-        if options.command == "bench":
-            bench(fleet, options.count, options.concurrency)
-        else:
-            print("Ctrl-C stops the fleet.", flush=True)
-            while not stop.wait(1):
-                for node in fleet.nodes:
-                    if not node.running():
-                        print(f"node {node.index} exited ({node.process.returncode}):\n{node.log()}", flush=True)
-                        return 1
+        print("Ctrl-C stops the fleet.", flush=True)
+        while not stop.wait(1):
+            for node in fleet.nodes:
+                if not node.running():
+                    print(f"node {node.index} exited ({node.process.returncode}):\n{node.log()}", flush=True)
+                    return 1
     finally:
         if fleet is not None:
             codes = fleet.close()
