@@ -135,8 +135,9 @@ def test_submit_status_result_by_id_on_every_node(fal, fleet):
     assert final["response_url"] == answer["response_url"], final
     outputs = []
     for node in (0, 1, 2):
-        done = status(fleet, node, request_id)
-        assert done.status_code == 200 and done.json()["status"] == "COMPLETED", f"node {node}: {done.text}"
+        # A node that follows the job sees the end a moment after the owner: a short wait, not an exact instant.
+        done = wait_completed(fleet, node, request_id, timeout=5)
+        assert status(fleet, node, request_id).status_code == 200, f"node {node}: {done}"
         fetched = result(fleet, node, request_id)
         assert fetched.status_code == 200, f"node {node}: {fetched.status_code} {fetched.text}"
         assert fetched.headers["content-type"].startswith("application/json")
@@ -283,8 +284,7 @@ def test_three_hundred_identical_submissions_over_the_fleet_are_one_generation(f
     codes = [answer.status_code for _, answer in answers]
     assert codes.count(200) == 300, {code: codes.count(code) for code in set(codes)}
     outcomes = [answer.headers["x-relay-cache"] for _, answer in answers]
-    assert outcomes.count("miss") == 1, {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
-    assert set(outcomes) <= {"miss", "coalesced", "hit"}, set(outcomes)
+    tally = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     ids = [(node, answer.json()["request_id"]) for node, answer in answers]
     assert len({request_id for _, request_id in ids}) == 300
     wait_completed(fleet, 0, ids[0][1])
@@ -312,14 +312,17 @@ def test_three_hundred_identical_submissions_over_the_fleet_are_one_generation(f
     failed = [answer.text for answer in fetched if answer.status_code != 200]
     assert not failed, f"{len(failed)} results failed, e.g. {failed[:3]}"
     assert len({answer.content for answer in fetched}) == 1, "the 300 results differ"
-    assert fleet.generations_started() - before == 1
+    generations = fleet.generations_started() - before
+    assert (generations, tally.get("miss")) == (1, 1), f"{generations} generations, outcomes {tally}"
+    assert set(outcomes) <= {"miss", "coalesced", "hit"}, tally
 
 
 def test_a_result_made_on_one_node_is_a_hit_and_its_media_is_on_every_node(fleet):
     body = {"prompt": unique("made on node zero"), "image_size": "square", "seed": 31}
     made = submit(fleet, 0, body)
     assert made.status_code == 200 and made.headers["x-relay-cache"] == "miss", made.headers
-    wait_completed(fleet, 0, made.json()["request_id"])
+    for node in (0, 1, 2):  # once each node has seen it end (a follower sees the end a moment after the owner)
+        wait_completed(fleet, node, made.json()["request_id"], timeout=5)
     original = result(fleet, 0, made.json()["request_id"]).json()
     before = fleet.generations_started()
     for node in (1, 2):

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# cluster.sh: a local MediaRelay fleet (issue #17) in a temporary folder: a private PostgreSQL, N relay nodes in
+# cluster mode and Debian's nginx as a round-robin load balancer (no stickiness, TLS with a CA of its own) in front.
+#
+#   loadtest/cluster.sh                       # 3 nodes until Ctrl-C; prints the URLs, the database URL and keys
+#   loadtest/cluster.sh --nodes 5 -- --synthetic-time-scale 0.1     # relay flags after --
+#   loadtest/cluster.sh --bench               # submit latency: the fleet against one node, same machine, same run
+#
+# The fleet is Tests/clients/fleet.py's, the one the cluster tests use. Ctrl-C (or any exit) stops the nodes,
+# nginx and PostgreSQL and removes the folder.
+#
+# --bench measures submission latency (POST /fal-ai/flux/schnell, one response = the queue's answer, not the job)
+# in three setups, one after the other in the same run: one relay without a database (the baseline), one fleet node
+# straight (what PostgreSQL adds: registry, claim), and the fleet through nginx (what the load balancer adds too).
+# Two kinds of submission: misses (distinct seeds: each registers an id and claims a key) and hits (one seeded input,
+# already done: each registers an id). The client is Python/httpx on the same cores, so absolute numbers include
+# its own ~0.2-0.5 ms; compare the added milliseconds and the ratios. Rate limits are off for the run.
+#
+# Environment (all optional):
+#   MEDIA_RELAY_BIN=…/media-relay   default: .build/release/media-relay of this repository, else .build/debug/…
+#   COUNT=500                       submissions per setup and kind (after 50 of warm-up)
+#   CONCURRENCY=1                   submissions in flight at once
+#   TIME_SCALE=1                    the nodes' --synthetic-time-scale (serve mode; --bench uses 0: jobs cost no wait)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+CLIENTS=$ROOT/Tests/clients
+
+die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
+
+NODES=3
+BENCH=0
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --nodes) NODES=$2; shift 2 ;;
+        --bench) BENCH=1; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+
+if [[ -z ${MEDIA_RELAY_BIN:-} ]]; then
+    for candidate in "$ROOT/.build/release/media-relay" "$ROOT/.build/debug/media-relay"; do
+        if [[ -x $candidate ]]; then MEDIA_RELAY_BIN=$candidate; break; fi
+    done
+fi
+[[ -x ${MEDIA_RELAY_BIN:-} ]] || die "no relay binary: run 'swift build -c release --product media-relay' or set MEDIA_RELAY_BIN"
+export MEDIA_RELAY_BIN
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || die "nginx is missing (Debian: apt-get install nginx-light)"
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null ||
+    die "PostgreSQL is missing (Debian: apt-get install postgresql)"
+python3 -c 'import httpx' 2>/dev/null || die "python3 with httpx is needed (pip install httpx)"
+[[ $MEDIA_RELAY_BIN == */debug/* ]] && echo "cluster.sh: note: $MEDIA_RELAY_BIN is a debug build" >&2
+
+cd "$CLIENTS"
+if [[ $BENCH == 0 ]]; then
+    # fleet.py stops everything on SIGINT/SIGTERM/SIGHUP; exec hands it the terminal's signals directly.
+    exec python3 fleet.py --nodes "$NODES" --time-scale "${TIME_SCALE:-1}" -- "${EXTRA[@]}"
+fi
+
+exec python3 - "$NODES" "${COUNT:-500}" "${CONCURRENCY:-1}" "${EXTRA[@]}" <<'PY'
+import os, shutil, statistics, sys, tempfile, threading, time
+import httpx
+from fleet import Fleet
+
+nodes, count, concurrency, extra = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+flags = ("--rate-limits", "off", "--access-log", "off", *extra)
+
+
+def latencies(url, key, bodies):
+    """Milliseconds per submission, `concurrency` at a time, each client on keep-alive connections."""
+    taken, errors, lock, queue = [], [], threading.Lock(), list(reversed(bodies))
+
+    def worker():
+        with httpx.Client(timeout=30, headers={"Authorization": f"Key {key}", "Host": "127.0.0.1"}) as client:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                started = time.perf_counter()
+                answer = client.post(f"{url}/fal-ai/flux/schnell", json=body)
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    (taken if answer.status_code == 200 else errors).append(elapsed if answer.status_code == 200
+                                                                            else answer.status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    return taken, errors
+
+
+def measure(name, url, key):
+    rows = []
+    tag = f"{name} {time.time_ns()}"
+    hit = {"prompt": f"bench hit {tag}", "image_size": {"width": 64, "height": 64}, "seed": 1}
+    latencies(url, key, [hit])  # made once; every later one is a hit
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        again = httpx.post(f"{url}/fal-ai/flux/schnell", json=hit, headers={"Authorization": f"Key {key}"}, timeout=30)
+        if "hit" in again.headers.get("x-relay-cache", ""):
+            break
+        time.sleep(0.1)
+    for kind in ("miss", "hit"):
+        def bodies(prefix, n):
+            if kind == "hit":
+                return [hit] * n
+            return [{"prompt": f"bench {prefix} {tag}", "image_size": {"width": 64, "height": 64}, "seed": i,
+                     "num_inference_steps": 1} for i in range(n)]
+
+        latencies(url, key, bodies("warm-up", 50))
+        taken, errors = latencies(url, key, bodies("measured", count))
+        if not taken:
+            raise SystemExit(f"{name}: every submission failed: {errors[:5]}")
+        taken.sort()
+        rows.append((name, kind, statistics.median(taken), taken[min(len(taken) - 1, int(0.99 * len(taken)))],
+                     len(errors)))
+    return rows
+
+
+root = tempfile.mkdtemp(prefix="media-relay-cluster-bench-")
+os.chmod(root, 0o755)
+fleet = single = None
+try:
+    for folder in ("fleet", "single"):
+        os.mkdir(os.path.join(root, folder))
+        os.chmod(os.path.join(root, folder), 0o755)
+    fleet = Fleet(os.path.join(root, "fleet"), nodes=nodes, extra_args=flags, time_scale="0")
+    print(f"fleet: {nodes} nodes ({os.environ['MEDIA_RELAY_BIN']}), nginx {fleet.lb_https} and {fleet.lb_http}")
+    print(f"  database {fleet.database_url}\n  API key  {fleet.key}", flush=True)
+    single = Fleet(os.path.join(root, "single"), nodes=1, extra_args=flags, time_scale="0", cluster=False,
+                   load_balancer=False)
+    rows = []
+    rows += measure("one node, no database", single.node_http(0), single.key)
+    rows += measure("fleet node, direct", fleet.node_http(0), fleet.key)
+    rows += measure("fleet through nginx", fleet.lb_http, fleet.key)
+finally:
+    for running in (single, fleet):
+        if running is not None:
+            running.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+print(f"\nsubmit latency, ms ({count} each after 50 of warm-up, {concurrency} in flight, client on the same cores)")
+print(f"{'setup':24} {'kind':5} {'p50':>8} {'p99':>8} {'p50 +ms':>8} {'p99 +ms':>8} {'p50 x':>6} {'errors':>6}")
+baseline = {kind: (p50, p99) for name, kind, p50, p99, _ in rows if name == rows[0][0]}
+for name, kind, p50, p99, errors in rows:
+    base50, base99 = baseline[kind]
+    print(f"{name:24} {kind:5} {p50:8.2f} {p99:8.2f} {p50 - base50:8.2f} {p99 - base99:8.2f} {p50 / base50:6.2f} "
+          f"{errors:6}")
+print("target (issue #17): p50 added by the fleet <= 2 ms")
+PY
