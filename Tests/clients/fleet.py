@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -309,6 +310,38 @@ class StorageProxy:
 
     def close(self):
         self.server.close()
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 that records every POST."""
+
+    def __init__(self):
+        self.calls = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver.lock:
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    receiver.calls.append({"path": self.path, "headers": headers, "body": json.loads(body)})
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def calls_to(self, path):
+        with self.lock:
+            return [call for call in self.calls if call["path"] == path]
 
 
 # ---- relay nodes --------------------------------------------------------------------------------------------------
