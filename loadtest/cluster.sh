@@ -3,7 +3,7 @@
 # cluster mode and Debian's nginx as a round-robin load balancer (no stickiness, TLS with a CA of its own) in front.
 #
 #   loadtest/cluster.sh                       # 3 nodes until Ctrl-C; prints the URLs, the database URL and keys
-#   loadtest/cluster.sh --nodes 5 -- --synthetic-time-scale 0.1     # relay flags after --
+#   TIME_SCALE=0.1 loadtest/cluster.sh --nodes 5 -- --rate-limits off   # relay flags after --
 #   loadtest/cluster.sh --bench               # submit latency: the fleet against one node, same machine, same run
 #
 # The fleet is Tests/clients/fleet.py's, the one the cluster tests use. Ctrl-C (or any exit) stops the nodes,
@@ -14,13 +14,14 @@
 # straight (what PostgreSQL adds: registry, claim), and the fleet through nginx (what the load balancer adds too).
 # Two kinds of submission: misses (distinct seeds: each registers an id and claims a key) and hits (one seeded input,
 # already done: each registers an id). The client is Python/httpx on the same cores, so absolute numbers include
-# its own ~0.2-0.5 ms; compare the added milliseconds and the ratios. Rate limits are off for the run.
+# its own ~0.2-0.5 ms; compare the added milliseconds and the ratios. Rate limits are off for the run. Then the
+# event lag: SSE watchers of one job on its owner and on a node that follows it, the same log lines' arrival compared.
 #
 # Environment (all optional):
 #   MEDIA_RELAY_BIN=…/media-relay   default: .build/release/media-relay of this repository, else .build/debug/…
 #   COUNT=500                       submissions per setup and kind (after 50 of warm-up)
 #   CONCURRENCY=1                   submissions in flight at once
-#   TIME_SCALE=1                    the nodes' --synthetic-time-scale (serve mode; --bench uses 0: jobs cost no wait)
+#   TIME_SCALE=1                    the nodes' --synthetic-time-scale (serve mode; --bench always uses 1)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -62,7 +63,7 @@ if [[ $BENCH == 0 ]]; then
 fi
 
 exec python3 - "$NODES" "${COUNT:-500}" "${CONCURRENCY:-1}" "${EXTRA[@]}" <<'PY'
-import os, shutil, statistics, sys, tempfile, threading, time
+import json, os, shutil, statistics, sys, tempfile, threading, time
 import httpx
 from fleet import Fleet
 
@@ -124,6 +125,37 @@ def measure(name, url, key):
     return rows
 
 
+def event_lag(fleet, jobs=3, steps=60):
+    """Milliseconds from a log line reaching a watcher on the owner (node 0) to it reaching a watcher on node 1,
+    which follows node 0's job. Lines are matched by text (step k/N); the first 5 steps are left out, as a watcher
+    that connects after the job started gets them all at once."""
+    lags = []
+    for job in range(jobs):
+        body = {"prompt": f"bench lag {time.time_ns()}", "image_size": "square", "seed": job,
+                "num_inference_steps": steps}
+        made = httpx.post(f"{fleet.node_http(0)}/fal-ai/flux/dev", json=body, headers=fleet.headers(), timeout=30)
+        path = f"/fal-ai/flux/requests/{made.json()['request_id']}/status/stream?logs=1"
+        seen = {0: {}, 1: {}}
+
+        def watch(node):
+            with httpx.stream("GET", fleet.node_http(node) + path, headers=fleet.headers(), timeout=60) as answer:
+                for line in answer.iter_lines():
+                    if line.startswith("data:"):
+                        for log in json.loads(line[5:]).get("logs") or []:
+                            seen[node].setdefault(log["message"], time.perf_counter())
+
+        threads = [threading.Thread(target=watch, args=(node,)) for node in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        for step in range(6, steps + 1):
+            message = f"step {step}/{steps}"
+            if message in seen[0] and message in seen[1]:
+                lags.append((seen[1][message] - seen[0][message]) * 1000)
+    return lags
+
+
 root = tempfile.mkdtemp(prefix="media-relay-cluster-bench-")
 os.chmod(root, 0o755)
 fleet = single = None
@@ -131,15 +163,17 @@ try:
     for folder in ("fleet", "single"):
         os.mkdir(os.path.join(root, folder))
         os.chmod(os.path.join(root, folder), 0o755)
-    fleet = Fleet(os.path.join(root, "fleet"), nodes=nodes, extra_args=flags, time_scale="0")
+    # Realistic step timings (the event-lag jobs need them); the submissions' own jobs are 64x64, 1 step.
+    fleet = Fleet(os.path.join(root, "fleet"), nodes=nodes, extra_args=flags, time_scale="1")
     print(f"fleet: {nodes} nodes ({os.environ['MEDIA_RELAY_BIN']}), nginx {fleet.lb_https} and {fleet.lb_http}")
     print(f"  database {fleet.database_url}\n  API key  {fleet.key}", flush=True)
-    single = Fleet(os.path.join(root, "single"), nodes=1, extra_args=flags, time_scale="0", cluster=False,
+    single = Fleet(os.path.join(root, "single"), nodes=1, extra_args=flags, time_scale="1", cluster=False,
                    load_balancer=False)
     rows = []
     rows += measure("one node, no database", single.node_http(0), single.key)
     rows += measure("fleet node, direct", fleet.node_http(0), fleet.key)
     rows += measure("fleet through nginx", fleet.lb_http, fleet.key)
+    lags = sorted(event_lag(fleet))
 finally:
     for running in (single, fleet):
         if running is not None:
@@ -154,4 +188,10 @@ for name, kind, p50, p99, errors in rows:
     print(f"{name:24} {kind:5} {p50:8.2f} {p99:8.2f} {p50 - base50:8.2f} {p99 - base99:8.2f} {p50 / base50:6.2f} "
           f"{errors:6}")
 print("target (issue #17): p50 added by the fleet <= 2 ms")
+if lags:
+    print(f"\nevent lag, watcher on a follower (node 1) minus watcher on the owner (node 0), {len(lags)} log lines: "
+          f"p50 {statistics.median(lags):.2f} ms, p99 {lags[min(len(lags) - 1, int(0.99 * len(lags)))]:.2f} ms "
+          f"(target: p99 added <= 20 ms)")
+else:
+    print("\nevent lag: no log line reached both watchers")
 PY
