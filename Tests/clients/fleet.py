@@ -676,9 +676,10 @@ def wait_completed(fleet, node, request_id, timeout=60, key=None):
     return wait_for(completed, timeout, f"request {request_id} did not complete on node {node}")
 
 
-def read_events(response, limit=None):
-    """SSE events of a streaming httpx response as (id, data) pairs; stops after `limit` data events."""
-    events, event_id, data = [], None, []
+def read_events(response, limit=None, events=None):
+    """SSE events of a streaming httpx response as (id, data) pairs; stops after `limit` data events. Each event is
+    appended to `events` (a new list by default) as it arrives, so another thread may watch it grow."""
+    events, event_id, data = [] if events is None else events, None, []
     for line in response.iter_lines():
         if line.startswith("id:"):
             event_id = int(line[3:].strip())

@@ -55,7 +55,7 @@ def test_a_node_killed_mid_job_is_taken_over_within_the_lease(fleet):
             path = f"{fleet.node_http(2)}/{APP}/requests/{dead_id}/status/stream?logs=1"
             with httpx.stream("GET", path, headers=fleet.headers(), timeout=60) as response:
                 assert response.status_code == 200, response.status_code
-                streamed.extend(read_events(response))
+                read_events(response, events=streamed)
         except Exception as error:  # reported by the main thread
             stream_errors.append(repr(error))
 
