@@ -233,6 +233,17 @@ public final class Job: Sendable {
         state.withLock { $0.machine.replay(after: sequence) }
     }
 
+    /// Every retained event after `sequence`, superseded snapshots included: what a peer node that follows this job
+    /// logs, so that its numbers stay the same as this job's.
+    public func events(after sequence: Int) -> [JobEvent] {
+        state.withLock { Array($0.machine.events(after: sequence)) }
+    }
+
+    /// The replay a watcher of `kind` gets: peers get every event (`events(after:)`), clients the replay.
+    public func catchUp(after sequence: Int, everyEvent: Bool) -> [JobEvent] {
+        everyEvent ? events(after: sequence) : replay(after: sequence)
+    }
+
     public func unsubscribe(_ token: Int) {
         state.withLock { state in
             if state.subscribers.removeValue(forKey: token) != nil { return }

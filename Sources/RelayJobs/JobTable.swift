@@ -56,6 +56,8 @@ public final class JobTable: Sendable {
     public let retentionSeconds: Double
     /// The bound on each job's event log (`--event-log-max-events`; see `JobStateMachine`).
     public let maxEvents: Int
+    /// The fleet this node belongs to (cluster mode); nil for a single node.
+    public let fleet: (any Fleet)?
 
     public init(
         retentionSeconds: Double = 3600,
@@ -64,8 +66,10 @@ public final class JobTable: Sendable {
         cachePolicy: CachePolicy = CachePolicy(),
         statistics: RelayStatistics = RelayStatistics(),
         log: RequestLog? = nil,
+        fleet: (any Fleet)? = nil,
         upstream: @escaping UpstreamResolver
     ) {
+        self.fleet = fleet
         self.log = log
         self.statistics = statistics
         self.retentionSeconds = retentionSeconds
@@ -117,8 +121,12 @@ public final class JobTable: Sendable {
         key: RequestKey,
         ownerKeyID: String?,
         directives: CacheDirectives = CacheDirectives(),
+        adopting adopted: FleetRequest? = nil,
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
+        // A request adopted from the fleet's registry keeps its id and age, and is registered already.
+        let identity = adopted.map { ($0.id, $0.createdAt) } ?? (RequestID.make(), Timestamp.now())
+        let fleet = adopted == nil ? self.fleet : nil
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
         let keyParameter = "key=\"\(key.digest.hex)\""
@@ -140,8 +148,9 @@ public final class JobTable: Sendable {
             }
             let status = "MediaRelay; hit; ttl=\(cached.ttl(at: .now())); \(keyParameter)"
             // The request's records, and the manifest it was served from (it may still be on its way to the disk).
-            let commit = RecordCommit(pending: log == nil ? 0 : 2)
+            let commit = RecordCommit(pending: (log == nil ? 0 : 2) + (fleet == nil ? 0 : 1))
             let request = Self.makeRequest(
+                identity,
                 endpoint: endpoint,
                 job: job,
                 owner: ownerKeyID,
@@ -159,14 +168,16 @@ public final class JobTable: Sendable {
                 }
                 results.whenWritten(key) { _ in commit.arrive() }
             }
+            fleet?.register(request) { commit.arrive() }
             return record(request)
         }
 
-        let commit = RecordCommit(pending: log == nil ? 0 : 1)
+        let commit = RecordCommit(pending: (log == nil ? 0 : 1) + (fleet == nil ? 0 : 1))
         let decided = state.withLock { state -> (RelayRequest, Job?)? in
             if coalesce, let job = state.inFlight[key], job.attach() {
                 let status = "MediaRelay; fwd=miss; collapsed; \(keyParameter)"
                 let request = Self.makeRequest(
+                    identity,
                     endpoint: endpoint,
                     job: job,
                     owner: ownerKeyID,
@@ -189,6 +200,7 @@ public final class JobTable: Sendable {
                 ? "MediaRelay; fwd=request\(stored); \(keyParameter)" : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
             let outcome: CacheOutcome = directives.noCache ? .bypass : .miss
             let request = Self.makeRequest(
+                identity,
                 endpoint: endpoint,
                 job: job,
                 owner: ownerKeyID,
@@ -205,6 +217,7 @@ public final class JobTable: Sendable {
             commit.whenDone { [latency] in latency.record(submission: ContinuousClock.now - started) }
             log.append([.created(Self.creation(request))]) { _ in commit.arrive() }
         }
+        fleet?.register(request) { commit.arrive() }
         statistics.recordSubmission(request.cacheOutcome)
         if let newJob {
             start(
@@ -233,9 +246,11 @@ public final class JobTable: Sendable {
 
     /// Detaches the request from its job; the job itself stops only when no request waits on it any more.
     /// `app`, when given, must be the app the request was submitted to (`owner/alias`).
-    public func cancel(_ id: String, keyID: String?, app: String? = nil) -> CancelOutcome {
-        let (outcome, job) = state.withLock { state -> (CancelOutcome, Job?) in
-            guard var request = state.requests[id], request.ownerKeyID == nil || request.ownerKeyID == keyID,
+    /// `fromFleet`: another node cancelled it (its registry notice); this node follows without telling the fleet.
+    public func cancel(_ id: String, keyID: String?, app: String? = nil, fromFleet: Bool = false) -> CancelOutcome {
+        let (outcome, cancelled) = state.withLock { state -> (CancelOutcome, RelayRequest?) in
+            guard var request = state.requests[id],
+                fromFleet || request.ownerKeyID == nil || request.ownerKeyID == keyID,
                 app == nil || request.endpoint.app == app
             else {
                 return (.notFound, nil)
@@ -245,13 +260,13 @@ public final class JobTable: Sendable {
             }
             request.cancelled = true
             state.requests[id] = request
-            return (.cancellationRequested, request.job)
+            return (.cancellationRequested, request)
         }
-        if job != nil {
-            // Not awaited: lost in a crash, the request reads as interrupted (COMPLETED with an error) instead.
-            log?.append([.cancelled(requestID: id, at: .now())])
-        }
-        job?.detach()
+        guard let cancelled else { return outcome }
+        // Not awaited: lost in a crash, the request reads as interrupted (COMPLETED with an error) instead.
+        log?.append([.cancelled(requestID: id, at: .now())])
+        if !fromFleet { fleet?.cancelled(cancelled) }
+        cancelled.job.detach()
         return outcome
     }
 
@@ -339,6 +354,7 @@ public final class JobTable: Sendable {
         let policy = cachePolicy
         let log = self.log
         let latency = self.latency
+        let fleet = self.fleet
         job.setCompletionGate { [weak job] outcome, publish in
             guard let job else { return publish() }
             let started = ContinuousClock.now
@@ -350,6 +366,15 @@ public final class JobTable: Sendable {
                 storeResult: storeResult,
                 storeRejection: storeRejection
             )
+            if stored, let fleet,
+                let result = results.lookup(
+                    job.key,
+                    modelID: job.model.id,
+                    canonicalInput: job.input.canonicalBytes
+                )
+            {
+                fleet.stored(job.key, result)
+            }
             let commit = RecordCommit(pending: (log == nil ? 0 : 1) + (stored ? 1 : 0))
             commit.whenDone {
                 latency.record(end: ContinuousClock.now - started)
@@ -423,6 +448,7 @@ public final class JobTable: Sendable {
     }
 
     private static func makeRequest(
+        _ identity: (id: String, createdAt: Timestamp),
         endpoint: EndpointID,
         job: Job,
         owner: String?,
@@ -431,11 +457,11 @@ public final class JobTable: Sendable {
         recorded: RecordCommit
     ) -> RelayRequest {
         RelayRequest(
-            id: RequestID.make(),
+            id: identity.id,
             endpoint: endpoint,
             job: job,
             ownerKeyID: owner,
-            createdAt: .now(),
+            createdAt: identity.createdAt,
             cacheOutcome: outcome,
             cacheStatus: cacheStatus,
             cancelled: false,

@@ -335,7 +335,7 @@ public enum RequestLogRecord: Sendable, Hashable {
 
     /// `FalError` is built only through its static members: the stored status and type pick the member that made it.
     /// A pairing no member makes (an origin's unusual error) comes back as an upstream error with the same message.
-    static func error(status: Int, type: String?, message: String, body: JSONValue) -> FalError {
+    public static func error(status: Int, type: String?, message: String, body: JSONValue) -> FalError {
         switch (status, type) {
         case (422, _):
             var issues: [FalError.ValidationIssue] = []

@@ -1,0 +1,55 @@
+public import RelayCore
+public import RelayStore
+
+/// What the job table tells the rest of a fleet (cluster mode; DESIGN.md "A fleet"). A single node has none.
+///
+/// Both calls return at once and never block the caller (an event loop, often): the work runs on tasks of the
+/// fleet's own. A submission's answer waits for `register` the way it waits for its log record (`RelayRequest.recorded`).
+public protocol Fleet: Sendable {
+    /// Makes `request` known to every node, so that a client's next call for its id may land on any of them. Calls
+    /// `done` once the registry has it, or once that failed (the id is then answerable on this node only).
+    func register(_ request: RelayRequest, done: @escaping @Sendable () -> Void)
+
+    /// A result the table just stored for `key`: shared with the fleet, and the key's claim released after it.
+    func stored(_ key: RequestKey, _ result: CachedResult)
+
+    /// `request` was cancelled on this node: every node that holds it cancels it too.
+    func cancelled(_ request: RelayRequest)
+}
+
+/// A request as the fleet's registry has it: enough for any node to serve it again by its id.
+public struct FleetRequest: Sendable, Hashable {
+    public var id: String
+    public var endpoint: String
+    public var modelID: String
+    public var key: RequestKey
+    /// The input's fields, as `ModelInput.fields` held them (JSON).
+    public var input: [UInt8]
+    public var ownerKeyID: String?
+    public var createdAt: Timestamp
+    public var cancelled: Bool
+    /// The node that took the submission.
+    public var nodeID: String
+
+    public init(
+        id: String,
+        endpoint: String,
+        modelID: String,
+        key: RequestKey,
+        input: [UInt8],
+        ownerKeyID: String?,
+        createdAt: Timestamp,
+        cancelled: Bool,
+        nodeID: String
+    ) {
+        self.id = id
+        self.endpoint = endpoint
+        self.modelID = modelID
+        self.key = key
+        self.input = input
+        self.ownerKeyID = ownerKeyID
+        self.createdAt = createdAt
+        self.cancelled = cancelled
+        self.nodeID = nodeID
+    }
+}
