@@ -34,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // Cluster mode only: the fleet's shared state (DESIGN.md "A fleet").
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries from Debian's -dev packages (STYLE.md rule 9).
@@ -68,6 +70,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "RelayCluster",
+            dependencies: [
+                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "RelayHTTP",
             dependencies: [
                 "RelayCore", "RelayStore", "RelayJobs",
@@ -85,7 +97,7 @@ let package = Package(
         .target(
             name: "RelayServer",
             dependencies: [
-                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "RelayHTTP",
+                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "RelayHTTP", "RelayCluster",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -124,6 +136,14 @@ let package = Package(
         .testTarget(
             name: "RelayHTTPTests",
             dependencies: ["RelayHTTP", .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RelayClusterTests",
+            dependencies: [
+                "RelayCluster", "RelayCore", "RelayJobs", "RelayStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,237 @@
+import NIOCore
+import PostgresNIO
+public import RelayCore
+public import RelayJobs
+public import RelayStore
+
+extension ClusterNode: Fleet {
+    public func register(_ request: RelayRequest, done: @escaping @Sendable () -> Void) {
+        let input = ByteBuffer(bytes: JSONValue.object(request.job.input.fields).serialized())
+        let (id, endpoint, model, key) = (
+            request.id, request.endpoint.description, request.job.model.id, request.job.key.digest.hex
+        )
+        let (owner, created, node) = (request.ownerKeyID, request.createdAt.secondsSinceEpoch, configuration.nodeID)
+        Task {
+            do {
+                try await database.perform("register request") { client in
+                    try await client.query(
+                        """
+                        INSERT INTO relay_requests
+                            (request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at)
+                        VALUES (\(id), \(endpoint), \(model), \(key), \(input), \(owner), \(node), \(created))
+                        ON CONFLICT (request_id) DO NOTHING
+                        """
+                    )
+                }
+            } catch {
+                logger.warning(
+                    "request not registered in the fleet; its id is answerable on this node only",
+                    metadata: ["request_id": "\(id)", "error": "\(error)"]
+                )
+            }
+            done()
+        }
+    }
+
+    public func stored(_ key: RequestKey, _ result: CachedResult) {
+        guard let manifest = result.manifestBytes(key: key) else { return }
+        writes.yield(
+            .stored(
+                key: key.digest.hex,
+                manifest: manifest,
+                expiresAt: result.expiresAt.secondsSinceEpoch,
+                digests: result.referencedDigests.map(\.hex)
+            )
+        )
+    }
+
+    public func cancelled(_ request: RelayRequest) {
+        writes.yield(.cancelled(requestID: request.id))
+    }
+
+    /// Releases this node's claim on `key` (after any result it stored before).
+    func release(_ key: RequestKey) {
+        writes.yield(.release(key: key.digest.hex))
+    }
+
+    /// Performs the ordered writes one by one; a write that fails for want of the database is retried until it
+    /// succeeds or the node stops (the claim's lease covers a release that never lands).
+    func writeLoop() async {
+        let node = configuration.nodeID
+        for await write in writeStream {
+            var attempt = 0
+            while !Task.isCancelled {
+                do {
+                    try await perform(write, node: node)
+                    break
+                } catch ClusterError.refused(let reason) {
+                    logger.error("cluster write refused", metadata: ["write": "\(write)", "error": "\(reason)"])
+                    break
+                } catch {
+                    attempt += 1
+                    if attempt == 1 {
+                        logger.warning("cluster write waits for the database", metadata: ["error": "\(error)"])
+                    }
+                    try? await Task.sleep(for: .milliseconds(min(2000, 100 * attempt)))
+                }
+            }
+        }
+    }
+
+    private func perform(_ write: Write, node: String) async throws(ClusterError) {
+        let logger = self.logger
+        switch write {
+        case .stored(let key, let manifest, let expiresAt, let digests):
+            let bytes = ByteBuffer(bytes: manifest)
+            try await database.perform("publish result") { client in
+                try await client.withTransaction(logger: logger) { connection in
+                    try await connection.query(
+                        """
+                        INSERT INTO relay_results (request_key, manifest, expires_at, node_id)
+                        VALUES (\(key), \(bytes), \(expiresAt), \(node))
+                        ON CONFLICT (request_key) DO UPDATE
+                        SET manifest = EXCLUDED.manifest, expires_at = EXCLUDED.expires_at, node_id = EXCLUDED.node_id
+                        """,
+                        logger: logger
+                    )
+                    if !digests.isEmpty {
+                        try await connection.query(
+                            """
+                            INSERT INTO relay_blobs (digest, node_id) SELECT d, \(node) FROM unnest(\(digests)::text[]) AS d
+                            ON CONFLICT DO NOTHING
+                            """,
+                            logger: logger
+                        )
+                    }
+                    try await connection.query(
+                        "DELETE FROM relay_claims WHERE request_key = \(key) AND node_id = \(node)",
+                        logger: logger
+                    )
+                }
+            }
+        case .release(let key):
+            try await database.perform("release claim") { client in
+                try await client.query("DELETE FROM relay_claims WHERE request_key = \(key) AND node_id = \(node)")
+            }
+        case .cancelled(let id):
+            let payload = "cancel:" + id
+            try await database.perform("cancel request") { client in
+                try await client.query("UPDATE relay_requests SET cancelled = true WHERE request_id = \(id)")
+                try await client.query("SELECT pg_notify('relay_events', \(payload))")
+            }
+        }
+    }
+
+    // MARK: - Reads
+
+    /// The registry's entry for a request id, nil when no node took it.
+    public func request(_ id: String) async throws(ClusterError) -> FleetRequest? {
+        try await database.perform("look up request") { client -> FleetRequest? in
+            let rows = try await client.query(
+                """
+                SELECT endpoint, model_id, request_key, input, owner_key_id, node_id, created_at, cancelled
+                FROM relay_requests WHERE request_id = \(id)
+                """
+            )
+            for try await (endpoint, model, key, input, owner, node, created, cancelled) in rows.decode(
+                (String, String, String, ByteBuffer, String?, String, Double, Bool).self
+            ) {
+                guard let digest = Digest128(hex: key) else { return nil }
+                return FleetRequest(
+                    id: id,
+                    endpoint: endpoint,
+                    modelID: model,
+                    key: RequestKey(digest: digest),
+                    input: Array(input.readableBytesView),
+                    ownerKeyID: owner,
+                    createdAt: Timestamp(secondsSinceEpoch: created),
+                    cancelled: cancelled,
+                    nodeID: node
+                )
+            }
+            return nil
+        }
+    }
+
+    /// A fresh result for `key` that some node stored, verified against the key.
+    public func result(_ key: RequestKey) async throws(ClusterError) -> CachedResult? {
+        let hex = key.digest.hex
+        let now = Timestamp.now().secondsSinceEpoch
+        let manifest = try await database.perform("look up result") { client -> ByteBuffer? in
+            let rows = try await client.query(
+                "SELECT manifest FROM relay_results WHERE request_key = \(hex) AND expires_at > \(now)"
+            )
+            for try await manifest in rows.decode(ByteBuffer.self) { return manifest }
+            return nil
+        }
+        guard let manifest else { return nil }
+        return CachedResult(manifestBytes: Array(manifest.readableBytesView), key: key)
+    }
+
+    /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
+    public enum Claim: Sendable, Hashable {
+        case won
+        case heldBy(nodeID: String, nodeURL: String)
+    }
+
+    /// Claims `key` for this node unless a live claim of another node holds it.
+    public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
+        let (hex, node) = (key.digest.hex, configuration.nodeID)
+        let lease = Self.seconds(configuration.lease)
+        return try await database.perform("claim") { client -> Claim in
+            let rows = try await client.query(
+                """
+                INSERT INTO relay_claims AS c (request_key, node_id, lease_until)
+                VALUES (\(hex), \(node), now() + make_interval(secs => \(lease)))
+                ON CONFLICT (request_key) DO UPDATE
+                SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
+                WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
+                RETURNING node_id
+                """
+            )
+            for try await _ in rows.decode(String.self) { return .won }
+            let holder = try await client.query(
+                """
+                SELECT c.node_id, n.node_url FROM relay_claims c JOIN relay_nodes n ON n.node_id = c.node_id
+                WHERE c.request_key = \(hex)
+                """
+            )
+            for try await (nodeID, nodeURL) in holder.decode((String, String).self) {
+                return .heldBy(nodeID: nodeID, nodeURL: nodeURL)
+            }
+            // Released between the two statements: try again.
+            throw ClusterError.unavailable("claim changed hands while it was read; retry")
+        }
+    }
+
+    /// Live nodes other than this one that hold the blob, in no particular order.
+    public func holders(of digest: Digest128) async throws(ClusterError) -> [String] {
+        let (hex, node) = (digest.hex, configuration.nodeID)
+        let lease = Self.seconds(configuration.lease)
+        return try await database.perform("blob holders") { client -> [String] in
+            var urls: [String] = []
+            for try await url in try await client.query(
+                """
+                SELECT n.node_url FROM relay_blobs b JOIN relay_nodes n ON n.node_id = b.node_id
+                WHERE b.digest = \(hex) AND b.node_id <> \(node) AND NOT n.leaving
+                  AND n.heartbeat_at > now() - make_interval(secs => \(lease))
+                """
+            ).decode(String.self) {
+                urls.append(url)
+            }
+            return urls
+        }
+    }
+
+    /// Records that this node holds the blob (an upload, or a copy fetched from a peer).
+    public func holds(_ digest: Digest128) {
+        let (hex, node) = (digest.hex, configuration.nodeID)
+        Task {
+            _ = try? await database.perform("record blob") { client in
+                try await client.query(
+                    "INSERT INTO relay_blobs (digest, node_id) VALUES (\(hex), \(node)) ON CONFLICT DO NOTHING"
+                )
+            }
+        }
+    }
+}

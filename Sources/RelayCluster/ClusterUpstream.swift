@@ -1,0 +1,145 @@
+public import AsyncHTTPClient
+public import Logging
+public import RelayCore
+public import RelayJobs
+import Synchronization
+
+/// A model's upstream as a node of a fleet runs it: one generation per RequestKey in the whole fleet.
+///
+/// For each job: a result some node already stored is served from the fleet's index; otherwise the node claims the
+/// key (`relay_claims`, a lease renewed by its heartbeat) and runs the model's own upstream, or, when a live peer
+/// holds the claim, follows that peer's job (`PeerFollow`). A peer that dies or leaves mid-job loses its claim when
+/// the lease runs out; the follower then claims the key and runs the job itself (the synthetic upstream starts it
+/// again; an origin job the dead node had submitted is lost with it, see the README).
+public final class ClusterUpstream: Upstream {
+    let local: any Upstream
+    let node: ClusterNode
+    let http: HTTPClient
+    let logger: Logger
+
+    public init(local: any Upstream, node: ClusterNode, http: HTTPClient, logger: Logger) {
+        self.local = local
+        self.node = node
+        self.http = http
+        self.logger = logger
+    }
+
+    public func start(_ job: Job) -> any UpstreamTask {
+        // Work that is never shared is never claimed.
+        if job.model.dedup == .never {
+            node.countGeneration()
+            return local.start(job)
+        }
+        let run = ClusterJobRun(job: job, upstream: self)
+        run.task = Task { await run.run() }
+        return run
+    }
+
+    public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
+        local.resume(job, from: handle, attachedAt: attachedAt)
+    }
+}
+
+/// One job's way through the fleet (see `ClusterUpstream`).
+final class ClusterJobRun: UpstreamTask, Sendable {
+    private struct State {
+        var cancelled = false
+        var local: (any UpstreamTask)?
+        var task: Task<Void, Never>?
+    }
+
+    let job: Job
+    let upstream: ClusterUpstream
+    private let state = Mutex(State())
+
+    init(job: Job, upstream: ClusterUpstream) {
+        self.job = job
+        self.upstream = upstream
+    }
+
+    var task: Task<Void, Never>? {
+        get { state.withLock { $0.task } }
+        set { state.withLock { $0.task = newValue } }
+    }
+
+    func cancel() {
+        let (local, task) = state.withLock { state in
+            state.cancelled = true
+            return (state.local, state.task)
+        }
+        local?.cancel()
+        task?.cancel()
+    }
+
+    /// How many times in a row the database may fail this job's steps before the job fails with 503.
+    static let patience = 10
+
+    func run() async {
+        let node = upstream.node
+        var failures = 0
+        while !Task.isCancelled, !job.isTerminal {
+            do {
+                if let cached = try await node.result(job.key), case .success(let result, let seconds) = cached.outcome
+                {
+                    job.receive(.succeeded(result: result, inferenceSeconds: seconds))
+                    return
+                }
+                switch try await node.claim(job.key) {
+                case .won:
+                    runHere()
+                    return
+                case .heldBy(let nodeID, let nodeURL):
+                    let follow = PeerFollow(
+                        job: job,
+                        nodeURL: nodeURL,
+                        token: node.peerToken,
+                        http: upstream.http,
+                        logger: upstream.logger
+                    )
+                    switch await follow.run() {
+                    case .finished:
+                        return
+                    case .lost(let reason):
+                        upstream.logger.info(
+                            "lost the peer that runs a job; waiting for its claim to lapse",
+                            metadata: ["peer": "\(nodeID)", "reason": "\(reason)", "key": "\(job.key)"]
+                        )
+                        try? await Task.sleep(for: .seconds(1))
+                    }
+                }
+                failures = 0
+            } catch {
+                failures += 1
+                guard failures < Self.patience else {
+                    job.receive(
+                        .failed(
+                            .unavailable("the fleet's database is unavailable: \(error)", type: "cluster_unavailable")
+                        )
+                    )
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(300))
+            }
+        }
+    }
+
+    /// This node holds the claim: the model's own upstream does the work. The claim is released when the job ends,
+    /// after its result (if stored) was published: the table publishes before its subscribers hear of the end.
+    private func runHere() {
+        let node = upstream.node
+        node.countGeneration()
+        let job = self.job
+        let cacheable = JobTable.isCacheable(job.input)
+        _ = job.subscribe(after: job.status.lastSequence) { event in
+            guard case .completed(let outcome) = event.kind else { return }
+            if case .success = outcome, cacheable { return }
+            node.release(job.key)
+        }
+        let local = upstream.local.start(job)
+        let cancelled = state.withLock { state in
+            state.local = local
+            return state.cancelled
+        }
+        if cancelled { local.cancel() }
+    }
+}

@@ -1,0 +1,195 @@
+import Foundation
+import Logging
+import PostgresNIO
+import RelayCore
+import RelayJobs
+import RelayStore
+import Testing
+
+@testable import RelayCluster
+
+/// The fleet's shared state against a real PostgreSQL (a private server per suite): migrations, the registry, claims
+/// and their leases, the result index, blob holders and keys.
+@Suite(.serialized)
+struct ClusterNodeTests {
+    static let server = PrivatePostgres.shared
+
+    private var logger: Logger {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        return logger
+    }
+
+    private func node(_ database: ClusterDatabase, _ name: String) async throws -> ClusterNode {
+        var settings = ClusterNode.Configuration(nodeID: name, nodeURL: "http://127.0.0.1:1/\(name)")
+        settings.lease = .seconds(5)
+        let node = try await ClusterNode.join(database: database, configuration: settings, logger: logger)
+        try await node.beat()
+        return node
+    }
+
+    @Test func migrationsRunOnceWhenNodesStartTogether() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
+                for _ in 0..<4 { group.addTask { try await ClusterSchema.migrate(database) } }
+                var all: [[Int]] = []
+                for try await versions in group { all.append(versions) }
+                return all
+            }
+            // Exactly one start applied each version (the suite may have migrated this database already).
+            let versions = applied.flatMap { $0 }
+            #expect(versions.count == Set(versions).count)
+            let rows = try await database.perform("count") { client in
+                var count = 0
+                for try await _ in try await client.query("SELECT version FROM relay_schema_migrations").decode(
+                    Int.self
+                ) {
+                    count += 1
+                }
+                return count
+            }
+            #expect(rows == ClusterSchema.migrations.count)
+        }
+    }
+
+    @Test func oneClaimPerKeyUntilItsLeaseLapses() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "claim-a")
+            let b = try await node(database, "claim-b")
+            let key = RequestKey(digest: Digest128(high: 1, low: UInt64.random(in: 0...UInt64.max)))
+            #expect(try await a.claim(key) == .won)
+            #expect(try await a.claim(key) == .won, "a node's own claim is its own")
+            #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
+            // Time passes past the lease without a heartbeat from a (the database's clock is the fleet's clock).
+            let hex = key.digest.hex
+            try await database.perform("age") { client in
+                try await client.query(
+                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
+                )
+            }
+            #expect(try await b.claim(key) == .won)
+            #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
+            // A heartbeat renews every claim of its node: b's claim outlives the age-out above.
+            try await b.beat()
+            #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
+        }
+    }
+
+    @Test func aStoredResultIsAHitEverywhereAndReleasesTheClaim() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "store-a")
+            let b = try await node(database, "store-b")
+            a.start()
+            defer { a.stop() }
+            let key = RequestKey(digest: Digest128(high: 2, low: UInt64.random(in: 0...UInt64.max)))
+            #expect(try await a.claim(key) == .won)
+            let digest = Digest128(high: 0xABC, low: 0xDEF)
+            let result = CachedResult(
+                modelID: "fal-ai/flux/schnell",
+                canonicalInput: Array(#"{"prompt":"x"}"#.utf8),
+                outcome: .success(
+                    result: ["images": [["url": .string("http://relay/files/\(digest.hex).png")]]],
+                    inferenceSeconds: 1.5
+                ),
+                storedAt: .now(),
+                expiresAt: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 60)
+            )
+            #expect(try await b.result(key) == nil)
+            a.stored(key, result)
+            // The ordered write lands: b reads it, and b may claim the key (a released it after publishing).
+            var found: CachedResult?
+            for _ in 0..<200 where found == nil {
+                found = try await b.result(key)
+                if found == nil { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(found == result)
+            #expect(try await b.claim(key) == .won)
+            #expect(try await b.holders(of: digest) == ["http://127.0.0.1:1/store-a"])
+            // Another key's manifest is refused: the index's bytes are checked against the key asked for.
+            let other = RequestKey(digest: Digest128(high: 3, low: 3))
+            #expect(CachedResult(manifestBytes: result.manifestBytes(key: key)!, key: other) == nil)
+        }
+    }
+
+    @Test func theRegistryServesARequestToAnyNode() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "registry-a")
+            let b = try await node(database, "registry-b")
+            a.start()
+            defer { a.stop() }
+            let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image)
+            let input = try ModelInput(model: model, input: ["prompt": "registry"])
+            let table = JobTable(fleet: a) { _ in NeverUpstream() }
+            let key = RequestKey(digest: Digest128(high: 4, low: UInt64.random(in: 0...UInt64.max)))
+            let request = table.submit(input, endpoint: EndpointID(model.id)!, key: key, ownerKeyID: "k1")
+            // The answer waits for the registry (as it waits for the log): once recorded, b finds it.
+            await withCheckedContinuation { done in request.recorded.whenDone { done.resume() } }
+            let found = try #require(try await b.request(request.id))
+            #expect(found.key == key && found.ownerKeyID == "k1" && found.nodeID == "registry-a" && !found.cancelled)
+            #expect(found.modelID == model.id)
+            let fields = try JSONValue(parsing: found.input).objectValue
+            #expect(fields == input.fields)
+            // A cancellation reaches the registry (and every node through its notice).
+            _ = table.cancel(request.id, keyID: "k1")
+            var cancelled = false
+            for _ in 0..<200 where !cancelled {
+                cancelled = try await b.request(request.id)?.cancelled ?? false
+                if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(cancelled)
+            #expect(try await b.request("no-such-id") == nil)
+        }
+    }
+
+    @Test func keysMadeInTheFleetAreListedAndRevoked() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let keys = ClusterKeys(database: database)
+            try await keys.prepare()
+            let id = "k" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+            try await keys.insert(.init(id: id, sha256Hex: "00ff", tier: "pro", created: "2026-12-06", revoked: false))
+            #expect(try await keys.all().first { $0.id == id }?.revoked == false)
+            #expect(try await keys.revoke(id: id))
+            #expect(try await keys.all().first { $0.id == id }?.revoked == true)
+            #expect(try await keys.revoke(id: "missing") == false)
+        }
+    }
+
+    @Test func anUnreachableDatabaseFailsFastAndIsReported() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        // Nothing listens on port 1.
+        let database = try ClusterDatabase(url: "postgres://relay@127.0.0.1:1/x", logger: logger, timeout: .seconds(1))
+        let pool = Task { await database.run() }
+        defer { pool.cancel() }
+        let started = ContinuousClock.now
+        await #expect(throws: ClusterError.self) {
+            try await database.perform("probe") { client in try await client.query("SELECT 1") }
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(!database.isAvailable)
+    }
+
+    @Test func databaseURLs() throws {
+        let plain = try ClusterDatabase.configuration("postgres://relay:pw@db.example:6432/fleet")
+        #expect(plain.host == "db.example" && plain.port == 6432 && plain.username == "relay")
+        #expect(plain.password == "pw" && plain.database == "fleet")
+        let defaults = try ClusterDatabase.configuration("postgresql://db/fleet?sslmode=disable")
+        #expect(defaults.port == 5432 && defaults.username == "postgres")
+        #expect(throws: ClusterError.self) { try ClusterDatabase.configuration("mysql://db/x") }
+        #expect(throws: ClusterError.self) { try ClusterDatabase.configuration("postgres://db/x?sslmode=sometimes") }
+    }
+}
+
+/// An upstream that never reports: the registry tests need a job, not a generation.
+struct NeverUpstream: Upstream {
+    struct Task: UpstreamTask {
+        func cancel() {}
+    }
+
+    func start(_ job: Job) -> any UpstreamTask { Task() }
+}
