@@ -242,6 +242,7 @@ extension Route {
         case .catalog: "catalog"
         case .stats: "stats"
         case .admin: "admin"
+        case .peerFollow: "peer_follow"
         case .notFound: "not_found"
         case .methodNotAllowed: "method_not_allowed"
         }

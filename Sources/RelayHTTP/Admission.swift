@@ -36,6 +36,9 @@ enum CallerRule: Equatable {
         switch route {
         case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
             self = .none
+        case .peerFollow:
+            // Peers present the fleet's token, checked by the responder: no API key, no budget.
+            self = .none
         case .file, .uploadAlias:
             self = .optionalPayer
         case .uploadPut:

@@ -21,7 +21,9 @@ extension FastLane {
         switch route {
         case .health:
             response = services.answerHealth(facts)
-        case .status, .result:
+        case .status(_, let id), .result(_, let id):
+            // An id this node does not hold may be another node's: the fleet is asked on NIO's path.
+            if services.fleet != nil, !services.jobs.holds(id) { return false }
             // Read before the lookup, so that a removal or key change during it shows as a change later.
             let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
             switch services.admit(facts, route: route) {
@@ -37,7 +39,8 @@ extension FastLane {
         case .file(let digest, let fileExtension):
             guard let file = MediaFileRequest(digest: digest, fileExtension: fileExtension) else { return false }
             return answerFile(head, facts: facts, route: route, file: file, headLength: headLength, context: context)
-        case .statusStream:
+        case .statusStream(_, let id):
+            if services.fleet != nil, !services.jobs.holds(id) { return false }
             return answerStatusStream(head, facts: facts, route: route, headLength: headLength, context: context)
         default:
             return false

@@ -30,6 +30,25 @@ public final class RateLimiter: Sendable {
     private let table: Mutex<Table>
     /// Open watchers per caller (`acquireWatcher`).
     private let watching = Mutex<[Subject: Int]>([:])
+    /// Live nodes of the fleet this relay belongs to (1 for a single node): each node holds this share of every
+    /// budget, so a load balancer that spreads a caller over the fleet meets the caller's tier, not N times it.
+    private let fleetNodes = Atomic<Int>(1)
+
+    /// Sets the number of live nodes whose share of each budget this node enforces.
+    public func setFleetShare(nodes: Int) {
+        fleetNodes.store(max(1, nodes), ordering: .relaxed)
+    }
+
+    /// A budget's limit as this node enforces it: its share of the fleet's.
+    private func share(_ limit: RateLimitPolicy.Limit) -> RateLimitPolicy.Limit {
+        let nodes = fleetNodes.load(ordering: .relaxed)
+        guard nodes > 1 else { return limit }
+        return RateLimitPolicy.Limit(
+            quota: (limit.quota + nodes - 1) / nodes,
+            windowSeconds: limit.windowSeconds,
+            burst: (limit.burst + nodes - 1) / nodes
+        )
+    }
 
     /// `maxEntries` below 16 is raised to 16.
     public init(
@@ -72,7 +91,7 @@ public final class RateLimiter: Sendable {
         now: Duration
     ) -> RateLimitDecision {
         let tier = RateLimitPolicy.Tier(principal)
-        guard let limit = policy.limit(for: tier, budget: budget) else {
+        guard let limit = policy.limit(for: tier, budget: budget).map(share) else {
             return RateLimitDecision(
                 tier: tier,
                 budget: budget,

@@ -44,7 +44,7 @@ extension RelayHTTPHandler {
             writeStatsStreamHead(context: context, exchange: &exchange)
             state = .exchanging(exchange)
             return exchange.number
-        case .run(let r), .partialStream(let r):
+        case .run(let r), .partialStream(let r), .peerEvents(let r):
             request = r
         case .statusStream(let stream):
             request = stream.request
@@ -68,7 +68,11 @@ extension RelayHTTPHandler {
             current.subscriptionToken = subscription.token
             state = .exchanging(current)
         }
-        for event in subscription.replay {
+        // A peer logs every event under the owner's numbers; taken after subscribing, so nothing falls between
+        // (an event both here and live goes out once: the stream drops what it has sent).
+        var catchUp = subscription.replay
+        if case .peerEvents = kind { catchUp = request.job.events(after: sequence) }
+        for event in catchUp {
             receive(event, context: context, number: number)
         }
         return number
@@ -135,7 +139,7 @@ extension RelayHTTPHandler {
     func receive(_ event: JobEvent, context: ChannelHandlerContext, number: Int) {
         guard case .exchanging(var exchange) = state, exchange.number == number else { return }
         switch exchange.kind {
-        case .statusStream, .partialStream:
+        case .statusStream, .partialStream, .peerEvents:
             // A slow reader never makes us buffer: while the socket cannot take more, events stay in the job's log
             // and are replayed from there when it drains (`channelWritabilityChanged`).
             let delivery = exchange.stream.deliver(sequence: event.sequence, writable: context.channel.isWritable)
@@ -180,6 +184,11 @@ extension RelayHTTPHandler {
             default:
                 break
             }
+        case .peerEvents:
+            writeSSE(context: context, data: event.peerJSON)
+            if event.isTerminal {
+                endStream(exchange, context: context)
+            }
         case .statusStream(let stream):
             // The same frames as the HTTP/1.1 writer's, shared with every watcher of the request on this loop.
             let (frame, ends) = stream.frame(for: event, services: services, allocator: context.channel.allocator)
@@ -223,7 +232,7 @@ extension RelayHTTPHandler {
         switch exchange.kind {
         case .waiting, .statsStream:
             break
-        case .run(let request), .partialStream(let request):
+        case .run(let request), .partialStream(let request), .peerEvents(let request):
             if exchange.subscriptionToken != 0 {
                 request.job.unsubscribe(exchange.subscriptionToken)
             }

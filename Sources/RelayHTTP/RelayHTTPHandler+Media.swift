@@ -8,7 +8,9 @@ extension RelayHTTPHandler {
     func sendFile(_ file: MediaFileRequest, facts: RequestFacts, context: ChannelHandlerContext, keepAlive: Bool) {
         let number = begin(.waiting, context: context, keepAlive: keepAlive)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        services.media.record(file.digest, mediaType: file.mediaType, eventLoop: context.eventLoop).whenComplete {
+        // A peer's copy request is answered from this node's store only: copies never chain through the fleet.
+        let fromPeer = facts.headers.contains(name: "x-relay-cluster-token")
+        services.mediaRecord(file, fromPeer: fromPeer, eventLoop: context.eventLoop).whenComplete {
             result in
             let (handler, context) = bound.value
             guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }

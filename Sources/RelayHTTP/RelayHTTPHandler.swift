@@ -34,6 +34,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case run(RelayRequest)
             case statusStream(StatusStream)
             case partialStream(RelayRequest)
+            /// A peer node follows a job of this node (`JobFollow.Kind.peerEvents`).
+            case peerEvents(RelayRequest)
             /// `/relay/stats/stream`: a statistics snapshot every second (the dashboard).
             case statsStream
         }
@@ -150,12 +152,14 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         {
             state = .exchanging(exchange)
             let request: RelayRequest
+            var everyEvent = false
             switch exchange.kind {
             case .statusStream(let stream): request = stream.request
             case .partialStream(let r): request = r
+            case .peerEvents(let r): (request, everyEvent) = (r, true)
             default: return context.fireChannelWritabilityChanged()
             }
-            for event in request.job.replay(after: after) {
+            for event in request.job.catchUp(after: after, everyEvent: everyEvent) {
                 receive(event, context: context, number: exchange.number)
                 guard case .exchanging(let current) = state, current.number == exchange.number,
                     !current.stream.isBehind
@@ -253,14 +257,8 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .response(let response):
             write(context: context, keepAlive: keepAlive, response)
         case .pending(let future):
-            let number = begin(.waiting, context: context, keepAlive: keepAlive)
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            future.hop(to: context.eventLoop).whenSuccess { response in
-                let (handler, context) = bound.value
-                guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
-                handler.state = .idle
-                handler.write(context: context, keepAlive: keepAlive, response)
-            }
+            let answer = future.hop(to: context.eventLoop).map(RouteAnswer.response)
+            carryOut(.later(answer), facts: facts, context: context, keepAlive: keepAlive)
         case .afterRecorded(let request, let then):
             guard request.recorded.isDone else {
                 let number = begin(.waiting, context: context, keepAlive: keepAlive)
@@ -288,11 +286,36 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 begin(.partialStream(follow.request), context: context, keepAlive: keepAlive)
             case .run:
                 begin(.run(follow.request), context: context, keepAlive: keepAlive)
+            case .peerEvents(let after):
+                begin(.peerEvents(follow.request), after: after, context: context, keepAlive: keepAlive)
             }
         case .file(let file):
             sendFile(file, facts: facts, context: context, keepAlive: keepAlive)
         case .statisticsStream:
             begin(.statsStream, context: context, keepAlive: keepAlive)
+        case .later(let future):
+            // Made on this connection's loop (`RouteRequest.eventLoop`): it completes here, no hop needed.
+            assert(future.eventLoop === context.eventLoop, "a later answer completes on its connection's loop")
+            let number = begin(.waiting, context: context, keepAlive: keepAlive)
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            future.whenComplete { result in
+                let (handler, context) = bound.value
+                guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
+                handler.state = .idle
+                switch result {
+                case .success(let answer):
+                    handler.carryOut(answer, facts: facts, context: context, keepAlive: keepAlive)
+                case .failure(let error):
+                    handler.services.logger.error("an answer failed", metadata: ["error": "\(error)"])
+                    handler.respondError(
+                        context: context,
+                        keepAlive: keepAlive,
+                        error: .internalError(),
+                        requestID: nil,
+                        isHead: facts.isHead
+                    )
+                }
+            }
         }
     }
 

@@ -114,6 +114,8 @@ public struct RelayServices: Sendable {
     public let webhooks: any WebhookSink
     /// fal's storage API (uploads); nil answers 404 there.
     public let uploads: UploadService?
+    /// The fleet this node belongs to (cluster mode); nil for a single node.
+    public let fleet: (any FleetAccess)?
 
     public init(
         catalog: ModelCatalog,
@@ -135,8 +137,10 @@ public struct RelayServices: Sendable {
         webhooks: any WebhookSink = WebhooksDisabled(),
         accessLogger: Logger? = nil,
         httpMetrics: HTTPMetrics = HTTPMetrics(),
-        uploads: UploadService? = nil
+        uploads: UploadService? = nil,
+        fleet: (any FleetAccess)? = nil
     ) {
+        self.fleet = fleet
         self.uploads = uploads
         self.webhooks = webhooks
         self.accessLogger = accessLogger

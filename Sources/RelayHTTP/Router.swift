@@ -41,6 +41,8 @@ public enum Route: Sendable, Hashable {
     case stats(stream: Bool)
     /// `/admin/…` (admin key): cache statistics, purge, drain.
     case admin(AdminAction)
+    /// `POST /_cluster/v1/follow`: a peer node follows a job this node runs (cluster mode; the peer token admits it).
+    case peerFollow
     case notFound
     case methodNotAllowed
 }
@@ -53,6 +55,8 @@ public enum AdminAction: Sendable, Hashable {
     case purge
     /// `POST /admin/drain`: stop being ready (load balancers move traffic away), then stop serving.
     case drain
+    /// `GET /admin/cluster`: this node and the fleet as it sees it (cluster mode).
+    case cluster
 }
 
 /// A host name to recognise in the `Host` header, with an optional port (nil = any port).
@@ -152,11 +156,14 @@ public struct Router: Sendable {
         case "relay" where segments.count >= 2 && segments[1] == "stats" && segments.count <= 3:
             guard segments.count == 2 || segments[2] == "stream" else { return .notFound }
             return readOnly ? .stats(stream: segments.count == 3) : .methodNotAllowed
+        case "_cluster" where segments.count == 3 && segments[1] == "v1" && segments[2] == "follow":
+            return method == .POST ? .peerFollow : .methodNotAllowed
         case "admin" where segments.count == 2:
             switch segments[1] {
             case "stats": return readOnly ? .admin(.stats) : .methodNotAllowed
             case "purge": return method == .POST ? .admin(.purge) : .methodNotAllowed
             case "drain": return method == .POST ? .admin(.drain) : .methodNotAllowed
+            case "cluster": return readOnly ? .admin(.cluster) : .methodNotAllowed
             default: return .notFound
             }
         case "files" where segments.count == 2 && segments[1] == "upload":

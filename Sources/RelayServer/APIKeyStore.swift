@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+public import RelayCluster
 import RelayCore
 public import RelayHTTP
 import Synchronization
@@ -136,11 +137,20 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     /// Makes a key, stores its hash, and returns the key (the only time it exists in plain text).
     public func create(tier: String) throws(KeyStoreError) -> (key: String, entry: Entry) {
-        guard Self.tiers.contains(tier) else {
-            throw KeyStoreError("unknown tier \"\(tier)\"; use one of \(Self.tiers.joined(separator: ", "))")
+        let (key, entry) = try Self.makeKey(tier: tier)
+        var all = try load()
+        all.append(entry)
+        try save(all)
+        return (key, entry)
+    }
+
+    /// A new key and its entry (the key exists in plain text only in what this returns).
+    public static func makeKey(tier: String) throws(KeyStoreError) -> (key: String, entry: Entry) {
+        guard tiers.contains(tier) else {
+            throw KeyStoreError("unknown tier \"\(tier)\"; use one of \(tiers.joined(separator: ", "))")
         }
-        let id = Self.randomHex(8)
-        let key = "\(id):\(Self.randomHex(32))"
+        let id = randomHex(8)
+        let key = "\(id):\(randomHex(32))"
         let entry = Entry(
             id: id,
             hash: Array(SHA256.hash(data: Array(key.utf8))),
@@ -148,10 +158,18 @@ public final class APIKeyStore: Authenticator, Sendable {
             created: ISO8601DateFormatter().string(from: Date()),
             revoked: false
         )
-        var all = try load()
-        all.append(entry)
-        try save(all)
         return (key, entry)
+    }
+
+    /// Replaces the whole key table (a fleet node copying the fleet's table; `ClusterKeys`).
+    public func replaceAll(with rows: [ClusterKeys.Row]) throws(KeyStoreError) {
+        try save(
+            rows.compactMap { row in
+                Self.bytes(hex: row.sha256Hex).map {
+                    Entry(id: row.id, hash: $0, tier: row.tier, created: row.created, revoked: row.revoked)
+                }
+            }
+        )
     }
 
     public func list() throws(KeyStoreError) -> [Entry] {

@@ -39,7 +39,13 @@ public struct RelayApplication: Sendable {
         } catch {
             throw ConfigurationError("cannot create data directory \(dataDirectory): \(error.localizedDescription)")
         }
-        let secret = try DeploymentSecret.load(dataDirectory: dataDirectory)
+        // A fleet's nodes share one secret (RequestKeys and blob digests must agree), kept in its database.
+        let cluster = try await ClusterWiring.join(
+            config: config,
+            logger: logger,
+            group: .singletonMultiThreadedEventLoopGroup
+        )
+        let secret = try await cluster?.secret() ?? DeploymentSecret.load(dataDirectory: dataDirectory)
         let hasher = KeyedHasher(secret: secret)
         _ = RelayMetricsSystem.registry
         let catalog = try loadCatalog(logger: logger)
@@ -66,13 +72,16 @@ public struct RelayApplication: Sendable {
                 caPath: caPath,
                 group: group,
                 threadPool: threadPool,
+                cluster: cluster,
                 announce: announce
             )
         } catch {
+            await cluster?.shutdown()
             try? await group.shutdownGracefully()
             try? await threadPool.shutdownGracefully()
             throw error
         }
+        await cluster?.shutdown()
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
         logger.info("stopped")
@@ -88,6 +97,7 @@ public struct RelayApplication: Sendable {
         caPath: String?,
         group: MultiThreadedEventLoopGroup,
         threadPool: NIOThreadPool,
+        cluster: ClusterWiring?,
         announce: @Sendable (String) -> Void
     ) async throws {
         let dataDirectory = config.dataDirectory
@@ -150,6 +160,8 @@ public struct RelayApplication: Sendable {
             throw ConfigurationError("model \(model.id) is served by the origin, but no --origin is configured")
         }
         let sendEverythingToOrigin = origin != nil
+        // In a fleet, each model's upstream runs one generation per key across all nodes.
+        let fleetSynthetic = cluster?.upstream(synthetic) ?? synthetic
         // Requests survive restarts too: a log of request records, read back (and compacted) before serving.
         let requestLog = RequestLog(
             dataDirectory: dataDirectory,
@@ -161,10 +173,11 @@ public struct RelayApplication: Sendable {
             maxEvents: config.eventLogMaxEvents,
             results: results,
             cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds),
-            log: requestLog
-        ) { model in
-            if let origin, sendEverythingToOrigin || model.upstream == "origin" { return origin }
-            return synthetic
+            log: requestLog,
+            fleet: cluster?.node
+        ) { [originUpstream = origin.map { cluster?.upstream($0) ?? $0 }] model in
+            if let originUpstream, sendEverythingToOrigin || model.upstream == "origin" { return originUpstream }
+            return fleetSynthetic
         }
         if let restored = try await jobs.restore(models: { catalog.model($0) }) {
             logger.info(
@@ -223,6 +236,8 @@ public struct RelayApplication: Sendable {
             logger: logger,
             isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false }
         )
+        let keyStore = APIKeyStore(dataDirectory: dataDirectory, secret: secret)
+        let rateLimiter = config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil
         let relayServices = RelayServices(
             catalog: catalog,
             jobs: jobs,
@@ -230,7 +245,7 @@ public struct RelayApplication: Sendable {
             media: MediaFileSource(store: store, threadPool: threadPool),
             mediaServed: { digest in expiry.touch(digest) },
             hasher: hasher,
-            authenticator: APIKeyStore(dataDirectory: dataDirectory, secret: secret),
+            authenticator: keyStore,
             router: Router(
                 queueHosts: config.queueHosts.compactMap(HostPattern.init),
                 runHosts: config.runHosts.compactMap(HostPattern.init)
@@ -255,12 +270,13 @@ public struct RelayApplication: Sendable {
                 jobs.statistics.refreshForScrape()
                 return RelayMetricsSystem.registry.emitToBuffer()
             },
-            rateLimiter: config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil,
+            rateLimiter: rateLimiter,
             site: site,
             admin: admin,
             webhooks: DispatchingWebhookSink(dispatcher: webhooks),
             accessLogger: config.accessLog ? Logger(label: "access") : nil,
-            uploads: uploads
+            uploads: uploads,
+            fleet: cluster.map { ClusterFleetAccess(wiring: $0, store: store, maxBlobBytes: 512 << 20) }
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -278,6 +294,7 @@ public struct RelayApplication: Sendable {
         if resumed > 0 { logger.info("origin jobs followed again after the restart", metadata: ["jobs": "\(resumed)"]) }
         let addresses = Self.relayAddresses(config: config, bound: bound, publicOrigin: publicOrigin.value)
         uploads.setRelayAddresses(hostNames: addresses.names, ports: addresses.ports)
+        cluster?.start(nodeURL: Self.nodeURL(bound), jobs: jobs, keys: keyStore, rateLimiter: rateLimiter)
         readiness.set(true)
         announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))
 
@@ -304,59 +321,13 @@ public struct RelayApplication: Sendable {
         do {
             try await services.run()
         } catch {
+            await cluster?.leave()
             try? await origin?.shutdown()
             throw error
         }
+        // Drained: peers take over whatever this node still claimed.
+        await cluster?.leave()
         try? await origin?.shutdown()
-    }
-
-    /// The admin API's purge: results by key or model; for a digest, the blob and every result pointing at it.
-    static func purge(
-        _ target: AdminOperations.PurgeTarget,
-        results: ResultIndex,
-        store: BlobStore
-    ) async -> Result<JSONValue, FalError> {
-        switch target {
-        case .key(let digest):
-            let removed = results.remove(RequestKey(digest: digest))
-            return .success(["purged": ["results": .number(removed ? 1 : 0)]])
-        case .model(let id):
-            do {
-                let removed = try await results.remove(modelID: id)
-                return .success(["purged": ["results": .number(Double(removed))]])
-            } catch {
-                return .failure(.internalError("purge failed: \(error)"))
-            }
-        case .digest(let digest):
-            let removed = results.removeResults(referencing: [digest])
-            do {
-                let blob = try await store.remove(digest)
-                return .success(["purged": ["results": .number(Double(removed)), "blobs": .number(blob ? 1 : 0)]])
-            } catch {
-                return .failure(.internalError("purge failed: \(error)"))
-            }
-        }
-    }
-
-    /// Group commits of the request log and what durability adds to submissions and to a job's end.
-    static func requestLogStatistics(_ jobs: JobTable) -> JSONValue {
-        guard let log = jobs.log else { return .null }
-        let (commits, records, failures) = log.statistics
-        let (submissions, ends) = jobs.commitLatency
-        func milliseconds(_ duration: Duration) -> JSONValue {
-            .number(Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15)
-        }
-        return [
-            "commits": .number(Double(commits)),
-            "records": .number(Double(records)),
-            "failures": .number(Double(failures)),
-            "submit_commits": .number(Double(submissions.count)),
-            "submit_commit_ms_mean": milliseconds(submissions.mean),
-            "submit_commit_ms_max": milliseconds(submissions.maximum),
-            "end_commits": .number(Double(ends.count)),
-            "end_commit_ms_mean": milliseconds(ends.mean),
-            "end_commit_ms_max": milliseconds(ends.maximum),
-        ]
     }
 
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
@@ -445,6 +416,13 @@ public struct RelayApplication: Sendable {
             ports.insert(url.port ?? (url.scheme?.lowercased() == "http" ? 80 : 443))
         }
         return (names, ports)
+    }
+
+    /// How peers reach this node by default: its plain HTTP listener (else its HTTPS one).
+    static func nodeURL(_ bound: [BoundListener]) -> String {
+        let listener = bound.first { $0.scheme == "http" } ?? bound[0]
+        let host = ["0.0.0.0", "::", ""].contains(listener.host) ? "127.0.0.1" : listener.host
+        return BoundListener(scheme: listener.scheme, host: host, port: listener.port).url
     }
 
     static func defaultPublicOrigin(_ bound: [BoundListener]) -> String {

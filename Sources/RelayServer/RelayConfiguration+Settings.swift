@@ -117,6 +117,31 @@ extension RelayConfiguration {
             }
             config.origin = value
         },
+        Setting(
+            name: "cluster_database_url",
+            help: "cluster mode: the fleet's PostgreSQL, postgres://user[:password]@host[:port]/database"
+        ) { config, value throws(ConfigurationError) in
+            guard value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") else {
+                throw ConfigurationError("cluster_database_url must be a postgres:// URL")
+            }
+            config.clusterDatabaseURL = value
+        },
+        Setting(name: "node_url", help: "cluster mode: how peers reach this node (default: its HTTP listener)") {
+            config,
+            value throws(ConfigurationError) in
+            guard value.hasPrefix("http://") || value.hasPrefix("https://") else {
+                throw ConfigurationError("node_url must be an http(s) URL, not \"\(value)\"")
+            }
+            config.nodeURL = value.hasSuffix("/") ? String(value.dropLast()) : value
+        },
+        Setting(name: "cluster_lease_seconds", help: "cluster mode: how long a claim outlives its node (default 5)") {
+            config,
+            value throws(ConfigurationError) in
+            guard let seconds = Double(value), seconds >= 1, seconds <= 600 else {
+                throw ConfigurationError("cluster_lease_seconds must be a number from 1 to 600")
+            }
+            config.clusterLeaseSeconds = seconds
+        },
         Setting(name: "origin_key", help: "API key for the origin (default: FAL_KEY from the environment)") {
             $0.originKey = $1
         },

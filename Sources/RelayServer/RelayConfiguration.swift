@@ -76,6 +76,12 @@ public struct RelayConfiguration: Sendable {
     public var origin: String?
     public var originKey: String?
     public var originCA: String?
+    /// Cluster mode: the fleet's PostgreSQL (`postgres://user[:password]@host[:port]/database`); nil = single node.
+    public var clusterDatabaseURL: String?
+    /// How peers reach this node; default its HTTP listener.
+    public var nodeURL: String?
+    /// How long a claim on a piece of work outlives its node's last heartbeat.
+    public var clusterLeaseSeconds = 5.0
     /// Per-tier rate limits (anonymous 20, signed-in 100, pro 500 submissions a minute; reads apart).
     public var rateLimits = true
     public var enterpriseRequestsPerMinute = 2000

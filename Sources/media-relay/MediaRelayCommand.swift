@@ -53,6 +53,13 @@ struct Keys: AsyncParsableCommand {
 
     struct Location: ParsableArguments {
         @Option(help: "Data directory (default ./data, or RELAY_DATA_DIR)") var dataDir: String?
+        @Option(help: "A fleet's PostgreSQL (or RELAY_CLUSTER_DATABASE_URL): the key table every node copies")
+        var clusterDatabaseURL: String?
+
+        /// The fleet's database, when the keys are a fleet's.
+        var fleet: String? {
+            clusterDatabaseURL ?? ProcessInfo.processInfo.environment["RELAY_CLUSTER_DATABASE_URL"]
+        }
 
         var store: APIKeyStore {
             APIKeyStore(dataDirectory: dataDir ?? ProcessInfo.processInfo.environment["RELAY_DATA_DIR"] ?? "./data")
@@ -68,11 +75,17 @@ struct Keys: AsyncParsableCommand {
 
         func run() async throws {
             do {
+                if let url = location.fleet {
+                    let (key, row) = try await FleetKeyTable.create(url: url, tier: tier)
+                    print("created key \(row.id) (tier \(row.tier)) in the fleet; store it now, it is not shown again:")
+                    print(key)
+                    return
+                }
                 let (key, entry) = try location.store.create(tier: tier)
                 print("created key \(entry.id) (tier \(entry.tier)); store it now, it is not shown again:")
                 print(key)
             } catch {
-                throw ValidationError(error.description)
+                throw ValidationError("\(error)")
             }
         }
     }
@@ -82,6 +95,12 @@ struct Keys: AsyncParsableCommand {
         @OptionGroup var location: Location
 
         func run() async throws {
+            if let url = location.fleet {
+                for row in try await FleetKeyTable.list(url: url) {
+                    print("\(row.id)\t\(row.tier)\t\(row.created)\t\(row.revoked ? "revoked" : "active")")
+                }
+                return
+            }
             for entry in try location.store.list() {
                 print("\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(entry.revoked ? "revoked" : "active")")
             }
@@ -94,6 +113,13 @@ struct Keys: AsyncParsableCommand {
         @OptionGroup var location: Location
 
         func run() async throws {
+            if let url = location.fleet {
+                guard try await FleetKeyTable.revoke(url: url, id: id) else {
+                    throw ValidationError("no key with id \(id)")
+                }
+                print("revoked \(id) in the fleet")
+                return
+            }
             guard try location.store.revoke(id: id) else {
                 throw ValidationError("no key with id \(id)")
             }

@@ -5,6 +5,9 @@ import RelayCore
 extension RelayServices {
     func respondAdmin(_ request: RouteRequest, action: AdminAction) -> RouteAnswer {
         switch action {
+        case .cluster:
+            guard let fleet else { return request.error(.notFound("This relay is a single node, not a fleet")) }
+            return request.json(fleet.status(), extraHeaders: [("cache-control", "no-store")])
         case .stats:
             var stats = jobs.statistics.snapshot().objectValue ?? [:]
             stats["cache"] = .object(admin.cacheStatistics())

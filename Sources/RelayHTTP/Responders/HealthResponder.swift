@@ -11,7 +11,9 @@ extension RelayServices {
             guard readiness.isReady else {
                 return request.error(.unavailable("starting or draining", type: "not_ready"))
             }
-            return request.json(["status": "ready"])
+            guard let fleet else { return request.json(["status": "ready"]) }
+            // A node whose database is away still serves what it holds: it stays ready and says so.
+            return request.json(["status": "ready", "cluster": fleet.isAvailable ? "ok" : "unavailable"])
         default:
             let text = metricsText?() ?? []
             return .response(

@@ -7,6 +7,7 @@ import RelayJobs
 /// stream. Every transport's request for one of these routes is decided here.
 extension RelayServices {
     func respondQueue(_ request: RouteRequest) -> RouteAnswer {
+        if let adopting = adoptingFromFleet(request) { return adopting }
         switch request.route {
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
             return submit(request, endpoint: endpoint)
@@ -44,6 +45,9 @@ extension RelayServices {
             webhook = url
         }
         let directives = FalWire.cacheDirectives(request.facts.headers)
+        if let asking = fleetResultFirst(request, input: input, noCache: directives.contains("no-cache")) {
+            return asking
+        }
         let submitted: RelayRequest
         let limitHeaders: [(String, String)]
         switch submit(
@@ -116,6 +120,9 @@ extension RelayServices {
         principal: Principal,
         directives: CacheDirectives = CacheDirectives()
     ) -> Submission {
+        if let unavailable = fleetRefusal {
+            return .refused(unavailable, headers: [("retry-after", "2")])
+        }
         var refusal: (FalError, [(String, String)])?
         var headers: [(String, String)] = []
         let made = jobs.submit(

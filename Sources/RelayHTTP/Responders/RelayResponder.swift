@@ -12,6 +12,7 @@ import RelayCore
 /// | storage token, upload initiate, multipart | `respondUpload` (UploadResponder.swift); bodies: `UploadExchange` |
 /// | tokens | `respondTokens` (TokenResponder.swift) |
 /// | admin | `respondAdmin` (AdminResponder.swift) |
+/// | `/_cluster/v1/follow` (peers) | `respondPeer` (PeerResponder.swift) |
 /// | ui, catalog, stats | `respondSite` (SiteResponder.swift) |
 /// | ws, realtime | `WebSocketGate` at the upgrade; a plain request is told why it was not upgraded here |
 extension RelayServices {
@@ -29,6 +30,8 @@ extension RelayServices {
             return respondTokens(request)
         case .admin(let action):
             return respondAdmin(request, action: action)
+        case .peerFollow:
+            return respondPeer(request)
         case .ui, .catalog, .stats:
             return respondSite(request)
         case .webSocket, .realtime:

@@ -15,6 +15,15 @@ struct RouteRequest {
     var body = ByteBuffer()
     /// The connection's loop: answers that complete later complete there.
     var eventLoop: any EventLoop
+    /// The fleet's registry was asked about this request's id already (cluster mode): an id still unknown is a 404.
+    var fleetChecked = false
+
+    /// This request, marked as asked of the fleet already.
+    var fleetAsked: RouteRequest {
+        var asked = self
+        asked.fleetChecked = true
+        return asked
+    }
 
     var isHead: Bool { facts.isHead }
 
@@ -66,6 +75,9 @@ indirect enum RouteAnswer {
     case file(MediaFileRequest)
     /// The dashboard's statistics feed: a snapshot over SSE every second.
     case statisticsStream
+    /// An answer decided once something asynchronous is known (the fleet's registry, a peer's copy of a blob). The
+    /// future is made on the request's loop (`RouteRequest.eventLoop`) and completes there.
+    case later(EventLoopFuture<RouteAnswer>)
 }
 
 /// How a job is followed, and where from.
@@ -77,6 +89,9 @@ struct JobFollow {
         case partialStream
         /// The run host's `POST /{model}`: the result (or error) as one response when the job ends.
         case run
+        /// `POST /_cluster/v1/follow`: the job's events for a peer node, one JSON object each with its sequence
+        /// number, from the peer's resume point on (`JobEvent.peerJSON`).
+        case peerEvents(after: Int)
     }
 
     var request: RelayRequest

@@ -1,0 +1,21 @@
+public import RelayCore
+public import RelayJobs
+public import RelayStore
+
+/// What the HTTP layer asks of the fleet this relay belongs to (cluster mode; nil on a single node). Every call that
+/// reaches the database or a peer is asynchronous and bounded in time; none runs on an event loop.
+public protocol FleetAccess: Sendable {
+    /// Whether the fleet's database answered last time: submissions are refused (503) while it does not.
+    var isAvailable: Bool { get }
+    /// What peers present (`x-relay-cluster-token`) on node-to-node calls.
+    var peerToken: String { get }
+    /// The registry's entry for a request id another node may have taken.
+    func request(_ id: String) async throws -> FleetRequest?
+    /// A fresh result some node stored for `key` (the fleet's result index).
+    func result(_ key: RequestKey) async throws -> CachedResult?
+    /// Copies a blob this node lacks from a node that holds it into the blob store (verified by its digest); true when
+    /// it is here now. Concurrent calls for one digest share one copy.
+    func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool
+    /// `/admin/cluster` and `/readyz`: this node, the fleet as it sees it, its own generations.
+    func status() -> JSONValue
+}

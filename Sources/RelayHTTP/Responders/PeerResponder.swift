@@ -1,0 +1,139 @@
+import NIOCore
+import NIOHTTP1
+import RelayCore
+import RelayJobs
+import RelayStore
+
+/// The fleet's node-to-node route and the steps the queue and media responders take for what another node holds
+/// (cluster mode, DESIGN.md "A fleet"): a request id taken elsewhere is adopted from the registry and then answered
+/// here; a blob stored elsewhere is copied from its holder and then served here.
+extension RelayServices {
+    /// `POST /_cluster/v1/follow` `{"model", "key", "input", "after"}`: a peer that waits on a key this node claimed
+    /// follows the key's job here. Its request attaches to the job (or finds the result, or starts the job again
+    /// after a restart) and gets the job's events after `after`.
+    func respondPeer(_ request: RouteRequest) -> RouteAnswer {
+        guard let fleet else { return request.error(.notFound("This relay is a single node, not a fleet")) }
+        guard let token = request.facts.headers.first(name: "x-relay-cluster-token"),
+            Self.constantTimeEqual(Array(token.utf8), Array(fleet.peerToken.utf8))
+        else {
+            return request.error(.unauthorized("Peers present the fleet's token"))
+        }
+        guard let body = request.jsonObject, let modelID = body["model"]?.stringValue,
+            let model = catalog.model(modelID), let endpoint = EndpointID(modelID),
+            let keyHex = body["key"]?.stringValue, let digest = Digest128(hex: keyHex),
+            let fields = body["input"]?.objectValue
+        else {
+            return request.error(.badRequest("A follow names a known model, its key and its input"))
+        }
+        let input: ModelInput
+        do {
+            input = try ModelInput(model: model, input: fields)
+        } catch {
+            return request.error(error)
+        }
+        let key = RequestKey(digest: digest)
+        // A request of the peer's: not registered again, never counted against a caller.
+        let followed = FleetRequest(
+            id: RequestID.make(),
+            endpoint: endpoint.description,
+            modelID: modelID,
+            key: key,
+            input: [],
+            ownerKeyID: nil,
+            createdAt: .now(),
+            cancelled: false,
+            nodeID: ""
+        )
+        let made = jobs.adopt(followed, input: input, endpoint: endpoint)
+        let after = max(0, body["after"]?.intValue ?? 0)
+        return .follow(JobFollow(request: made, kind: .peerEvents(after: after)))
+    }
+
+    /// For a request id this node does not hold, in a fleet: looks it up in the registry, adopts it, and answers
+    /// `request` again once that is done (on the connection's loop). nil when there is nothing to ask.
+    func adoptingFromFleet(_ request: RouteRequest) -> RouteAnswer? {
+        guard let fleet, !request.fleetChecked, let id = request.route.requestID, !jobs.holds(id) else { return nil }
+        let catalog = self.catalog
+        let jobs = self.jobs
+        let promise = request.eventLoop.makePromise(of: FalError?.self)
+        promise.completeWithTask {
+            let found: FleetRequest?
+            do {
+                found = try await fleet.request(id)
+            } catch {
+                // Not knowing is not "not found": the client retries once the database answers.
+                return .unavailable("cluster_unavailable: \(error)", type: "cluster_unavailable")
+            }
+            guard let found, let model = catalog.model(found.modelID), let endpoint = EndpointID(found.endpoint),
+                let fields = (try? JSONValue(parsing: found.input))?.objectValue,
+                let input = try? ModelInput(model: model, input: fields)
+            else { return nil }
+            _ = jobs.adopt(found, input: input, endpoint: endpoint)
+            return nil
+        }
+        let again = request.fleetAsked
+        return .later(
+            promise.futureResult.map { unavailable in
+                guard let unavailable else { return self.respond(again) }
+                return request.error(unavailable, requestID: id, extraHeaders: [("retry-after", "1")])
+            }
+        )
+    }
+
+    /// A submission this node has neither a result nor a job for, in a fleet: the fleet's result index is asked
+    /// first, and a result found there is cached here, so the submission is a hit like on the node that made it.
+    /// nil when there is nothing to ask (a single node, a local hit or job, `no-cache`, work that is never shared).
+    func fleetResultFirst(_ request: RouteRequest, input: ModelInput, noCache: Bool) -> RouteAnswer? {
+        guard let fleet, !request.fleetChecked, !noCache, JobTable.isCacheable(input) else { return nil }
+        let key = requestKey(input, principal: request.principal)
+        guard !jobs.hasResultOrWork(for: key, input: input) else { return nil }
+        let results = jobs.results
+        let promise = request.eventLoop.makePromise(of: Void.self)
+        promise.completeWithTask {
+            // A database that does not answer is no reason to fail here: the submission goes on as a local miss.
+            guard let found = try? await fleet.result(key), found.modelID == input.model.id,
+                found.canonicalInput == input.canonicalBytes
+            else { return }
+            results.store(key, found)
+        }
+        let again = request.fleetAsked
+        return .later(promise.futureResult.map { self.respond(again) })
+    }
+
+    /// A blob's record: from this node's store, else (in a fleet) copied from a node that holds it first.
+    func mediaRecord(
+        _ file: MediaFileRequest,
+        fromPeer: Bool = false,
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<BlobRecord?> {
+        let local = media.record(file.digest, mediaType: file.mediaType, eventLoop: eventLoop)
+        guard let fleet, !fromPeer else { return local }
+        let media = self.media
+        return local.flatMap { record in
+            if record != nil { return eventLoop.makeSucceededFuture(record) }
+            let promise = eventLoop.makePromise(of: Bool.self)
+            promise.completeWithTask { await fleet.fetchBlob(file.digest, mediaType: file.mediaType) }
+            return promise.futureResult.flatMap { copied in
+                copied
+                    ? media.record(file.digest, mediaType: file.mediaType, eventLoop: eventLoop)
+                    : eventLoop.makeSucceededFuture(nil)
+            }
+        }
+    }
+
+    /// Submissions need the fleet's registry: while its database is away they get 503 with `Retry-After`.
+    var fleetRefusal: FalError? {
+        guard let fleet, !fleet.isAvailable else { return nil }
+        return .unavailable(
+            "cluster_unavailable: the fleet's database cannot be reached; retry shortly",
+            type: "cluster_unavailable"
+        )
+    }
+
+    static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        var difference: UInt8 = 0
+        for (a, b) in zip(lhs, rhs) { difference |= a ^ b }
+        return difference == 0
+    }
+}
