@@ -32,6 +32,23 @@ extension JobTable {
         return results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes) != nil
     }
 
+    /// After a restart in a fleet: requests that were in flight here when the node stopped are forgotten instead of
+    /// ending with `restartedError`, so the next call for one adopts it from the registry again and it completes
+    /// (on the node that took its work over, or here). Returns how many were forgotten.
+    @discardableResult
+    public func forgetInterrupted() -> Int {
+        state.withLock { state in
+            let interrupted = state.requests.values.filter { request in
+                if case .completed(.failure(let error)) = request.job.status.phase {
+                    return error == Self.restartedError
+                }
+                return false
+            }
+            for request in interrupted { state.requests[request.id] = nil }
+            return interrupted.count
+        }
+    }
+
     /// Whether this node holds a request with this id, whoever may see it (the fast lane leaves unknown ids to the
     /// path that asks the fleet).
     public func holds(_ id: String) -> Bool {

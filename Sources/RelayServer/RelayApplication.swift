@@ -189,6 +189,9 @@ public struct RelayApplication: Sendable {
                 ]
             )
         }
+        if cluster != nil, jobs.forgetInterrupted() > 0 {
+            logger.info("requests in flight at the restart are left to the fleet, which finishes them")
+        }
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
         jobs.statistics.setScrapeProviders(evictions: { expiry.evictions }, queueDepth: { synthetic.queueDepth })
