@@ -11,6 +11,7 @@ import glob
 import importlib
 import json
 import os
+import random
 import re
 import shutil
 import select
@@ -32,11 +33,32 @@ READY_LINE = re.compile(r"READY https=127\.0\.0\.1:(\d+) http=127\.0\.0\.1:(\d+)
 AS_ROOT = os.geteuid() == 0
 
 
+_handed_out = set()
+_ports_lock = threading.Lock()
+
+
 def free_port():
-    """A loopback port nobody listens on now; the caller binds it soon after (node URLs must be known up front)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nobody listens on now; the caller binds it soon after (node URLs must be known up front).
+
+    Taken below the kernel's ephemeral range, so that no outgoing connection (a client's, or nginx's to a node) can
+    hold it by the time its server binds it, and never the same one twice in this process."""
+    ephemeral_low = 32768
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral_low = int(ports.read().split()[0])
+    low, high = (10000, ephemeral_low) if ephemeral_low > 12000 else (ephemeral_low // 2, ephemeral_low)
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        with _ports_lock:
+            if port in _handed_out:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port in {low}-{high}")
 
 
 def wait_for(condition, timeout, message):
@@ -58,6 +80,42 @@ def accepts_connections(port):
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
     return False
+
+
+# ---- cleanup when the test process dies -------------------------------------------------------------------------
+
+GUARDIAN = r"""
+import os, shutil, signal, subprocess, sys
+root, stop_postgres = sys.argv[1], sys.argv[2:]
+if "done" not in sys.stdin.read():  # end of input without "done": the process that made the fleet is gone
+    if stop_postgres and os.path.exists(os.path.join(root, "pg", "data", "postmaster.pid")):
+        subprocess.run(stop_postgres, capture_output=True, timeout=60)
+    shutil.rmtree(root, ignore_errors=True)
+    os.killpg(os.getpgrp(), signal.SIGKILL)  # the nodes and nginx share this process group (and so does this one)
+"""
+
+
+class Guardian:
+    """A small process that outlives the test process if that one is killed (a CI timeout, a second Ctrl-C): it then
+    stops PostgreSQL (a daemon of pg_ctl's), kills the nodes and nginx (its process group) and removes the folder.
+    A fleet that stops itself tells it "done" first, and it exits doing nothing."""
+
+    def __init__(self, root, cluster):
+        stop = []
+        if cluster:
+            stop = [os.path.join(postgres_bin_dir(), "pg_ctl"), "stop", "-m", "immediate", "-D",
+                    os.path.join(root, "pg", "data")]
+            stop = (["runuser", "-u", "postgres", "--"] if AS_ROOT else []) + stop
+        self.process = subprocess.Popen([sys.executable, "-c", GUARDIAN, root, *stop], stdin=subprocess.PIPE,
+                                        process_group=0, text=True)
+        self.group = self.process.pid
+
+    def release(self):
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.write("done")
+            self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------------
@@ -213,7 +271,7 @@ http {{
 class LoadBalancer:
     """nginx in front of `upstream_ports`, round robin: TLS on `https_port`, plain HTTP on `http_port`."""
 
-    def __init__(self, root, upstream_ports):
+    def __init__(self, root, upstream_ports, group=None):
         self.dir = os.path.join(root, "nginx")
         os.mkdir(self.dir)
         self.ca, cert, key = make_certificates(self.dir)
@@ -227,7 +285,7 @@ class LoadBalancer:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = subprocess.Popen(
             [nginx, "-p", self.dir, "-c", "nginx.conf", "-e", os.path.join(self.dir, "error.log"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, process_group=group,
         )
         try:
             wait_for(lambda: self.process.poll() is None and accepts_connections(self.https_port)
@@ -350,8 +408,9 @@ class WebhookReceiver:
 class Node:
     """One relay process with a fixed plain HTTP port (its node URL) and a data directory that outlives restarts."""
 
-    def __init__(self, index, data_dir, http_port, args):
+    def __init__(self, index, data_dir, http_port, args, group=None):
         self.index, self.data_dir, self.http_port, self.args = index, data_dir, http_port, list(args)
+        self.group = group
         self.process = None
         self.https_port = None
         self.output = collections.deque(maxlen=400)
@@ -363,7 +422,8 @@ class Node:
     def start(self):
         assert self.process is None or self.process.poll() is not None, f"node {self.index} is running"
         self.process = subprocess.Popen(
-            [BINARY, "serve", *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [BINARY, "serve", *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            process_group=self.group,
         )
         ready = threading.Event()
 
@@ -417,6 +477,7 @@ class Fleet:
         self.root = root
         self.cluster = cluster
         self.pg, self.lb, self.nodes = None, None, []
+        self.guardian = Guardian(root, cluster)
         try:
             self._start(nodes, extra_args, node_args or {}, time_scale, load_balancer)
         except BaseException:
@@ -429,7 +490,7 @@ class Fleet:
         ports = [free_port() for _ in range(nodes)]
         # The load balancer's ports are chosen before the nodes start: they are the fleet's public URL.
         if load_balancer:
-            self.lb = LoadBalancer(self.root, ports)
+            self.lb = LoadBalancer(self.root, ports, group=self.guardian.group)
         for index, port in enumerate(ports):
             data_dir = os.path.join(self.root, f"node{index}")
             os.mkdir(data_dir)
@@ -447,7 +508,7 @@ class Fleet:
             if self.lb:
                 args += ["--public-url", f"https://127.0.0.1:{self.lb.https_port}"]
             args += [*extra_args, *node_args.get(index, {}).get("args", ())]
-            self.nodes.append(Node(index, data_dir, port, args))
+            self.nodes.append(Node(index, data_dir, port, args, group=self.guardian.group))
         threads = [threading.Thread(target=node.start) for node in self.nodes]
         for thread in threads:
             thread.start()
@@ -609,40 +670,44 @@ class Fleet:
     def close(self):
         """Stops everything; returns the exit codes of the nodes that were still running (SIGTERM)."""
         codes = {}
-        for node in self.nodes:
-            if node.running():
-                node.process.terminate()
-        for node in self.nodes:
-            if node.process is not None and node.index not in codes:
-                try:
-                    codes[node.index] = node.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait(5)
-                    codes[node.index] = "timeout"
+        running = [node for node in self.nodes if node.running()]
+        for node in running:
+            node.process.terminate()
+        for node in running:
+            try:
+                codes[node.index] = node.process.wait(30)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait(5)
+                codes[node.index] = "no exit 30 s after SIGTERM"
         if self.lb:
             self.lb.stop()
         if self.pg and self.pg.running():
             with contextlib.suppress(Exception):
                 self.pg.stop()
+        self.guardian.release()
         return codes
 
 
 @contextlib.contextmanager
 def started_fleet(nodes=3, extra_args=(), node_args=None, time_scale="0.1", cluster=True, prefix="media-relay-fleet-"):
-    """A fleet of its own in a temporary folder (made traversable for the `postgres` user), stopped at the end.
+    """A fleet of its own in a temporary folder (made traversable for the `postgres` user), stopped at the end; every
+    node still running then must exit cleanly on SIGTERM, as a single relay must (conftest's started_relay).
     `node_args` maps a node's index to {"time_scale": …, "args": (…)} for that node only."""
     root = tempfile.mkdtemp(prefix=prefix)
     os.chmod(root, 0o755)
-    fleet = None
+    fleet, codes = None, {}
     try:
         fleet = Fleet(root, nodes=nodes, extra_args=extra_args, node_args=node_args, time_scale=time_scale,
                       cluster=cluster)
         yield fleet
     finally:
         if fleet is not None:
-            fleet.close()
+            logs = fleet.logs()
+            codes = fleet.close()
         shutil.rmtree(root, ignore_errors=True)
+    unclean = {index: code for index, code in codes.items() if code != 0}
+    assert not unclean, f"nodes did not exit cleanly on SIGTERM: {unclean}\n{logs}"
 
 
 # ---- requests to one chosen node (the load balancer would choose for itself) ---------------------------------------
@@ -676,11 +741,14 @@ def wait_completed(fleet, node, request_id, timeout=60, key=None):
     return wait_for(completed, timeout, f"request {request_id} did not complete on node {node}")
 
 
-def read_events(response, limit=None, events=None):
+def read_events(response, limit=None, events=None, timeout=60):
     """SSE events of a streaming httpx response as (id, data) pairs; stops after `limit` data events. Each event is
-    appended to `events` (a new list by default) as it arrives, so another thread may watch it grow."""
+    appended to `events` (a new list by default) as it arrives, so another thread may watch it grow. A stream still
+    open after `timeout` seconds fails (the relay pings every 15 s, so a line comes at least that often)."""
     events, event_id, data = [] if events is None else events, None, []
+    deadline = time.monotonic() + timeout
     for line in response.iter_lines():
+        assert time.monotonic() < deadline, f"the stream was still open after {timeout} s: {events[-3:]}"
         if line.startswith("id:"):
             event_id = int(line[3:].strip())
         elif line.startswith("data:"):

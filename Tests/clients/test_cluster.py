@@ -86,6 +86,7 @@ def test_subscribe_with_logs_through_the_load_balancer(fal, fleet):
         arguments={"prompt": prompt, "image_size": "square", "seed": 7},
         with_logs=True,
         on_queue_update=updates.append,
+        client_timeout=60,
     )
     kinds = [type(update).__name__ for update in updates]
     assert "InProgress" in kinds and kinds[-1] == "Completed", kinds
@@ -352,11 +353,12 @@ def test_status_stream_resumes_on_another_node_by_last_event_id(fleet):
     assert second[-1][1]["status"] == "COMPLETED"
     done = second[-1][0]
     # Node 2 knows the same ids: a client that saw the end gets 204 there, one that did not gets the end again.
-    assert httpx.get(fleet.node_http(2) + path, headers={**fleet.headers(), "Last-Event-ID": str(done)},
-                     timeout=30).status_code == 204
+    with httpx.stream("GET", fleet.node_http(2) + path, headers={**fleet.headers(), "Last-Event-ID": str(done)},
+                      timeout=30) as response:  # a stream: a wrong answer may be one that never ends
+        assert response.status_code == 204, f"{response.status_code} {response.headers}"
     with httpx.stream("GET", fleet.node_http(2) + path + f"&last_event_id={done - 1}", headers=fleet.headers(),
                       timeout=30) as response:
-        again = read_events(response)
+        again = read_events(response, timeout=20)
     assert [event_id for event_id, _ in again] == [done] and again[0][1]["status"] == "COMPLETED", again
 
 

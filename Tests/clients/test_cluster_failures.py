@@ -68,8 +68,7 @@ def test_a_node_killed_mid_job_is_taken_over_within_the_lease(fleet):
     try:
         wait_for(lambda: fleet.generations_started(survivors) > before, LEASE_SECONDS + 5,
                  "no surviving node took the job over")
-        took_over = time.monotonic() - killed
-        assert took_over <= LEASE_SECONDS + 2, f"taken over {took_over:.1f} s after the kill (lease {LEASE_SECONDS} s)"
+        took_over = time.monotonic() - killed  # checked last: what the waiters saw tells more when it fails
 
         waited = wait_completed(fleet, 1, waiter_id, timeout=30)
         assert not waited.get("error"), waited
@@ -88,6 +87,9 @@ def test_a_node_killed_mid_job_is_taken_over_within_the_lease(fleet):
         assert fleet.generations_started(survivors) - before == 1, "the job was started more than once"
         # README: `miss` is a new generation; node 1 attached this request to node 0's job.
         assert waiter.headers["x-relay-cache"] == "coalesced", waiter.headers["x-relay-cache"]
+        # A claim is renewed while its job runs, so it lapses at most a lease after the kill; then a follower takes
+        # it (2 s for noticing it and for a loaded machine).
+        assert took_over <= LEASE_SECONDS + 2, f"taken over {took_over:.1f} s after the kill (lease {LEASE_SECONDS} s)"
         path = output.json()["images"][0]["url"].split("/files/", 1)[1]
         for node in survivors:
             assert httpx.get(f"{fleet.node_http(node)}/files/{path}", timeout=30).content[:4] == b"\x89PNG"
@@ -173,9 +175,14 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
                 try:
                     if number % 2:
                         output = fal.subscribe("fal-ai/flux/schnell", arguments=arguments, with_logs=True,
-                                               on_queue_update=lambda update: None)
+                                               on_queue_update=lambda update: None, client_timeout=60)
                     else:
-                        output = fal.submit("fal-ai/flux/schnell", arguments=arguments).get()
+                        handle = fal.submit("fal-ai/flux/schnell", arguments=arguments)
+                        deadline = time.monotonic() + 60
+                        while type(handle.status()).__name__ != "Completed":
+                            assert time.monotonic() < deadline, f"{handle.request_id} not done after 60 s"
+                            time.sleep(0.1)
+                        output = handle.get()
                     assert output["images"][0]["url"].startswith(fleet.lb_https + "/files/"), output
                     done.append(time.monotonic())
                 except Exception as error:  # every failure counts; the loop goes on
