@@ -168,6 +168,29 @@ extension ClusterNode: Fleet {
         return CachedResult(manifestBytes: Array(manifest.readableBytesView), key: key)
     }
 
+    /// What the fleet has for `key` in one round trip: a fresh result some node stored, and whether another live
+    /// node holds the key's claim (a submission here then shares that node's job).
+    public func lookup(_ key: RequestKey) async throws(ClusterError) -> (result: CachedResult?, runningElsewhere: Bool)
+    {
+        let (hex, node) = (key.digest.hex, configuration.nodeID)
+        let now = Timestamp.now().secondsSinceEpoch
+        let (manifest, elsewhere) = try await database.perform("look up key") { client -> (ByteBuffer?, Bool) in
+            let rows = try await client.query(
+                """
+                SELECT (SELECT manifest FROM relay_results WHERE request_key = \(hex) AND expires_at > \(now)),
+                       EXISTS (SELECT 1 FROM relay_claims
+                               WHERE request_key = \(hex) AND node_id <> \(node) AND lease_until > now())
+                """
+            )
+            for try await (manifest, elsewhere) in rows.decode((ByteBuffer?, Bool).self) {
+                return (manifest, elsewhere)
+            }
+            return (nil, false)
+        }
+        let result = manifest.flatMap { CachedResult(manifestBytes: Array($0.readableBytesView), key: key) }
+        return (result, elsewhere)
+    }
+
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
     public enum Claim: Sendable, Hashable {
         case won

@@ -187,6 +187,14 @@ public final class ClusterNode: Sendable {
                 ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), node_url = EXCLUDED.node_url, leaving = false
                 """
             )
+            // A claim taken for a submission that was then served without work here (a result published meanwhile)
+            // is released rather than renewed for as long as this node lives.
+            try await client.query(
+                """
+                DELETE FROM relay_claims c WHERE c.node_id = \(id)
+                AND EXISTS (SELECT 1 FROM relay_results r WHERE r.request_key = c.request_key)
+                """
+            )
             try await client.query(
                 "UPDATE relay_claims SET lease_until = now() + make_interval(secs => \(lease)) WHERE node_id = \(id)"
             )

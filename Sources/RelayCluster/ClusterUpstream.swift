@@ -76,6 +76,21 @@ final class ClusterJobRun: UpstreamTask, Sendable {
 
     func run() async {
         let node = upstream.node
+        // An adopted request follows its own job on the node that took it while that node lives: the same events
+        // under the same numbers, from the first to the end, even if that job ended already.
+        if let adopted = job.adoptedFrom, adopted.nodeID != node.configuration.nodeID,
+            let owner = node.fleet.first(where: { $0.nodeID == adopted.nodeID && $0.alive })
+        {
+            let follow = PeerFollow(
+                job: job,
+                nodeURL: owner.nodeURL,
+                request: adopted,
+                token: node.peerToken,
+                http: upstream.http,
+                logger: upstream.logger
+            )
+            if case .finished = await follow.run() { return }
+        }
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {

@@ -26,6 +26,8 @@ struct PeerFollow: Sendable {
 
     let job: Job
     let nodeURL: String
+    /// Follow this request's own job on the peer (an adopted request), not the key's.
+    var request: FleetRequest? = nil
     let token: String
     let http: HTTPClient
     let logger: Logger
@@ -37,7 +39,10 @@ struct PeerFollow: Sendable {
             "input": .object(job.input.fields),
             "after": .number(Double(job.status.lastSequence)),
         ]
-        body["node"] = .null
+        if let request {
+            body["request_id"] = .string(request.id)
+            body["owner_key_id"] = request.ownerKeyID.map(JSONValue.string) ?? .null
+        }
         var request = HTTPClientRequest(url: nodeURL + Self.path)
         request.method = .POST
         request.headers.add(name: Self.tokenHeader, value: token)

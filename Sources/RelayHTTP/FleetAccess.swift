@@ -7,12 +7,18 @@ public import RelayStore
 public protocol FleetAccess: Sendable {
     /// Whether the fleet's database answered last time: submissions are refused (503) while it does not.
     var isAvailable: Bool { get }
+    /// Whether the node with this id is a live member of the fleet.
+    func isLive(node: String) -> Bool
     /// What peers present (`x-relay-cluster-token`) on node-to-node calls.
     var peerToken: String { get }
     /// The registry's entry for a request id another node may have taken.
     func request(_ id: String) async throws -> FleetRequest?
-    /// A fresh result some node stored for `key` (the fleet's result index).
-    func result(_ key: RequestKey) async throws -> CachedResult?
+    /// A fresh result some node stored for `key` (the fleet's result index), and whether another node runs the key's
+    /// job now.
+    func lookup(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool)
+    /// As `lookup`, and when there is no result, claims the key for this node unless another node holds it: a
+    /// submission is labelled a miss on exactly one node of the fleet.
+    func lookupOrClaim(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool)
     /// Copies a blob this node lacks from a node that holds it into the blob store (verified by its digest); true when
     /// it is here now. Concurrent calls for one digest share one copy.
     func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool

@@ -21,6 +21,9 @@ struct JobStreamStateMachine: Sendable {
         case drop
         /// The socket is full: the event stays in the job's log until `writabilityChanged` asks for a replay.
         case wait
+        /// The job's end, which the client saw already (it resumed after it, on a node whose log reached it only
+        /// now): the stream ends without another frame.
+        case end
     }
 
     private(set) var state: State
@@ -44,8 +47,9 @@ struct JobStreamStateMachine: Sendable {
         return false
     }
 
-    mutating func deliver(sequence: Int, writable: Bool) -> Delivery {
-        guard case .streaming(let lastSent, let behind) = state, sequence > lastSent else { return .drop }
+    mutating func deliver(sequence: Int, terminal: Bool = false, writable: Bool) -> Delivery {
+        guard case .streaming(let lastSent, let behind) = state else { return .drop }
+        guard sequence > lastSent else { return terminal ? .end : .drop }
         guard writable, !behind else {
             state = .streaming(lastSent: lastSent, behind: true)
             return .wait

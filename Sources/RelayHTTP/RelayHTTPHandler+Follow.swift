@@ -44,7 +44,7 @@ extension RelayHTTPHandler {
             writeStatsStreamHead(context: context, exchange: &exchange)
             state = .exchanging(exchange)
             return exchange.number
-        case .run(let r), .partialStream(let r), .peerEvents(let r):
+        case .run(let r), .partialStream(let r), .peerEvents(let r, _):
             request = r
         case .statusStream(let stream):
             request = stream.request
@@ -142,8 +142,13 @@ extension RelayHTTPHandler {
         case .statusStream, .partialStream, .peerEvents:
             // A slow reader never makes us buffer: while the socket cannot take more, events stay in the job's log
             // and are replayed from there when it drains (`channelWritabilityChanged`).
-            let delivery = exchange.stream.deliver(sequence: event.sequence, writable: context.channel.isWritable)
+            let delivery = exchange.stream.deliver(
+                sequence: event.sequence,
+                terminal: event.isTerminal,
+                writable: context.channel.isWritable
+            )
             state = .exchanging(exchange)
+            if delivery == .end { return endStream(exchange, context: context) }
             guard delivery == .write else { return }
         default:
             break
@@ -232,11 +237,13 @@ extension RelayHTTPHandler {
         switch exchange.kind {
         case .waiting, .statsStream:
             break
-        case .run(let request), .partialStream(let request), .peerEvents(let request):
+        case .run(let request), .partialStream(let request), .peerEvents(let request, _):
             if exchange.subscriptionToken != 0 {
                 request.job.unsubscribe(exchange.subscriptionToken)
             }
-            // A client that leaves a run or a `/stream` takes its request with it (the job goes on for others).
+            // A client that leaves a run or a `/stream` takes its request with it (the job goes on for others); so
+            // does a peer that leaves the request it made to follow a key, but not one that watched a client's.
+            if case .peerEvents(_, detachOnLeave: false) = exchange.kind { return }
             if clientGone {
                 _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
             }

@@ -35,7 +35,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case statusStream(StatusStream)
             case partialStream(RelayRequest)
             /// A peer node follows a job of this node (`JobFollow.Kind.peerEvents`).
-            case peerEvents(RelayRequest)
+            case peerEvents(RelayRequest, detachOnLeave: Bool)
             /// `/relay/stats/stream`: a statistics snapshot every second (the dashboard).
             case statsStream
         }
@@ -156,7 +156,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch exchange.kind {
             case .statusStream(let stream): request = stream.request
             case .partialStream(let r): request = r
-            case .peerEvents(let r): (request, everyEvent) = (r, true)
+            case .peerEvents(let r, _): (request, everyEvent) = (r, true)
             default: return context.fireChannelWritabilityChanged()
             }
             for event in request.job.catchUp(after: after, everyEvent: everyEvent) {
@@ -286,8 +286,13 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 begin(.partialStream(follow.request), context: context, keepAlive: keepAlive)
             case .run:
                 begin(.run(follow.request), context: context, keepAlive: keepAlive)
-            case .peerEvents(let after):
-                begin(.peerEvents(follow.request), after: after, context: context, keepAlive: keepAlive)
+            case .peerEvents(let after, let detachOnLeave):
+                begin(
+                    .peerEvents(follow.request, detachOnLeave: detachOnLeave),
+                    after: after,
+                    context: context,
+                    keepAlive: keepAlive
+                )
             }
         case .file(let file):
             sendFile(file, facts: facts, context: context, keepAlive: keepAlive)

@@ -116,6 +116,8 @@ public struct RelayServices: Sendable {
     public let uploads: UploadService?
     /// The fleet this node belongs to (cluster mode); nil for a single node.
     public let fleet: (any FleetAccess)?
+    /// `public_url` as configured, split: clients that reach the relay by this address get URLs with its scheme.
+    let publicAddress: (scheme: String, authority: String)?
 
     public init(
         catalog: ModelCatalog,
@@ -138,9 +140,15 @@ public struct RelayServices: Sendable {
         accessLogger: Logger? = nil,
         httpMetrics: HTTPMetrics = HTTPMetrics(),
         uploads: UploadService? = nil,
-        fleet: (any FleetAccess)? = nil
+        fleet: (any FleetAccess)? = nil,
+        publicURL: String? = nil
     ) {
         self.fleet = fleet
+        self.publicAddress = publicURL.flatMap { url in
+            let parts = url.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
+            guard parts.count >= 3, parts[0].hasSuffix(":"), parts[1].isEmpty, !parts[2].isEmpty else { return nil }
+            return (String(parts[0].dropLast()).lowercased(), parts[2].lowercased())
+        }
         self.uploads = uploads
         self.webhooks = webhooks
         self.accessLogger = accessLogger

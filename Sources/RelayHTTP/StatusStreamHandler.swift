@@ -113,9 +113,15 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
 
     private func receive(_ event: JobEvent, flush: Bool = true) {
         guard let context else { return }
-        switch machine.deliver(sequence: event.sequence, writable: context.channel.isWritable) {
+        switch machine.deliver(
+            sequence: event.sequence,
+            terminal: event.isTerminal,
+            writable: context.channel.isWritable
+        ) {
         case .drop, .wait:
             return
+        case .end:
+            return end(context: context, last: context.channel.allocator.buffer(capacity: 0))
         case .write:
             break
         }

@@ -110,7 +110,7 @@ public struct WatchSession: Sendable {
         defer { watches[requestID] = watch }
         switch watch.deliver(sequence: sequence, writable: writable) {
         case .write: return .send
-        case .drop: return .duplicate
+        case .drop, .end: return .duplicate
         case .wait: return .deferred
         }
     }

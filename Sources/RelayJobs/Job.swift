@@ -60,6 +60,9 @@ public final class Job: Sendable {
     public let input: ModelInput
     public let key: RequestKey
     public let createdAt: Timestamp
+    /// For a job started for a request adopted from the fleet's registry: that request, so the fleet's upstream
+    /// follows its job on the node that took it (the same events under the same numbers, even once it finished).
+    public let adoptedFrom: FleetRequest?
     private let state: Mutex<State>
     private let everAttached = Atomic<Int>(0)
 
@@ -69,9 +72,11 @@ public final class Job: Sendable {
         key: RequestKey,
         createdAt: Timestamp = .now(),
         id: UInt64 = .random(in: 1 ... .max),
-        maxEvents: Int = JobStateMachine.defaultMaxEvents
+        maxEvents: Int = JobStateMachine.defaultMaxEvents,
+        adoptedFrom: FleetRequest? = nil
     ) {
         self.id = id
+        self.adoptedFrom = adoptedFrom
         self.input = input
         self.key = key
         self.createdAt = createdAt

@@ -122,6 +122,7 @@ public final class JobTable: Sendable {
         ownerKeyID: String?,
         directives: CacheDirectives = CacheDirectives(),
         adopting adopted: FleetRequest? = nil,
+        sharesFleetWork: Bool = false,
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
         // A request adopted from the fleet's registry keeps its id and age, and is registered already.
@@ -189,7 +190,7 @@ public final class JobTable: Sendable {
                 return (request, nil)
             }
             guard mayStartWork() else { return nil }
-            let job = Job(input: input, key: key, maxEvents: maxEvents)
+            let job = Job(input: input, key: key, maxEvents: maxEvents, adoptedFrom: adopted)
             _ = job.attach()
             if coalesce {
                 state.inFlight[key] = job
@@ -197,8 +198,13 @@ public final class JobTable: Sendable {
             let stored = cacheable && !directives.noStore ? "; stored" : ""
             let status =
                 directives.noCache
-                ? "MediaRelay; fwd=request\(stored); \(keyParameter)" : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
-            let outcome: CacheOutcome = directives.noCache ? .bypass : .miss
+                ? "MediaRelay; fwd=request\(stored); \(keyParameter)"
+                : sharesFleetWork
+                    ? "MediaRelay; fwd=miss; collapsed; fleet; \(keyParameter)"
+                    : "MediaRelay; fwd=miss\(stored); \(keyParameter)"
+            // Work another node of the fleet runs now is followed, not generated again: coalesced across the fleet.
+            let fleetShared = sharesFleetWork && !directives.noCache
+            let outcome: CacheOutcome = directives.noCache ? .bypass : fleetShared ? .coalesced : .miss
             let request = Self.makeRequest(
                 identity,
                 endpoint: endpoint,

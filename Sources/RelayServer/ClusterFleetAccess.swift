@@ -27,12 +27,23 @@ final class ClusterFleetAccess: FleetAccess {
     var isAvailable: Bool { node.isAvailable }
     var peerToken: String { node.peerToken }
 
+    func isLive(node id: String) -> Bool {
+        node.fleet.contains { $0.nodeID == id && $0.alive }
+    }
+
     func request(_ id: String) async throws -> FleetRequest? {
         try await node.request(id)
     }
 
-    func result(_ key: RequestKey) async throws -> CachedResult? {
-        try await node.result(key)
+    func lookup(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool) {
+        try await node.lookup(key)
+    }
+
+    func lookupOrClaim(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool) {
+        let (result, elsewhere) = try await node.lookup(key)
+        guard result == nil, !elsewhere else { return (result, elsewhere) }
+        if case .heldBy = try await node.claim(key) { return (nil, true) }
+        return (nil, false)
     }
 
     func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool {

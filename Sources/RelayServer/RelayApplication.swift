@@ -279,7 +279,8 @@ public struct RelayApplication: Sendable {
             webhooks: DispatchingWebhookSink(dispatcher: webhooks),
             accessLogger: config.accessLog ? Logger(label: "access") : nil,
             uploads: uploads,
-            fleet: cluster.map { ClusterFleetAccess(wiring: $0, store: store, maxBlobBytes: 512 << 20) }
+            fleet: cluster.map { ClusterFleetAccess(wiring: $0, store: store, maxBlobBytes: 512 << 20) },
+            publicURL: config.publicURL
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {

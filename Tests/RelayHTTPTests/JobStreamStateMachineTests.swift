@@ -30,6 +30,19 @@ import Testing
         #expect(!machine.shouldPing(writable: true) && machine.lastSent == nil)
     }
 
+    /// A client that resumes after the end on a node whose log reaches that end only now (it follows the job on
+    /// another node of the fleet): the end ends the stream without a frame, instead of being dropped as a repeat
+    /// and leaving the stream open for ever.
+    @Test func anEndTheClientSawEndsTheStream() {
+        var machine = JobStreamStateMachine(after: 40)
+        #expect(machine.deliver(sequence: 12, writable: true) == .drop)
+        #expect(machine.deliver(sequence: 40, terminal: true, writable: true) == .end)
+        var fresh = JobStreamStateMachine(after: 39)
+        #expect(fresh.deliver(sequence: 40, terminal: true, writable: true) == .write)
+        _ = fresh.end()
+        #expect(fresh.deliver(sequence: 40, terminal: true, writable: true) == .drop)
+    }
+
     /// A catch-up that replays the log from the last sent event, while live events keep arriving, sends each event
     /// exactly once and in order.
     @Test func aCatchUpOverlappingLiveEventsSendsEachOnceInOrder() {

@@ -10,7 +10,8 @@ import RelayStore
 extension RelayServices {
     /// `POST /_cluster/v1/follow` `{"model", "key", "input", "after"}`: a peer that waits on a key this node claimed
     /// follows the key's job here. Its request attaches to the job (or finds the result, or starts the job again
-    /// after a restart) and gets the job's events after `after`.
+    /// after a restart) and gets the job's events after `after`. With `"request_id"` (and `"owner_key_id"`), a peer
+    /// that adopted a request this node took follows that request's own job instead (404 when it is not here).
     func respondPeer(_ request: RouteRequest) -> RouteAnswer {
         guard let fleet else { return request.error(.notFound("This relay is a single node, not a fleet")) }
         guard let token = request.facts.headers.first(name: "x-relay-cluster-token"),
@@ -31,6 +32,14 @@ extension RelayServices {
         } catch {
             return request.error(error)
         }
+        let after = max(0, body["after"]?.intValue ?? 0)
+        if let id = body["request_id"]?.stringValue {
+            guard let held = jobs.request(id, keyID: body["owner_key_id"]?.stringValue), held.job.key.digest == digest
+            else {
+                return request.error(.notFound("Request \(id) is not held here"))
+            }
+            return .follow(JobFollow(request: held, kind: .peerEvents(after: after, detachOnLeave: false)))
+        }
         let key = RequestKey(digest: digest)
         // A request of the peer's: not registered again, never counted against a caller.
         let followed = FleetRequest(
@@ -45,8 +54,7 @@ extension RelayServices {
             nodeID: ""
         )
         let made = jobs.adopt(followed, input: input, endpoint: endpoint)
-        let after = max(0, body["after"]?.intValue ?? 0)
-        return .follow(JobFollow(request: made, kind: .peerEvents(after: after)))
+        return .follow(JobFollow(request: made, kind: .peerEvents(after: after, detachOnLeave: true)))
     }
 
     /// For a request id this node does not hold, in a fleet: looks it up in the registry, adopts it, and answers
@@ -68,6 +76,14 @@ extension RelayServices {
                 let fields = (try? JSONValue(parsing: found.input))?.objectValue,
                 let input = try? ModelInput(model: model, input: fields)
             else { return nil }
+            // A request whose node is gone is served from the fleet's index when it finished (a hit here, not new
+            // work); one whose node lives follows its own job there (`ClusterUpstream`), numbers and all.
+            if !fleet.isLive(node: found.nodeID), !jobs.hasResultOrWork(for: found.key, input: input),
+                let (result, _) = try? await fleet.lookup(found.key),
+                let result, result.modelID == input.model.id, result.canonicalInput == input.canonicalBytes
+            {
+                jobs.results.store(found.key, result)
+            }
             _ = jobs.adopt(found, input: input, endpoint: endpoint)
             return nil
         }
@@ -88,16 +104,23 @@ extension RelayServices {
         let key = requestKey(input, principal: request.principal)
         guard !jobs.hasResultOrWork(for: key, input: input) else { return nil }
         let results = jobs.results
-        let promise = request.eventLoop.makePromise(of: Void.self)
+        let promise = request.eventLoop.makePromise(of: Bool.self)
         promise.completeWithTask {
             // A database that does not answer is no reason to fail here: the submission goes on as a local miss.
-            guard let found = try? await fleet.result(key), found.modelID == input.model.id,
-                found.canonicalInput == input.canonicalBytes
-            else { return }
-            results.store(key, found)
+            guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key) else { return false }
+            if let found, found.modelID == input.model.id, found.canonicalInput == input.canonicalBytes {
+                results.store(key, found)
+            }
+            return elsewhere
         }
-        let again = request.fleetAsked
-        return .later(promise.futureResult.map { self.respond(again) })
+        let asked = request.fleetAsked
+        return .later(
+            promise.futureResult.map { elsewhere in
+                var again = asked
+                again.sharesFleetWork = elsewhere
+                return self.respond(again)
+            }
+        )
     }
 
     /// A blob's record: from this node's store, else (in a fleet) copied from a node that holds it first.
@@ -119,6 +142,26 @@ extension RelayServices {
                     : eventLoop.makeSucceededFuture(nil)
             }
         }
+    }
+
+    /// Answers `request` again once `job`'s log here reaches `sequence` or the job ends, or after a second at most.
+    func logReaches(_ sequence: Int, of job: Job, request: RouteRequest) -> RouteAnswer {
+        let promise = request.eventLoop.makePromise(of: Void.self)
+        let subscription = job.subscribe(after: 0) { event in
+            if event.sequence >= sequence || event.isTerminal { promise.succeed() }
+        }
+        if job.status.lastSequence >= sequence || job.isTerminal || subscription.token == 0 { promise.succeed() }
+        let timeout = request.eventLoop.scheduleTask(in: .seconds(1)) { promise.succeed() }
+        var again = request
+        again.logAwaited = true
+        let answer = again
+        return .later(
+            promise.futureResult.map {
+                timeout.cancel()
+                if subscription.token != 0 { job.unsubscribe(subscription.token) }
+                return self.respond(answer)
+            }
+        )
     }
 
     /// Submissions need the fleet's registry: while its database is away they get 503 with `Retry-After`.

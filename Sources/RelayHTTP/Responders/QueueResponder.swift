@@ -58,7 +58,8 @@ extension RelayServices {
             directives: CacheDirectives(
                 noCache: directives.contains("no-cache"),
                 noStore: directives.contains("no-store")
-            )
+            ),
+            sharesFleetWork: request.sharesFleetWork
         ) {
         case .refused(let error, let headers):
             return request.error(error, extraHeaders: headers)
@@ -92,6 +93,11 @@ extension RelayServices {
         let query = QueryParameters(uri: request.facts.uri)
         let lastSeen =
             (request.facts.headers.first(name: "last-event-id") ?? query["last_event_id"]).flatMap { Int($0) } ?? 0
+        // A resume point ahead of this node's log (a request adopted a moment ago, whose job here is still catching
+        // up with its node's): wait, briefly, for the log to reach it, so the answer is the one its node would give.
+        if fleet != nil, !request.logAwaited, lastSeen > found.job.status.lastSequence, !found.phase.isCompleted {
+            return logReaches(lastSeen, of: found.job, request: request)
+        }
         if lastSeen > 0, found.phase.isCompleted, lastSeen >= found.job.status.lastSequence {
             return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
         }
@@ -118,7 +124,8 @@ extension RelayServices {
         endpoint: EndpointID,
         facts: RequestFacts,
         principal: Principal,
-        directives: CacheDirectives = CacheDirectives()
+        directives: CacheDirectives = CacheDirectives(),
+        sharesFleetWork: Bool = false
     ) -> Submission {
         if let unavailable = fleetRefusal {
             return .refused(unavailable, headers: [("retry-after", "2")])
@@ -131,6 +138,7 @@ extension RelayServices {
             key: requestKey(input, principal: principal),
             ownerKeyID: principal.keyID,
             directives: directives,
+            sharesFleetWork: sharesFleetWork,
             mayStartWork: {
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):
@@ -149,8 +157,21 @@ extension RelayServices {
         return .submitted(made, rateLimitHeaders: headers)
     }
 
+    /// The scheme of the URLs built for the client: the connection's, or `public_url`'s when the client reached the
+    /// relay by `public_url`'s address (a load balancer in front that terminates TLS and forwards plain HTTP).
+    func urlScheme(_ facts: RequestFacts) -> String {
+        guard let publicAddress, let host = facts.host, host.lowercased() == publicAddress.authority else {
+            return facts.scheme
+        }
+        return publicAddress.scheme
+    }
+
     func queueBase(_ facts: RequestFacts, app: String) -> FalWire.QueueBase {
-        FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app)
+        // In a fleet every URL a client sees is the fleet's public one, whichever node made it.
+        if fleet != nil, let publicAddress {
+            return FalWire.QueueBase(origin: "\(publicAddress.scheme)://\(publicAddress.authority)", app: app)
+        }
+        return FalWire.QueueBase(scheme: urlScheme(facts), host: facts.host, app: app)
     }
 
     /// A status poll (`…/requests/{id}/status`) or a result fetch (`…/requests/{id}`), answered from the request
@@ -182,7 +203,7 @@ extension RelayServices {
                 id: id,
                 phase: phase,
                 logs: logs,
-                base: FalWire.QueueBase(scheme: facts.scheme, host: facts.host, app: app.app)
+                base: queueBase(facts, app: app.app)
             )
             let status = HTTPResponseStatus(statusCode: FalWire.httpStatus(for: phase))
             return ReadAnswer(

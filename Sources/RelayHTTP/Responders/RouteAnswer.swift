@@ -17,6 +17,11 @@ struct RouteRequest {
     var eventLoop: any EventLoop
     /// The fleet's registry was asked about this request's id already (cluster mode): an id still unknown is a 404.
     var fleetChecked = false
+    /// Another node of the fleet runs this submission's key now: new work here follows that node's job (labelled
+    /// coalesced, as it costs no generation of its own).
+    var sharesFleetWork = false
+    /// The status stream waited for this node's log to reach the client's resume point already.
+    var logAwaited = false
 
     /// This request, marked as asked of the fleet already.
     var fleetAsked: RouteRequest {
@@ -91,7 +96,8 @@ struct JobFollow {
         case run
         /// `POST /_cluster/v1/follow`: the job's events for a peer node, one JSON object each with its sequence
         /// number, from the peer's resume point on (`JobEvent.peerJSON`).
-        case peerEvents(after: Int)
+        /// `detachOnLeave`: the request was made for the peer (following a key), and goes when the peer leaves.
+        case peerEvents(after: Int, detachOnLeave: Bool)
     }
 
     var request: RelayRequest
