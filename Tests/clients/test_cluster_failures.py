@@ -170,14 +170,15 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
             number = 0
             while not stop.is_set():
                 number += 1
+                # About 0.9 s each at scale 1: the node being drained always has jobs of its own in flight.
                 arguments = {"prompt": f"rolling {key[:6]} {worker} {number}", "seed": number,
-                             "image_size": {"width": 64, "height": 64}}
+                             "image_size": {"width": 64, "height": 64}, "num_inference_steps": 40}
                 try:
                     if number % 2:
-                        output = fal.subscribe("fal-ai/flux/schnell", arguments=arguments, with_logs=True,
+                        output = fal.subscribe("fal-ai/flux/dev", arguments=arguments, with_logs=True,
                                                on_queue_update=lambda update: None, client_timeout=60)
                     else:
-                        handle = fal.submit("fal-ai/flux/schnell", arguments=arguments)
+                        handle = fal.submit("fal-ai/flux/dev", arguments=arguments)
                         deadline = time.monotonic() + 60
                         while type(handle.status()).__name__ != "Completed":
                             assert time.monotonic() < deadline, f"{handle.request_id} not done after 60 s"
@@ -207,4 +208,4 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
                 worker.join(120)
     assert not any(worker.is_alive() for worker in workers), "a client request hung"
     assert not errors, f"{len(errors)} client errors in {len(done) + len(errors)} requests: {errors[:5]}"
-    assert len(done) >= 15, len(done)
+    assert len(done) >= 12, len(done)
