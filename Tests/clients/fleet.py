@@ -1,8 +1,9 @@
 """A fleet of relays as issue #17 runs one: a private PostgreSQL, N relay processes in cluster mode, and Debian's
 nginx as a round-robin load balancer (no stickiness) in front of their plain HTTP listeners, with TLS of its own.
 
-Used by test_cluster.py (`started_fleet()`) and by loadtest/cluster.sh (`python3 fleet.py serve|bench`).
-Everything listens on loopback; every wait has a deadline.
+Used by test_cluster.py and test_cluster_failures.py (`started_fleet()`), and by loadtest/cluster.sh (`python3
+fleet.py` serves a fleet until Ctrl-C; `--bench` there imports `Fleet`). Everything listens on loopback; every wait
+has a deadline; a guardian process cleans up if the process that made the fleet is killed.
 """
 import argparse
 import collections
@@ -792,11 +793,12 @@ def main():
         print(f"  export FAL_QUEUE_RUN_HOST={fleet.queue_host} FAL_RUN_HOST={fleet.run_host}")
         print(f"  export SSL_CERT_FILE={fleet.ca}", flush=True)
         print("Ctrl-C stops the fleet.", flush=True)
-        while not stop.wait(1):
+        reported = set()
+        while not stop.wait(1):  # a node that exits (say, killed to try a failure) is reported; the rest go on
             for node in fleet.nodes:
-                if not node.running():
-                    print(f"node {node.index} exited ({node.process.returncode}):\n{node.log()}", flush=True)
-                    return 1
+                if not node.running() and node.index not in reported:
+                    reported.add(node.index)
+                    print(f"node {node.index} exited ({node.process.returncode}):\n{node.log(10)}", flush=True)
     finally:
         if fleet is not None:
             codes = fleet.close()
