@@ -27,6 +27,7 @@ public final class ClusterUpstream: Upstream {
     public func start(_ job: Job) -> any UpstreamTask {
         // Work that is never shared is never claimed.
         if job.model.dedup == .never {
+            job.caughtUp()
             node.countGeneration()
             return local.start(job)
         }
@@ -91,6 +92,7 @@ final class ClusterJobRun: UpstreamTask, Sendable {
             )
             if case .finished = await follow.run() { return }
         }
+        job.caughtUp()
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {

@@ -21,6 +21,8 @@ struct PeerFollow: Sendable {
 
     /// The path every node answers for its peers.
     static let path = "/_cluster/v1/follow"
+    /// The event that says the peer sent every event its job had when the follow began (`{"kind": "live"}`).
+    static let liveMarker = "live"
     /// The header peers authenticate with.
     static let tokenHeader = "x-relay-cluster-token"
 
@@ -31,6 +33,16 @@ struct PeerFollow: Sendable {
     let token: String
     let http: HTTPClient
     let logger: Logger
+
+    /// The end is published once it is durable (the job's completion gate): the job has caught up only then.
+    private func caughtUpOnceEnded() {
+        let job = self.job
+        let subscription = job.subscribe(after: job.status.lastSequence) { event in
+            // Subscribers run under the job's lock: the latch (which takes it too) is released from a task.
+            if event.isTerminal { Task { job.caughtUp() } }
+        }
+        if subscription.token == 0 { job.caughtUp() }
+    }
 
     func run() async -> Ending {
         var body: JSONObject = [
@@ -57,16 +69,24 @@ struct PeerFollow: Sendable {
             var parser = FalOriginEventStreamParser()
             for try await chunk in response.body {
                 for data in try parser.feed(chunk) {
-                    guard let json = try? data.withUnsafeReadableBytes({ try JSONValue(parsing: $0) }),
-                        let (sequence, update) = JobUpdate.fromPeer(json)
-                    else {
+                    let json = try? data.withUnsafeReadableBytes { try JSONValue(parsing: $0) }
+                    if json?["kind"]?.stringValue == Self.liveMarker {
+                        job.caughtUp()
+                        continue
+                    }
+                    guard let json, let (sequence, update) = JobUpdate.fromPeer(json) else {
                         return .lost("sent an event this node cannot read")
                     }
                     // Replayed events this job already logged are skipped: the stream starts after them.
                     guard sequence > job.status.lastSequence else { continue }
                     job.receive(update)
-                    if case .succeeded = update { return .finished }
-                    if case .failed = update { return .finished }
+                    switch update {
+                    case .succeeded, .failed:
+                        caughtUpOnceEnded()
+                        return .finished
+                    default:
+                        continue
+                    }
                 }
             }
             return .lost("the stream ended before the job did")

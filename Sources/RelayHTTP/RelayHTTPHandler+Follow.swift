@@ -75,6 +75,10 @@ extension RelayHTTPHandler {
         for event in catchUp {
             receive(event, context: context, number: number)
         }
+        // A peer learns that it now holds everything this job had (it answers its adopted request's calls from then).
+        if case .peerEvents = kind, case .exchanging(let current) = state, current.number == number {
+            writeSSE(context: context, data: ["kind": "live"])
+        }
         return number
     }
 

@@ -53,6 +53,8 @@ public final class Job: Sendable {
         var finishing = false
         /// A successful end's result, serialised by the first read that needed it.
         var resultBytes: ByteBuffer?
+        /// Waiting for a follower job to catch up with the log it follows (nil once it has; see `whenCaughtUp`).
+        var catchingUp: [@Sendable () -> Void]? = nil
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -80,7 +82,7 @@ public final class Job: Sendable {
         self.input = input
         self.key = key
         self.createdAt = createdAt
-        state = Mutex(State(machine: JobStateMachine(maxEvents: maxEvents)))
+        state = Mutex(State(machine: JobStateMachine(maxEvents: maxEvents), catchingUp: adoptedFrom == nil ? nil : []))
     }
 
     /// A job that ended before a restart, rebuilt from the request log: already terminal with `outcome`.
@@ -104,6 +106,27 @@ public final class Job: Sendable {
                 _ = state.machine.cancel()
             }
         }
+    }
+
+    /// Runs `body` once this job holds what the log it follows held when it started following (at once for a job
+    /// that follows nothing): an adopted request answers its first call only then, so a client never sees a request
+    /// that finished on its node as still in progress on this one.
+    public func whenCaughtUp(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            guard state.catchingUp != nil else { return true }
+            state.catchingUp?.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
+    /// The job caught up with the log it follows, or gave up following it.
+    public func caughtUp() {
+        let waiters = state.withLock { state -> [@Sendable () -> Void] in
+            defer { state.catchingUp = nil }
+            return state.catchingUp ?? []
+        }
+        for waiter in waiters { waiter() }
     }
 
     /// Installs the gate the end must pass through (before the upstream starts).

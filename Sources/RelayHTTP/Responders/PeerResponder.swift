@@ -3,6 +3,7 @@ import NIOHTTP1
 import RelayCore
 import RelayJobs
 import RelayStore
+import Synchronization
 
 /// The fleet's node-to-node route and the steps the queue and media responders take for what another node holds
 /// (cluster mode, DESIGN.md "A fleet"): a request id taken elsewhere is adopted from the registry and then answered
@@ -84,7 +85,19 @@ extension RelayServices {
             {
                 jobs.results.store(found.key, result)
             }
-            _ = jobs.adopt(found, input: input, endpoint: endpoint)
+            let adopted = jobs.adopt(found, input: input, endpoint: endpoint)
+            // Its first answer waits (a second at most) until this node holds what the request's node had.
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                let once = Once()
+                let timeout = Task {
+                    try? await Task.sleep(for: .seconds(1))
+                    if once.claim() { done.resume() }
+                }
+                adopted.job.whenCaughtUp {
+                    timeout.cancel()
+                    if once.claim() { done.resume() }
+                }
+            }
             return nil
         }
         let again = request.fleetAsked
@@ -171,6 +184,12 @@ extension RelayServices {
             "cluster_unavailable: the fleet's database cannot be reached; retry shortly",
             type: "cluster_unavailable"
         )
+    }
+
+    /// True for the first caller only.
+    final class Once: Sendable {
+        private let taken = Atomic<Bool>(false)
+        func claim() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
     }
 
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
