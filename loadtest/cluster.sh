@@ -20,6 +20,7 @@
 # Environment (all optional):
 #   MEDIA_RELAY_BIN=…/media-relay   default: .build/release/media-relay of this repository, else .build/debug/…
 #   COUNT=500                       submissions per setup and kind (after 50 of warm-up)
+#   ROUNDS=5                        COUNT is split into rounds that take the setups in turns (noise hits all alike)
 #   CONCURRENCY=1                   submissions in flight at once
 #   TIME_SCALE=1                    the nodes' --synthetic-time-scale (serve mode; --bench always uses 1)
 set -euo pipefail
@@ -62,12 +63,13 @@ if [[ $BENCH == 0 ]]; then
     exec python3 fleet.py --nodes "$NODES" --time-scale "${TIME_SCALE:-1}" -- "${EXTRA[@]}"
 fi
 
-exec python3 - "$NODES" "${COUNT:-500}" "${CONCURRENCY:-1}" "${EXTRA[@]}" <<'PY'
+exec python3 - "$NODES" "${COUNT:-500}" "${CONCURRENCY:-1}" "${ROUNDS:-5}" "${EXTRA[@]}" <<'PY'
 import json, os, shutil, statistics, sys, tempfile, threading, time
 import httpx
 from fleet import Fleet
 
-nodes, count, concurrency, extra = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+nodes, count, concurrency, rounds, extra = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+    sys.argv[5:]
 flags = ("--rate-limits", "off", "--access-log", "off", *extra)
 
 
@@ -97,32 +99,48 @@ def latencies(url, key, bodies):
     return taken, errors
 
 
-def measure(name, url, key):
-    rows = []
-    tag = f"{name} {time.time_ns()}"
-    hit = {"prompt": f"bench hit {tag}", "image_size": {"width": 64, "height": 64}, "seed": 1}
-    latencies(url, key, [hit])  # made once; every later one is a hit
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        again = httpx.post(f"{url}/fal-ai/flux/schnell", json=hit, headers={"Authorization": f"Key {key}"}, timeout=30)
-        if "hit" in again.headers.get("x-relay-cache", ""):
-            break
-        time.sleep(0.1)
-    for kind in ("miss", "hit"):
-        def bodies(prefix, n):
-            if kind == "hit":
-                return [hit] * n
-            return [{"prompt": f"bench {prefix} {tag}", "image_size": {"width": 64, "height": 64}, "seed": i,
-                     "num_inference_steps": 1} for i in range(n)]
+class Setup:
+    """One way to submit (a node alone, a fleet node, the fleet through nginx) and the latencies measured through it."""
 
-        latencies(url, key, bodies("warm-up", 50))
-        taken, errors = latencies(url, key, bodies("measured", count))
-        if not taken:
-            raise SystemExit(f"{name}: every submission failed: {errors[:5]}")
-        taken.sort()
-        rows.append((name, kind, statistics.median(taken), taken[min(len(taken) - 1, int(0.99 * len(taken)))],
-                     len(errors)))
-    return rows
+    def __init__(self, name, url, key):
+        self.name, self.url, self.key = name, url, key
+        self.tag = f"{name} {time.time_ns()}"
+        self.hit = {"prompt": f"bench hit {self.tag}", "image_size": {"width": 64, "height": 64}, "seed": 1}
+        self.samples = {"miss": [], "hit": []}
+        self.errors = []
+        self.sent = 0
+        latencies(url, key, [self.hit])  # made once; every later one is a hit
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            again = httpx.post(f"{url}/fal-ai/flux/schnell", json=self.hit, headers={"Authorization": f"Key {key}"},
+                               timeout=30)
+            if "hit" in again.headers.get("x-relay-cache", ""):
+                break
+            time.sleep(0.1)
+        self.round(50, record=False)  # warm-up
+
+    def round(self, n, record=True):
+        for kind in ("miss", "hit"):
+            if kind == "hit":
+                bodies = [self.hit] * n
+            else:  # distinct seeds: each one is a new generation (64x64, one step)
+                bodies = [{"prompt": f"bench {self.tag}", "image_size": {"width": 64, "height": 64},
+                           "seed": self.sent + i, "num_inference_steps": 1} for i in range(n)]
+                self.sent += n
+            taken, errors = latencies(self.url, self.key, bodies)
+            if record:
+                self.samples[kind] += taken
+                self.errors += errors
+
+    def rows(self):
+        rows = []
+        for kind, taken in self.samples.items():
+            if not taken:
+                raise SystemExit(f"{self.name}: every submission failed: {self.errors[:5]}")
+            taken = sorted(taken)
+            rows.append((self.name, kind, statistics.median(taken), taken[min(len(taken) - 1, int(0.99 * len(taken)))],
+                         len(self.errors)))
+        return rows
 
 
 def event_lag(fleet, jobs=3, steps=60):
@@ -169,10 +187,15 @@ try:
     print(f"  database {fleet.database_url}\n  API key  {fleet.key}", flush=True)
     single = Fleet(os.path.join(root, "single"), nodes=1, extra_args=flags, time_scale="1", cluster=False,
                    load_balancer=False)
-    rows = []
-    rows += measure("one node, no database", single.node_http(0), single.key)
-    rows += measure("fleet node, direct", fleet.node_http(0), fleet.key)
-    rows += measure("fleet through nginx", fleet.lb_http, fleet.key)
+    setups = [Setup("one node, no database", single.node_http(0), single.key),
+              Setup("fleet node, direct", fleet.node_http(0), fleet.key),
+              Setup("fleet through nginx", fleet.lb_http, fleet.key)]
+    # Rounds take the setups in turns (and each round in another order), so a burst of other work on the machine
+    # lands on all of them alike instead of on one.
+    for number in range(rounds):
+        for setup in setups[number % 3:] + setups[:number % 3]:
+            setup.round(max(1, count // rounds))
+    rows = [row for setup in setups for row in setup.rows()]
     lags = sorted(event_lag(fleet))
 finally:
     for running in (single, fleet):
@@ -180,7 +203,8 @@ finally:
             running.close()
     shutil.rmtree(root, ignore_errors=True)
 
-print(f"\nsubmit latency, ms ({count} each after 50 of warm-up, {concurrency} in flight, client on the same cores)")
+print(f"\nsubmit latency, ms ({count} each in {rounds} rounds after 50 of warm-up, {concurrency} in flight, client on "
+      "the same cores)")
 print(f"{'setup':24} {'kind':5} {'p50':>8} {'p99':>8} {'p50 +ms':>8} {'p99 +ms':>8} {'p50 x':>6} {'errors':>6}")
 baseline = {kind: (p50, p99) for name, kind, p50, p99, _ in rows if name == rows[0][0]}
 for name, kind, p50, p99, errors in rows:
