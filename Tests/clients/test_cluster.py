@@ -154,12 +154,16 @@ def test_submit_status_result_by_id_on_every_node(fal, fleet):
 def test_once_one_node_says_completed_every_node_has_the_result(fleet):
     """What a client behind round robin does: it sees COMPLETED on one node and asks the next for the result. A node
     that has not caught up with the job's end yet must wait for it, not answer 400 "still in progress"."""
-    for attempt in range(3):
-        body = {"prompt": unique("done means done"), "image_size": {"width": 64, "height": 64}, "seed": attempt}
+    for attempt in range(6):
+        body = {"prompt": unique("done means done"), "image_size": {"width": 64, "height": 64}, "seed": attempt,
+                "num_inference_steps": 8}
         request_id = submit(fleet, 0, body).json()["request_id"]
+        if attempt % 2:  # nodes 1 and 2 already hold the request and follow its job; else they never saw it
+            for node in (1, 2):
+                assert status(fleet, node, request_id).status_code in (200, 202)
         wait_completed(fleet, 0, request_id)  # polled on the owner until the end, as closely as a client can
         expected = result(fleet, 0, request_id).json()
-        for node in (1, 2):  # neither has been asked for this id before
+        for node in (1, 2):
             fetched = result(fleet, node, request_id)
             assert fetched.status_code == 200, f"node {node}: {fetched.status_code} {fetched.text}"
             assert fetched.json() == expected, f"node {node}"
