@@ -11,14 +11,17 @@ extension ClusterNode: Fleet {
             request.id, request.endpoint.description, request.job.model.id, request.job.key.digest.hex
         )
         let (owner, created, node) = (request.ownerKeyID, request.createdAt.secondsSinceEpoch, configuration.nodeID)
+        let webhook = request.webhookURL
         Task {
             do {
                 try await database.perform("register request") { client in
                     try await client.query(
                         """
                         INSERT INTO relay_requests
-                            (request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at)
-                        VALUES (\(id), \(endpoint), \(model), \(key), \(input), \(owner), \(node), \(created))
+                            (request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at,
+                             webhook_url)
+                        VALUES (\(id), \(endpoint), \(model), \(key), \(input), \(owner), \(node), \(created),
+                                \(webhook))
                         ON CONFLICT (request_id) DO NOTHING
                         """
                     )
@@ -47,6 +50,11 @@ extension ClusterNode: Fleet {
 
     public func cancelled(_ request: RelayRequest) {
         writes.yield(.cancelled(requestID: request.id))
+    }
+
+    /// This node delivered a request's webhook (or gave up on it): no other node delivers it.
+    public func webhookSettled(requestID: String) {
+        writes.yield(.webhookSettled(requestID: requestID))
     }
 
     /// Releases this node's claim on `key` (after any result it stored before).
@@ -113,6 +121,10 @@ extension ClusterNode: Fleet {
             try await database.perform("release claim") { client in
                 try await client.query("DELETE FROM relay_claims WHERE request_key = \(key) AND node_id = \(node)")
             }
+        case .webhookSettled(let id):
+            try await database.perform("webhook settled") { client in
+                try await client.query("UPDATE relay_requests SET webhook_done = true WHERE request_id = \(id)")
+            }
         case .cancelled(let id):
             let payload = "cancel:" + id
             try await database.perform("cancel request") { client in
@@ -123,6 +135,46 @@ extension ClusterNode: Fleet {
     }
 
     // MARK: - Reads
+
+    /// Takes over the undelivered webhooks of requests whose node stopped beating (at most `limit` per call): they
+    /// become this node's, each with its webhook URL, to be adopted and delivered here.
+    func takeOverOrphanedWebhooks(limit: Int = 50) async throws(ClusterError) -> [(FleetRequest, String)] {
+        let node = configuration.nodeID
+        let lease = Self.seconds(configuration.lease)
+        return try await database.perform("orphaned webhooks") { client -> [(FleetRequest, String)] in
+            let rows = try await client.query(
+                """
+                UPDATE relay_requests SET node_id = \(node)
+                WHERE request_id IN (
+                    SELECT r.request_id FROM relay_requests r
+                    WHERE r.webhook_url IS NOT NULL AND NOT r.webhook_done AND NOT r.cancelled AND r.node_id <> \(node)
+                      AND NOT EXISTS (SELECT 1 FROM relay_nodes n WHERE n.node_id = r.node_id
+                                      AND n.heartbeat_at > now() - make_interval(secs => \(lease)))
+                    LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+                RETURNING request_id, endpoint, model_id, request_key, input, owner_key_id, created_at, webhook_url
+                """
+            )
+            var taken: [(FleetRequest, String)] = []
+            for try await (id, endpoint, model, key, input, owner, created, webhook) in rows.decode(
+                (String, String, String, String, ByteBuffer, String?, Double, String).self
+            ) {
+                guard let digest = Digest128(hex: key) else { continue }
+                let request = FleetRequest(
+                    id: id,
+                    endpoint: endpoint,
+                    modelID: model,
+                    key: RequestKey(digest: digest),
+                    input: Array(input.readableBytesView),
+                    ownerKeyID: owner,
+                    createdAt: Timestamp(secondsSinceEpoch: created),
+                    cancelled: false,
+                    nodeID: node
+                )
+                taken.append((request, webhook))
+            }
+            return taken
+        }
+    }
 
     /// The registry's entry for a request id, nil when no node took it.
     public func request(_ id: String) async throws(ClusterError) -> FleetRequest? {

@@ -3,7 +3,7 @@ public import Logging
 import NIOCore
 import PostgresNIO
 import RelayCore
-import RelayJobs
+public import RelayJobs
 import Synchronization
 
 /// This relay as one node of a fleet (DESIGN.md "A fleet"): its row in the membership table, kept alive by a
@@ -47,6 +47,7 @@ public final class ClusterNode: Sendable {
         case stored(key: String, manifest: [UInt8], expiresAt: Double, digests: [String])
         case release(key: String)
         case cancelled(requestID: String)
+        case webhookSettled(requestID: String)
     }
 
     public let database: ClusterDatabase
@@ -63,6 +64,7 @@ public final class ClusterNode: Sendable {
         var cancelled: (@Sendable (String) -> Void)?
         var keysChanged: (@Sendable () -> Void)?
         var membership: (@Sendable (Int) -> Void)?
+        var orphanedWebhooks: (@Sendable ([(FleetRequest, String)]) -> Void)?
     }
 
     private let address: Mutex<String>
@@ -124,13 +126,22 @@ public final class ClusterNode: Sendable {
     }
 
     /// Calls `cancelled` with the id of every request another node cancels, `keysChanged` when the key table
-    /// changes, and `membership` with the number of live nodes after every heartbeat. Set before `start()`.
+    /// changes, `membership` with the number of live nodes after every heartbeat, and `orphanedWebhooks` with the
+    /// requests (and webhook URLs) this node took over from dead nodes, to deliver. Set before `start()`.
     public func onNotice(
         cancelled: @escaping @Sendable (String) -> Void,
         keysChanged: @escaping @Sendable () -> Void,
-        membership: @escaping @Sendable (Int) -> Void
+        membership: @escaping @Sendable (Int) -> Void,
+        orphanedWebhooks: @escaping @Sendable ([(FleetRequest, String)]) -> Void
     ) {
-        handlers.withLock { $0 = Handlers(cancelled: cancelled, keysChanged: keysChanged, membership: membership) }
+        handlers.withLock {
+            $0 = Handlers(
+                cancelled: cancelled,
+                keysChanged: keysChanged,
+                membership: membership,
+                orphanedWebhooks: orphanedWebhooks
+            )
+        }
     }
 
     /// Starts the heartbeat, the notice listener and the ordered write queue.
@@ -217,6 +228,11 @@ public final class ClusterNode: Sendable {
         while !Task.isCancelled {
             do {
                 try await beat()
+                let orphans = try await takeOverOrphanedWebhooks()
+                if !orphans.isEmpty {
+                    logger.info("took over webhooks of a node that stopped", metadata: ["requests": "\(orphans.count)"])
+                    handlers.withLock { $0.orphanedWebhooks }?(orphans)
+                }
             } catch {
                 logger.warning("cluster heartbeat failed", metadata: ["error": "\(error)"])
             }

@@ -67,7 +67,18 @@ enum ClusterSchema {
                     revoked boolean NOT NULL DEFAULT false)
                 """,
             ]
-        )
+        ),
+        (
+            2,
+            [
+                "ALTER TABLE relay_requests ADD COLUMN webhook_url text",
+                "ALTER TABLE relay_requests ADD COLUMN webhook_done boolean NOT NULL DEFAULT false",
+                """
+                CREATE INDEX relay_requests_webhooks_due ON relay_requests (node_id)
+                WHERE webhook_url IS NOT NULL AND NOT webhook_done AND NOT cancelled
+                """,
+            ]
+        ),
     ]
 
     /// Applies every migration the database lacks, all in one transaction under the advisory lock; returns the

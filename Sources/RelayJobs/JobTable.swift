@@ -123,10 +123,11 @@ public final class JobTable: Sendable {
         directives: CacheDirectives = CacheDirectives(),
         adopting adopted: FleetRequest? = nil,
         sharesFleetWork: Bool = false,
+        webhook: String? = nil,
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
         // A request adopted from the fleet's registry keeps its id and age, and is registered already.
-        let identity = adopted.map { ($0.id, $0.createdAt) } ?? (RequestID.make(), Timestamp.now())
+        let identity = adopted.map { ($0.id, $0.createdAt, webhook) } ?? (RequestID.make(), Timestamp.now(), webhook)
         let fleet = adopted == nil ? self.fleet : nil
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
@@ -454,7 +455,7 @@ public final class JobTable: Sendable {
     }
 
     private static func makeRequest(
-        _ identity: (id: String, createdAt: Timestamp),
+        _ identity: (id: String, createdAt: Timestamp, webhook: String?),
         endpoint: EndpointID,
         job: Job,
         owner: String?,
@@ -471,7 +472,8 @@ public final class JobTable: Sendable {
             cacheOutcome: outcome,
             cacheStatus: cacheStatus,
             cancelled: false,
-            recorded: recorded
+            recorded: recorded,
+            webhookURL: identity.webhook
         )
     }
 

@@ -36,6 +36,9 @@ public struct RelayRequest: Sendable {
     /// Done once the request's record is durable: its id may be given to the client only then, or a crash could
     /// make the id unknown (404) after the restart. Already done when the table keeps no log.
     public let recorded: RecordCommit
+    /// `?fal_webhook=` of the submission: in a fleet it is registered with the request, so that a live node delivers
+    /// it if the node that took the request dies first.
+    public var webhookURL: String? = nil
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {

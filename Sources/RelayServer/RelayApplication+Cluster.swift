@@ -9,6 +9,7 @@ import RelayCore
 import RelayHTTP
 import RelayJobs
 import RelayStore
+import RelayUpstreams
 import Synchronization
 
 /// Cluster mode's wiring (`--cluster-database-url`): the database pool, this node's membership, the HTTP client
@@ -94,7 +95,14 @@ final class ClusterWiring: Sendable {
 
     /// Starts the heartbeat and the notices: cancellations, key changes (copied into this node's key file) and the
     /// live node count (this node's share of every rate budget).
-    func start(nodeURL: String, jobs: JobTable, keys: APIKeyStore, rateLimiter: RateLimiter?) {
+    func start(
+        nodeURL: String,
+        jobs: JobTable,
+        catalog: ModelCatalog,
+        webhooks: WebhookDispatcher,
+        keys: APIKeyStore,
+        rateLimiter: RateLimiter?
+    ) {
         if node.nodeURL.isEmpty { node.nodeURL = nodeURL }
         let fleetKeys = ClusterKeys(database: database)
         let logger = self.logger
@@ -109,7 +117,16 @@ final class ClusterWiring: Sendable {
                     }
                 }
             },
-            membership: { nodes in rateLimiter?.setFleetShare(nodes: nodes) }
+            membership: { nodes in rateLimiter?.setFleetShare(nodes: nodes) },
+            orphanedWebhooks: { orphans in
+                for (request, url) in orphans {
+                    guard let model = catalog.model(request.modelID), let endpoint = EndpointID(request.endpoint),
+                        let fields = (try? JSONValue(parsing: request.input))?.objectValue,
+                        let input = try? ModelInput(model: model, input: fields)
+                    else { continue }
+                    webhooks.register(request: jobs.adopt(request, input: input, endpoint: endpoint), url: url)
+                }
+            }
         )
         node.start()
     }

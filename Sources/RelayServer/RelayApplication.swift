@@ -237,7 +237,8 @@ public struct RelayApplication: Sendable {
             eventLoopGroup: group,
             threadPool: threadPool,
             logger: logger,
-            isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false }
+            isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false },
+            settled: { id in cluster?.node.webhookSettled(requestID: id) }
         )
         let keyStore = APIKeyStore(dataDirectory: dataDirectory, secret: secret)
         let rateLimiter = config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil
@@ -298,7 +299,14 @@ public struct RelayApplication: Sendable {
         if resumed > 0 { logger.info("origin jobs followed again after the restart", metadata: ["jobs": "\(resumed)"]) }
         let addresses = Self.relayAddresses(config: config, bound: bound, publicOrigin: publicOrigin.value)
         uploads.setRelayAddresses(hostNames: addresses.names, ports: addresses.ports)
-        cluster?.start(nodeURL: Self.nodeURL(bound), jobs: jobs, keys: keyStore, rateLimiter: rateLimiter)
+        cluster?.start(
+            nodeURL: Self.nodeURL(bound),
+            jobs: jobs,
+            catalog: catalog,
+            webhooks: webhooks,
+            keys: keyStore,
+            rateLimiter: rateLimiter
+        )
         readiness.set(true)
         announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))
 

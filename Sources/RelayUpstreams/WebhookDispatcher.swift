@@ -76,6 +76,7 @@ public final class WebhookDispatcher: Sendable {
     private let logger: Logger
     private let resolve: Resolver
     private let isCancelled: @Sendable (RelayRequest) -> Bool
+    private let settled: @Sendable (String) -> Void
     private let state = Mutex(State())
     private let gate: AttemptGate
     private let deliveries: AsyncStream<Delivery>
@@ -89,6 +90,7 @@ public final class WebhookDispatcher: Sendable {
     /// - Parameters:
     ///   - deploymentSecret: the signing key is derived from it (`WebhookSigner`).
     ///   - isCancelled: whether a request was cancelled on its own (its shared job may still succeed for others).
+    ///   - settled: told the request id once its webhook was delivered or given up on (a fleet marks it done).
     ///   - resolve: nil uses the system resolver on `threadPool`.
     public init(
         configuration: Configuration,
@@ -97,8 +99,10 @@ public final class WebhookDispatcher: Sendable {
         threadPool: NIOThreadPool,
         logger: Logger,
         isCancelled: @escaping @Sendable (RelayRequest) -> Bool = { _ in false },
+        settled: @escaping @Sendable (String) -> Void = { _ in },
         resolve: Resolver? = nil
     ) {
+        self.settled = settled
         self.configuration = configuration
         self.signer = WebhookSigner(deploymentSecret: deploymentSecret)
         self.logger = logger
@@ -341,6 +345,7 @@ public final class WebhookDispatcher: Sendable {
 
     private func finish(_ delivery: Delivery, attempts: Int, outcome: Final, reason: String) {
         state.withLock { $0.pending -= 1 }
+        settled(delivery.request.id)
         let metadata: Logger.Metadata = [
             "request_id": "\(delivery.request.id)", "webhook_id": "\(delivery.id)",
             "webhook_host": "\(delivery.target.authority)",

@@ -145,6 +145,66 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func aDeadNodesUndeliveredWebhooksAreTakenOverOnce() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "hook-a-\(UInt16.random(in: 0...9999))")
+            let b = try await node(database, "hook-b-\(UInt16.random(in: 0...9999))")
+            let c = try await node(database, "hook-c-\(UInt16.random(in: 0...9999))")
+            a.start()
+            defer { a.stop() }
+            let model = ModelSpec(id: "fal-ai/flux/dev", title: "FLUX", kind: .image)
+            let table = JobTable(fleet: a) { _ in NeverUpstream() }
+            func submit(_ prompt: String, webhook: String?) throws -> RelayRequest {
+                let made = table.submit(
+                    try ModelInput(model: model, input: ["prompt": .string(prompt)]),
+                    endpoint: EndpointID(model.id)!,
+                    key: RequestKey(digest: Digest128(high: 5, low: UInt64.random(in: 0...UInt64.max))),
+                    ownerKeyID: nil,
+                    webhook: webhook,
+                    mayStartWork: { true }
+                )
+                return try #require(made)
+            }
+            let due = try submit("due", webhook: "https://hooks.example/a")
+            let delivered = try submit("delivered", webhook: "https://hooks.example/b")
+            _ = try submit("no hook", webhook: nil)
+            for request in [due, delivered] {
+                await withCheckedContinuation { done in request.recorded.whenDone { done.resume() } }
+            }
+            a.webhookSettled(requestID: delivered.id)
+            // While a beats, nobody takes its webhooks.
+            #expect(try await b.takeOverOrphanedWebhooks().isEmpty)
+            // a stops beating (its settled write has landed first: the ordered queue is drained by then).
+            for _ in 0..<200 {
+                let settled = try await database.perform("settled?") { client in
+                    var done = false
+                    for try await flag in try await client.query(
+                        "SELECT webhook_done FROM relay_requests WHERE request_id = \(delivered.id)"
+                    ).decode(Bool.self) {
+                        done = flag
+                    }
+                    return done
+                }
+                if settled { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            a.stop()
+            let stale = a.configuration.nodeID
+            try await database.perform("age") { client in
+                try await client.query(
+                    "UPDATE relay_nodes SET heartbeat_at = now() - interval '1 hour' WHERE node_id = \(stale)"
+                )
+            }
+            let (takenByB, takenByC) = try await (b.takeOverOrphanedWebhooks(), c.takeOverOrphanedWebhooks())
+            let taken = takenByB + takenByC
+            #expect(taken.map(\.0.id) == [due.id], "only the undelivered webhook, and by one node")
+            #expect(taken.first?.1 == "https://hooks.example/a")
+            let again = try await b.takeOverOrphanedWebhooks() + c.takeOverOrphanedWebhooks()
+            #expect(again.isEmpty)
+        }
+    }
+
     @Test func keysMadeInTheFleetAreListedAndRevoked() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in

@@ -59,7 +59,8 @@ extension RelayServices {
                 noCache: directives.contains("no-cache"),
                 noStore: directives.contains("no-store")
             ),
-            sharesFleetWork: request.sharesFleetWork
+            sharesFleetWork: request.sharesFleetWork,
+            webhook: webhook
         ) {
         case .refused(let error, let headers):
             return request.error(error, extraHeaders: headers)
@@ -125,7 +126,8 @@ extension RelayServices {
         facts: RequestFacts,
         principal: Principal,
         directives: CacheDirectives = CacheDirectives(),
-        sharesFleetWork: Bool = false
+        sharesFleetWork: Bool = false,
+        webhook: String? = nil
     ) -> Submission {
         if let unavailable = fleetRefusal {
             return .refused(unavailable, headers: [("retry-after", "2")])
@@ -139,6 +141,7 @@ extension RelayServices {
             ownerKeyID: principal.keyID,
             directives: directives,
             sharesFleetWork: sharesFleetWork,
+            webhook: webhook,
             mayStartWork: {
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):
