@@ -521,6 +521,12 @@ class Fleet:
         if self.cluster:
             self.key = self.create_key("pro")
             self.admin_key = self.create_key("admin")
+            # Keys reach the nodes by a notice, within a second: the fleet is ready once every node takes both.
+            probe = f"/fal-ai/flux/requests/{os.urandom(8).hex()}/status"
+            for node in self.nodes:
+                for key in (self.key, self.admin_key):
+                    wait_for(lambda: httpx.get(node.url + probe, headers=self.headers(key), timeout=5).status_code
+                             == 404, 10, f"node {node.index} does not take the fleet's keys")
             self.wait_alive()
         else:
             self.key = self.create_key("pro", data_dir=self.nodes[0].data_dir)
