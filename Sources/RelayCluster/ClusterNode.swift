@@ -225,7 +225,11 @@ public final class ClusterNode: Sendable {
     }
 
     private func heartbeatLoop() async {
+        var beats = 0
         while !Task.isCancelled {
+            beats += 1
+            // A backstop for a notice lost with the listener's connection: the key table is copied again now and then.
+            if beats % 30 == 0 { handlers.withLock { $0.keysChanged }?() }
             do {
                 try await beat()
                 let orphans = try await takeOverOrphanedWebhooks()

@@ -20,6 +20,7 @@ final class ClusterWiring: Sendable {
     let http: HTTPClient
     let logger: Logger
     private let pool: Task<Void, Never>
+    private let copier = Mutex<Task<Void, Never>?>(nil)
 
     private init(
         database: ClusterDatabase,
@@ -106,17 +107,25 @@ final class ClusterWiring: Sendable {
         if node.nodeURL.isEmpty { node.nodeURL = nodeURL }
         let fleetKeys = ClusterKeys(database: database)
         let logger = self.logger
-        node.onNotice(
-            cancelled: { id in _ = jobs.cancel(id, keyID: nil, fromFleet: true) },
-            keysChanged: {
-                Task {
+        // Copies of the key table run one at a time, and a burst of notices makes one more copy, not many: two copies
+        // racing could write an older table last. A copy that fails is tried again shortly.
+        let (copyRequests, keyCopies) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        copier.withLock {
+            $0 = Task {
+                for await _ in copyRequests {
                     do {
                         try keys.replaceAll(with: try await fleetKeys.all())
                     } catch {
                         logger.warning("could not copy the fleet's keys", metadata: ["error": "\(error)"])
+                        try? await Task.sleep(for: .seconds(1))
+                        keyCopies.yield()
                     }
                 }
-            },
+            }
+        }
+        node.onNotice(
+            cancelled: { id in _ = jobs.cancel(id, keyID: nil, fromFleet: true) },
+            keysChanged: { keyCopies.yield() },
             membership: { nodes in rateLimiter?.setFleetShare(nodes: nodes) },
             orphanedWebhooks: { orphans in
                 for (request, url) in orphans {
@@ -137,6 +146,7 @@ final class ClusterWiring: Sendable {
     }
 
     func shutdown() async {
+        copier.withLock { $0?.cancel() }
         node.stop()
         try? await http.shutdown()
         pool.cancel()
