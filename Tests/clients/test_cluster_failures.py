@@ -164,6 +164,7 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
     wait_for(lambda: all(status(fleet, node, str(uuid.uuid4()), key=key).status_code == 404 for node in range(3)), 5,
              "the new key is not valid everywhere")
     done, errors = [], []
+    phase = ["before the restarts"]  # what the fleet was going through when a request failed
     stop = threading.Event()
     with fleet.fal(key=key) as fal:
         def client_loop(worker):
@@ -187,7 +188,7 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
                     assert output["images"][0]["url"].startswith(fleet.lb_https + "/files/"), output
                     done.append(time.monotonic())
                 except Exception as error:  # every failure counts; the loop goes on
-                    errors.append(f"worker {worker} #{number}: {error!r}")
+                    errors.append(f"worker {worker} #{number} ({phase[0]}): {str(error)[:200]}")
 
         workers = [threading.Thread(target=client_loop, args=(worker,)) for worker in range(3)]
         for worker in workers:
@@ -196,10 +197,13 @@ def test_rolling_restart_under_load_loses_nothing(fleet):
             wait_for(lambda: len(done) >= 6 or errors, 30, "the client loop completed nothing before the restarts")
             assert not errors, f"client errors before any restart: {errors[:3]}"
             for index in range(3):
+                phase[0] = f"node {index} draining"
                 code = fleet.stop(index, timeout=60)
                 assert code == 0, f"node {index} exited with {code} on SIGTERM:\n{fleet.nodes[index].log()}"
+                phase[0] = f"node {index} stopped, starting again"
                 fleet.start(index)
                 fleet.wait_alive()
+                phase[0] = f"node {index} back"
                 since = len(done)
                 wait_for(lambda: len(done) >= since + 3, 30, f"no request completed after node {index} came back")
         finally:
