@@ -52,6 +52,9 @@ public struct RelayApplication: Sendable {
 
         var caPath: String?
         var tlsContext: ReloadableTLSContext?
+        // SIGHUP reloads the certificate, trapped by a service that starts after READY is printed: until then it is
+        // ignored, not the default action (which ends the process: seen once, under load, as a reset handshake).
+        signal(SIGHUP, SIG_IGN)
         if config.https != nil {
             let (context, ca) = try makeTLSContext()
             tlsContext = ReloadableTLSContext(context)

@@ -404,3 +404,18 @@ def test_cache_command_line_reads_stats_and_purges(relay, http):
     bad = subprocess.run([BINARY, "cache", "purge", "--request-key", "xyz", *common],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and "422" in bad.stderr
+
+
+def test_a_sighup_right_after_ready_does_not_end_the_relay():
+    """SIGHUP reloads the certificate; the service that traps it starts after READY is printed, and until then the
+    signal's default action ended the process (a deployment tool that sends SIGHUP once the relay says it is ready)."""
+    with tempfile.TemporaryDirectory(prefix="media-relay-early-hup-") as data:
+        server = Relay(data)
+        try:
+            server.process.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert server.process.poll() is None, "".join(server.output[-20:])
+            assert httpx.get(f"http://127.0.0.1:{server.http_port}/healthz", timeout=10).status_code == 200
+        finally:
+            server.stop()
+        assert server.process.returncode == 0

@@ -157,7 +157,8 @@ extension RelayServices {
         }
     }
 
-    /// Answers `request` again once `job`'s log here reaches `sequence` or the job ends, or after a second at most.
+    /// Answers `request` again once `job`'s log here reaches `sequence` (`.max`: the job's end) or the job ends, or
+    /// after a second at most.
     func logReaches(_ sequence: Int, of job: Job, request: RouteRequest) -> RouteAnswer {
         let promise = request.eventLoop.makePromise(of: Void.self)
         let subscription = job.subscribe(after: 0) { event in

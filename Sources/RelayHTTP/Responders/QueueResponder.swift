@@ -12,6 +12,14 @@ extension RelayServices {
         case .submit(let endpoint), .run(let endpoint), .stream(let endpoint):
             return submit(request, endpoint: endpoint)
         case .status, .result:
+            // In a fleet, another node may have told this client COMPLETED a moment before this node's copy of the
+            // job heard of its end: a result call waits for the end here (briefly) rather than answer "in progress".
+            if fleet != nil, !request.logAwaited, case .result(let app, let id) = request.route,
+                let found = jobs.request(id, keyID: request.principal.keyID), found.endpoint.app == app.app,
+                !found.phase.isCompleted
+            {
+                return logReaches(.max, of: found.job, request: request)
+            }
             return .response(answerRead(request.facts, route: request.route, principal: request.principal).response)
         case .cancel(let app, let id):
             let outcome = jobs.cancel(id, keyID: request.principal.keyID, app: app.app)
