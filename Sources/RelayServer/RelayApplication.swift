@@ -461,9 +461,11 @@ public struct RelayApplication: Sendable {
         if let https = bound.first(where: { $0.scheme == "https" }) {
             let port = https.port
             lines.append("Point the fal clients at it:")
-            lines.append(
-                "  export FAL_KEY=$(media-relay keys create --tier pro --data-dir \(configuration.dataDirectory) | tail -1)"
-            )
+            // A fleet's keys live in its database (`keys … --cluster-database-url`), a node's in its data folder.
+            let keyStore =
+                configuration.clusterDatabaseURL != nil
+                ? "--cluster-database-url \"$RELAY_CLUSTER_DATABASE_URL\"" : "--data-dir \(configuration.dataDirectory)"
+            lines.append("  export FAL_KEY=$(media-relay keys create --tier pro \(keyStore) | tail -1)")
             lines.append("  export FAL_QUEUE_RUN_HOST=127.0.0.1:\(port) FAL_RUN_HOST=localhost:\(port)")
             if let caPath {
                 lines.append("  export SSL_CERT_FILE=\(caPath)")
