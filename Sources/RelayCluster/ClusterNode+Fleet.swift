@@ -243,6 +243,45 @@ extension ClusterNode: Fleet {
         return (result, elsewhere)
     }
 
+    /// As `lookup`, and when there is neither a result nor another node's claim, claims the key for this node: all
+    /// in one statement (one round trip on a submission's path). `runningElsewhere` is true when another node holds
+    /// the claim, also one that took it a moment before this statement did.
+    public func lookupOrClaim(
+        _ key: RequestKey
+    ) async throws(ClusterError) -> (result: CachedResult?, runningElsewhere: Bool) {
+        let (hex, node) = (key.digest.hex, configuration.nodeID)
+        let now = Timestamp.now().secondsSinceEpoch
+        let lease = Self.seconds(configuration.lease)
+        let (manifest, elsewhere) = try await database.perform("look up or claim") { client -> (ByteBuffer?, Bool) in
+            let rows = try await client.query(
+                """
+                WITH found AS (
+                    SELECT manifest FROM relay_results WHERE request_key = \(hex) AND expires_at > \(now)),
+                held AS (
+                    SELECT 1 FROM relay_claims
+                    WHERE request_key = \(hex) AND node_id <> \(node) AND lease_until > now()),
+                claimed AS (
+                    INSERT INTO relay_claims AS c (request_key, node_id, lease_until)
+                    SELECT \(hex), \(node), now() + make_interval(secs => \(lease))
+                    WHERE NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM held)
+                    ON CONFLICT (request_key) DO UPDATE
+                    SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
+                    WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
+                    RETURNING 1)
+                SELECT (SELECT manifest FROM found),
+                       EXISTS (SELECT 1 FROM held)
+                       OR (NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM claimed))
+                """
+            )
+            for try await (manifest, elsewhere) in rows.decode((ByteBuffer?, Bool).self) {
+                return (manifest, elsewhere)
+            }
+            return (nil, false)
+        }
+        let result = manifest.flatMap { CachedResult(manifestBytes: Array($0.readableBytesView), key: key) }
+        return (result, result == nil && elsewhere)
+    }
+
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
     public enum Claim: Sendable, Hashable {
         case won

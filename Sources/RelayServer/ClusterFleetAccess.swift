@@ -40,10 +40,7 @@ final class ClusterFleetAccess: FleetAccess {
     }
 
     func lookupOrClaim(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool) {
-        let (result, elsewhere) = try await node.lookup(key)
-        guard result == nil, !elsewhere else { return (result, elsewhere) }
-        if case .heldBy = try await node.claim(key) { return (nil, true) }
-        return (nil, false)
+        try await node.lookupOrClaim(key)
     }
 
     func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool {

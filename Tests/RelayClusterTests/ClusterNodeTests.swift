@@ -77,6 +77,23 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func aSubmissionLooksUpAndClaimsInOneStatement() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "one-a")
+            let b = try await node(database, "one-b")
+            let key = RequestKey(digest: Digest128(high: 6, low: UInt64.random(in: 0...UInt64.max)))
+            let first = try await a.lookupOrClaim(key)
+            #expect(first.result == nil && !first.runningElsewhere, "a new key is claimed by the first node")
+            #expect(try await a.claim(key) == .won)
+            let second = try await b.lookupOrClaim(key)
+            #expect(second.result == nil && second.runningElsewhere, "the other node sees it run elsewhere")
+            #expect(try await b.claim(key) == .heldBy(nodeID: "one-a", nodeURL: "http://127.0.0.1:1/one-a"))
+            let again = try await a.lookupOrClaim(key)
+            #expect(!again.runningElsewhere, "a node's own claim is not elsewhere")
+        }
+    }
+
     @Test func aStoredResultIsAHitEverywhereAndReleasesTheClaim() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in
