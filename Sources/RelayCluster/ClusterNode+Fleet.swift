@@ -52,6 +52,31 @@ extension ClusterNode: Fleet {
         writes.yield(.cancelled(requestID: request.id))
     }
 
+    public func attached(_ key: RequestKey, _ handle: UpstreamHandle) {
+        let json: JSONValue = [
+            "origin": .string(handle.origin), "request_id": .string(handle.requestID),
+            "status_url": .string(handle.statusURL), "response_url": .string(handle.responseURL),
+            "cancel_url": .string(handle.cancelURL),
+        ]
+        writes.yield(.attached(key: key.digest.hex, handle: json.serializedString))
+    }
+
+    /// A handle as `attached` stored it.
+    static func handle(_ text: String?) -> UpstreamHandle? {
+        guard let text, let json = try? JSONValue(parsing: Array(text.utf8)),
+            let origin = json["origin"]?.stringValue, let id = json["request_id"]?.stringValue,
+            let status = json["status_url"]?.stringValue, let response = json["response_url"]?.stringValue,
+            let cancel = json["cancel_url"]?.stringValue
+        else { return nil }
+        return UpstreamHandle(
+            origin: origin,
+            requestID: id,
+            statusURL: status,
+            responseURL: response,
+            cancelURL: cancel
+        )
+    }
+
     /// This node delivered a request's webhook (or gave up on it): no other node delivers it.
     public func webhookSettled(requestID: String) {
         writes.yield(.webhookSettled(requestID: requestID))
@@ -120,6 +145,12 @@ extension ClusterNode: Fleet {
         case .release(let key):
             try await database.perform("release claim") { client in
                 try await client.query("DELETE FROM relay_claims WHERE request_key = \(key) AND node_id = \(node)")
+            }
+        case .attached(let key, let handle):
+            try await database.perform("attach claim") { client in
+                try await client.query(
+                    "UPDATE relay_claims SET handle = \(handle) WHERE request_key = \(key) AND node_id = \(node)"
+                )
             }
         case .webhookSettled(let id):
             try await database.perform("webhook settled") { client in
@@ -284,7 +315,9 @@ extension ClusterNode: Fleet {
 
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
     public enum Claim: Sendable, Hashable {
-        case won
+        /// This node does the work; `handle` names the job an upstream already accepted for the key under a node that
+        /// held the claim before (it is followed there, not submitted again).
+        case won(handle: UpstreamHandle?)
         case heldBy(nodeID: String, nodeURL: String)
     }
 
@@ -300,10 +333,10 @@ extension ClusterNode: Fleet {
                 ON CONFLICT (request_key) DO UPDATE
                 SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                 WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                RETURNING node_id
+                RETURNING handle
                 """
             )
-            for try await _ in rows.decode(String.self) { return .won }
+            for try await handle in rows.decode(String?.self) { return .won(handle: Self.handle(handle)) }
             let holder = try await client.query(
                 """
                 SELECT c.node_id, n.node_url FROM relay_claims c JOIN relay_nodes n ON n.node_id = c.node_id

@@ -48,6 +48,7 @@ public final class ClusterNode: Sendable {
         case release(key: String)
         case cancelled(requestID: String)
         case webhookSettled(requestID: String)
+        case attached(key: String, handle: String)
     }
 
     public let database: ClusterDatabase

@@ -79,6 +79,7 @@ enum ClusterSchema {
                 """,
             ]
         ),
+        (3, ["ALTER TABLE relay_claims ADD COLUMN handle text"]),
     ]
 
     /// Applies every migration the database lacks, all in one transaction under the advisory lock; returns the

@@ -9,8 +9,8 @@ import Synchronization
 /// For each job: a result some node already stored is served from the fleet's index; otherwise the node claims the
 /// key (`relay_claims`, a lease renewed by its heartbeat) and runs the model's own upstream, or, when a live peer
 /// holds the claim, follows that peer's job (`PeerFollow`). A peer that dies or leaves mid-job loses its claim when
-/// the lease runs out; the follower then claims the key and runs the job itself (the synthetic upstream starts it
-/// again; an origin job the dead node had submitted is lost with it, see the README).
+/// the lease runs out; the follower then claims the key and runs the job itself: the synthetic upstream starts it
+/// again; an origin job the dead node had submitted is followed at the origin by its id, kept with the claim.
 public final class ClusterUpstream: Upstream {
     let local: any Upstream
     let node: ClusterNode
@@ -102,8 +102,8 @@ final class ClusterJobRun: UpstreamTask, Sendable {
                     return
                 }
                 switch try await node.claim(job.key) {
-                case .won:
-                    runHere()
+                case .won(let handle):
+                    runHere(following: handle)
                     return
                 case .heldBy(let nodeID, let nodeURL):
                     let follow = PeerFollow(
@@ -142,9 +142,8 @@ final class ClusterJobRun: UpstreamTask, Sendable {
 
     /// This node holds the claim: the model's own upstream does the work. The claim is released when the job ends,
     /// after its result (if stored) was published: the table publishes before its subscribers hear of the end.
-    private func runHere() {
+    private func runHere(following handle: UpstreamHandle? = nil) {
         let node = upstream.node
-        node.countGeneration()
         let job = self.job
         let cacheable = JobTable.isCacheable(job.input)
         _ = job.subscribe(after: job.status.lastSequence) { event in
@@ -152,7 +151,10 @@ final class ClusterJobRun: UpstreamTask, Sendable {
             if case .success = outcome, cacheable { return }
             node.release(job.key)
         }
-        let local = upstream.local.start(job)
+        // A job an origin accepted under a node that died is followed there by its id, not submitted again.
+        let resumed = handle.flatMap { upstream.local.resume(job, from: $0, attachedAt: .now()) }
+        if resumed == nil { node.countGeneration() }
+        let local = resumed ?? upstream.local.start(job)
         let cancelled = state.withLock { state in
             state.local = local
             return state.cancelled

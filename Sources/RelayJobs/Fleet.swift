@@ -15,6 +15,10 @@ public protocol Fleet: Sendable {
 
     /// `request` was cancelled on this node: every node that holds it cancels it too.
     func cancelled(_ request: RelayRequest)
+
+    /// The upstream accepted the job for `key` under its own id (an origin's): kept with the key's claim, so that a
+    /// node taking the job over follows it there by that id instead of submitting it again.
+    func attached(_ key: RequestKey, _ handle: UpstreamHandle)
 }
 
 /// A request as the fleet's registry has it: enough for any node to serve it again by its id.

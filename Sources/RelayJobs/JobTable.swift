@@ -329,10 +329,12 @@ public final class JobTable: Sendable {
     /// Starts the upstream; an upstream that keeps the job by its own id gets that recorded (`Job.attached(to:)`),
     /// so that a restart follows the job again.
     private func start(_ job: Job, storeResult: Bool, storeRejection: Bool, coalesce: Bool) {
-        if let log {
-            job.setAttachmentRecorder { [weak job] handle in
+        if log != nil || fleet != nil {
+            job.setAttachmentRecorder { [weak job, log, fleet] handle in
                 guard let job else { return }
-                log.append([
+                // In a fleet the claim carries it too: a node that takes the job over follows it, never resubmits.
+                fleet?.attached(job.key, handle)
+                log?.append([
                     .attached(
                         RequestLogRecord.Attachment(
                             jobID: job.id,
@@ -475,26 +477,5 @@ public final class JobTable: Sendable {
             recorded: recorded,
             webhookURL: identity.webhook
         )
-    }
-
-    private static func creation(_ request: RelayRequest) -> RequestLogRecord.Creation {
-        RequestLogRecord.Creation(
-            id: request.id,
-            jobID: request.job.id,
-            endpoint: request.endpoint.description,
-            key: request.job.key,
-            ownerKeyID: request.ownerKeyID,
-            createdAt: request.createdAt,
-            cacheOutcome: request.cacheOutcome.rawValue,
-            cacheStatus: request.cacheStatus
-        )
-    }
-
-    private static func logged(_ outcome: JobOutcome) -> RequestLogRecord.Outcome {
-        switch outcome {
-        case .success(let result, let seconds): .success(result: result, inferenceSeconds: seconds)
-        case .failure(let error): .failure(error)
-        case .cancelled: .cancelled
-        }
     }
 }

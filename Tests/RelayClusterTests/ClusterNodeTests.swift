@@ -59,8 +59,8 @@ struct ClusterNodeTests {
             let a = try await node(database, "claim-a")
             let b = try await node(database, "claim-b")
             let key = RequestKey(digest: Digest128(high: 1, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won)
-            #expect(try await a.claim(key) == .won, "a node's own claim is its own")
+            #expect(try await a.claim(key) == .won(handle: nil))
+            #expect(try await a.claim(key) == .won(handle: nil), "a node's own claim is its own")
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
             // Time passes past the lease without a heartbeat from a (the database's clock is the fleet's clock).
             let hex = key.digest.hex
@@ -69,11 +69,41 @@ struct ClusterNodeTests {
                     "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
                 )
             }
-            #expect(try await b.claim(key) == .won)
+            #expect(try await b.claim(key) == .won(handle: nil))
             #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
-            // A heartbeat renews every claim of its node: b's claim outlives the age-out above.
-            try await b.beat()
-            #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
+            // The job b runs was accepted by an origin under its own id: a node taking the key over gets that id.
+            b.start()
+            defer { b.stop() }
+            let handle = UpstreamHandle(
+                origin: "https://origin.example",
+                requestID: "origin-1",
+                statusURL: "https://origin.example/s",
+                responseURL: "https://origin.example/r",
+                cancelURL: "https://origin.example/c"
+            )
+            b.attached(key, handle)
+            for _ in 0..<200 {
+                let stored = try await database.perform("handle?") { client in
+                    var found = false
+                    for try await text in try await client.query(
+                        "SELECT handle FROM relay_claims WHERE request_key = \(hex)"
+                    ).decode(String?.self) {
+                        found = text != nil
+                    }
+                    return found
+                }
+                if stored { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await database.perform("age again") { client in
+                try await client.query(
+                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
+                )
+            }
+            #expect(try await a.claim(key) == .won(handle: handle))
+            // A heartbeat renews every claim of its node: a's claim outlives the age-out above.
+            try await a.beat()
+            #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
         }
     }
 
@@ -85,7 +115,7 @@ struct ClusterNodeTests {
             let key = RequestKey(digest: Digest128(high: 6, low: UInt64.random(in: 0...UInt64.max)))
             let first = try await a.lookupOrClaim(key)
             #expect(first.result == nil && !first.runningElsewhere, "a new key is claimed by the first node")
-            #expect(try await a.claim(key) == .won)
+            #expect(try await a.claim(key) == .won(handle: nil))
             let second = try await b.lookupOrClaim(key)
             #expect(second.result == nil && second.runningElsewhere, "the other node sees it run elsewhere")
             #expect(try await b.claim(key) == .heldBy(nodeID: "one-a", nodeURL: "http://127.0.0.1:1/one-a"))
@@ -102,7 +132,7 @@ struct ClusterNodeTests {
             a.start()
             defer { a.stop() }
             let key = RequestKey(digest: Digest128(high: 2, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won)
+            #expect(try await a.claim(key) == .won(handle: nil))
             let digest = Digest128(high: 0xABC, low: 0xDEF)
             let result = CachedResult(
                 modelID: "fal-ai/flux/schnell",
@@ -123,7 +153,7 @@ struct ClusterNodeTests {
                 if found == nil { try await Task.sleep(for: .milliseconds(10)) }
             }
             #expect(found == result)
-            #expect(try await b.claim(key) == .won)
+            #expect(try await b.claim(key) == .won(handle: nil))
             #expect(try await b.holders(of: digest) == ["http://127.0.0.1:1/store-a"])
             // Another key's manifest is refused: the index's bytes are checked against the key asked for.
             let other = RequestKey(digest: Digest128(high: 3, low: 3))
