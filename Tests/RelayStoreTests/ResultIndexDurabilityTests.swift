@@ -246,6 +246,15 @@ struct ResultIndexDurabilityTests {
         var bytes3 = try #require(Fixtures.contents(path3))
         bytes3[bytes3.count - 20] ^= 0xFF
         try Fixtures.write(bytes3, to: path3)
+        // Files 1 and 2 arrive as replaced files (a restore, a copy): their shard directories change, which is what a
+        // start-up scan looks at. Written in place here, the directories' times would depend on how long the steps
+        // above took (more than the snapshot's slack on a loaded machine, and the scan would skip them).
+        for path in [path1, path2] {
+            try FileManager.default.setAttributes(
+                [.modificationDate: Date()],
+                ofItemAtPath: (path as NSString).deletingLastPathComponent
+            )
+        }
 
         let second = ResultFixtures.durableIndex(in: directory)
         let report = try await second.load()
