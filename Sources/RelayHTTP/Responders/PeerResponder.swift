@@ -158,14 +158,14 @@ extension RelayServices {
     }
 
     /// Answers `request` again once `job`'s log here reaches `sequence` (`.max`: the job's end) or the job ends, or
-    /// after a second at most.
-    func logReaches(_ sequence: Int, of job: Job, request: RouteRequest) -> RouteAnswer {
+    /// after `limit` at most.
+    func logReaches(_ sequence: Int, of job: Job, request: RouteRequest, within limit: TimeAmount) -> RouteAnswer {
         let promise = request.eventLoop.makePromise(of: Void.self)
         let subscription = job.subscribe(after: 0) { event in
             if event.sequence >= sequence || event.isTerminal { promise.succeed() }
         }
         if job.status.lastSequence >= sequence || job.isTerminal || subscription.token == 0 { promise.succeed() }
-        let timeout = request.eventLoop.scheduleTask(in: .seconds(1)) { promise.succeed() }
+        let timeout = request.eventLoop.scheduleTask(in: limit) { promise.succeed() }
         var again = request
         again.logAwaited = true
         let answer = again

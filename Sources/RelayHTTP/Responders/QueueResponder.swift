@@ -18,7 +18,8 @@ extension RelayServices {
                 let found = jobs.request(id, keyID: request.principal.keyID), found.endpoint.app == app.app,
                 !found.phase.isCompleted
             {
-                return logReaches(.max, of: found.job, request: request)
+                // Up to 5 s: a loaded fleet (a node draining, one restarting) was seen to take over a second.
+                return logReaches(.max, of: found.job, request: request, within: .seconds(5))
             }
             return .response(answerRead(request.facts, route: request.route, principal: request.principal).response)
         case .cancel(let app, let id):
@@ -105,7 +106,7 @@ extension RelayServices {
         // A resume point ahead of this node's log (a request adopted a moment ago, whose job here is still catching
         // up with its node's): wait, briefly, for the log to reach it, so the answer is the one its node would give.
         if fleet != nil, !request.logAwaited, lastSeen > found.job.status.lastSequence, !found.phase.isCompleted {
-            return logReaches(lastSeen, of: found.job, request: request)
+            return logReaches(lastSeen, of: found.job, request: request, within: .seconds(1))
         }
         if lastSeen > 0, found.phase.isCompleted, lastSeen >= found.job.status.lastSequence {
             return .response(PreparedResponse(status: .noContent, headers: [], isHead: false))
