@@ -97,21 +97,29 @@ final class PrivatePostgres: Sendable {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0 + "/pg_ctl") }
     }
 
+    /// A port below the kernel's ephemeral range that nothing listens on: never one that another test's `bind(0)`
+    /// is handed meanwhile (seen: an upstream test's "closed port" was this server's port a moment later, and its
+    /// HTTP client waited on PostgreSQL until its deadline).
     private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let ephemeralLow = range.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+        let (low, high) = ephemeralLow > 12000 ? (10000, ephemeralLow) : (ephemeralLow / 2, ephemeralLow)
+        for _ in 0..<1000 {
+            let port = Int.random(in: low..<high)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = UInt16(port).bigEndian
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
             }
+            if bound { return port }
         }
-        guard bound else { throw Failure("no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
+        throw Failure("no free port below the ephemeral range")
     }
 
     struct Failure: Error, CustomStringConvertible {
