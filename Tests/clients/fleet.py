@@ -10,12 +10,10 @@ import collections
 import contextlib
 import glob
 import importlib
-import json
 import os
 import random
 import re
 import shutil
-import select
 import signal
 import socket
 import ssl
@@ -24,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -311,96 +308,6 @@ class LoadBalancer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-
-
-class StorageProxy:
-    """An HTTP CONNECT proxy that tunnels fal's fixed storage hosts (rest.fal.ai, v3.fal.media, port 443) to the load
-    balancer's TLS port, and refuses anything else: fal_client.upload_file then reaches the fleet unmodified
-    (HTTPS_PROXY, which httpx honours). The load balancer's certificate covers those names."""
-
-    HOSTS = ("rest.fal.ai", "v3.fal.media")
-
-    def __init__(self, target_port):
-        self.target_port = target_port
-        self.tunnelled = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def serve(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.tunnel, args=(client,), daemon=True).start()
-
-    def tunnel(self, client):
-        with client:
-            client.settimeout(30)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = client.recv(4096)
-                if not data:
-                    return
-                head += data
-            method, authority = head.split(b" ")[:2]
-            host, _, port = authority.decode().rpartition(":")
-            if method != b"CONNECT" or host not in self.HOSTS or port != "443":
-                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                return
-            self.tunnelled.append(host)
-            with socket.create_connection(("127.0.0.1", self.target_port), timeout=30) as upstream:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                sockets = [client, upstream]
-                while True:
-                    readable, _, _ = select.select(sockets, [], [], 30)
-                    if not readable:
-                        return
-                    for source in readable:
-                        data = source.recv(65536)
-                        if not data:
-                            return
-                        (upstream if source is client else client).sendall(data)
-
-    def close(self):
-        self.server.close()
-
-
-class WebhookReceiver:
-    """A webhook receiver on 127.0.0.1 that records every POST."""
-
-    def __init__(self):
-        self.calls = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver.lock:
-                    headers = {name.lower(): value for name, value in self.headers.items()}
-                    receiver.calls.append({"path": self.path, "headers": headers, "body": json.loads(body)})
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def calls_to(self, path):
-        with self.lock:
-            return [call for call in self.calls if call["path"] == path]
 
 
 # ---- relay nodes --------------------------------------------------------------------------------------------------
@@ -746,26 +653,6 @@ def wait_completed(fleet, node, request_id, timeout=60, key=None):
         return answer.json() if answer.json()["status"] == "COMPLETED" else None
 
     return wait_for(completed, timeout, f"request {request_id} did not complete on node {node}")
-
-
-def read_events(response, limit=None, events=None, timeout=60):
-    """SSE events of a streaming httpx response as (id, data) pairs; stops after `limit` data events. Each event is
-    appended to `events` (a new list by default) as it arrives, so another thread may watch it grow. A stream still
-    open after `timeout` seconds fails (the relay pings every 15 s, so a line comes at least that often)."""
-    events, event_id, data = [] if events is None else events, None, []
-    deadline = time.monotonic() + timeout
-    for line in response.iter_lines():
-        assert time.monotonic() < deadline, f"the stream was still open after {timeout} s: {events[-3:]}"
-        if line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            events.append((event_id, json.loads("\n".join(data))))
-            event_id, data = None, []
-            if limit and len(events) >= limit:
-                break
-    return events
 
 
 # ---- loadtest/cluster.sh: a fleet until Ctrl-C --------------------------------------------------------------------

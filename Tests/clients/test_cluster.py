@@ -13,8 +13,8 @@ import uuid
 import httpx
 import pytest
 
-from fleet import (APP, StorageProxy, WebhookReceiver, read_events, result, started_fleet, status, submit,
-                   wait_completed, wait_for)
+from fleet import APP, result, started_fleet, status, submit, wait_completed, wait_for
+from peers import ConnectProxy, WebhookReceiver, read_events
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STATUS_KEYS = {"status", "request_id", "response_url", "status_url", "cancel_url"}
@@ -189,7 +189,7 @@ def test_cancel_on_another_node(fleet):
 
 
 def test_upload_through_the_load_balancer_is_served_by_every_node(fal, fleet, monkeypatch, tmp_path):
-    proxy = StorageProxy(fleet.lb.https_port)
+    proxy = ConnectProxy(fleet.lb.https_port)
     try:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -198,7 +198,7 @@ def test_upload_through_the_load_balancer_is_served_by_every_node(fal, fleet, mo
         picture = tmp_path / "fleet.png"
         picture.write_bytes(data)
         url = client.upload_file(picture)  # the token from one node, the bytes most likely to another
-        assert set(proxy.tunnelled) == set(StorageProxy.HOSTS), proxy.tunnelled
+        assert set(proxy.tunnelled) == set(ConnectProxy.HOSTS), proxy.tunnelled
     finally:
         proxy.close()
     path = media_path(url, fleet)
@@ -234,8 +234,8 @@ def test_each_webhook_is_delivered_once_by_the_fleet(fleet):
         time.sleep(2)
         for path, request_id in hooks.items():
             calls = receiver.calls_to(path)
-            assert len(calls) == 1, f"{path}: {len(calls)} deliveries: {[c['body'] for c in calls]}"
-            body = calls[0]["body"]
+            assert len(calls) == 1, f"{path}: {len(calls)} deliveries: {[c['json'] for c in calls]}"
+            body = calls[0]["json"]
             assert body["request_id"] == request_id and body["status"] == "OK" and body["error"] is None, body
             assert body["payload"]["images"][0]["url"].startswith(fleet.lb_https + "/files/"), body
             assert calls[0]["headers"].get("x-relay-webhook-id"), calls[0]["headers"]

@@ -9,7 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from fleet import APP, read_events, result, started_fleet, status, submit, wait_completed, wait_for
+from fleet import APP, result, started_fleet, status, submit, wait_completed, wait_for
+from peers import read_events
 
 LEASE_SECONDS = 5
 

@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from fleet import WebhookReceiver, started_fleet, status, submit, wait_for
+from fleet import started_fleet, status, submit, wait_for
+from peers import WebhookReceiver
 
 LEASE_SECONDS = 3
 
@@ -34,7 +35,7 @@ def test_a_webhook_of_a_node_killed_mid_job_is_delivered_once_by_another(fleet):
             time.sleep(LEASE_SECONDS)  # a second node's duplicate would show by now
             calls = receiver.calls_to("/orphan")
             assert len(calls) == 1, f"{len(calls)} deliveries"
-            delivered = calls[0]["body"]
+            delivered = calls[0]["json"]
             assert delivered["request_id"] == request_id and delivered["status"] == "OK", delivered
             assert delivered["payload"]["images"][0]["url"].startswith(fleet.lb_https + "/files/"), delivered
         finally:

@@ -1,21 +1,6 @@
 """SSE status streams: ids, resume with Last-Event-ID / ?last_event_id without loss or duplicates."""
-import json
 
-
-def read_events(response, limit=None):
-    """Parses SSE events from a streaming httpx response into (id, data) pairs; stops after `limit` data events."""
-    events, event_id, data = [], None, []
-    for line in response.iter_lines():
-        if line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            events.append((event_id, json.loads("\n".join(data))))
-            event_id, data = None, []
-            if limit and len(events) >= limit:
-                break
-    return events
+from peers import read_events
 
 
 def test_status_stream_resumes_without_loss_or_duplicates(fal, http, relay):

@@ -12,22 +12,22 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import httpx
 import pytest
 
+from peers import FAL_STORAGE_HOSTS, ConnectProxy
+
 from conftest import Relay, started_relay
 
 MiB = 1024 * 1024
-FAL_HOSTS = ("rest.fal.ai", "v3.fal.media")
 
 
 @pytest.fixture(scope="module")
 def relay():
     with started_relay(
-        "media-relay-uploads-", ("--tls-extra-names", ",".join(FAL_HOSTS), "--body-timeout-seconds", "2")
+        "media-relay-uploads-", ("--tls-extra-names", ",".join(FAL_STORAGE_HOSTS), "--body-timeout-seconds", "2")
     ) as server:
         yield server
 
@@ -315,55 +315,6 @@ def test_a_full_disk_is_507_and_leaves_nothing_behind():
 # --- the official client ----------------------------------------------------------------------------------------
 
 
-class ConnectProxy:
-    """An HTTP CONNECT proxy that tunnels fal's storage hosts to the relay's HTTPS port, and nothing else."""
-
-    def __init__(self, target_port):
-        self.target_port = target_port
-        self.tunnelled = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.tunnel, args=(client,), daemon=True).start()
-
-    def tunnel(self, client):
-        with client:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = client.recv(4096)
-                if not data:
-                    return
-                head += data
-            method, authority = head.split(b" ")[:2]
-            host, _, port = authority.decode().rpartition(":")
-            if method != b"CONNECT" or host not in FAL_HOSTS or port != "443":
-                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                return
-            self.tunnelled.append(host)
-            with socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                sockets = [client, upstream]
-                while True:
-                    readable, _, _ = select.select(sockets, [], [], 30)
-                    if not readable:
-                        return
-                    for source in readable:
-                        data = source.recv(65536)
-                        if not data:
-                            return
-                        (upstream if source is client else client).sendall(data)
-
-    def close(self):
-        self.server.close()
-
-
 def submit_and_wait(http, relay, image_url):
     body = {"prompt": "an uploaded fox", "image_url": image_url, "seed": 99, "num_inference_steps": 4, "image_size": "square"}
     response = http.post(f"https://{relay.queue_host}/fal-ai/flux/dev", json=body, headers=key_headers(relay))
@@ -402,7 +353,7 @@ def test_the_official_client_uploads_and_inputs_are_keyed_by_digest(http, relay,
         picture.write_bytes(data)
 
         url = client.upload_file(picture)  # fal_v3: token at rest.fal.ai, bytes to v3.fal.media
-        assert set(proxy.tunnelled) == set(FAL_HOSTS), proxy.tunnelled
+        assert set(proxy.tunnelled) == set(FAL_STORAGE_HOSTS), proxy.tunnelled
         assert url.startswith(f"https://{relay.queue_host}/files/") and url.endswith(".png")
         assert http.get(url).content == data
         assert client.upload_file(picture) == url  # same bytes, same URL

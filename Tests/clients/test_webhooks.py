@@ -6,67 +6,19 @@ import os
 import re
 import ssl
 import tempfile
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from conftest import Relay
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1: records every POST; answers each path from a scripted list of statuses."""
-
-    def __init__(self):
-        self.calls = []
-        self.scripts = {}
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver.lock:
-                    receiver.calls.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "at": time.time()})
-                    script = receiver.scripts.get(self.path, [])
-                    status = script.pop(0) if script else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def script(self, path, statuses):
-        with self.lock:
-            self.scripts[path] = list(statuses)
-
-    def calls_to(self, path):
-        with self.lock:
-            return [call for call in self.calls if call["path"] == path]
-
-    def wait_for(self, path, count, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            calls = self.calls_to(path)
-            if len(calls) >= count:
-                return calls
-            time.sleep(0.05)
-        raise AssertionError(f"{path}: {len(self.calls_to(path))} calls, expected {count}")
+from peers import WebhookReceiver
 
 
 @pytest.fixture(scope="module")
 def receiver():
-    server = Receiver()
+    server = WebhookReceiver()
     yield server
     server.server.shutdown()
 
