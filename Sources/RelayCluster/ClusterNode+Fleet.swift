@@ -182,29 +182,38 @@ extension ClusterNode: Fleet {
                       AND NOT EXISTS (SELECT 1 FROM relay_nodes n WHERE n.node_id = r.node_id
                                       AND n.heartbeat_at > now() - make_interval(secs => \(lease)))
                     LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-                RETURNING request_id, endpoint, model_id, request_key, input, owner_key_id, created_at, webhook_url
+                RETURNING \(unescaped: Self.registryColumns)
                 """
             )
             var taken: [(FleetRequest, String)] = []
-            for try await (id, endpoint, model, key, input, owner, created, webhook) in rows.decode(
-                (String, String, String, String, ByteBuffer, String?, Double, String).self
-            ) {
-                guard let digest = Digest128(hex: key) else { continue }
-                let request = FleetRequest(
-                    id: id,
-                    endpoint: endpoint,
-                    modelID: model,
-                    key: RequestKey(digest: digest),
-                    input: Array(input.readableBytesView),
-                    ownerKeyID: owner,
-                    createdAt: Timestamp(secondsSinceEpoch: created),
-                    cancelled: false,
-                    nodeID: node
-                )
+            for try await row in rows.decode(RegistryRow.self) {
+                guard let request = Self.fleetRequest(row), let webhook = row.9 else { continue }
                 taken.append((request, webhook))
             }
             return taken
         }
+    }
+
+    /// The registry's columns, in the order `fleetRequest(_:)` reads them.
+    static let registryColumns =
+        "request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at, cancelled, webhook_url"
+    typealias RegistryRow = (String, String, String, String, ByteBuffer, String?, String, Double, Bool, String?)
+
+    /// A registry row as the job table takes it; nil for a key that is not a digest.
+    static func fleetRequest(_ row: RegistryRow) -> FleetRequest? {
+        let (id, endpoint, model, key, input, owner, node, created, cancelled, _) = row
+        guard let digest = Digest128(hex: key) else { return nil }
+        return FleetRequest(
+            id: id,
+            endpoint: endpoint,
+            modelID: model,
+            key: RequestKey(digest: digest),
+            input: Array(input.readableBytesView),
+            ownerKeyID: owner,
+            createdAt: Timestamp(secondsSinceEpoch: created),
+            cancelled: cancelled,
+            nodeID: node
+        )
     }
 
     /// The registry's entry for a request id, nil when no node took it.
@@ -212,25 +221,11 @@ extension ClusterNode: Fleet {
         try await database.perform("look up request") { client -> FleetRequest? in
             let rows = try await client.query(
                 """
-                SELECT endpoint, model_id, request_key, input, owner_key_id, node_id, created_at, cancelled
-                FROM relay_requests WHERE request_id = \(id)
+                SELECT \(unescaped: Self.registryColumns) FROM relay_requests WHERE request_id = \(id)
                 """
             )
-            for try await (endpoint, model, key, input, owner, node, created, cancelled) in rows.decode(
-                (String, String, String, ByteBuffer, String?, String, Double, Bool).self
-            ) {
-                guard let digest = Digest128(hex: key) else { return nil }
-                return FleetRequest(
-                    id: id,
-                    endpoint: endpoint,
-                    modelID: model,
-                    key: RequestKey(digest: digest),
-                    input: Array(input.readableBytesView),
-                    ownerKeyID: owner,
-                    createdAt: Timestamp(secondsSinceEpoch: created),
-                    cancelled: cancelled,
-                    nodeID: node
-                )
+            for try await row in rows.decode(RegistryRow.self) {
+                return Self.fleetRequest(row)
             }
             return nil
         }

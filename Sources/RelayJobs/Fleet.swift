@@ -57,3 +57,15 @@ public struct FleetRequest: Sendable, Hashable {
         self.nodeID = nodeID
     }
 }
+
+extension FleetRequest {
+    /// The input and endpoint to serve this request with on this node, its model looked up in `models` (the
+    /// catalog); nil when this node does not serve the model, or the stored input is not an object.
+    public func modelInput(models: (String) -> ModelSpec?) -> (input: ModelInput, endpoint: EndpointID)? {
+        guard let model = models(modelID), let endpoint = EndpointID(endpoint),
+            let fields = (try? JSONValue(parsing: input))?.objectValue,
+            let input = try? ModelInput(model: model, input: fields)
+        else { return nil }
+        return (input, endpoint)
+    }
+}

@@ -129,10 +129,7 @@ final class ClusterWiring: Sendable {
             membership: { nodes in rateLimiter?.setFleetShare(nodes: nodes) },
             orphanedWebhooks: { orphans in
                 for (request, url) in orphans {
-                    guard let model = catalog.model(request.modelID), let endpoint = EndpointID(request.endpoint),
-                        let fields = (try? JSONValue(parsing: request.input))?.objectValue,
-                        let input = try? ModelInput(model: model, input: fields)
-                    else { continue }
+                    guard let (input, endpoint) = request.modelInput(models: catalog.model) else { continue }
                     webhooks.register(request: jobs.adopt(request, input: input, endpoint: endpoint), url: url)
                 }
             }

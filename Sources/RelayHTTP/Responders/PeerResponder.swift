@@ -73,10 +73,7 @@ extension RelayServices {
                 // Not knowing is not "not found": the client retries once the database answers.
                 return .unavailable("cluster_unavailable: \(error)", type: "cluster_unavailable")
             }
-            guard let found, let model = catalog.model(found.modelID), let endpoint = EndpointID(found.endpoint),
-                let fields = (try? JSONValue(parsing: found.input))?.objectValue,
-                let input = try? ModelInput(model: model, input: fields)
-            else { return nil }
+            guard let found, let (input, endpoint) = found.modelInput(models: catalog.model) else { return nil }
             // A request whose node is gone is served from the fleet's index when it finished (a hit here, not new
             // work); one whose node lives follows its own job there (`ClusterUpstream`), numbers and all.
             if !fleet.isLive(node: found.nodeID), !jobs.hasResultOrWork(for: found.key, input: input),
