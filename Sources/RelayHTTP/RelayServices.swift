@@ -117,7 +117,7 @@ public struct RelayServices: Sendable {
     /// The fleet this node belongs to (cluster mode); nil for a single node.
     public let fleet: (any FleetAccess)?
     /// `public_url` as configured, split: clients that reach the relay by this address get URLs with its scheme.
-    let publicAddress: (scheme: String, authority: String)?
+    let publicAddress: (scheme: String, authority: String, host: HostPattern)?
 
     public init(
         catalog: ModelCatalog,
@@ -146,8 +146,9 @@ public struct RelayServices: Sendable {
         self.fleet = fleet
         self.publicAddress = publicURL.flatMap { url in
             let parts = url.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
-            guard parts.count >= 3, parts[0].hasSuffix(":"), parts[1].isEmpty, !parts[2].isEmpty else { return nil }
-            return (String(parts[0].dropLast()).lowercased(), parts[2].lowercased())
+            guard parts.count >= 3, parts[0].hasSuffix(":"), parts[1].isEmpty, let host = HostPattern(String(parts[2]))
+            else { return nil }
+            return (String(parts[0].dropLast()).lowercased(), parts[2].lowercased(), host)
         }
         self.uploads = uploads
         self.webhooks = webhooks

@@ -172,7 +172,10 @@ extension RelayServices {
     /// The scheme of the URLs built for the client: the connection's, or `public_url`'s when the client reached the
     /// relay by `public_url`'s address (a load balancer in front that terminates TLS and forwards plain HTTP).
     func urlScheme(_ facts: RequestFacts) -> String {
-        guard let publicAddress, let host = facts.host, host.lowercased() == publicAddress.authority else {
+        // Compared as the router compares hosts: without allocating on every status poll.
+        guard let publicAddress, let host = facts.host, let (name, port) = HostPattern.split(host[...]),
+            publicAddress.host.matches(name: name, port: port)
+        else {
             return facts.scheme
         }
         return publicAddress.scheme
