@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from conftest import started_relay
-from test_uploads import FAL_HOSTS, MiB, ConnectProxy, fal_client_module, key_headers, raw_request, storage_token  # noqa: F401
+from peers import FAL_STORAGE_HOSTS, ConnectProxy
+from test_uploads import MiB, fal_client_module, key_headers, raw_request, storage_token  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def relay():
-    with started_relay("media-relay-multipart-", ("--tls-extra-names", ",".join(FAL_HOSTS))) as server:
+    with started_relay("media-relay-multipart-", ("--tls-extra-names", ",".join(FAL_STORAGE_HOSTS))) as server:
         yield server
 
 
