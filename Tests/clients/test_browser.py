@@ -134,7 +134,8 @@ def test_share_url_runs_with_live_progress_and_shows_the_image(ui_relay, browser
     browser.get_log("browser")
     browser.get(share_url(ui_relay))
 
-    # The form is filled from the URL before it runs.
+    # The form is filled from the URL before it runs (it is built once the page has the model's schema).
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "field-prompt"))
     assert browser.find_element(By.ID, "field-prompt").get_attribute("value") == PROMPT
     assert browser.find_element(By.ID, "field-seed").get_attribute("value") == str(SEED)
 
