@@ -55,10 +55,22 @@ let package = Package(
             dependencies: ["RelayCore", "RelayStore", .product(name: "CoreMetrics", package: "swift-metrics")] + nio,
             swiftSettings: swiftSettings
         ),
+        // fal's queue protocol as a client: used by the origin upstream, node-to-node following and `submit`.
+        .target(
+            name: "FalQueue",
+            dependencies: [
+                "RelayCore", "RelayStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "RelayUpstreams",
             dependencies: [
-                "RelayCore", "RelayStore", "RelayJobs", "RelayMedia",
+                "RelayCore", "RelayStore", "RelayJobs", "RelayMedia", "FalQueue",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -72,7 +84,7 @@ let package = Package(
         .target(
             name: "RelayCluster",
             dependencies: [
-                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams",
+                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "FalQueue",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -112,9 +124,10 @@ let package = Package(
         .executableTarget(
             name: "media-relay",
             dependencies: [
-                "RelayServer", "RelayCore",
+                "RelayServer", "RelayCore", "FalQueue",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -123,10 +136,11 @@ let package = Package(
         .testTarget(name: "RelayMediaTests", dependencies: ["RelayMedia"], swiftSettings: swiftSettings),
         .testTarget(name: "RelayStoreTests", dependencies: ["RelayStore"], swiftSettings: swiftSettings),
         .testTarget(name: "RelayJobsTests", dependencies: ["RelayJobs", "RelayStore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FalQueueTests", dependencies: ["FalQueue"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RelayUpstreamsTests",
             dependencies: [
-                "RelayUpstreams",
+                "RelayUpstreams", "FalQueue",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import FalQueue
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -66,7 +67,7 @@ struct PeerFollow: Sendable {
             guard response.status == .ok else {
                 return .lost("answered \(response.status.code)")
             }
-            var parser = FalOriginEventStreamParser()
+            var parser = FalEventStreamParser()
             for try await chunk in response.body {
                 for data in try parser.feed(chunk) {
                     let json = try? data.withUnsafeReadableBytes { try JSONValue(parsing: $0) }

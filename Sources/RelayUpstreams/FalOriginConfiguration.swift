@@ -1,3 +1,5 @@
+public import FalQueue
+
 extension FalOriginUpstream {
     /// Where the origin is, how to reach it, and how patient to be with it.
     public struct Configuration: Sendable {

@@ -1,4 +1,4 @@
-import AsyncHTTPClient
+import FalQueue
 import Logging
 import NIOCore
 import RelayCore
@@ -13,13 +13,7 @@ import Synchronization
 /// created at the origin is known and can be cancelled there (`PUT cancel_url`) instead of running on unseen. The
 /// per-job deadline fails the job at once, whatever the calls in flight are doing, and cancels the origin's job too.
 final class FalOriginJobRun: Sendable {
-    /// What the origin's submit answer names (PROTOCOL.md §3.1).
-    struct Handle: Sendable, Hashable {
-        let requestID: String
-        let statusURL: String
-        let responseURL: String
-        let cancelURL: String
-    }
+    typealias Handle = FalQueueHandle
 
     private struct State: Sendable {
         var handle: Handle?
@@ -131,19 +125,11 @@ final class FalOriginJobRun: Sendable {
             return handle
         }
         guard let handle else { return }
-        let call = FalOriginClient.Call(
-            method: .PUT,
-            url: handle.cancelURL,
-            replay: .safe,
-            timeout: configuration.requestTimeout,
-            maxBodyBytes: 64 << 10,
-            purpose: "cancel"
-        )
         let client = self.client
         let logger = self.logger
         Task {
             do {
-                let reply = try await client.send(call)
+                let reply = try await client.queue.cancel(handle, limits: client.limits)
                 logger.debug(
                     "origin cancel answered",
                     metadata: ["status": "\(reply.status)", "origin_request_id": "\(handle.requestID)"]
@@ -167,17 +153,7 @@ final class FalOriginJobRun: Sendable {
             } else {
                 handle = try await submit()
             }
-            var cursor = FalOriginLogCursor()
-            var completion: FalOriginStatus?
-            if configuration.useStatusStream {
-                completion = try await followStream(handle, cursor: &cursor)
-            }
-            let final: FalOriginStatus
-            if let completion {
-                final = completion
-            } else {
-                final = try await poll(handle, cursor: &cursor)
-            }
+            let final = try await follow(handle)
             if let message = final.error {
                 finish(.failed(await failure(of: handle, message: message, type: final.errorType)))
                 return
@@ -199,46 +175,34 @@ final class FalOriginJobRun: Sendable {
     }
 
     private func submit() async throws -> Handle {
-        let model = job.model.id
-        let call = FalOriginClient.Call(
-            method: .POST,
-            url: configuration.baseURL + "/" + model,
-            body: ByteBuffer(bytes: JSONValue.object(job.input.fields).serialized()),
-            replay: .onlyIfNotAccepted,
-            timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes,
-            purpose: "submit"
-        )
         let client = self.client
         if isAbandoned {
             if let probeTicket { client.abandonProbe(probeTicket) }
             throw CancellationError()
         }
-        let shielded = Task { try await client.send(call, keepTrying: { !self.isAbandoned }) }
-        let outcome = await shielded.result
-        if case .failure(let error) = outcome, error is CancellationError, let probeTicket {
-            client.abandonProbe(probeTicket)
-        }
-        let reply = try outcome.get()
-        guard reply.isSuccess else { throw client.error(for: reply, purpose: "submit") }
-        guard let answer = try? Self.parse(reply.body), let requestID = answer["request_id"]?.stringValue,
-            !requestID.isEmpty
-        else {
-            throw FalError.badGateway(
-                "origin \(client.baseOrigin) submit answer has no request_id: \(Self.excerpt(reply.body))"
+        let input = ByteBuffer(bytes: JSONValue.object(job.input.fields).serialized())
+        let submitted: FalQueueClient.Submitted
+        do {
+            submitted = try await client.queue.submit(
+                endpoint: job.model.id,
+                input: input,
+                limits: client.limits,
+                keepTrying: { !self.isAbandoned }
             )
+        } catch {
+            if error is CancellationError, let probeTicket { client.abandonProbe(probeTicket) }
+            throw client.jobError(error)
         }
-        let canonical = configuration.baseURL + "/" + (EndpointID(model)?.app ?? model) + "/requests/" + requestID
-        func url(_ key: String, _ fallback: String) -> String {
-            guard let text = answer[key]?.stringValue, FalOriginMediaReferences.isHTTPURL(text) else { return fallback }
-            return text
+        let handle: Handle
+        let reply: FalQueueClient.Reply
+        switch submitted {
+        case .refused(let refusal):
+            throw client.error(for: refusal, purpose: "submit")
+        case .accepted(let accepted, let answer):
+            handle = accepted
+            reply = answer
         }
-        let handle = Handle(
-            requestID: requestID,
-            statusURL: url("status_url", canonical + "/status"),
-            responseURL: url("response_url", canonical),
-            cancelURL: url("cancel_url", canonical + "/cancel")
-        )
+        let requestID = handle.requestID
         let abandoned = state.withLock { state -> Bool in
             state.handle = handle
             return state.abandoned
@@ -263,68 +227,33 @@ final class FalOriginJobRun: Sendable {
         return handle
     }
 
-    /// Follows `{status_url}/stream`; nil when the stream is unavailable or ends early (then polling takes over).
-    private func followStream(_ handle: Handle, cursor: inout FalOriginLogCursor) async throws -> FalOriginStatus? {
-        let url = Self.appending("/stream", query: "logs=1", to: handle.statusURL)
-        let response: HTTPClientResponse
+    /// Follows the origin's request to COMPLETED (status stream, else polling), feeding the job as it goes.
+    private func follow(_ handle: Handle) async throws -> FalOriginStatus {
+        let cursor = Mutex(FalOriginLogCursor())
+        let logger = self.logger
+        let followed: FalQueueClient.Followed
         do {
-            response = try await client.open(url, accept: "text/event-stream", timeout: configuration.requestTimeout)
-        } catch {
-            if Task.isCancelled { throw CancellationError() }
-            logger.info("origin status stream unavailable; polling", metadata: ["error": "\(error)"])
-            return nil
-        }
-        let contentType = response.headers.first(name: "content-type")?.lowercased() ?? ""
-        guard (200..<300).contains(response.status.code), contentType.hasPrefix("text/event-stream") else {
-            logger.info(
-                "origin status stream unavailable; polling",
-                metadata: ["status": "\(response.status.code)", "content_type": "\(contentType)"]
-            )
-            return nil
-        }
-        var parser = FalOriginEventStreamParser(maxEventBytes: configuration.maxJSONBytes)
-        do {
-            for try await chunk in response.body {
-                for event in try parser.feed(chunk) where event.readableBytes > 0 {
-                    guard let value = try? Self.parse(event), let status = FalOriginStatus(json: value) else {
-                        logger.info(
-                            "origin status stream sent a malformed event; polling",
-                            metadata: ["event": "\(Self.excerpt(event))"]
-                        )
-                        return nil
-                    }
-                    apply(status, cursor: &cursor, streamed: true)
-                    if status.isCompleted { return status }
+            followed = try await client.queue.follow(
+                handle,
+                limits: client.limits,
+                keepTrying: { !self.isAbandoned },
+                onFallback: { reason in
+                    logger.info("origin status stream unavailable; polling", metadata: ["reason": "\(reason)"])
+                },
+                onStatus: { value, streamed in
+                    guard let status = FalOriginStatus(json: value) else { return }
+                    cursor.withLock { self.apply(status, cursor: &$0, streamed: streamed) }
                 }
-            }
-            logger.info("origin status stream ended before COMPLETED; polling")
+            )
         } catch {
-            if Task.isCancelled { throw CancellationError() }
-            logger.info("origin status stream dropped; polling", metadata: ["error": "\(error)"])
+            throw client.jobError(error)
         }
-        return nil
-    }
-
-    private func poll(_ handle: Handle, cursor: inout FalOriginLogCursor) async throws -> FalOriginStatus {
-        let call = FalOriginClient.Call(
-            method: .GET,
-            url: Self.appending("", query: "logs=1", to: handle.statusURL),
-            replay: .safe,
-            timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes,
-            purpose: "status"
-        )
-        while true {
-            let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
-            guard reply.isSuccess else { throw client.error(for: reply, purpose: "status") }
-            guard let value = try? Self.parse(reply.body), let status = FalOriginStatus(json: value) else {
-                throw FalError.badGateway(
-                    "origin \(client.baseOrigin) status answer is not a status object: \(Self.excerpt(reply.body))"
-                )
-            }
-            apply(status, cursor: &cursor, streamed: false)
-            if status.isCompleted { return status }
-            try await Task.sleep(for: configuration.statusPollInterval)
+        switch followed {
+        case .refused(let reply):
+            throw client.error(for: reply, purpose: "status")
+        case .completed(let value):
+            // `follow` ends only on a status object: this parse cannot fail.
+            return FalOriginStatus(json: value) ?? FalOriginStatus(phase: .completed)
         }
     }
 
@@ -349,37 +278,32 @@ final class FalOriginJobRun: Sendable {
         let named = type.map { " (\($0))" } ?? ""
         let fallback = FalError.badGateway("origin \(client.baseOrigin) reports the job failed\(named): \(message)")
         // One try, outside the breaker's count: the origin answers for a job that failed, not for its own health.
-        let call = FalOriginClient.Call(
-            method: .GET,
-            url: handle.responseURL,
-            replay: .safe,
-            timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes,
-            countsForBreaker: false,
-            purpose: "result"
-        )
-        guard let reply = try? await client.send(call, keepTrying: { false }), !reply.isSuccess else {
+        guard
+            let reply = try? await client.queue.result(
+                handle,
+                limits: client.limits,
+                countsForHealth: false,
+                keepTrying: { false }
+            ), !reply.isSuccess
+        else {
             return fallback
         }
         return client.error(for: reply, purpose: "result")
     }
 
     private func fetchResult(_ handle: Handle) async throws -> JSONValue {
-        let call = FalOriginClient.Call(
-            method: .GET,
-            url: handle.responseURL,
-            replay: .safe,
-            timeout: configuration.requestTimeout,
-            maxBodyBytes: configuration.maxJSONBytes,
-            purpose: "result"
-        )
-        let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
+        let reply: FalQueueClient.Reply
+        do {
+            reply = try await client.queue.result(handle, limits: client.limits, keepTrying: { !self.isAbandoned })
+        } catch {
+            throw client.jobError(error)
+        }
         guard reply.isSuccess else { throw client.error(for: reply, purpose: "result") }
         do {
             return try Self.parse(reply.body)
         } catch {
             throw FalError.badGateway(
-                "origin \(client.baseOrigin) result is not valid JSON (\(error)): \(Self.excerpt(reply.body))"
+                "origin \(client.baseOrigin) result is not valid JSON (\(error)): \(FalQueueClient.excerpt(reply.body))"
             )
         }
     }
@@ -387,7 +311,7 @@ final class FalOriginJobRun: Sendable {
     // MARK: - Media
 
     private func pullMedia(of result: JSONValue) async throws -> JSONValue {
-        let references = FalOriginMediaReferences(in: result).references
+        let references = FalMediaReferences(in: result).references
         guard !references.isEmpty else { return result }
         var records: [String: BlobRecord] = [:]
         try await withThrowingTaskGroup(of: (String, BlobRecord).self) { group in
@@ -403,26 +327,35 @@ final class FalOriginJobRun: Sendable {
                 }
             }
         }
-        return FalOriginMediaReferences.rewrite(result, records: records, publicBaseURL: configuration.publicBaseURL())
+        let base = configuration.publicBaseURL()
+        return FalMediaReferences.rewrite(
+            result,
+            replacements: records.mapValues { .init(url: base + "/files/" + $0.fileName, size: Int($0.size)) }
+        )
     }
 
-    private func pull(_ reference: FalOriginMediaReferences.Reference) async throws -> BlobRecord {
-        let call = FalOriginClient.Call(
+    private func pull(_ reference: FalMediaReferences.Reference) async throws -> BlobRecord {
+        let call = FalQueueClient.Call(
             method: .GET,
             url: reference.url,
             accept: "*/*",
             replay: .safe,
             timeout: configuration.mediaTimeout,
             maxBodyBytes: configuration.maxMediaBytes,
-            credentials: client.isOnOrigin(reference.url),
-            countsForBreaker: false,
+            credentials: client.queue.isOnBase(reference.url),
+            countsForHealth: false,
             purpose: "media"
         )
-        let reply = try await client.send(call, keepTrying: { !self.isAbandoned })
+        let reply: FalQueueClient.Reply
+        do {
+            reply = try await client.queue.send(call, keepTrying: { !self.isAbandoned })
+        } catch {
+            throw client.jobError(error)
+        }
         guard reply.isSuccess else {
             throw FalError.badGateway("could not fetch origin media \(reference.url): HTTP \(reply.status)")
         }
-        let type = FalOriginMediaReferences.mediaType(
+        let type = FalMediaReferences.mediaType(
             declared: reference.declaredContentType,
             served: reply.headers.first(name: "content-type"),
             url: reference.url
@@ -440,20 +373,5 @@ final class FalOriginJobRun: Sendable {
 
     private static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
         try buffer.withUnsafeReadableBytes { try JSONValue(parsing: $0) }
-    }
-
-    private static func excerpt(_ buffer: ByteBuffer) -> String {
-        let text = String(decoding: buffer.readableBytesView.prefix(200), as: UTF8.self)
-        return buffer.readableBytes > 200 ? text + "…" : text
-    }
-
-    /// `url` with `suffix` added to its path and `query` to its query string.
-    static func appending(_ suffix: String, query: String, to url: String) -> String {
-        let parts = url.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        let path = String(parts[0]) + suffix
-        if parts.count == 2, !parts[1].isEmpty {
-            return path + "?" + parts[1] + "&" + query
-        }
-        return path + "?" + query
     }
 }

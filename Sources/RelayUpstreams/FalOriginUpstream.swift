@@ -1,3 +1,4 @@
+import FalQueue
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -65,7 +66,7 @@ public final class FalOriginUpstream: Upstream {
     /// The circuit breaker is not asked: the job exists at the origin whatever its health.
     public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
         guard FalOriginConfiguration.normalised(handle.origin) == configuration.baseURL, !handle.requestID.isEmpty,
-            [handle.statusURL, handle.responseURL, handle.cancelURL].allSatisfy(FalOriginMediaReferences.isHTTPURL)
+            [handle.statusURL, handle.responseURL, handle.cancelURL].allSatisfy(FalURL.isHTTP)
         else {
             logger.info(
                 "origin job not resumable here",

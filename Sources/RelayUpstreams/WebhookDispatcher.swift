@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import CoreMetrics
+import FalQueue
 public import Logging
 public import NIOCore
 import NIOHTTP1

@@ -1,3 +1,4 @@
+import FalQueue
 /// When to try a webhook delivery again: exponential backoff with full jitter, a bounded number of attempts.
 ///
 /// Pure value logic: the caller passes the jitter draw (uniform in `0...1`), so tests pin it. A webhook POST may be

@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import FalQueue
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -114,7 +115,7 @@ struct Cache: AsyncParsableCommand {
             }
             let json = try? bytes.withUnsafeReadableBytes { raw in try JSONValue(parsing: raw) }
             guard (200..<300).contains(response.status.code), let json else {
-                let detail = json.map { SubmitSession.describe(detail: $0["detail"] ?? $0) } ?? String(buffer: bytes)
+                let detail = json.map { FalErrorText.describe(detail: $0["detail"] ?? $0) } ?? String(buffer: bytes)
                 Terminal.error("\(response.status.code) \(response.status.reasonPhrase): \(detail)")
                 throw ExitCode(1)
             }

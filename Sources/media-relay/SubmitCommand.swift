@@ -1,6 +1,7 @@
 import ArgumentParser
-import AsyncHTTPClient
+import FalQueue
 import Foundation
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -55,18 +56,22 @@ struct Submit: AsyncParsableCommand {
             Terminal.error(error.message)
             throw ExitCode(error.exitCode)
         }
-        var settings = HTTPClient.Configuration(
-            tlsConfiguration: plan.tls,
-            redirectConfiguration: .follow(max: 5, allowCycles: false),
-            timeout: .init(connect: .seconds(10), read: .seconds(60))
-        )
-        settings.connectionPool.retryConnectionEstablishment = false
-        let http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: settings)
         let display = ProgressDisplay(
             label: plan.endpoint.description,
             interactive: Terminal.stderrIsInteractive(environment)
         )
-        let session = SubmitSession(plan: plan, http: http, display: display)
+        let queue: FalQueueClient
+        do {
+            queue = try FalQueueClient(
+                configuration: SubmitSession.configuration(plan),
+                logger: Logger(label: "media-relay.submit", factory: { _ in SwiftLogNoOpLogHandler() }),
+                retryNotes: { retry in await display.note(SubmitSession.note(retry)) }
+            )
+        } catch {
+            Terminal.error("invalid --host \"\(plan.host)\": \(error)")
+            throw ExitCode(2)
+        }
+        let session = SubmitSession(plan: plan, queue: queue, display: display)
 
         let signals = InterruptSignals()
         let work = Task { try await SubmitSession.within(seconds: plan.timeoutSeconds) { try await session.run() } }
@@ -74,7 +79,7 @@ struct Submit: AsyncParsableCommand {
         let outcome = await work.result
         signals.uninstall()
         await display.finish()
-        try? await http.shutdown()
+        try? await queue.shutdown()
 
         switch outcome {
         case .success:

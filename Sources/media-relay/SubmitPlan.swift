@@ -1,3 +1,4 @@
+import FalQueue
 import Foundation
 import NIOSSL
 import RelayCore
@@ -22,7 +23,7 @@ struct SubmitPlan: Sendable {
         var host =
             command.host ?? environment["MEDIA_RELAY_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
         while host.hasSuffix("/") { host.removeLast() }
-        guard WebAddress.origin(of: host) != nil else {
+        guard FalURL.origin(of: host) != nil else {
             throw .usage("invalid --host \"\(host)\": expected an http:// or https:// URL")
         }
         self.host = host

@@ -1,3 +1,4 @@
+import FalQueue
 import Foundation
 import Logging
 import NIOCore

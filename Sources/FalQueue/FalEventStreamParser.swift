@@ -1,4 +1,4 @@
-package import NIOCore
+public import NIOCore
 
 /// Splits a `text/event-stream` body into the `data` of its events (WHATWG HTML §9.2.6), chunk by chunk.
 ///
@@ -6,11 +6,11 @@ package import NIOCore
 /// with LF, CR or CRLF; `:` lines are comments (keep-alives); `event:`, `id:` and `retry:` are ignored because fal
 /// status events are told apart by their JSON; several `data:` lines of one event are joined with LF. An event is
 /// dispatched at its blank line only, so a stream that stops mid-event yields nothing for it.
-package struct FalOriginEventStreamParser: Sendable {
+public struct FalEventStreamParser: Sendable {
     /// Why the stream cannot be read on.
-    package struct Overflow: Error, Sendable, Hashable, CustomStringConvertible {
-        package let limit: Int
-        package var description: String { "an event-stream line or event exceeds \(limit) bytes" }
+    public struct Overflow: Error, Sendable, Hashable, CustomStringConvertible {
+        public let limit: Int
+        public var description: String { "an event-stream line or event exceeds \(limit) bytes" }
     }
 
     /// Upper bound of one line and of one event's data.
@@ -20,13 +20,13 @@ package struct FalOriginEventStreamParser: Sendable {
     /// The previous chunk ended with CR: an LF at the start of the next one belongs to it.
     private var skipLineFeed = false
 
-    package init(maxEventBytes: Int = 8 << 20, allocator: ByteBufferAllocator = ByteBufferAllocator()) {
+    public init(maxEventBytes: Int = 8 << 20, allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.maxEventBytes = maxEventBytes
         self.pending = allocator.buffer(capacity: 1024)
     }
 
     /// Consumes a chunk; returns the data of every event it completed, in order.
-    package mutating func feed(_ chunk: ByteBuffer) throws(Overflow) -> [ByteBuffer] {
+    public mutating func feed(_ chunk: ByteBuffer) throws(Overflow) -> [ByteBuffer] {
         var chunk = chunk
         if skipLineFeed, chunk.readableBytes > 0 {
             skipLineFeed = false

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import RelayUpstreams
+@testable import FalQueue
 
 @Suite struct RetryPolicyTests {
     let policy = RetryPolicy()

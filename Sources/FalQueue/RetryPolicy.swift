@@ -1,4 +1,5 @@
-/// When and how long to wait before repeating a call to an origin: exponential backoff with full jitter.
+/// When and how long to wait before repeating a call to a fal queue (an origin, another relay, fal itself):
+/// exponential backoff with full jitter.
 ///
 /// Pure value logic (no clock, no randomness of its own): the caller passes the jitter draw, so tests pin it.
 /// The one rule that protects money and GPUs: a call that may create work (a queue submit) is repeated only when
