@@ -172,6 +172,12 @@ public final class ClusterNode: Sendable {
         background.withLock { $0?.cancel() }
     }
 
+    /// Stops the background tasks and waits until they ended: no heartbeat is in flight after it.
+    public func stopped() async {
+        stop()
+        await background.withLock { $0 }?.value
+    }
+
     /// Whether the database answered the last statement.
     public var isAvailable: Bool { database.isAvailable }
 

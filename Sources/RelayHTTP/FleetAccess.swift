@@ -25,3 +25,21 @@ public protocol FleetAccess: Sendable {
     /// `/admin/cluster` and `/readyz`: this node, the fleet as it sees it, its own generations.
     func status() -> JSONValue
 }
+
+/// The fleet's result index as the tier beneath this node's own (PostgreSQL): asked with a claim, so that a submission
+/// nobody has a result for is labelled a miss on exactly one node of the fleet.
+struct FleetResultTier: ResultTier {
+    let fleet: any FleetAccess
+
+    func fill(_ key: RequestKey, input: ModelInput, into results: ResultIndex) async -> ResultTierAnswer {
+        // A database that does not answer is no reason to fail here: the submission goes on as a local miss.
+        guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key) else {
+            return ResultTierAnswer(found: false)
+        }
+        if let found, found.modelID == input.model.id, found.canonicalInput == input.canonicalBytes {
+            results.store(key, found)
+            return ResultTierAnswer(found: true)
+        }
+        return ResultTierAnswer(found: false, runningElsewhere: elsewhere)
+    }
+}

@@ -18,7 +18,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
     static let pingInterval = TimeAmount.seconds(30)
     static let idleTimeout = TimeAmount.seconds(120)
 
-    private let services: RelayServices
+    let services: RelayServices
     private let target: WebSocketTarget
     private var session = WatchSession()
     private var subscriptions: [String: (request: RelayRequest, token: Int)] = [:] {
@@ -42,7 +42,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         self.lease = lease
     }
 
-    private var principal: Principal { target.principal }
+    var principal: Principal { target.principal }
 
     // MARK: - Lifecycle
 
@@ -195,35 +195,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
             }
             watch(request, after: after, context: context)
         case .submit(let model, let input):
-            switch submit(model: model, input: input, context: context) {
-            case .success(let request):
-                // The id goes out only once the request's record is durable (see `RelayRequest.recorded`).
-                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                let eventLoop = context.eventLoop
-                request.recorded.whenDone {
-                    eventLoop.execute {
-                        let (handler, context) = bound.value
-                        guard context.channel.isActive else { return }
-                        handler.sendJSON(
-                            context: context,
-                            [
-                                "type": "submitted", "request_id": .string(request.id),
-                                "cache": .string(request.cacheOutcome.rawValue),
-                            ]
-                        )
-                        handler.watch(request, after: 0, context: context)
-                    }
-                }
-            case .failure(let error):
-                sendJSON(
-                    context: context,
-                    ["type": "error", "detail": .string(error.message), "status": .number(Double(error.status))]
-                )
-            }
+            submit(model: model, input: input, context: context) { $0.answer($2, context: $1) }
         }
     }
 
-    private func watch(_ request: RelayRequest, after: Int, context: ChannelHandlerContext) {
+    func watch(_ request: RelayRequest, after: Int, context: ChannelHandlerContext) {
         if let old = subscriptions.removeValue(forKey: request.id) {
             old.request.job.unsubscribe(old.token)
         }
@@ -322,12 +298,18 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         let echo = input["request_id"]
         input["request_id"] = nil
         guard let endpoint = EndpointID(model.id) else { return }
-        switch submit(model: endpoint.description, input: input, context: context) {
-        case .success(let request):
-            if let echo { realtimeEcho[request.id] = echo }
-            watch(request, after: 0, context: context)
-        case .failure(let error):
-            sendRealtimeError(context: context, error: error.errorType ?? "validation_error", reason: error.message)
+        submit(model: endpoint.description, input: input, context: context) { handler, context, submitted in
+            switch submitted {
+            case .success(let request):
+                if let echo { handler.realtimeEcho[request.id] = echo }
+                handler.watch(request, after: 0, context: context)
+            case .failure(let error):
+                handler.sendRealtimeError(
+                    context: context,
+                    error: error.errorType ?? "validation_error",
+                    reason: error.message
+                )
+            }
         }
     }
 
@@ -356,36 +338,6 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
 
     // MARK: - Shared
 
-    /// A submission over the socket: charged like a `POST` (every submission, and the tier's budget if it starts
-    /// upstream work), keyed like one.
-    private func submit(
-        model: String,
-        input: JSONObject,
-        context: ChannelHandlerContext
-    ) -> Result<RelayRequest, FalError> {
-        guard let endpoint = EndpointID(model) else { return .failure(.unknownModel(model)) }
-        let facts = RequestFacts(
-            method: .POST,
-            uri: "/" + endpoint.description,
-            host: nil,
-            authorization: nil,
-            scheme: "ws",
-            channel: context.channel
-        )
-        if case .refused(let error, _) = services.charge(facts, route: .submit(endpoint), principal: principal) {
-            return .failure(error)
-        }
-        let normalised: ModelInput
-        switch services.modelInput(endpoint: endpoint, object: input) {
-        case .success(let input): normalised = input
-        case .failure(let error): return .failure(error)
-        }
-        switch services.submit(normalised, endpoint: endpoint, facts: facts, principal: principal) {
-        case .submitted(let request, _): return .success(request)
-        case .refused(let error, _): return .failure(error)
-        }
-    }
-
     private func keepAlive(context: ChannelHandlerContext) {
         if NIODeadline.now() - lastHeard > Self.idleTimeout {
             close(context: context, code: .goingAway, reason: "idle timeout")
@@ -400,7 +352,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler, RemovableChannelHand
         sendJSON(context: context, object)
     }
 
-    private func sendJSON(context: ChannelHandlerContext, _ object: JSONObject) {
+    func sendJSON(context: ChannelHandlerContext, _ object: JSONObject) {
         let bytes = JSONValue.object(object).serialized()
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)

@@ -29,7 +29,7 @@ extension JobTable {
     /// in flight (in a fleet, anything else is first looked up in the fleet's result index).
     public func hasResultOrWork(for key: RequestKey, input: ModelInput) -> Bool {
         if state.withLock({ $0.inFlight[key].map { !$0.isTerminal } ?? false }) { return true }
-        return results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes) != nil
+        return results.probe(key, modelID: input.model.id, canonicalInput: input.canonicalBytes) != .miss
     }
 
     /// After a restart in a fleet: requests that were in flight here when the node stopped are forgotten instead of

@@ -133,8 +133,9 @@ public final class JobTable: Sendable {
         let coalesce = !directives.noCache && input.model.dedup != .never
         let keyParameter = "key=\"\(key.digest.hex)\""
 
+        // Memory only (an event loop submits): a result whose manifest is not decoded was read first (`tiersToAsk`).
         if !directives.noCache,
-            let cached = results.lookup(key, modelID: input.model.id, canonicalInput: input.canonicalBytes),
+            case .hit(let cached) = results.probe(key, modelID: input.model.id, canonicalInput: input.canonicalBytes),
             cacheable || isRejection(cached)
         {
             let job = Job(input: input, key: key, maxEvents: maxEvents)
@@ -376,7 +377,7 @@ public final class JobTable: Sendable {
                 storeRejection: storeRejection
             )
             if stored, let fleet,
-                let result = results.lookup(
+                case .hit(let result) = results.probe(
                     job.key,
                     modelID: job.model.id,
                     canonicalInput: job.input.canonicalBytes

@@ -62,18 +62,72 @@ public final class ResultIndex: Sendable {
 
     // MARK: - Lookup and store
 
+    /// What memory alone knows of a key (`probe`): it never reads a file, so an event loop may ask.
+    public enum Probe: Sendable, Equatable {
+        /// The fresh entry, for exactly this model and canonical input.
+        case hit(CachedResult)
+        case miss
+        /// The index has a fresh entry for the key whose manifest is not decoded in memory: `read` it (off the event
+        /// loop) and probe again.
+        case onDisk
+    }
+
+    /// What memory says of `key` for this model and canonical input, without touching a file.
+    public func probe(_ key: RequestKey, modelID: String, canonicalInput: [UInt8], now: Timestamp = .now()) -> Probe {
+        switch step(key, now: now) {
+        case .done(let entry?) where entry.modelID == modelID && entry.canonicalInput == canonicalInput:
+            return .hit(entry)
+        case .done:
+            return .miss
+        case .read:
+            return .onDisk
+        }
+    }
+
+    /// Reads `key`'s manifest into memory on the thread pool, when the index has one not decoded. Returns the entry
+    /// (nil: none, expired, unreadable).
+    @discardableResult
+    public func read(_ key: RequestKey, now: Timestamp = .now()) async -> CachedResult? {
+        guard let files else { return nil }
+        switch step(key, now: now) {
+        case .done(let entry):
+            return entry
+        case .read(let generation):
+            guard let outcome = try? await onThreadPool({ () throws(StoreError) in files.read(key) }) else {
+                return nil
+            }
+            return install(outcome, for: key, generation: generation, now: now.secondsSinceEpoch)
+        }
+    }
+
     /// The fresh entry for `key` when its model and canonical input are exactly these; nil otherwise. In durable mode
-    /// the first lookup of an entry not in memory reads its manifest (see the type's documentation).
+    /// an entry not decoded in memory is read from its manifest here, synchronously: for callers off the event loop
+    /// (start-up, tests, tools). An event loop uses `probe` and has `read` run first.
     public func lookup(
         _ key: RequestKey,
         modelID: String,
         canonicalInput: [UInt8],
         now: Timestamp = .now()
     ) -> CachedResult? {
-        enum Step {
-            case done(CachedResult?)
-            case read(generation: UInt64)
+        let entry: CachedResult?
+        switch step(key, now: now) {
+        case .done(let found):
+            entry = found
+        case .read(let generation):
+            guard let files else { return nil }
+            entry = install(files.read(key), for: key, generation: generation, now: now.secondsSinceEpoch)
         }
+        guard let entry, entry.modelID == modelID, entry.canonicalInput == canonicalInput else { return nil }
+        return entry
+    }
+
+    private enum Step {
+        case done(CachedResult?)
+        case read(generation: UInt64)
+    }
+
+    /// The entry in memory, or the generation of the slot whose manifest must be read; drops an expired slot.
+    private func step(_ key: RequestKey, now: Timestamp) -> Step {
         var startWriter = false
         let step = state.withLock { state -> Step in
             guard let slot = state.entries.slots[key] else { return .done(nil) }
@@ -86,17 +140,7 @@ public final class ResultIndex: Sendable {
             return .read(generation: slot.generation)
         }
         if startWriter { startWriting() }
-
-        let entry: CachedResult?
-        switch step {
-        case .done(let found):
-            entry = found
-        case .read(let generation):
-            guard let files else { return nil }
-            entry = install(files.read(key), for: key, generation: generation, now: now.secondsSinceEpoch)
-        }
-        guard let entry, entry.modelID == modelID, entry.canonicalInput == canonicalInput else { return nil }
-        return entry
+        return step
     }
 
     /// Stores (or replaces) the entry for `key`. Never blocks on I/O: in durable mode the manifest write is queued

@@ -95,6 +95,8 @@ struct ClusterNodeTests {
                 if stored { break }
                 try await Task.sleep(for: .milliseconds(10))
             }
+            // b's heartbeat renews its claims each second: stopped, so that none renews it after the age-out below.
+            await b.stopped()
             try await database.perform("age again") { client in
                 try await client.query(
                     "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"

@@ -75,6 +75,34 @@ struct ResultIndexDurabilityTests {
 
     // MARK: - Round trips
 
+    @Test func memoryNeverReadsAFileAndTheReadRunsOnThePool() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let first = ResultFixtures.durableIndex(in: directory)
+        try await first.load()
+        first.store(ResultFixtures.key(1), ResultFixtures.success(1))
+        await first.flush()
+
+        let second = ResultFixtures.durableIndex(in: directory)
+        try await second.load()
+        func probe(_ number: Int, input: Int? = nil) -> ResultIndex.Probe {
+            second.probe(
+                ResultFixtures.key(number),
+                modelID: "fal-ai/flux/dev",
+                canonicalInput: ResultFixtures.input(input ?? number)
+            )
+        }
+        // Known, not decoded: memory says so instead of reading the manifest.
+        #expect(probe(1) == .onDisk)
+        #expect(probe(2) == .miss)
+        let read = await second.read(ResultFixtures.key(1))
+        #expect(read == ResultFixtures.lookup(first, 1))
+        #expect(probe(1) == .hit(try #require(read)))
+        // A hash is still never trusted alone.
+        #expect(probe(1, input: 2) == .miss)
+        #expect(await second.read(ResultFixtures.key(2)) == nil)
+    }
+
     @Test func durableRoundTripAcrossInstances() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

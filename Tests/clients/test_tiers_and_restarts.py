@@ -1,4 +1,5 @@
 """An edge relay in front of an origin relay (both real processes), and results that survive kill -9."""
+import json
 import os
 import signal
 import ssl
@@ -6,6 +7,7 @@ import tempfile
 import time
 
 import httpx
+from websockets.sync.client import connect
 
 from conftest import Relay
 
@@ -82,6 +84,13 @@ def test_completed_results_survive_kill_9():
                 # The keys file survived too: the first key still reads its request, ended as it was seen.
                 restored = client.get(f"{base}/fal-ai/flux/requests/{request_id}", headers=headers)
                 assert restored.status_code == 200, restored.text
+                # The result's manifest is on disk, not yet in memory: a submission over /ws reads it (off the event
+                # loop, as one over HTTP does) and is a hit, not a second generation.
+                with connect(f"wss://{second.queue_host}/ws", ssl=ssl.create_default_context(cafile=second.ca),
+                             additional_headers={"Authorization": f"Key {second.key}"}) as ws:
+                    ws.send(json.dumps({"type": "submit", "model": "fal-ai/flux/dev", "input": body}))
+                    submitted = json.loads(ws.recv(timeout=30))
+                    assert submitted["type"] == "submitted" and submitted["cache"] == "hit", submitted
                 again = client.post(f"{base}/fal-ai/flux/dev", json=body, headers={"Authorization": f"Key {second.key}"})
                 assert again.headers["x-relay-cache"] == "hit"
                 hit = client.get(f"{base}/fal-ai/flux/requests/{again.json()['request_id']}",

@@ -61,7 +61,7 @@ extension RelayServices {
     /// For a request id this node does not hold, in a fleet: looks it up in the registry, adopts it, and answers
     /// `request` again once that is done (on the connection's loop). nil when there is nothing to ask.
     func adoptingFromFleet(_ request: RouteRequest) -> RouteAnswer? {
-        guard let fleet, !request.fleetChecked, let id = request.route.requestID, !jobs.holds(id) else { return nil }
+        guard let fleet, !request.tiersAsked, let id = request.route.requestID, !jobs.holds(id) else { return nil }
         let catalog = self.catalog
         let jobs = self.jobs
         let promise = request.eventLoop.makePromise(of: FalError?.self)
@@ -97,7 +97,7 @@ extension RelayServices {
             }
             return nil
         }
-        let again = request.fleetAsked
+        let again = request.withTiersAsked
         return .later(
             promise.futureResult.map { unavailable in
                 guard let unavailable else { return self.respond(again) }
@@ -106,28 +106,47 @@ extension RelayServices {
         )
     }
 
-    /// A submission this node has neither a result nor a job for, in a fleet: the fleet's result index is asked
-    /// first, and a result found there is cached here, so the submission is a hit like on the node that made it.
-    /// nil when there is nothing to ask (a single node, a local hit or job, `no-cache`, work that is never shared).
-    func fleetResultFirst(_ request: RouteRequest, input: ModelInput, noCache: Bool) -> RouteAnswer? {
-        guard let fleet, !request.fleetChecked, !noCache, JobTable.isCacheable(input) else { return nil }
-        let key = requestKey(input, principal: request.principal)
-        guard !jobs.hasResultOrWork(for: key, input: input) else { return nil }
+    /// A submission memory cannot answer: the result tiers beneath it are asked first, off the event loop (this
+    /// node's manifest files, then in a fleet the fleet's result index), and a result found there is put in memory,
+    /// so the submission is a hit like any other. nil when there is nothing to ask (`no-cache`, a result or a job in
+    /// memory, nothing beneath it). Every transport's submission comes through here (`/ws` and realtime too).
+    func resultTiersFirst(
+        key: RequestKey,
+        input: ModelInput,
+        noCache: Bool,
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<ResultTierAnswer>? {
+        guard !noCache else { return nil }
+        let fleetTier = fleet.flatMap { fleet in JobTable.isCacheable(input) ? FleetResultTier(fleet: fleet) : nil }
+        let tiers = jobs.tiersToAsk(for: key, input: input, fleet: fleetTier)
+        guard !tiers.isEmpty else { return nil }
         let results = jobs.results
-        let promise = request.eventLoop.makePromise(of: Bool.self)
+        let promise = eventLoop.makePromise(of: ResultTierAnswer.self)
         promise.completeWithTask {
-            // A database that does not answer is no reason to fail here: the submission goes on as a local miss.
-            guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key) else { return false }
-            if let found, found.modelID == input.model.id, found.canonicalInput == input.canonicalBytes {
-                results.store(key, found)
+            for tier in tiers {
+                let answer = await tier.fill(key, input: input, into: results)
+                if answer.found || answer.runningElsewhere { return answer }
             }
-            return elsewhere
+            return ResultTierAnswer(found: false)
         }
-        let asked = request.fleetAsked
+        return promise.futureResult
+    }
+
+    /// `resultTiersFirst` for a route's submission: answered again once the tiers were asked.
+    func resultTiersFirst(_ request: RouteRequest, input: ModelInput, noCache: Bool) -> RouteAnswer? {
+        guard !request.tiersAsked,
+            let asking = resultTiersFirst(
+                key: requestKey(input, principal: request.principal),
+                input: input,
+                noCache: noCache,
+                eventLoop: request.eventLoop
+            )
+        else { return nil }
+        let asked = request.withTiersAsked
         return .later(
-            promise.futureResult.map { elsewhere in
+            asking.map { answer in
                 var again = asked
-                again.sharesFleetWork = elsewhere
+                again.sharesFleetWork = answer.runningElsewhere
                 return self.respond(again)
             }
         )

@@ -54,7 +54,7 @@ extension RelayServices {
             webhook = url
         }
         let directives = FalWire.cacheDirectives(request.facts.headers)
-        if let asking = fleetResultFirst(request, input: input, noCache: directives.contains("no-cache")) {
+        if let asking = resultTiersFirst(request, input: input, noCache: directives.contains("no-cache")) {
             return asking
         }
         let submitted: RelayRequest

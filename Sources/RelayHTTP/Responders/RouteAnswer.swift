@@ -15,18 +15,19 @@ struct RouteRequest {
     var body = ByteBuffer()
     /// The connection's loop: answers that complete later complete there.
     var eventLoop: any EventLoop
-    /// The fleet's registry was asked about this request's id already (cluster mode): an id still unknown is a 404.
-    var fleetChecked = false
+    /// What lies beneath this node's memory was asked already: the fleet's registry about this request's id (an id
+    /// still unknown is a 404), or the result tiers about this submission's key.
+    var tiersAsked = false
     /// Another node of the fleet runs this submission's key now: new work here follows that node's job (labelled
     /// coalesced, as it costs no generation of its own).
     var sharesFleetWork = false
     /// The status stream waited for this node's log to reach the client's resume point already.
     var logAwaited = false
 
-    /// This request, marked as asked of the fleet already.
-    var fleetAsked: RouteRequest {
+    /// This request, marked as asked beneath memory already.
+    var withTiersAsked: RouteRequest {
         var asked = self
-        asked.fleetChecked = true
+        asked.tiersAsked = true
         return asked
     }
 
