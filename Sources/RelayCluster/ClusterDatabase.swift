@@ -8,6 +8,12 @@ import Synchronization
 /// database unavailable until a call succeeds again (readiness and submissions read `isAvailable`).
 public final class ClusterDatabase: Sendable {
     public let client: PostgresClient
+    /// A second, small pool whose sessions commit without waiting for the WAL flush (`synchronous_commit = off`), for
+    /// the fleet's soft state only: claims and their leases, heartbeats. A database crash may lose the last few
+    /// hundred milliseconds of those, which costs what a lapsed lease costs (a claim taken again, a node seen late),
+    /// never a request, a result or a key; in exchange a submission's claim does not wait for an fsync. What other
+    /// sessions see does not change: an asynchronous commit is visible at once.
+    public let leases: PostgresClient
     let logger: Logger
     /// How long one statement (with its wait for a connection) may take.
     let timeout: Duration
@@ -15,7 +21,12 @@ public final class ClusterDatabase: Sendable {
 
     /// `url`: `postgres://user[:password]@host[:port]/database` (also `postgresql://`; `?sslmode=disable|prefer|require`).
     public init(url: String, logger: Logger, timeout: Duration = .seconds(2)) throws(ClusterError) {
-        self.client = PostgresClient(configuration: try Self.configuration(url), backgroundLogger: logger)
+        let configuration = try Self.configuration(url)
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        var leases = configuration
+        leases.options.additionalStartupParameters.append(("synchronous_commit", "off"))
+        leases.options.maximumConnections = 4
+        self.leases = PostgresClient(configuration: leases, backgroundLogger: logger)
         self.logger = logger
         self.timeout = timeout
     }
@@ -25,18 +36,22 @@ public final class ClusterDatabase: Sendable {
 
     /// Runs the pool until the task is cancelled (start it before the first statement).
     public func run() async {
-        await client.run()
+        async let durable: Void = client.run()
+        async let soft: Void = leases.run()
+        _ = await (durable, soft)
     }
 
     /// Runs `body` with the pool, bounded by `timeout`; a failure to reach the database marks it unavailable.
     @discardableResult
+    /// `soft`: the statement writes only soft state (claims, leases, heartbeats) and runs on `leases`.
     public func perform<Result: Sendable>(
         _ what: String,
         timeout: Duration? = nil,
+        soft: Bool = false,
         _ body: @escaping @Sendable (PostgresClient) async throws -> Result
     ) async throws(ClusterError) -> Result {
         let limit = timeout ?? self.timeout
-        let client = self.client
+        let client = soft ? self.leases : self.client
         do {
             let result = try await withThrowingTaskGroup(of: Result?.self) { group in
                 group.addTask { try await body(client) }

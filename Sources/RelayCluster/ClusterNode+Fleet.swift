@@ -143,7 +143,7 @@ extension ClusterNode: Fleet {
                 }
             }
         case .release(let key):
-            try await database.perform("release claim") { client in
+            try await database.perform("release claim", soft: true) { client in
                 try await client.query("DELETE FROM relay_claims WHERE request_key = \(key) AND node_id = \(node)")
             }
         case .attached(let key, let handle):
@@ -278,7 +278,8 @@ extension ClusterNode: Fleet {
         let (hex, node) = (key.digest.hex, configuration.nodeID)
         let now = Timestamp.now().secondsSinceEpoch
         let lease = Self.seconds(configuration.lease)
-        let (manifest, elsewhere) = try await database.perform("look up or claim") { client -> (ByteBuffer?, Bool) in
+        let (manifest, elsewhere) = try await database.perform("look up or claim", soft: true) {
+            client -> (ByteBuffer?, Bool) in
             let rows = try await client.query(
                 """
                 WITH found AS (
@@ -320,7 +321,7 @@ extension ClusterNode: Fleet {
     public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
         let (hex, node) = (key.digest.hex, configuration.nodeID)
         let lease = Self.seconds(configuration.lease)
-        return try await database.perform("claim") { client -> Claim in
+        return try await database.perform("claim", soft: true) { client -> Claim in
             let rows = try await client.query(
                 """
                 INSERT INTO relay_claims AS c (request_key, node_id, lease_until)

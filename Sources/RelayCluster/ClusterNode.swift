@@ -198,7 +198,7 @@ public final class ClusterNode: Sendable {
     func beat() async throws(ClusterError) {
         let (id, url) = (configuration.nodeID, nodeURL)
         let lease = Self.seconds(configuration.lease)
-        let seen = try await database.perform("heartbeat") { client -> [Member] in
+        let seen = try await database.perform("heartbeat", soft: true) { client -> [Member] in
             try await client.query(
                 """
                 INSERT INTO relay_nodes (node_id, node_url) VALUES (\(id), \(url))
