@@ -240,6 +240,7 @@ extension Route {
         case .multipartUpload: "upload_multipart"
         case .ui: "ui"
         case .catalog: "catalog"
+        case .jwks: "jwks"
         case .stats: "stats"
         case .admin: "admin"
         case .peerFollow: "peer_follow"

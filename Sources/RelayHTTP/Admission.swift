@@ -34,7 +34,7 @@ enum CallerRule: Equatable {
 
     init(_ route: Route) {
         switch route {
-        case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
+        case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .jwks, .stats:
             self = .none
         case .peerFollow:
             // Peers present the fleet's token, checked by the responder: no API key, no budget.

@@ -73,7 +73,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
                 return nil
             case .file, .uploadAlias, .peerFollow:
                 return nil
-            case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .stats:
+            case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .jwks, .stats:
                 return nil
             }
         }

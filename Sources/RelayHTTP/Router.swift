@@ -37,6 +37,8 @@ public enum Route: Sendable, Hashable {
     case ui(String)
     /// `GET /relay/models`: the catalog as the playground's gallery.
     case catalog
+    /// `GET /.well-known/jwks.json`: the public key webhooks are signed with, for receivers written for fal.
+    case jwks
     /// `GET /relay/stats`: one statistics snapshot (JSON); `/relay/stats/stream`: one per second over SSE.
     case stats(stream: Bool)
     /// `/admin/…` (admin key): cache statistics, purge, drain.
@@ -151,6 +153,8 @@ public struct Router: Sendable {
             return readOnly ? .ui("dashboard.html") : .methodNotAllowed
         case "ui" where segments.count == 2 && Self.isAssetName(segments[1]):
             return readOnly ? .ui(String(segments[1])) : .methodNotAllowed
+        case ".well-known" where segments.count == 2 && segments[1] == "jwks.json":
+            return readOnly ? .jwks : .methodNotAllowed
         case "relay" where segments.count == 2 && segments[1] == "models":
             return readOnly ? .catalog : .methodNotAllowed
         case "relay" where segments.count >= 2 && segments[1] == "stats" && segments.count <= 3:

@@ -7,6 +7,8 @@ public protocol WebhookSink: Sendable {
     func validate(url: String) -> FalError?
     /// Calls `url` (already validated) with the request's outcome once it ends.
     func register(request: RelayRequest, url: String)
+    /// The JWKS of the key webhooks are signed with (`/.well-known/jwks.json`); nil when none are sent.
+    var jwks: JSONValue? { get }
 }
 
 /// The sink of a relay without webhook delivery: every `fal_webhook` is refused, so none is silently lost.
@@ -24,4 +26,6 @@ public struct WebhooksDisabled: WebhookSink {
     }
 
     public func register(request: RelayRequest, url: String) {}
+
+    public var jwks: JSONValue? { nil }
 }

@@ -210,13 +210,13 @@ extension RelayConfiguration {
         },
         Setting(
             name: "webhook_retry_base_ms",
-            help: "first webhook retry delay ceiling in ms, doubling per retry, default 5000"
+            help: "first webhook retry delay ceiling in ms, doubling per retry up to 35 min, default 25000"
         ) {
             config,
             value throws(ConfigurationError) in
             config.webhookRetryBaseMilliseconds = try integer(value, "webhook_retry_base_ms", 1...600_000)
         },
-        Setting(name: "webhook_max_attempts", help: "webhook attempts in all, the first included, default 6") {
+        Setting(name: "webhook_max_attempts", help: "webhook attempts in all, the first included, default 10 (fal's)") {
             config,
             value throws(ConfigurationError) in
             config.webhookMaxAttempts = try integer(value, "webhook_max_attempts", 1...20)

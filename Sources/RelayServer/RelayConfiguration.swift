@@ -88,8 +88,8 @@ public struct RelayConfiguration: Sendable {
     public var logLevel = Logger.Level.info
     /// `fal_webhook` delivery: let loopback/private targets through, retry schedule, per-attempt timeout, bounds.
     public var webhookAllowPrivate = false
-    public var webhookRetryBaseMilliseconds = 5_000
-    public var webhookMaxAttempts = 6
+    public var webhookRetryBaseMilliseconds = 25_000
+    public var webhookMaxAttempts = 10
     public var webhookTimeoutSeconds = 15
     public var webhookConcurrency = 16
     public var webhookQueueSize = 10_000

@@ -29,4 +29,6 @@ struct DispatchingWebhookSink: WebhookSink {
     func register(request: RelayRequest, url: String) {
         dispatcher.register(request: request, url: url)
     }
+
+    var jwks: JSONValue? { dispatcher.jwks }
 }

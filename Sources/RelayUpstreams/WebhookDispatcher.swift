@@ -115,6 +115,9 @@ public final class WebhookDispatcher: Sendable {
         self.eventLoopGroup = eventLoopGroup
     }
 
+    /// The JWKS receivers verify the signatures with (`/.well-known/jwks.json`).
+    public var jwks: JSONValue { signer.jwks }
+
     // MARK: - Submission
 
     /// nil when `url` may be a webhook target, else the 422 to answer (`loc: ["query", "fal_webhook"]`).
@@ -395,11 +398,16 @@ public final class WebhookDispatcher: Sendable {
         if let pinnedHost { request.headers.add(name: "host", value: pinnedHost) }
         request.headers.add(name: "content-type", value: "application/json")
         request.headers.add(name: "user-agent", value: configuration.userAgent)
+        // fal's headers and signature (PROTOCOL.md §11.4), signed again at every attempt: receivers refuse a
+        // timestamp older than 5 minutes. `X-Relay-Webhook-Id` stays the same across retries, to deduplicate on.
+        let userID = delivery.request.ownerKeyID ?? "anonymous"
         request.headers.add(name: "x-relay-webhook-id", value: delivery.id)
-        request.headers.add(name: "x-relay-webhook-timestamp", value: String(timestamp))
+        request.headers.add(name: "x-fal-webhook-request-id", value: delivery.request.id)
+        request.headers.add(name: "x-fal-webhook-user-id", value: userID)
+        request.headers.add(name: "x-fal-webhook-timestamp", value: String(timestamp))
         request.headers.add(
-            name: "x-relay-webhook-signature",
-            value: signer.signature(id: delivery.id, timestamp: timestamp, body: body)
+            name: "x-fal-webhook-signature",
+            value: signer.signature(requestID: delivery.request.id, userID: userID, timestamp: timestamp, body: body)
         )
         request.body = .bytes(ByteBuffer(bytes: body))
         do {

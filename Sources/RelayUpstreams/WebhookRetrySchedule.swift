@@ -1,4 +1,5 @@
 import FalQueue
+
 /// When to try a webhook delivery again: exponential backoff with full jitter, a bounded number of attempts.
 ///
 /// Pure value logic: the caller passes the jitter draw (uniform in `0...1`), so tests pin it. A webhook POST may be
@@ -15,12 +16,13 @@ public struct WebhookRetrySchedule: Sendable, Hashable {
     /// Upper bound of a `Retry-After` the receiver asks for.
     public var maxRetryAfter: Duration
 
-    /// Defaults: 6 attempts; retry ceilings 5, 10, 20, 40, 80 s (at most 155 s of waiting, about 78 s on average).
+    /// Defaults: fal's budget ("10 times in the span of 2 hours"): 10 attempts, retry ceilings 25 s doubling to 35
+    /// min (at most 2 h 03 min of waiting, about an hour on average).
     public init(
-        baseDelay: Duration = .seconds(5),
-        maxDelay: Duration = .seconds(120),
-        maxAttempts: Int = 6,
-        maxRetryAfter: Duration = .seconds(120)
+        baseDelay: Duration = .seconds(25),
+        maxDelay: Duration = .seconds(35 * 60),
+        maxAttempts: Int = 10,
+        maxRetryAfter: Duration = .seconds(35 * 60)
     ) {
         self.baseDelay = max(baseDelay, .zero)
         self.maxDelay = max(maxDelay, .zero)

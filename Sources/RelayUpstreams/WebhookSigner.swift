@@ -1,40 +1,71 @@
 import Crypto
-import RelayCore
+public import RelayCore
 
-/// Signs webhook bodies so that a receiver can tell they come from this relay and were not replayed from long ago.
+/// Signs webhooks as fal signs them (PROTOCOL.md §11.4), so that a receiver written for fal verifies the relay's:
+/// `X-Fal-Webhook-Signature` is the hex Ed25519 signature of
+/// `<request id> \n <user id> \n <unix seconds> \n <hex SHA-256 of the raw body>`, and the public key is served as
+/// a JWKS (`/.well-known/jwks.json`, `{"keys": [{"kty": "OKP", "crv": "Ed25519", "x", "kid", ...}]}`) for the
+/// receiver to fetch instead of fal's.
 ///
-/// The key is derived from the deployment secret, never the secret itself: `HMAC-SHA256(secret, "webhook-signing-v1")`.
-/// A receiver holding the derived key learns nothing that keys cache entries or media URLs. Signature:
-/// `v1=<hex HMAC-SHA256(key, "<webhook id>.<unix seconds>.<body>")>` in `X-Relay-Webhook-Signature`.
+/// The key pair is derived from the deployment secret (HKDF-SHA256, its own label): it survives restarts, every
+/// node of a fleet (which shares the secret) signs with the same key, and the secret itself never leaves the relay.
 public struct WebhookSigner: Sendable {
-    /// Domain separation label of the derived key; a new scheme gets a new label.
-    public static let keyLabel = "webhook-signing-v1"
+    /// HKDF `info` of the signing key's seed; a new scheme gets a new label.
+    public static let keyLabel = "media-relay webhook ed25519 v1"
 
-    /// The derived key's bytes (`SymmetricKey` is not `Sendable`; one is made per signature).
-    private let keyBytes: [UInt8]
+    /// The private key's 32-byte seed (`Curve25519.Signing.PrivateKey` is not `Sendable`; one is made per signature).
+    private let seed: [UInt8]
+    /// The raw 32-byte public key.
+    public let publicKey: [UInt8]
+    /// The key's id in the JWKS: the first 16 hex digits of the public key's SHA-256.
+    public let keyID: String
 
     public init(deploymentSecret: [UInt8]) {
-        let derived = HMAC<SHA256>.authenticationCode(
-            for: Array(Self.keyLabel.utf8),
-            using: SymmetricKey(data: deploymentSecret)
-        )
-        self.keyBytes = Array(derived)
+        let seed = HKDF<SHA256>.deriveKey(
+            inputKeyMaterial: SymmetricKey(data: deploymentSecret),
+            info: Array(Self.keyLabel.utf8),
+            outputByteCount: 32
+        ).withUnsafeBytes { Array($0) }
+        // A 32-byte seed is always a valid Ed25519 private key.
+        let key = try! Curve25519.Signing.PrivateKey(rawRepresentation: seed)
+        self.seed = seed
+        self.publicKey = Array(key.publicKey.rawRepresentation)
+        self.keyID = String(Self.hex(SHA256.hash(data: publicKey)).prefix(16))
     }
 
-    /// The derived signing key in hex, for the operator to hand to receivers (`media-relay` never logs it).
-    public var signingKeyHex: String {
-        Self.hex(keyBytes)
+    /// The `X-Fal-Webhook-Signature` value for one attempt.
+    public func signature(requestID: String, userID: String, timestamp: Int64, body: [UInt8]) -> String {
+        let message = Self.message(requestID: requestID, userID: userID, timestamp: timestamp, body: body)
+        // Signing with a key made from a valid seed cannot fail.
+        let key = try! Curve25519.Signing.PrivateKey(rawRepresentation: seed)
+        return Self.hex(try! key.signature(for: message))
     }
 
-    /// The `X-Relay-Webhook-Signature` value for one delivery.
-    public func signature(id: String, timestamp: Int64, body: [UInt8]) -> String {
-        var hmac = HMAC<SHA256>(key: SymmetricKey(data: keyBytes))
-        hmac.update(data: Array("\(id).\(timestamp).".utf8))
-        hmac.update(data: body)
-        return "v1=" + Self.hex(hmac.finalize())
+    /// What is signed: `request_id \n user_id \n timestamp \n sha256_hex(body)`.
+    public static func message(requestID: String, userID: String, timestamp: Int64, body: [UInt8]) -> [UInt8] {
+        Array("\(requestID)\n\(userID)\n\(timestamp)\n\(hex(SHA256.hash(data: body)))".utf8)
     }
 
-    private static func hex(_ bytes: some Sequence<UInt8>) -> String {
+    /// The JWKS document receivers fetch: this relay's one key.
+    public var jwks: JSONValue {
+        [
+            "keys": [
+                [
+                    "kty": "OKP", "crv": "Ed25519", "x": .string(Self.base64URL(publicKey)), "kid": .string(keyID),
+                    "use": "sig", "alg": "EdDSA",
+                ]
+            ]
+        ]
+    }
+
+    /// RFC 4648 §5 without padding, as JWK wants it.
+    static func base64URL(_ bytes: [UInt8]) -> String {
+        var text = Base64.encode(bytes)
+        while text.hasSuffix("=") { text.removeLast() }
+        return String(text.map { $0 == "+" ? "-" : $0 == "/" ? "_" : $0 })
+    }
+
+    static func hex(_ bytes: some Sequence<UInt8>) -> String {
         var text: [UInt8] = []
         for byte in bytes {
             text.append(Hex.digit(byte >> 4))

@@ -102,7 +102,10 @@ import Testing
             )
             #expect(router.route(method: .GET, host: host, uri: "/healthz") == .health)
             #expect(router.route(method: .GET, host: host, uri: "/readyz") == .ready)
+            #expect(router.route(method: .GET, host: host, uri: "/.well-known/jwks.json") == .jwks)
         }
+        #expect(router.route(method: .POST, host: queue, uri: "/.well-known/jwks.json") == .methodNotAllowed)
+        #expect(router.route(method: .GET, host: queue, uri: "/.well-known/other.json") != .jwks)
         #expect(router.route(method: .GET, host: queue, uri: "/files/\(hex)") == .notFound)
         #expect(router.route(method: .GET, host: queue, uri: "/files/../\(hex).png") == .notFound)
         #expect(router.route(method: .GET, host: queue, uri: "/files/%2e%2e%2fetc%2fpasswd.png") == .notFound)

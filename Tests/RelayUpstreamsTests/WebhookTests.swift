@@ -147,25 +147,39 @@ struct WebhookTargetTests {
 
 @Suite("Webhook signature and payload")
 struct WebhookSignatureTests {
-    @Test("the signature matches a vector computed independently (Python hmac)")
-    func fixedVector() {
+    @Test("key, JWKS and signature match vectors computed independently (Python cryptography)")
+    func fixedVector() throws {
         let signer = WebhookSigner(deploymentSecret: Array(0..<32))
-        #expect(signer.signingKeyHex == "6314ed87ba61e09776274a8702c6f4679fcfc67fbce508da70a33f33eaad5cf5")
+        let key = try #require(signer.jwks["keys"]?.arrayValue?.first)
+        #expect(key["kty"] == "OKP" && key["crv"] == "Ed25519" && key["alg"] == "EdDSA" && key["use"] == "sig")
+        #expect(key["x"] == "aayVB09aWZxJdyu-JfvkyknpvXZy2OkNpbnWEGNWiPw")
+        #expect(key["kid"] == "be5117658c608814" && signer.keyID == "be5117658c608814")
         let body = Array(#"{"request_id":"r1","status":"OK"}"#.utf8)
         #expect(
-            signer.signature(id: "wh-1", timestamp: 1_700_000_000, body: body)
-                == "v1=b9da2394295b41bb846ae012405e2fddc6ba403c7b92477718a4c303960a36da"
+            signer.signature(requestID: "r1", userID: "key-1", timestamp: 1_700_000_000, body: body)
+                == "bf4358ed876df1de42c6ce04b0ad06aa50152750f4f82d0ebfc761a551ce8000"
+                + "d6e52c33c8d10bf0fe7ac108e4d6663e7cbdb6ca6e58c69e305e73afbde9c00d"
         )
     }
 
-    @Test("id, timestamp, body and secret each change the signature")
+    @Test("request id, user id, timestamp, body and secret each change the signature")
     func coverage() {
         let signer = WebhookSigner(deploymentSecret: Array(0..<32))
-        let base = signer.signature(id: "a", timestamp: 1, body: [1])
-        #expect(signer.signature(id: "b", timestamp: 1, body: [1]) != base)
-        #expect(signer.signature(id: "a", timestamp: 2, body: [1]) != base)
-        #expect(signer.signature(id: "a", timestamp: 1, body: [2]) != base)
-        #expect(WebhookSigner(deploymentSecret: Array(1..<33)).signature(id: "a", timestamp: 1, body: [1]) != base)
+        let base = signer.signature(requestID: "a", userID: "u", timestamp: 1, body: [1])
+        #expect(signer.signature(requestID: "b", userID: "u", timestamp: 1, body: [1]) != base)
+        #expect(signer.signature(requestID: "a", userID: "v", timestamp: 1, body: [1]) != base)
+        #expect(signer.signature(requestID: "a", userID: "u", timestamp: 2, body: [1]) != base)
+        #expect(signer.signature(requestID: "a", userID: "u", timestamp: 1, body: [2]) != base)
+        let other = WebhookSigner(deploymentSecret: Array(1..<33))
+        #expect(other.signature(requestID: "a", userID: "u", timestamp: 1, body: [1]) != base)
+        #expect(other.publicKey != signer.publicKey)
+    }
+
+    @Test("the default retry budget is fal's: 10 attempts within about two hours")
+    func falsBudget() {
+        let schedule = WebhookRetrySchedule()
+        #expect(schedule.maxAttempts == 10)
+        #expect(schedule.maxTotalDelay == .seconds(7375))
     }
 
     @Test("payloads follow fal's shape for OK, ERROR and cancelled")

@@ -1,5 +1,7 @@
 """What the client tests stand up beside the relay, or read from it, in one place: a CONNECT proxy that tunnels fal's
 storage hosts to a relay (so fal_client.upload_file reaches it unmodified), a webhook receiver, and an SSE reader."""
+import base64
+import hashlib
 import json
 import select
 import socket
@@ -116,6 +118,32 @@ class WebhookReceiver:
                 return calls
             time.sleep(0.05)
         raise AssertionError(f"{path}: {len(self.calls_to(path))} calls, expected {count}")
+
+
+def verify_fal_webhook(jwks, headers, body, max_age=300):
+    """What a receiver written for fal does (fal's docs, PROTOCOL.md §11.4): the hex Ed25519 signature in
+    X-Fal-Webhook-Signature over `request_id \n user_id \n timestamp \n sha256_hex(body)`, by one of the JWKS's
+    OKP/Ed25519 keys, with a timestamp within `max_age` seconds."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    names = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp", "x-fal-webhook-signature")
+    if not all(headers.get(name) for name in names):
+        return False
+    request_id, user_id, timestamp, signature = (headers[name] for name in names)
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > max_age:
+        return False
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
+    for key in jwks.get("keys", []):
+        if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
+            continue
+        raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(bytes.fromhex(signature), message)
+            return True
+        except (InvalidSignature, ValueError):
+            continue
+    return False
 
 
 def read_events(response, limit=None, events=None, timeout=60):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from fleet import APP, result, started_fleet, status, submit, wait_completed, wait_for
-from peers import ConnectProxy, WebhookReceiver, read_events
+from peers import ConnectProxy, WebhookReceiver, read_events, verify_fal_webhook
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STATUS_KEYS = {"status", "request_id", "response_url", "status_url", "cancel_url"}
@@ -241,6 +241,13 @@ def test_each_webhook_is_delivered_once_by_the_fleet(fleet):
             assert calls[0]["headers"].get("x-relay-webhook-id"), calls[0]["headers"]
         ids = [receiver.calls_to(path)[0]["headers"]["x-relay-webhook-id"] for path in hooks]
         assert len(set(ids)) == len(ids), ids
+        # The fleet signs with one key (derived from its shared secret): whichever node delivered, a receiver
+        # verifies with the JWKS of any node, as fal's receivers verify with fal's.
+        keys = [httpx.get(f"{fleet.node_http(node)}/.well-known/jwks.json", timeout=5).json() for node in (0, 1, 2)]
+        assert keys[0] == keys[1] == keys[2] and len(keys[0]["keys"]) == 1, keys
+        for path in hooks:
+            call = receiver.calls_to(path)[0]
+            assert verify_fal_webhook(keys[0], call["headers"], call["body"]), call["headers"]
     finally:
         receiver.server.shutdown()
 

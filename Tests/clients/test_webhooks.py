@@ -1,6 +1,4 @@
 """`?fal_webhook=URL`: one signed delivery per request in fal's payload shape, retried with backoff, SSRF-checked."""
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import Relay
-from peers import WebhookReceiver
+from peers import WebhookReceiver, verify_fal_webhook
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +44,11 @@ def submit(client, relay, arguments, webhook):
     )
 
 
-def signing_key(relay):
-    with open(os.path.join(relay.data_dir, "secret"), "rb") as file:
-        return hmac.new(file.read(), b"webhook-signing-v1", hashlib.sha256).digest()
-
-
-def verify(key, headers, body):
-    """What a receiver does (README "Webhooks")."""
-    webhook_id, timestamp = headers["x-relay-webhook-id"], headers["x-relay-webhook-timestamp"]
-    expected = "v1=" + hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["x-relay-webhook-signature"]) and abs(time.time() - int(timestamp)) < 300
+def jwks(client, relay):
+    """The relay's JWKS, fetched as a receiver written for fal fetches fal's (the relay's URL in place of fal's)."""
+    response = client.get(f"https://{relay.queue_host}/.well-known/jwks.json")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    return response.json()
 
 
 def delivered_count(client, relay):
@@ -78,16 +71,23 @@ def test_completed_request_is_delivered_signed_after_two_503s(webhook_relay, rec
         assert len(receiver.calls_to(path)) == 3, "delivered once, then no more attempts"
         # Backoff: the retries are spaced, not fired back to back (full jitter can make one gap tiny, not both 0).
         assert calls[2]["at"] - calls[0]["at"] < 5
-        key = signing_key(webhook_relay)
+        keys = jwks(client, webhook_relay)
         ids = set()
         for call in calls:
             headers = call["headers"]
             assert headers["content-type"] == "application/json"
             assert headers["user-agent"].startswith("MediaRelay")
-            assert verify(key, headers, call["body"]), headers
-            assert not verify(key, headers, call["body"] + b" "), "a changed body must not verify"
+            assert headers["x-fal-webhook-request-id"] == request_id
+            assert headers["x-fal-webhook-user-id"] == webhook_relay.key.split(":")[0], headers
+            assert verify_fal_webhook(keys, headers, call["body"]), headers
+            assert not verify_fal_webhook(keys, headers, call["body"] + b" "), "a changed body must not verify"
+            assert not verify_fal_webhook(keys, {**headers, "x-fal-webhook-user-id": "someone-else"}, call["body"])
+            assert not verify_fal_webhook(keys, headers, call["body"], max_age=-1), "an old timestamp must not verify"
             ids.add(headers["x-relay-webhook-id"])
         assert len(ids) == 1, "one webhook id across the retries of one delivery"
+        # Each attempt is signed when it is sent (receivers refuse timestamps older than five minutes).
+        assert all(int(call["headers"]["x-fal-webhook-timestamp"]) >= int(calls[0]["headers"]["x-fal-webhook-timestamp"])
+                   for call in calls)
 
         payload = json.loads(calls[-1]["body"])
         assert payload["request_id"] == request_id

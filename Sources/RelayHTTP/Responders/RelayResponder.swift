@@ -13,7 +13,7 @@ import RelayCore
 /// | tokens | `respondTokens` (TokenResponder.swift) |
 /// | admin | `respondAdmin` (AdminResponder.swift) |
 /// | `/_cluster/v1/follow` (peers) | `respondPeer` (PeerResponder.swift) |
-/// | ui, catalog, stats | `respondSite` (SiteResponder.swift) |
+/// | ui, catalog, stats, `/.well-known/jwks.json` | `respondSite` (SiteResponder.swift) |
 /// | ws, realtime | `WebSocketGate` at the upgrade; a plain request is told why it was not upgraded here |
 extension RelayServices {
     func respond(_ request: RouteRequest) -> RouteAnswer {
@@ -32,7 +32,7 @@ extension RelayServices {
             return respondAdmin(request, action: action)
         case .peerFollow:
             return respondPeer(request)
-        case .ui, .catalog, .stats:
+        case .ui, .catalog, .jwks, .stats:
             return respondSite(request)
         case .webSocket, .realtime:
             // Only requests the upgrader declined get here: say why.

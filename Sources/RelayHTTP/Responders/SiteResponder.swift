@@ -1,7 +1,8 @@
 import NIOCore
 import RelayCore
 
-/// The browser UI (`/`, `/dashboard`, `/ui/<name>`), the playground's catalog and the dashboard's statistics.
+/// The browser UI (`/`, `/dashboard`, `/ui/<name>`), the playground's catalog, the dashboard's statistics, and the
+/// webhook signing key as a JWKS.
 extension RelayServices {
     func respondSite(_ request: RouteRequest) -> RouteAnswer {
         switch request.route {
@@ -9,6 +10,10 @@ extension RelayServices {
             return asset(request, name: name)
         case .catalog:
             return request.json(catalogJSON, extraHeaders: [("cache-control", "no-cache")])
+        case .jwks:
+            guard let jwks = webhooks.jwks else { return request.error(.notFound("Webhooks are not enabled")) }
+            // Receivers cache it (fal's guidance: up to a day); the key changes only with the deployment secret.
+            return request.json(jwks, extraHeaders: [("cache-control", "public, max-age=3600")])
         case .stats(stream: false):
             return request.json(jobs.statistics.snapshot(), extraHeaders: [("cache-control", "no-store")])
         default:
