@@ -278,8 +278,8 @@ extension ClusterNode: Fleet {
         let (hex, node) = (key.digest.hex, configuration.nodeID)
         let now = Timestamp.now().secondsSinceEpoch
         let lease = Self.seconds(configuration.lease)
-        let (manifest, elsewhere) = try await database.perform("look up or claim", soft: true) {
-            client -> (ByteBuffer?, Bool) in
+        let (manifest, elsewhere, claimed) = try await database.perform("look up or claim", soft: true) {
+            client -> (ByteBuffer?, Bool, ClaimedRow?) in
             let rows = try await client.query(
                 """
                 WITH found AS (
@@ -294,19 +294,37 @@ extension ClusterNode: Fleet {
                     ON CONFLICT (request_key) DO UPDATE
                     SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                     WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                    RETURNING 1)
+                    RETURNING handle)
                 SELECT (SELECT manifest FROM found),
                        EXISTS (SELECT 1 FROM held)
-                       OR (NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM claimed))
+                       OR (NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM claimed)),
+                       EXISTS (SELECT 1 FROM claimed),
+                       (SELECT handle FROM claimed)
                 """
             )
-            for try await (manifest, elsewhere) in rows.decode((ByteBuffer?, Bool).self) {
-                return (manifest, elsewhere)
+            for try await (manifest, elsewhere, won, handle) in rows.decode((ByteBuffer?, Bool, Bool, String?).self) {
+                return (manifest, elsewhere, won ? ClaimedRow(handle: handle) : nil)
             }
-            return (nil, false)
+            return (nil, false, nil)
         }
         let result = manifest.flatMap { CachedResult(manifestBytes: Array($0.readableBytesView), key: key) }
+        if result == nil, let claimed {
+            // The job this submission starts in a moment needs neither to look for a result nor to claim again.
+            freshClaims.withLock { $0.note(key, handle: Self.handle(claimed.handle), at: .now) }
+        }
         return (result, result == nil && elsewhere)
+    }
+
+    /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it
+    /// instead of two more round trips (a result lookup and a claim that would find the same). nil when there is
+    /// none, or it is older than a fifth of the lease (then the job asks the database again).
+    func takeFreshClaim(_ key: RequestKey) -> Claim? {
+        let limit = configuration.lease / 5
+        return freshClaims.withLock { $0.take(key, newerThan: .now - limit) }.map { .won(handle: $0) }
+    }
+
+    struct ClaimedRow: Sendable {
+        let handle: String?
     }
 
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.

@@ -60,6 +60,8 @@ public final class ClusterNode: Sendable {
     private let background = Mutex<Task<Void, Never>?>(nil)
     private let generationCount = Atomic<Int>(0)
     let handlers = Mutex<Handlers>(Handlers())
+    /// Claims `lookupOrClaim` won for submissions whose jobs have not started yet (see `takeFreshClaim`).
+    let freshClaims = Mutex(FreshClaims())
 
     struct Handlers {
         var cancelled: (@Sendable (String) -> Void)?
@@ -281,5 +283,23 @@ public final class ClusterNode: Sendable {
 
     static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
+
+/// Claims won on a submission's path, each taken once by the job it was won for; a bounded memo, never the truth (the
+/// database is): an entry not taken soon enough is dropped and the job asks the database as it would without it.
+struct FreshClaims: Sendable {
+    private var entries: [RequestKey: (handle: UpstreamHandle?, at: ContinuousClock.Instant)] = [:]
+    static let capacity = 4096
+
+    mutating func note(_ key: RequestKey, handle: UpstreamHandle?, at now: ContinuousClock.Instant) {
+        if entries.count >= Self.capacity { entries.removeAll(keepingCapacity: true) }
+        entries[key] = (handle, now)
+    }
+
+    /// The entry's handle (itself optional: a claim without one), if there is a fresh entry.
+    mutating func take(_ key: RequestKey, newerThan cutoff: ContinuousClock.Instant) -> UpstreamHandle?? {
+        guard let entry = entries.removeValue(forKey: key), entry.at > cutoff else { return nil }
+        return .some(entry.handle)
     }
 }

@@ -93,6 +93,11 @@ final class ClusterJobRun: UpstreamTask, Sendable {
             if case .finished = await follow.run() { return }
         }
         job.caughtUp()
+        // The submission that started this job claimed its key a moment ago, and found no result.
+        if case .won(let handle) = node.takeFreshClaim(job.key) {
+            runHere(following: handle)
+            return
+        }
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {

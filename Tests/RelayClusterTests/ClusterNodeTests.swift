@@ -109,6 +109,55 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func aClaimWonOnTheSubmissionPathIsTakenOnceByItsJob() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "fresh-a")
+            let b = try await node(database, "fresh-b")
+            let key = RequestKey(digest: Digest128(high: 7, low: UInt64.random(in: 0...UInt64.max)))
+            #expect(a.takeFreshClaim(key) == nil)
+            _ = try await a.lookupOrClaim(key)
+            #expect(a.takeFreshClaim(key) == .won(handle: nil))
+            #expect(a.takeFreshClaim(key) == nil, "taken once")
+            // The node that found it held elsewhere has nothing to take: its job asks the database.
+            _ = try await b.lookupOrClaim(key)
+            #expect(b.takeFreshClaim(key) == nil)
+            // A lapsed claim with an origin's handle, taken over on a submission's path: the handle comes with it, so
+            // the job follows the origin's job instead of submitting again.
+            let handle = UpstreamHandle(
+                origin: "https://origin.example",
+                requestID: "origin-7",
+                statusURL: "https://origin.example/s",
+                responseURL: "https://origin.example/r",
+                cancelURL: "https://origin.example/c"
+            )
+            a.attached(key, handle)
+            a.start()
+            let hex = key.digest.hex
+            for _ in 0..<200 {
+                let stored = try await database.perform("handle?") { client in
+                    var found = false
+                    for try await text in try await client.query(
+                        "SELECT handle FROM relay_claims WHERE request_key = \(hex)"
+                    ).decode(String?.self) {
+                        found = text != nil
+                    }
+                    return found
+                }
+                if stored { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            await a.stopped()
+            try await database.perform("age") { client in
+                try await client.query(
+                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
+                )
+            }
+            _ = try await b.lookupOrClaim(key)
+            #expect(b.takeFreshClaim(key) == .won(handle: handle))
+        }
+    }
+
     @Test func aSubmissionLooksUpAndClaimsInOneStatement() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in
