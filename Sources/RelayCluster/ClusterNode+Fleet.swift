@@ -272,17 +272,46 @@ extension ClusterNode: Fleet {
     /// As `lookup`, and when there is neither a result nor another node's claim, claims the key for this node: all
     /// in one statement (one round trip on a submission's path). `runningElsewhere` is true when another node holds
     /// the claim, also one that took it a moment before this statement did.
+    ///
+    /// `registering`: a submission's request, registered (`register`) by the same statement; it then runs on the
+    /// durable pool, as a registration must, instead of the soft one.
     public func lookupOrClaim(
-        _ key: RequestKey
+        _ key: RequestKey,
+        registering: FleetRequest? = nil
     ) async throws(ClusterError) -> (result: CachedResult?, runningElsewhere: Bool) {
         let (hex, node) = (key.digest.hex, configuration.nodeID)
         let now = Timestamp.now().secondsSinceEpoch
         let lease = Self.seconds(configuration.lease)
-        let (manifest, elsewhere, claimed) = try await database.perform("look up or claim", soft: true) {
+        // Without a request to register the insert below selects nothing (its values are never read).
+        let entry =
+            registering
+            ?? FleetRequest(
+                id: "",
+                endpoint: "",
+                modelID: "",
+                key: key,
+                input: [],
+                ownerKeyID: nil,
+                createdAt: .now(),
+                cancelled: false,
+                nodeID: node
+            )
+        let (id, endpoint, model, input) = (entry.id, entry.endpoint, entry.modelID, ByteBuffer(bytes: entry.input))
+        let (owner, created, webhook, registers) = (
+            entry.ownerKeyID, entry.createdAt.secondsSinceEpoch, entry.webhookURL, registering != nil
+        )
+        let (manifest, elsewhere, claimed) = try await database.perform("look up or claim", soft: !registers) {
             client -> (ByteBuffer?, Bool, ClaimedRow?) in
             let rows = try await client.query(
                 """
-                WITH found AS (
+                WITH registered AS (
+                    INSERT INTO relay_requests
+                        (request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at,
+                         webhook_url)
+                    SELECT \(id), \(endpoint), \(model), \(hex), \(input), \(owner), \(node), \(created), \(webhook)
+                    WHERE \(registers)
+                    ON CONFLICT (request_id) DO NOTHING),
+                found AS (
                     SELECT manifest FROM relay_results WHERE request_key = \(hex) AND expires_at > \(now)),
                 held AS (
                     SELECT 1 FROM relay_claims
@@ -313,6 +342,16 @@ extension ClusterNode: Fleet {
             freshClaims.withLock { $0.note(key, handle: Self.handle(claimed.handle), at: .now) }
         }
         return (result, result == nil && elsewhere)
+    }
+
+    /// Takes back a registration whose submission was refused after all (its key's lookup had registered it): no
+    /// node may adopt it, nor deliver its webhook.
+    public func withdraw(_ requestID: String) {
+        Task {
+            _ = try? await database.perform("withdraw request") { client in
+                try await client.query("DELETE FROM relay_requests WHERE request_id = \(requestID)")
+            }
+        }
     }
 
     /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it

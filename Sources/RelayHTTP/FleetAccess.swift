@@ -17,8 +17,16 @@ public protocol FleetAccess: Sendable {
     /// job now.
     func lookup(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool)
     /// As `lookup`, and when there is no result, claims the key for this node unless another node holds it: a
-    /// submission is labelled a miss on exactly one node of the fleet.
-    func lookupOrClaim(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool)
+    /// submission is labelled a miss on exactly one node of the fleet. `registering`: the submission's request,
+    /// registered in the same statement (one round trip on the submission's path instead of two).
+    func lookupOrClaim(
+        _ key: RequestKey,
+        registering: FleetRequest?
+    ) async throws -> (result: CachedResult?, runningElsewhere: Bool)
+    /// Takes back a registration the submission did not become (refused after its key's lookup registered it).
+    func withdraw(_ requestID: String)
+    /// This node's id in the fleet.
+    var nodeID: String { get }
     /// Copies a blob this node lacks from a node that holds it into the blob store (verified by its digest); true when
     /// it is here now. Concurrent calls for one digest share one copy.
     func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool
@@ -27,19 +35,23 @@ public protocol FleetAccess: Sendable {
 }
 
 /// The fleet's result index as the tier beneath this node's own (PostgreSQL): asked with a claim, so that a submission
-/// nobody has a result for is labelled a miss on exactly one node of the fleet.
+/// nobody has a result for is labelled a miss on exactly one node of the fleet, and with the submission's
+/// registration, so that its answer waits for one round trip to the database, not two.
 struct FleetResultTier: ResultTier {
     let fleet: any FleetAccess
+    /// The submission's request, to register with the lookup.
+    let registering: FleetRequest?
 
     func fill(_ key: RequestKey, input: ModelInput, into results: ResultIndex) async -> ResultTierAnswer {
-        // A database that does not answer is no reason to fail here: the submission goes on as a local miss.
-        guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key) else {
+        // A database that does not answer is no reason to fail here: the submission goes on as a local miss (and
+        // is registered on its own then).
+        guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key, registering: registering) else {
             return ResultTierAnswer(found: false)
         }
         if let found, found.modelID == input.model.id, found.canonicalInput == input.canonicalBytes {
             results.store(key, found)
-            return ResultTierAnswer(found: true)
+            return ResultTierAnswer(found: true, registered: registering)
         }
-        return ResultTierAnswer(found: false, runningElsewhere: elsewhere)
+        return ResultTierAnswer(found: false, runningElsewhere: elsewhere, registered: registering)
     }
 }

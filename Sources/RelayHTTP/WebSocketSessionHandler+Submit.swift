@@ -24,6 +24,8 @@ extension WebSocketSessionHandler {
             let asking = services.resultTiersFirst(
                 key: key,
                 input: normalised,
+                endpoint: endpoint,
+                principal: principal,
                 noCache: false,
                 eventLoop: context.eventLoop
             )
@@ -38,7 +40,8 @@ extension WebSocketSessionHandler {
                 normalised,
                 endpoint: endpoint,
                 facts: facts,
-                sharesFleetWork: tiers.runningElsewhere
+                sharesFleetWork: tiers.runningElsewhere,
+                registered: tiers.registered
             )
             then(handler, context, made)
         }
@@ -99,14 +102,16 @@ extension WebSocketSessionHandler {
         _ input: ModelInput,
         endpoint: EndpointID,
         facts: RequestFacts,
-        sharesFleetWork: Bool = false
+        sharesFleetWork: Bool = false,
+        registered: FleetRequest? = nil
     ) -> Result<RelayRequest, FalError> {
         switch services.submit(
             input,
             endpoint: endpoint,
             facts: facts,
             principal: principal,
-            sharesFleetWork: sharesFleetWork
+            sharesFleetWork: sharesFleetWork,
+            registered: registered
         ) {
         case .submitted(let request, _): return .success(request)
         case .refused(let error, _): return .failure(error)

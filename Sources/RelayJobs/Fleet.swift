@@ -34,6 +34,8 @@ public struct FleetRequest: Sendable, Hashable {
     public var cancelled: Bool
     /// The node that took the submission.
     public var nodeID: String
+    /// `?fal_webhook=` of the submission: the fleet delivers it once, from the node that holds the request.
+    public var webhookURL: String?
 
     public init(
         id: String,
@@ -44,7 +46,8 @@ public struct FleetRequest: Sendable, Hashable {
         ownerKeyID: String?,
         createdAt: Timestamp,
         cancelled: Bool,
-        nodeID: String
+        nodeID: String,
+        webhookURL: String? = nil
     ) {
         self.id = id
         self.endpoint = endpoint
@@ -55,10 +58,36 @@ public struct FleetRequest: Sendable, Hashable {
         self.createdAt = createdAt
         self.cancelled = cancelled
         self.nodeID = nodeID
+        self.webhookURL = webhookURL
     }
 }
 
 extension FleetRequest {
+    /// A request as this node registers it, by its parts (before the job table made it: a submission's registration
+    /// rides on its key's lookup, one statement for both).
+    public init(
+        id: String = RequestID.make(),
+        endpoint: EndpointID,
+        input: ModelInput,
+        key: RequestKey,
+        ownerKeyID: String?,
+        nodeID: String,
+        webhookURL: String?
+    ) {
+        self.init(
+            id: id,
+            endpoint: endpoint.description,
+            modelID: input.model.id,
+            key: key,
+            input: JSONValue.object(input.fields).serialized(),
+            ownerKeyID: ownerKeyID,
+            createdAt: .now(),
+            cancelled: false,
+            nodeID: nodeID,
+            webhookURL: webhookURL
+        )
+    }
+
     /// The input and endpoint to serve this request with on this node, its model looked up in `models` (the
     /// catalog); nil when this node does not serve the model, or the stored input is not an object.
     public func modelInput(models: (String) -> ModelSpec?) -> (input: ModelInput, endpoint: EndpointID)? {

@@ -15,7 +15,7 @@ extension JobTable {
                 endpoint: endpoint,
                 key: adopted.key,
                 ownerKeyID: adopted.ownerKeyID,
-                adopting: adopted,
+                registered: adopted,
                 mayStartWork: { true }
             )
         else { preconditionFailure("an adoption that may always start work was refused") }

@@ -121,12 +121,13 @@ public final class JobTable: Sendable {
         key: RequestKey,
         ownerKeyID: String?,
         directives: CacheDirectives = CacheDirectives(),
-        adopting adopted: FleetRequest? = nil,
+        registered adopted: FleetRequest? = nil,
         sharesFleetWork: Bool = false,
         webhook: String? = nil,
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
-        // A request adopted from the fleet's registry keeps its id and age, and is registered already.
+        // A request the fleet's registry holds already (adopted from another node, or registered with its key's
+        // lookup on this node) keeps its id and age, and is not registered again.
         let identity = adopted.map { ($0.id, $0.createdAt, webhook) } ?? (RequestID.make(), Timestamp.now(), webhook)
         let fleet = adopted == nil ? self.fleet : nil
         let cacheable = Self.isCacheable(input)

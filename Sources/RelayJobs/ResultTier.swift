@@ -16,10 +16,14 @@ public struct ResultTierAnswer: Sendable, Hashable {
     public var found: Bool
     /// No result, but another node of the fleet runs the key's job now: follow it rather than start one.
     public var runningElsewhere: Bool
+    /// The submission's request, registered in the fleet with the same statement: submitted under this id and age,
+    /// and not registered again.
+    public var registered: FleetRequest?
 
-    public init(found: Bool, runningElsewhere: Bool = false) {
+    public init(found: Bool, runningElsewhere: Bool = false, registered: FleetRequest? = nil) {
         self.found = found
         self.runningElsewhere = runningElsewhere
+        self.registered = registered
     }
 }
 

@@ -39,9 +39,18 @@ final class ClusterFleetAccess: FleetAccess {
         try await node.lookup(key)
     }
 
-    func lookupOrClaim(_ key: RequestKey) async throws -> (result: CachedResult?, runningElsewhere: Bool) {
-        try await node.lookupOrClaim(key)
+    func lookupOrClaim(
+        _ key: RequestKey,
+        registering: FleetRequest?
+    ) async throws -> (result: CachedResult?, runningElsewhere: Bool) {
+        try await node.lookupOrClaim(key, registering: registering)
     }
+
+    func withdraw(_ requestID: String) {
+        node.withdraw(requestID)
+    }
+
+    var nodeID: String { node.configuration.nodeID }
 
     func fetchBlob(_ digest: Digest128, mediaType: MediaType) async -> Bool {
         let task = copies.withLock { copies -> Task<Bool, Never> in

@@ -158,6 +158,43 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func aSubmissionRegistersWithItsKeysLookupAndARefusalWithdrawsIt() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "reg-a")
+            let b = try await node(database, "reg-b")
+            let key = RequestKey(digest: Digest128(high: 8, low: UInt64.random(in: 0...UInt64.max)))
+            let entry = FleetRequest(
+                id: RequestID.make(),
+                endpoint: "fal-ai/flux/dev",
+                modelID: "fal-ai/flux/dev",
+                key: key,
+                input: Array(#"{"prompt":"p"}"#.utf8),
+                ownerKeyID: "k1",
+                createdAt: .now(),
+                cancelled: false,
+                nodeID: "reg-a",
+                webhookURL: "https://hooks.example/x"
+            )
+            let answer = try await a.lookupOrClaim(key, registering: entry)
+            #expect(answer.result == nil && !answer.runningElsewhere)
+            // Any node finds it by its id at once: the answer needs no second statement.
+            let found = try #require(try await b.request(entry.id))
+            #expect(
+                found.key == key && found.nodeID == "reg-a" && found.ownerKeyID == "k1" && found.input == entry.input
+            )
+            // Without one, nothing is registered (and the statement runs on the soft pool).
+            #expect(try await b.lookupOrClaim(key).runningElsewhere)
+            a.withdraw(entry.id)
+            var gone = false
+            for _ in 0..<200 where !gone {
+                gone = try await b.request(entry.id) == nil
+                if !gone { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(gone, "a withdrawn registration is not adoptable")
+        }
+    }
+
     @Test func aSubmissionLooksUpAndClaimsInOneStatement() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in

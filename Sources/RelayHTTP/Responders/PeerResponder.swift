@@ -113,31 +113,57 @@ extension RelayServices {
     func resultTiersFirst(
         key: RequestKey,
         input: ModelInput,
+        endpoint: EndpointID,
+        principal: Principal,
+        webhook: String? = nil,
         noCache: Bool,
         eventLoop: any EventLoop
     ) -> EventLoopFuture<ResultTierAnswer>? {
         guard !noCache else { return nil }
-        let fleetTier = fleet.flatMap { fleet in JobTable.isCacheable(input) ? FleetResultTier(fleet: fleet) : nil }
+        let fleetTier = fleet.flatMap { fleet -> FleetResultTier? in
+            guard JobTable.isCacheable(input) else { return nil }
+            let registering = FleetRequest(
+                endpoint: endpoint,
+                input: input,
+                key: key,
+                ownerKeyID: principal.keyID,
+                nodeID: fleet.nodeID,
+                webhookURL: webhook
+            )
+            return FleetResultTier(fleet: fleet, registering: registering)
+        }
         let tiers = jobs.tiersToAsk(for: key, input: input, fleet: fleetTier)
         guard !tiers.isEmpty else { return nil }
         let results = jobs.results
         let promise = eventLoop.makePromise(of: ResultTierAnswer.self)
         promise.completeWithTask {
+            var registered: FleetRequest?
             for tier in tiers {
-                let answer = await tier.fill(key, input: input, into: results)
+                var answer = await tier.fill(key, input: input, into: results)
+                registered = answer.registered ?? registered
+                answer.registered = registered
                 if answer.found || answer.runningElsewhere { return answer }
             }
-            return ResultTierAnswer(found: false)
+            return ResultTierAnswer(found: false, registered: registered)
         }
         return promise.futureResult
     }
 
     /// `resultTiersFirst` for a route's submission: answered again once the tiers were asked.
-    func resultTiersFirst(_ request: RouteRequest, input: ModelInput, noCache: Bool) -> RouteAnswer? {
+    func resultTiersFirst(
+        _ request: RouteRequest,
+        input: ModelInput,
+        endpoint: EndpointID,
+        webhook: String?,
+        noCache: Bool
+    ) -> RouteAnswer? {
         guard !request.tiersAsked,
             let asking = resultTiersFirst(
                 key: requestKey(input, principal: request.principal),
                 input: input,
+                endpoint: endpoint,
+                principal: request.principal,
+                webhook: webhook,
                 noCache: noCache,
                 eventLoop: request.eventLoop
             )
@@ -147,6 +173,7 @@ extension RelayServices {
             asking.map { answer in
                 var again = asked
                 again.sharesFleetWork = answer.runningElsewhere
+                again.registered = answer.registered
                 return self.respond(again)
             }
         )

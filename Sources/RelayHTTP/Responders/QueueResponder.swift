@@ -54,7 +54,13 @@ extension RelayServices {
             webhook = url
         }
         let directives = FalWire.cacheDirectives(request.facts.headers)
-        if let asking = resultTiersFirst(request, input: input, noCache: directives.contains("no-cache")) {
+        if let asking = resultTiersFirst(
+            request,
+            input: input,
+            endpoint: endpoint,
+            webhook: webhook,
+            noCache: directives.contains("no-cache")
+        ) {
             return asking
         }
         let submitted: RelayRequest
@@ -69,6 +75,7 @@ extension RelayServices {
                 noStore: directives.contains("no-store")
             ),
             sharesFleetWork: request.sharesFleetWork,
+            registered: request.registered,
             webhook: webhook
         ) {
         case .refused(let error, let headers):
@@ -136,9 +143,11 @@ extension RelayServices {
         principal: Principal,
         directives: CacheDirectives = CacheDirectives(),
         sharesFleetWork: Bool = false,
+        registered: FleetRequest? = nil,
         webhook: String? = nil
     ) -> Submission {
         if let unavailable = fleetRefusal {
+            if let registered { fleet?.withdraw(registered.id) }
             return .refused(unavailable, headers: [("retry-after", "2")])
         }
         var refusal: (FalError, [(String, String)])?
@@ -149,6 +158,7 @@ extension RelayServices {
             key: requestKey(input, principal: principal),
             ownerKeyID: principal.keyID,
             directives: directives,
+            registered: registered,
             sharesFleetWork: sharesFleetWork,
             webhook: webhook,
             mayStartWork: {
@@ -163,6 +173,8 @@ extension RelayServices {
             }
         )
         guard let made else {
+            // Refused after its key's lookup registered it: the fleet must not adopt it, nor deliver its webhook.
+            if let registered { fleet?.withdraw(registered.id) }
             let (error, charged) = refusal ?? (.rateLimited("Rate limit exceeded"), [])
             return .refused(error, headers: charged)
         }

@@ -21,6 +21,8 @@ struct RouteRequest {
     /// Another node of the fleet runs this submission's key now: new work here follows that node's job (labelled
     /// coalesced, as it costs no generation of its own).
     var sharesFleetWork = false
+    /// The submission's request, registered in the fleet with its key's lookup: submitted under this id and age.
+    var registered: FleetRequest?
     /// The status stream waited for this node's log to reach the client's resume point already.
     var logAwaited = false
 
