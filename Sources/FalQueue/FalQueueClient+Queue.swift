@@ -85,13 +85,18 @@ extension FalQueueClient {
     /// `POST {base}/{endpoint}`. Shielded from cancellation: once it may be on the wire it runs to its end, so that
     /// a request it created is known and can be cancelled instead of running on unseen; `keepTrying` says whether
     /// its owner still wants it (a retry is not started otherwise).
+    ///
+    /// `headers` go with the POST (fal's platform headers, by name); `noRetry` (`x-fal-no-retry`) makes it one
+    /// attempt, whatever the client's policy.
     public func submit(
         endpoint: String,
         input: ByteBuffer,
+        headers: [(String, String)] = [],
+        noRetry: Bool = false,
         limits: Limits,
         keepTrying: @escaping @Sendable () -> Bool = { true }
     ) async throws -> Submitted {
-        let call = Call(
+        var call = Call(
             method: .POST,
             url: configuration.baseURL + "/" + endpoint,
             body: input,
@@ -100,6 +105,12 @@ extension FalQueueClient {
             maxBodyBytes: limits.maxJSONBytes,
             purpose: "submit"
         )
+        call.headers = headers
+        if noRetry {
+            var once = configuration.retry
+            once.maxAttempts = 1
+            call.retry = once
+        }
         let reply = try await Task { try await self.send(call, keepTrying: keepTrying) }.value
         guard reply.isSuccess else { return .refused(reply) }
         guard let answer = reply.json,

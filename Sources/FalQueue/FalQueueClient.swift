@@ -65,6 +65,10 @@ public final class FalQueueClient: Sendable {
         public var countsForHealth: Bool
         /// What the call is for, in messages: "submit", "status", "result", "cancel", "media".
         public var purpose: String
+        /// Headers sent besides the client's own (fal's platform headers on a submit).
+        public var headers: [(String, String)] = []
+        /// This call's retry policy, when not the client's (`x-fal-no-retry`: one attempt).
+        public var retry: RetryPolicy?
 
         public init(
             method: HTTPMethod,
@@ -218,6 +222,7 @@ public final class FalQueueClient: Sendable {
     /// Makes the call, repeating it as the retry policy allows while `keepTrying()` holds.
     public func send(_ call: Call, keepTrying: @Sendable () -> Bool = { true }) async throws -> Reply {
         let request = makeRequest(call)
+        let policy = call.retry ?? configuration.retry
         var generator = SystemRandomNumberGenerator()
         var attempt = 1
         while true {
@@ -233,7 +238,7 @@ public final class FalQueueClient: Sendable {
                 )
                 let status = Int(response.status.code)
                 let headers = response.headers
-                if configuration.retry.retryableStatuses.contains(status) {
+                if policy.retryableStatuses.contains(status) {
                     // Read a little of it for the message; the rest is dropped with the connection.
                     let body = (try? await response.body.collect(upTo: 64 << 10)) ?? ByteBuffer()
                     last = Reply(status: status, headers: headers, body: body, attempts: attempt)
@@ -260,7 +265,7 @@ public final class FalQueueClient: Sendable {
                 transportError = error
                 failure = .transport(Self.phase(of: error))
             }
-            let decision = configuration.retry.decision(
+            let decision = policy.decision(
                 after: failure,
                 attempt: attempt,
                 replay: call.replay,
@@ -356,6 +361,7 @@ public final class FalQueueClient: Sendable {
         request.method = call.method
         request.headers.add(name: "user-agent", value: configuration.userAgent)
         request.headers.add(name: "accept", value: call.accept)
+        for (name, value) in call.headers { request.headers.add(name: name, value: value) }
         if call.credentials, let key = configuration.apiKey, let origin = FalURL.origin(of: call.url),
             trustedOrigins.withLock({ $0.contains(origin) })
         {

@@ -65,6 +65,8 @@ public final class Job: Sendable {
     /// For a job started for a request adopted from the fleet's registry: that request, so the fleet's upstream
     /// follows its job on the node that took it (the same events under the same numbers, even once it finished).
     public let adoptedFrom: FleetRequest?
+    /// fal's platform headers of the submission that started the job (an origin upstream forwards them).
+    public let platform: PlatformHeaders
     private let state: Mutex<State>
     private let everAttached = Atomic<Int>(0)
 
@@ -75,10 +77,12 @@ public final class Job: Sendable {
         createdAt: Timestamp = .now(),
         id: UInt64 = .random(in: 1 ... .max),
         maxEvents: Int = JobStateMachine.defaultMaxEvents,
-        adoptedFrom: FleetRequest? = nil
+        adoptedFrom: FleetRequest? = nil,
+        platform: PlatformHeaders = PlatformHeaders()
     ) {
         self.id = id
         self.adoptedFrom = adoptedFrom
+        self.platform = platform
         self.input = input
         self.key = key
         self.createdAt = createdAt

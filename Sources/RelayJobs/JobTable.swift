@@ -124,11 +124,14 @@ public final class JobTable: Sendable {
         registered adopted: FleetRequest? = nil,
         sharesFleetWork: Bool = false,
         webhook: String? = nil,
+        platform: PlatformHeaders = PlatformHeaders(),
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
         // A request the fleet's registry holds already (adopted from another node, or registered with its key's
         // lookup on this node) keeps its id and age, and is not registered again.
-        let identity = adopted.map { ($0.id, $0.createdAt, webhook) } ?? (RequestID.make(), Timestamp.now(), webhook)
+        let identity =
+            adopted.map { ($0.id, $0.createdAt, webhook, platform.tags) }
+            ?? (RequestID.make(), Timestamp.now(), webhook, platform.tags)
         let fleet = adopted == nil ? self.fleet : nil
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
@@ -193,7 +196,7 @@ public final class JobTable: Sendable {
                 return (request, nil)
             }
             guard mayStartWork() else { return nil }
-            let job = Job(input: input, key: key, maxEvents: maxEvents, adoptedFrom: adopted)
+            let job = Job(input: input, key: key, maxEvents: maxEvents, adoptedFrom: adopted, platform: platform)
             _ = job.attach()
             if coalesce {
                 state.inFlight[key] = job
@@ -459,7 +462,7 @@ public final class JobTable: Sendable {
     }
 
     private static func makeRequest(
-        _ identity: (id: String, createdAt: Timestamp, webhook: String?),
+        _ identity: (id: String, createdAt: Timestamp, webhook: String?, tags: [PlatformHeaders.Tag]),
         endpoint: EndpointID,
         job: Job,
         owner: String?,
@@ -477,7 +480,8 @@ public final class JobTable: Sendable {
             cacheStatus: cacheStatus,
             cancelled: false,
             recorded: recorded,
-            webhookURL: identity.webhook
+            webhookURL: identity.webhook,
+            tags: identity.tags
         )
     }
 }

@@ -39,6 +39,8 @@ public struct RelayRequest: Sendable {
     /// `?fal_webhook=` of the submission: in a fleet it is registered with the request, so that a live node delivers
     /// it if the node that took the request dies first.
     public var webhookURL: String? = nil
+    /// The submission's valid `X-Fal-Tags`.
+    public var tags: [PlatformHeaders.Tag] = []
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {

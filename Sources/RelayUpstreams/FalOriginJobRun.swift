@@ -186,6 +186,8 @@ final class FalOriginJobRun: Sendable {
             submitted = try await client.queue.submit(
                 endpoint: job.model.id,
                 input: input,
+                headers: job.platform.forwarded,
+                noRetry: job.platform.noRetry,
                 limits: client.limits,
                 keepTrying: { !self.isAbandoned }
             )

@@ -70,6 +70,8 @@ final class FakeFalOrigin: Sendable {
         var cancels: [String] = []
         var mediaRequests: [String: Int] = [:]
         var authorizations: Set<String> = []
+        /// The `x-fal-*` headers of the last submit, by lowercased name.
+        var platformHeaders: [String: String] = [:]
         var mediaAuthorizations: [String?] = []
         var progress: [String: Int] = [:]
     }
@@ -171,6 +173,10 @@ final class FakeFalOrigin: Sendable {
             record.withLock { _ = $0.authorizations.insert(authorization) }
         }
         if method == .POST, segments == ["fal-ai", "flux", "dev"] {
+            let platform = headers.filter { $0.name.lowercased().hasPrefix("x-fal-") }
+            record.withLock { record in
+                record.platformHeaders = Dictionary(platform.map { ($0.name.lowercased(), $0.value) }) { $1 }
+            }
             return submit(body: body)
         }
         guard segments.count >= 4, segments[0] == "fal-ai", segments[1] == "flux", segments[2] == "requests" else {

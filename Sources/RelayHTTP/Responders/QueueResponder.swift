@@ -53,6 +53,12 @@ extension RelayServices {
             if let error = webhooks.validate(url: url) { return request.error(error) }
             webhook = url
         }
+        let platform: PlatformHeaders
+        do {
+            platform = try PlatformHeaders { request.facts.headers.first(name: $0) }
+        } catch {
+            return request.error(error)
+        }
         let directives = FalWire.cacheDirectives(request.facts.headers)
         if let asking = resultTiersFirst(
             request,
@@ -72,11 +78,13 @@ extension RelayServices {
             principal: request.principal,
             directives: CacheDirectives(
                 noCache: directives.contains("no-cache"),
-                noStore: directives.contains("no-store")
+                // fal's `X-Fal-Store-IO: 0` asks what `no-store` asks.
+                noStore: directives.contains("no-store") || !platform.storeIO
             ),
             sharesFleetWork: request.sharesFleetWork,
             registered: request.registered,
-            webhook: webhook
+            webhook: webhook,
+            platform: platform
         ) {
         case .refused(let error, let headers):
             return request.error(error, extraHeaders: headers)
@@ -144,7 +152,8 @@ extension RelayServices {
         directives: CacheDirectives = CacheDirectives(),
         sharesFleetWork: Bool = false,
         registered: FleetRequest? = nil,
-        webhook: String? = nil
+        webhook: String? = nil,
+        platform: PlatformHeaders = PlatformHeaders()
     ) -> Submission {
         if let unavailable = fleetRefusal {
             if let registered { fleet?.withdraw(registered.id) }
@@ -161,6 +170,7 @@ extension RelayServices {
             registered: registered,
             sharesFleetWork: sharesFleetWork,
             webhook: webhook,
+            platform: platform,
             mayStartWork: {
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):

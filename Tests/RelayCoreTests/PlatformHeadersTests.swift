@@ -1,0 +1,62 @@
+import Testing
+
+@testable import RelayCore
+
+@Suite struct PlatformHeadersTests {
+    func read(_ headers: [String: String]) throws(FalError) -> PlatformHeaders {
+        let lowered = Dictionary(uniqueKeysWithValues: headers.map { ($0.key.lowercased(), $0.value) })
+        return try PlatformHeaders { lowered[$0.lowercased()] }
+    }
+
+    @Test func readsEveryHeaderAndForwardsThemByName() throws {
+        let platform = try read([
+            "x-fal-request-timeout": " 30 ", "x-fal-queue-priority": "LOW", "x-fal-runner-hint": "lora-a",
+            "x-fal-no-retry": "true", "x-fal-disable-fallbacks": "1", "x-fal-store-io": "0",
+            "x-fal-tags": "team=ml,env=prod",
+        ])
+        #expect(platform.startTimeout == 30 && platform.priority == .low && platform.runnerHint == "lora-a")
+        #expect(platform.noRetry && platform.disableFallbacks == "1" && !platform.storeIO)
+        #expect(
+            platform.forwarded.map(\.0) == [
+                "X-Fal-Request-Timeout", "X-Fal-Queue-Priority", "X-Fal-Runner-Hint", "x-fal-no-retry",
+                "x-fal-disable-fallbacks", "X-Fal-Store-IO", "X-Fal-Tags",
+            ]
+        )
+        #expect(platform.forwarded.map(\.1) == ["30", "low", "lora-a", "1", "1", "0", "team=ml,env=prod"])
+        #expect(try read([:]) == PlatformHeaders() && PlatformHeaders().forwarded.isEmpty)
+        #expect(try read(["x-fal-request-start-timeout": "2.5"]).startTimeout == 2.5)
+        #expect(try read(["x-fal-no-retry": "no"]).noRetry == false)
+        #expect(try read(["x-fal-store-io": "1"]).storeIO)
+        #expect(PlatformHeaders.Priority.low < .normal)
+    }
+
+    @Test func aTimeoutOrPriorityFalWouldRefuseIsA422NamingTheHeader() {
+        for (name, value) in [
+            ("x-fal-request-timeout", "0.1"), ("x-fal-request-timeout", "soon"), ("x-fal-request-timeout", "-4"),
+            ("x-fal-request-timeout", "inf"), ("x-fal-request-start-timeout", "0"), ("x-fal-queue-priority", "high"),
+        ] {
+            #expect(throws: FalError.self, "\(name): \(value)") { try read([name: value]) }
+            do {
+                _ = try read([name: value])
+            } catch {
+                #expect(error.status == 422)
+                #expect(error.body["detail"]?.arrayValue?.first?["loc"]?.arrayValue?.first == "header", "\(error.body)")
+            }
+        }
+    }
+
+    @Test func invalidTagsAreDroppedNeverFailing() throws {
+        let tags = PlatformHeaders.tags(
+            in: "ok=1, Upper=2,fal.reserved=3,no-value,=empty, dup=a,dup=b,spa ce=4,"
+                + "k.e_y-9=v,\(String(repeating: "k", count: 65))=long,long=\(String(repeating: "v", count: 257))"
+        )
+        #expect(tags.map(\.key) == ["ok", "dup", "k.e_y-9"])
+        #expect(tags.first { $0.key == "dup" }?.value == "a")
+        // At most ten, and at most 1,024 bytes.
+        let many = (0..<15).map { "k\($0)=v" }.joined(separator: ",")
+        #expect(PlatformHeaders.tags(in: many).count == 10)
+        let big = (0..<10).map { "k\($0)=\(String(repeating: "v", count: 200))" }.joined(separator: ",")
+        #expect(PlatformHeaders.tags(in: big).count == 5, "203 bytes a pair: five fit in 1,024")
+        #expect(try read(["x-fal-tags": "a=1,b=2"]).tagsText == "a=1,b=2")
+    }
+}

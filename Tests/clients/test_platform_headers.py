@@ -1,0 +1,98 @@
+"""fal's platform headers (PROTOCOL.md §11.1) through an edge relay in front of an origin relay, both real processes:
+what the edge does with each, and what the origin received (its access log)."""
+import re
+import ssl
+import tempfile
+import time
+
+import httpx
+import pytest
+
+from conftest import Relay
+
+
+@pytest.fixture(scope="module")
+def tiers():
+    with tempfile.TemporaryDirectory() as origin_dir, tempfile.TemporaryDirectory() as edge_dir:
+        origin = Relay(origin_dir, extra_args=("--log-level", "info"))
+        try:
+            edge = Relay(edge_dir, extra_args=(
+                "--origin", f"https://127.0.0.1:{origin.https_port}", "--origin-key", origin.key,
+                "--origin-ca", origin.ca, "--log-level", "info",
+            ))
+            try:
+                yield edge, origin
+            finally:
+                edge.stop()
+        finally:
+            origin.stop()
+
+
+def client(relay):
+    return httpx.Client(verify=ssl.create_default_context(cafile=relay.ca), timeout=30)
+
+
+def wait_completed(http, relay, request_id, timeout=60):
+    base = f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = http.get(f"{base}/status", headers={"Authorization": f"Key {relay.key}"}).json()
+        if status["status"] == "COMPLETED":
+            return status
+        time.sleep(0.05)
+    raise AssertionError("request did not complete")
+
+
+def submit_lines(relay):
+    """The access lines of submissions (`route=submit`), as the relay printed them."""
+    return [line for line in relay.output if "route=submit" in line]
+
+
+def test_a_bad_timeout_or_priority_is_a_422_naming_the_header(tiers):
+    edge, _ = tiers
+    with client(edge) as http:
+        for name, value in (("X-Fal-Request-Timeout", "0.05"), ("X-Fal-Request-Timeout", "soon"),
+                            ("X-Fal-Queue-Priority", "urgent")):
+            answer = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json={"prompt": "p"},
+                               headers={"Authorization": f"Key {edge.key}", name: value})
+            assert answer.status_code == 422, answer.text
+            issue = answer.json()["detail"][0]
+            assert issue["loc"] == ["header", name] and name in issue["msg"], issue
+
+
+def test_tags_are_kept_logged_and_forwarded_invalid_ones_dropped(tiers):
+    edge, origin = tiers
+    tags = "team=ml,fal.reserved=1,Bad=x,env=prod"
+    body = {"prompt": f"tagged {time.time_ns()}", "image_size": "square", "seed": 5}
+    with client(edge) as http:
+        answer = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body,
+                           headers={"Authorization": f"Key {edge.key}", "X-Fal-Tags": tags, "X-Fal-Runner-Hint": "lora-1"})
+        assert answer.status_code == 200, answer.text
+        wait_completed(http, edge, answer.json()["request_id"])
+    # The edge logs the valid ones; the origin got them with the submission it was forwarded.
+    assert any('tags="team=ml,env=prod"' in line for line in submit_lines(edge)), submit_lines(edge)[-3:]
+    deadline = time.time() + 5
+    while time.time() < deadline and not any('tags="team=ml,env=prod"' in line for line in submit_lines(origin)):
+        time.sleep(0.05)
+    assert any('tags="team=ml,env=prod"' in line for line in submit_lines(origin)), submit_lines(origin)[-3:]
+
+
+def test_store_io_0_keeps_nothing_at_the_edge_or_the_origin(tiers):
+    edge, origin = tiers
+    body = {"prompt": f"not stored {time.time_ns()}", "image_size": "square", "seed": 6}
+    headers = {"Authorization": f"Key {edge.key}"}
+    with client(edge) as http:
+        first = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body,
+                          headers={**headers, "X-Fal-Store-IO": "0"})
+        assert first.status_code == 200, first.text
+        wait_completed(http, edge, first.json()["request_id"])
+        before = len(submit_lines(origin))
+        # Nothing was kept at the edge: the same input again is a miss there, and the origin (told the same) has
+        # nothing either: it generates again.
+        again = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body, headers=headers)
+        assert again.headers["x-relay-cache"] == "miss", again.headers
+        wait_completed(http, edge, again.json()["request_id"])
+    deadline = time.time() + 5
+    while time.time() < deadline and len(submit_lines(origin)) <= before:
+        time.sleep(0.05)
+    assert re.search(r"cache=miss", submit_lines(origin)[before]), submit_lines(origin)[before:]
