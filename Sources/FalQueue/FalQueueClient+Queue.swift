@@ -91,6 +91,7 @@ extension FalQueueClient {
     public func submit(
         endpoint: String,
         input: ByteBuffer,
+        query: String? = nil,
         headers: [(String, String)] = [],
         noRetry: Bool = false,
         limits: Limits,
@@ -98,7 +99,7 @@ extension FalQueueClient {
     ) async throws -> Submitted {
         var call = Call(
             method: .POST,
-            url: configuration.baseURL + "/" + endpoint,
+            url: configuration.baseURL + "/" + endpoint + (query.map { "?" + $0 } ?? ""),
             body: input,
             replay: .onlyIfNotAccepted,
             timeout: limits.requestTimeout,

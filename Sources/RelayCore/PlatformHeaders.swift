@@ -28,6 +28,8 @@ public struct PlatformHeaders: Sendable, Hashable {
     public var storeIO = true
     /// `X-Fal-Tags`, the valid pairs only.
     public var tags: [Tag] = []
+    /// The `fal_max_queue_length` query parameter: refuse (429) rather than queue behind more than this many.
+    public var maxQueueLength: Int?
 
     public init() {}
 
@@ -51,7 +53,19 @@ public struct PlatformHeaders: Sendable, Hashable {
 
     /// Reads the headers through `value(name)` (the first value of a header, by case-insensitive name). A timeout or a
     /// priority fal would refuse is a 422 naming the header; invalid tags are dropped, never failing the request.
-    public init(value: (String) -> String?) throws(FalError) {
+    public init(value: (String) -> String?, query: (String) -> String? = { _ in nil }) throws(FalError) {
+        if let text = query("fal_max_queue_length") {
+            guard let length = Int(text.trimmingSpaces), length >= 0 else {
+                throw .validation(
+                    .init(
+                        location: ["query", "fal_max_queue_length"],
+                        message: "fal_max_queue_length must be a whole number of requests, not \"\(text)\"",
+                        type: "value_error"
+                    )
+                )
+            }
+            maxQueueLength = length
+        }
         if let text = value(Name.requestTimeout) ?? value(Name.requestStartTimeout) {
             let name = value(Name.requestTimeout) == nil ? Name.requestStartTimeout : Name.requestTimeout
             guard let seconds = Double(text.trimmingSpaces), seconds.isFinite, seconds > 0.1 else {
@@ -100,6 +114,11 @@ public struct PlatformHeaders: Sendable, Hashable {
     /// The tags as one header value again (`key=value,…`), or nil when there are none.
     public var tagsText: String? {
         tags.isEmpty ? nil : tags.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+    }
+
+    /// The query an origin must see (`fal_max_queue_length`), or nil.
+    public var forwardedQuery: String? {
+        maxQueueLength.map { "fal_max_queue_length=\($0)" }
     }
 
     /// What an origin must see of them, by name: everything but nothing fal would not recognise.

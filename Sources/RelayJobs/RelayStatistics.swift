@@ -179,6 +179,11 @@ public final class RelayStatistics: Sendable {
         scrapeProviders.withLock { $0 = (evictions, queueDepth) }
     }
 
+    /// Jobs waiting for an upstream slot now (the synthetic queue; 0 before its provider is set).
+    public var queueDepth: Int {
+        scrapeProviders.withLock { $0 }?.queueDepth() ?? 0
+    }
+
     /// Brings the gauges and counters of figures owned elsewhere up to date; call right before `/metrics` is emitted.
     public func refreshForScrape() {
         instruments.storeBytes.record(storeBytesProvider.withLock { $0 }?() ?? 0)

@@ -186,6 +186,7 @@ final class FalOriginJobRun: Sendable {
             submitted = try await client.queue.submit(
                 endpoint: job.model.id,
                 input: input,
+                query: job.platform.forwardedQuery,
                 headers: job.platform.forwarded,
                 noRetry: job.platform.noRetry,
                 limits: client.limits,

@@ -45,6 +45,17 @@ import Testing
         }
     }
 
+    @Test func maxQueueLengthComesFromTheQueryAndGoesOnToAnOrigin() throws {
+        let platform = try PlatformHeaders(value: { _ in nil }, query: { $0 == "fal_max_queue_length" ? "3" : nil })
+        #expect(platform.maxQueueLength == 3 && platform.forwardedQuery == "fal_max_queue_length=3")
+        #expect(PlatformHeaders().forwardedQuery == nil)
+        for bad in ["-1", "many", ""] {
+            #expect(throws: FalError.self) {
+                try PlatformHeaders(value: { _ in nil }, query: { $0 == "fal_max_queue_length" ? bad : nil })
+            }
+        }
+    }
+
     @Test func invalidTagsAreDroppedNeverFailing() throws {
         let tags = PlatformHeaders.tags(
             in: "ok=1, Upper=2,fal.reserved=3,no-value,=empty, dup=a,dup=b,spa ce=4,"

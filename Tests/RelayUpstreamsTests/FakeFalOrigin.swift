@@ -72,6 +72,8 @@ final class FakeFalOrigin: Sendable {
         var authorizations: Set<String> = []
         /// The `x-fal-*` headers of the last submit, by lowercased name.
         var platformHeaders: [String: String] = [:]
+        /// The query of the last submit.
+        var submitQuery: String?
         var mediaAuthorizations: [String?] = []
         var progress: [String: Int] = [:]
     }
@@ -176,6 +178,7 @@ final class FakeFalOrigin: Sendable {
             let platform = headers.filter { $0.name.lowercased().hasPrefix("x-fal-") }
             record.withLock { record in
                 record.platformHeaders = Dictionary(platform.map { ($0.name.lowercased(), $0.value) }) { $1 }
+                record.submitQuery = uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init)
             }
             return submit(body: body)
         }

@@ -199,12 +199,15 @@ extension FalOriginUpstreamTests {
         var script = FakeFalOrigin.Script()
         script.submitFailures = [503]
         try await withOrigin(script) { fixture in
-            let platform = try PlatformHeaders { name in
-                [
-                    "x-fal-no-retry": "1", "x-fal-tags": "team=ml,fal.x=1", "x-fal-queue-priority": "low",
-                    "x-fal-runner-hint": "lora-7", "x-fal-request-timeout": "30",
-                ][name.lowercased()]
-            }
+            let platform = try PlatformHeaders(
+                value: { name in
+                    [
+                        "x-fal-no-retry": "1", "x-fal-tags": "team=ml,fal.x=1", "x-fal-queue-priority": "low",
+                        "x-fal-runner-hint": "lora-7", "x-fal-request-timeout": "30",
+                    ][name.lowercased()]
+                },
+                query: { $0 == "fal_max_queue_length" ? "4" : nil }
+            )
             let job = Job(
                 input: try ModelInput(model: Self.model, input: ["prompt": "a fox in the snow", "seed": 7]),
                 key: RequestKey(digest: Digest128(high: 1, low: 3)),
@@ -218,6 +221,7 @@ extension FalOriginUpstreamTests {
             #expect(error.message.contains("HTTP 503"), "\(error)")
             let record = fixture.origin.record.withLock { $0 }
             #expect(record.submitAttempts == 1, "x-fal-no-retry: the relay does not repeat the submit")
+            #expect(record.submitQuery == "fal_max_queue_length=4")
             #expect(
                 record.platformHeaders == [
                     "x-fal-no-retry": "1", "x-fal-tags": "team=ml", "x-fal-queue-priority": "low",

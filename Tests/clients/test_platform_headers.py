@@ -96,3 +96,36 @@ def test_store_io_0_keeps_nothing_at_the_edge_or_the_origin(tiers):
     while time.time() < deadline and len(submit_lines(origin)) <= before:
         time.sleep(0.05)
     assert re.search(r"cache=miss", submit_lines(origin)[before]), submit_lines(origin)[before:]
+
+
+def test_max_queue_length_refuses_new_work_behind_a_long_queue_but_never_a_hit():
+    # Slow generations (2 slots) so that a queue forms and stays while the test looks at it.
+    with tempfile.TemporaryDirectory() as data_dir:
+        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "3"))
+        try:
+            headers = {"Authorization": f"Key {relay.key}"}
+            base = f"https://{relay.queue_host}/fal-ai/flux/dev"
+            with client(relay) as http:
+                first = {"prompt": f"queue head {time.time_ns()}", "seed": 1}
+                ids = [http.post(base, json=first, headers=headers).json()["request_id"]]
+                for n in range(5):
+                    answer = http.post(base, json={"prompt": f"queued {n} {time.time_ns()}", "seed": n}, headers=headers)
+                    assert answer.status_code == 200, answer.text
+                    ids.append(answer.json()["request_id"])
+                # Two run, four wait: a new generation that would wait behind more than one is refused.
+                refused = http.post(f"{base}?fal_max_queue_length=1", json={"prompt": "one more", "seed": 9},
+                                    headers=headers)
+                assert refused.status_code == 429, refused.text
+                assert "fal_max_queue_length" in refused.json()["detail"] and refused.headers.get("retry-after")
+                # Behind at most ten it goes in; and the same input as one in flight is coalesced, never refused.
+                taken = http.post(f"{base}?fal_max_queue_length=10", json={"prompt": "one more", "seed": 9},
+                                  headers=headers)
+                assert taken.status_code == 200, taken.text
+                shared = http.post(f"{base}?fal_max_queue_length=0", json=first, headers=headers)
+                assert shared.status_code == 200 and shared.headers["x-relay-cache"] == "coalesced", shared.headers
+                bad = http.post(f"{base}?fal_max_queue_length=lots", json=first, headers=headers)
+                assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "fal_max_queue_length"]
+                for request_id in ids:
+                    http.put(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/cancel", headers=headers)
+        finally:
+            relay.stop()

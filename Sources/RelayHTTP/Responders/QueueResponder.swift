@@ -55,7 +55,8 @@ extension RelayServices {
         }
         let platform: PlatformHeaders
         do {
-            platform = try PlatformHeaders { request.facts.headers.first(name: $0) }
+            let query = QueryParameters(uri: request.facts.uri)
+            platform = try PlatformHeaders(value: { request.facts.headers.first(name: $0) }, query: { query[$0] })
         } catch {
             return request.error(error)
         }
@@ -172,6 +173,17 @@ extension RelayServices {
             webhook: webhook,
             platform: platform,
             mayStartWork: {
+                // `fal_max_queue_length`: refused rather than queued behind more than that many (work another node
+                // runs is followed, not queued here).
+                if let limit = platform.maxQueueLength, !sharesFleetWork, jobs.statistics.queueDepth > limit {
+                    let waiting = jobs.statistics.queueDepth
+                    refusal = (
+                        .rateLimited(
+                            "The queue holds \(waiting) requests, more than fal_max_queue_length (\(limit)); retry later"
+                        ), [("retry-after", "1")]
+                    )
+                    return false
+                }
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):
                     headers = charged
