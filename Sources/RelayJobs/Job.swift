@@ -55,6 +55,9 @@ public final class Job: Sendable {
         var resultBytes: ByteBuffer?
         /// Waiting for a follower job to catch up with the log it follows (nil once it has; see `whenCaughtUp`).
         var catchingUp: [@Sendable () -> Void]? = nil
+        /// A low-priority job a normal request was coalesced onto; and who waits to hear it (see `whenRaised`).
+        var raised = false
+        var raiseWatchers: [@Sendable () -> Void] = []
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -119,6 +122,33 @@ public final class Job: Sendable {
         let now = state.withLock { state -> Bool in
             guard state.catchingUp != nil else { return true }
             state.catchingUp?.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
+    /// The queue priority the job waits with: its first request's, raised to normal once a normal request shares it.
+    public var priority: PlatformHeaders.Priority {
+        platform.priority == .low && !state.withLock({ $0.raised }) ? .low : .normal
+    }
+
+    /// A normal-priority request shares this job: a low job is raised to normal, and whoever queued it is told (once).
+    public func raisePriority() {
+        guard platform.priority == .low else { return }
+        let watchers = state.withLock { state -> [@Sendable () -> Void] in
+            guard !state.raised else { return [] }
+            state.raised = true
+            defer { state.raiseWatchers = [] }
+            return state.raiseWatchers
+        }
+        for watcher in watchers { watcher() }
+    }
+
+    /// Runs `body` when the job is raised to normal priority (at once if it was).
+    public func whenRaised(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            guard !state.raised else { return true }
+            state.raiseWatchers.append(body)
             return false
         }
         if now { body() }

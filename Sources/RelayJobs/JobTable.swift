@@ -231,6 +231,8 @@ public final class JobTable: Sendable {
         }
         fleet?.register(request) { commit.arrive() }
         statistics.recordSubmission(request.cacheOutcome)
+        // A shared job waits in the queue with the highest priority of its requests (fal's default is normal).
+        if newJob == nil, platform.priority != .low { request.job.raisePriority() }
         if let newJob {
             start(
                 newJob,

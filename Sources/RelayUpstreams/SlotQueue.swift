@@ -1,7 +1,12 @@
 import NIOCore
+import RelayCore
 import Synchronization
 
 /// A FIFO of jobs waiting for a fixed number of slots ("GPUs"), telling each waiter its place in line.
+///
+/// Two priorities, as fal's `X-Fal-Queue-Priority`: a `low` waiter sits behind every `normal` one (its place counts
+/// them all), and a waiter raised to `normal` while it waits (a normal submission coalesced onto its job) joins the end
+/// of the normal line.
 ///
 /// A release costs O(1): it hands the slot to the longest waiter and notes that the line moved. Places are told by
 /// one coalesced pass at most once per `interval` after the line moved (the trailing edge included), never to every
@@ -24,8 +29,8 @@ final class SlotQueue: Sendable {
     /// A waiter's lifecycle. A granted or cancelled waiter has no entry, so nothing is left behind whenever its task
     /// is cancelled.
     private enum Entry {
-        /// `acquire` began; its continuation is not registered yet.
-        case arriving
+        /// `acquire` began; its continuation is not registered yet. `raised`: promoted before it joined a line.
+        case arriving(raised: Bool)
         /// Cancelled before its continuation was registered: the continuation throws as soon as it arrives.
         case cancelledWhileArriving
         case waiting(Waiter)
@@ -34,6 +39,7 @@ final class SlotQueue: Sendable {
     private struct Waiter {
         let observer: PositionObserver
         let continuation: CheckedContinuation<Void, any Error>
+        var priority: PlatformHeaders.Priority
     }
 
     /// A waiter's spot in line: plain values, so that a pass over the whole line copies no closures.
@@ -46,8 +52,13 @@ final class SlotQueue: Sendable {
     private struct State {
         var free: Int
         var entries: [Int: Entry] = [:]
-        /// Waiters in arrival order. Those that left (cancelled) stay until they reach the front, and are skipped.
+        /// Normal waiters in arrival order. Those that left (cancelled) stay until they reach the front, and are
+        /// skipped; so are those whose priority no longer matches the line (a low waiter raised to normal).
         var line = CircularBuffer<Spot>()
+        /// Low waiters, the same way, served once `line` is empty.
+        var lowLine = CircularBuffer<Spot>()
+        /// Normal waiters (a low waiter's place counts them).
+        var waitingNormal = 0
         /// Ids in `line` of waiters that left.
         var left: Set<Int> = []
         var waiting = 0
@@ -87,33 +98,52 @@ final class SlotQueue: Sendable {
         }
     }
 
-    /// Waits for a slot; throws CancellationError when the task is cancelled while waiting. `observer` is told the
-    /// first place at once (0 when a slot is free).
-    func acquire(observer: @escaping PositionObserver) async throws {
-        let id = state.withLock { state -> Int in
+    /// A place in the queue for one waiter, taken before it waits, so that it can be raised (`raise`) from the start.
+    func ticket() -> Int {
+        state.withLock { state in
             defer { state.nextID += 1 }
-            state.entries[state.nextID] = .arriving
+            state.entries[state.nextID] = .arriving(raised: false)
             return state.nextID
         }
+    }
+
+    /// Waits for a slot; throws CancellationError when the task is cancelled while waiting. `observer` is told the
+    /// first place at once (0 when a slot is free).
+    func acquire(
+        ticket: Int? = nil,
+        priority: PlatformHeaders.Priority = .normal,
+        observer: @escaping PositionObserver
+    ) async throws {
+        let id = ticket ?? self.ticket()
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let granted = state.withLock { state -> Bool? in
-                    guard case .arriving = state.entries.removeValue(forKey: id) else { return nil }
+                    guard case .arriving(let raised) = state.entries.removeValue(forKey: id) else { return nil }
                     if state.free > 0 && state.waiting == 0 {
                         state.free -= 1
                         observer(0)
                         return true
                     }
-                    observer(state.waiting)
-                    state.entries[id] = .waiting(Waiter(observer: observer, continuation: continuation))
-                    state.line.append(Spot(id: id, told: state.waiting))
+                    let priority = raised ? .normal : priority
+                    let place = priority == .normal ? state.waitingNormal : state.waiting
+                    observer(place)
+                    let waiter = Waiter(observer: observer, continuation: continuation, priority: priority)
+                    state.entries[id] = .waiting(waiter)
+                    if priority == .normal {
+                        state.line.append(Spot(id: id, told: place))
+                        state.waitingNormal += 1
+                        // Every low waiter is one place further back now.
+                        if state.waiting > place { state.moved = true }
+                    } else {
+                        state.lowLine.append(Spot(id: id, told: place))
+                    }
                     state.waiting += 1
                     return false
                 }
                 switch granted {
                 case nil: continuation.resume(throwing: CancellationError())
                 case true?: continuation.resume()
-                case false?: break
+                case false?: schedulePassIfNeeded()
                 }
             }
         } onCancel: {
@@ -123,10 +153,11 @@ final class SlotQueue: Sendable {
                     state.entries[id] = .cancelledWhileArriving
                     return nil
                 case .waiting(let waiter):
-                    // Its spot stays in `line` and is skipped when it reaches the front: O(1) here.
+                    // Its spot stays in its line and is skipped when it reaches the front: O(1) here.
                     state.entries[id] = nil
                     state.left.insert(id)
                     state.waiting -= 1
+                    if waiter.priority == .normal { state.waitingNormal -= 1 }
                     state.moved = true
                     return waiter
                 case .cancelledWhileArriving, nil:
@@ -140,15 +171,46 @@ final class SlotQueue: Sendable {
         }
     }
 
-    /// Gives a slot back; the longest waiter gets it. O(1) amortised: nobody else is told anything here.
+    /// Raises a low waiter to normal: it joins the end of the normal line (one that has not joined a line yet will
+    /// join that one). Nothing happens to a normal, granted or gone waiter.
+    func raise(_ ticket: Int) {
+        let changed = state.withLock { state -> Bool in
+            switch state.entries[ticket] {
+            case .arriving:
+                state.entries[ticket] = .arriving(raised: true)
+                return false
+            case .waiting(var waiter) where waiter.priority == .low:
+                waiter.priority = .normal
+                state.entries[ticket] = .waiting(waiter)
+                // Its low spot stays behind and is skipped; it waits in the normal line from now on (-1: its place
+                // there was never told).
+                state.line.append(Spot(id: ticket, told: -1))
+                state.waitingNormal += 1
+                state.moved = true
+                return true
+            default:
+                return false
+            }
+        }
+        if changed { schedulePassIfNeeded() }
+    }
+
+    /// Gives a slot back; the longest normal waiter gets it, else the longest low one. O(1) amortised: nobody else
+    /// is told anything here.
     func release() {
         let next = state.withLock { state -> Waiter? in
-            while let spot = state.line.popFirst() {
-                if !state.left.isEmpty, state.left.remove(spot.id) != nil { continue }
-                guard case .waiting(let waiter) = state.entries.removeValue(forKey: spot.id) else { continue }
-                state.waiting -= 1
-                state.moved = true
-                return waiter
+            for priority in [PlatformHeaders.Priority.normal, .low] {
+                while let spot = priority == .normal ? state.line.popFirst() : state.lowLine.popFirst() {
+                    if !state.left.isEmpty, state.left.remove(spot.id) != nil { continue }
+                    guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority else {
+                        continue
+                    }
+                    state.entries[spot.id] = nil
+                    state.waiting -= 1
+                    if priority == .normal { state.waitingNormal -= 1 }
+                    state.moved = true
+                    return waiter
+                }
             }
             state.free += 1
             return nil
@@ -168,23 +230,40 @@ final class SlotQueue: Sendable {
         state.withLock { $0.entries.count + $0.left.count }
     }
 
-    /// Tells waiters their new places (see the type's comment); what the scheduled pass runs.
+    /// Tells waiters their new places (see the type's comment); what the scheduled pass runs. The normal line first,
+    /// then the low one, each place counting every waiter ahead in both.
     func tellPlaces() {
         state.withLock { state in
             state.passScheduled = false
             guard state.moved else { return }
             state.moved = false
             var place = 0
-            for index in state.line.indices {
-                let spot = state.line[index]
-                if !state.left.isEmpty, state.left.contains(spot.id) { continue }
-                defer { place += 1 }
-                guard place != spot.told else { continue }
-                guard place < Self.exactAhead || place <= spot.told - spot.told / 4 else { continue }
-                guard case .waiting(let waiter) = state.entries[spot.id] else { continue }
-                waiter.observer(place)
-                state.line[index].told = place
-            }
+            var line = state.line
+            state.line = []
+            Self.tell(&line, priority: .normal, from: &place, state: state)
+            state.line = line
+            line = state.lowLine
+            state.lowLine = []
+            Self.tell(&line, priority: .low, from: &place, state: state)
+            state.lowLine = line
+        }
+    }
+
+    private static func tell(
+        _ line: inout CircularBuffer<Spot>,
+        priority: PlatformHeaders.Priority,
+        from place: inout Int,
+        state: State
+    ) {
+        for index in line.indices {
+            let spot = line[index]
+            if !state.left.isEmpty, state.left.contains(spot.id) { continue }
+            guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority else { continue }
+            defer { place += 1 }
+            guard place != spot.told else { continue }
+            guard place < exactAhead || spot.told < 0 || place <= spot.told - spot.told / 4 else { continue }
+            waiter.observer(place)
+            line[index].told = place
         }
     }
 
@@ -192,7 +271,7 @@ final class SlotQueue: Sendable {
         let lineLength = state.withLock { state -> Int? in
             guard state.moved, !state.passScheduled else { return nil }
             state.passScheduled = true
-            return state.line.count
+            return state.line.count + state.lowLine.count
         }
         guard let lineLength else { return }
         scheduler(interval * max(1, lineLength / spotsPerInterval)) { [weak self] in self?.tellPlaces() }

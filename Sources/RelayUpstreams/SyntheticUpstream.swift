@@ -43,7 +43,12 @@ public final class SyntheticUpstream: Upstream {
     public func start(_ job: Job) -> any UpstreamTask {
         let task = Task { [self] in
             do {
-                try await queue.acquire { position in job.receive(.queued(position: position)) }
+                // fal's queue priority: normal before low, and a low job a normal request joined is raised.
+                let ticket = queue.ticket()
+                if job.priority == .low { job.whenRaised { [queue] in queue.raise(ticket) } }
+                try await queue.acquire(ticket: ticket, priority: job.priority) { position in
+                    job.receive(.queued(position: position))
+                }
             } catch {
                 return  // cancelled while queued
             }

@@ -129,3 +129,48 @@ def test_max_queue_length_refuses_new_work_behind_a_long_queue_but_never_a_hit()
                     http.put(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/cancel", headers=headers)
         finally:
             relay.stop()
+
+
+def test_queue_priority_serves_normal_before_low_and_a_shared_job_takes_the_highest():
+    # One slot and slow generations: the order in which queued jobs start is what the test watches.
+    with tempfile.TemporaryDirectory() as data_dir:
+        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "0.5", "--synthetic-slots", "1"))
+        try:
+            headers = {"Authorization": f"Key {relay.key}"}
+            base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
+            tag = time.time_ns()
+
+            def post(name, priority=None):
+                extra = {"X-Fal-Queue-Priority": priority} if priority else {}
+                answer = http.post(base, json={"prompt": f"{name} {tag}", "seed": 1}, headers={**headers, **extra})
+                assert answer.status_code == 200, answer.text
+                return answer.json()["request_id"]
+
+            def started_order(ids):
+                """Request ids in the order their jobs started (IN_PROGRESS first seen), polling all of them."""
+                seen, deadline = [], time.time() + 60
+                while len(seen) < len(ids) and time.time() < deadline:
+                    for request_id in ids:
+                        if request_id in seen:
+                            continue
+                        status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/status",
+                                          headers=headers).json()
+                        if status["status"] != "IN_QUEUE":
+                            seen.append(request_id)
+                    time.sleep(0.01)
+                return seen
+
+            with client(relay) as http:
+                running = post("running")
+                low_a = post("low a", "low")
+                low_b = post("low b", "low")
+                normal = post("normal")
+                # A normal request for low b's input shares its job, which then waits as a normal one.
+                raised = post("low b")
+                order = started_order([running, low_a, low_b, normal])
+                assert order == [running, normal, low_b, low_a], order
+                status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{raised}/status",
+                                  headers=headers).json()
+                assert status["status"] in ("IN_PROGRESS", "COMPLETED"), status
+        finally:
+            relay.stop()

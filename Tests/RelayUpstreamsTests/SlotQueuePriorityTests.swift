@@ -1,0 +1,108 @@
+import RelayCore
+import Synchronization
+import Testing
+
+@testable import RelayUpstreams
+
+/// fal's `X-Fal-Queue-Priority` in the synthetic queue: normal before low, places counting both, a raise moving a low
+/// waiter to the end of the normal line. Time is injected: no test here sleeps.
+@Suite struct SlotQueuePriorityTests {
+    typealias Priority = PlatformHeaders.Priority
+
+    /// A queue whose one slot is taken, and waiters joining it in this order; `order` hears who was granted, in turn.
+    struct Line {
+        let queue: SlotQueue
+        let time = SlotQueueTests.ManualTime()
+        let granted = Recorder<[String]>([])
+        let places = Recorder<[String: [Int]]>([:])
+        var tickets: [String: Int] = [:]
+        var waiters: [String: Task<Void, any Error>] = [:]
+
+        init() async throws {
+            queue = SlotQueue(slots: 1, scheduler: time.scheduler)
+            try await queue.acquire { _ in }
+        }
+
+        mutating func join(_ name: String, _ priority: Priority) async {
+            let (queue, granted, places) = (self.queue, self.granted, self.places)
+            let ticket = queue.ticket()
+            tickets[name] = ticket
+            let before = queue.waitingCount
+            waiters[name] = Task {
+                try await queue.acquire(ticket: ticket, priority: priority) { place in
+                    places.update { $0[name, default: []].append(place) }
+                }
+                granted.update { $0.append(name) }
+            }
+            while queue.waitingCount == before { await Task.yield() }
+        }
+
+        /// Releases the held slot once; waits until the next waiter holds it, and expects it to be `name`.
+        func release(expecting name: String) async throws {
+            let before = granted.value.count
+            queue.release()
+            while granted.value.count == before { await Task.yield() }
+            #expect(granted.value.last == name)
+        }
+    }
+
+    @Test func normalWaitersGoFirstAndLowPlacesCountThem() async throws {
+        var line = try await Line()
+        await line.join("n1", .normal)
+        await line.join("l1", .low)
+        await line.join("n2", .normal)
+        await line.join("l2", .low)
+        // Each is told its place when it joins: a low one counts everyone ahead, a normal one only normal ones.
+        #expect(line.places.value == ["n1": [0], "l1": [1], "n2": [1], "l2": [3]])
+        // n2 went ahead of l1: the next pass tells l1 it is third now.
+        line.time.advance()
+        #expect(line.places.value["l1"] == [1, 2])
+        for name in ["n1", "n2", "l1", "l2"] {
+            try await line.release(expecting: name)
+        }
+        #expect(line.granted.value == ["n1", "n2", "l1", "l2"])
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
+    }
+
+    @Test func aRaisedLowWaiterJoinsTheEndOfTheNormalLine() async throws {
+        var line = try await Line()
+        await line.join("l1", .low)
+        await line.join("n1", .normal)
+        await line.join("l2", .low)
+        line.queue.raise(try #require(line.tickets["l2"]))
+        // Raising twice, or raising a normal waiter, changes nothing.
+        line.queue.raise(try #require(line.tickets["l2"]))
+        line.queue.raise(try #require(line.tickets["n1"]))
+        line.time.advance()
+        #expect(line.places.value["l2"] == [2, 1])
+        #expect(line.places.value["l1"] == [0, 2])
+        for name in ["n1", "l2", "l1"] {
+            try await line.release(expecting: name)
+        }
+        #expect(line.granted.value == ["n1", "l2", "l1"])
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
+    }
+
+    @Test func aRaiseBeforeJoiningAndACancelAfterARaiseLeaveNothingBehind() async throws {
+        var line = try await Line()
+        await line.join("n1", .normal)
+        // Raised while still arriving: it joins the normal line.
+        let early = line.queue.ticket()
+        line.queue.raise(early)
+        let earlyTask = Task { [queue = line.queue] in
+            try await queue.acquire(ticket: early, priority: .low) { _ in }
+        }
+        while line.queue.waitingCount < 2 { await Task.yield() }
+        await line.join("l1", .low)
+        line.queue.raise(try #require(line.tickets["l1"]))
+        line.waiters["l1"]?.cancel()
+        await #expect(throws: CancellationError.self) { try await line.waiters["l1"]?.value }
+        try await line.release(expecting: "n1")
+        line.queue.release()
+        try await earlyTask.value
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
+    }
+}
