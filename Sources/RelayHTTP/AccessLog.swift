@@ -247,6 +247,7 @@ extension Route {
         case .ui: "ui"
         case .catalog: "catalog"
         case .jwks: "jwks"
+        case .proxy: "proxy"
         case .stats: "stats"
         case .admin: "admin"
         case .peerFollow: "peer_follow"

@@ -39,6 +39,10 @@ enum CallerRule: Equatable {
         case .peerFollow:
             // Peers present the fleet's token, checked by the responder: no API key, no budget.
             self = .none
+        case .proxy:
+            // The proxy checks its own callers (an allowed Origin, or a key); the request it makes for them is
+            // admitted as its own key's, route and budget alike.
+            self = .none
         case .file, .uploadAlias:
             self = .optionalPayer
         case .uploadPut:

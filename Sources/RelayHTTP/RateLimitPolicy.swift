@@ -71,7 +71,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
             case .uploadPut:
                 // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.
                 return nil
-            case .file, .uploadAlias, .peerFollow:
+            case .file, .uploadAlias, .peerFollow, .proxy:
                 return nil
             case .health, .ready, .metrics, .notFound, .methodNotAllowed, .ui, .catalog, .jwks, .stats:
                 return nil

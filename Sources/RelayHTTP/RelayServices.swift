@@ -116,6 +116,8 @@ public struct RelayServices: Sendable {
     public let uploads: UploadService?
     /// The fleet this node belongs to (cluster mode); nil for a single node.
     public let fleet: (any FleetAccess)?
+    /// fal's server-proxy mode (`/api/fal/proxy`); nil answers 404 there.
+    public let serverProxy: ServerProxy?
     /// `public_url` as configured, split: clients that reach the relay by this address get URLs with its scheme.
     let publicAddress: (scheme: String, authority: String, host: HostPattern)?
 
@@ -141,9 +143,11 @@ public struct RelayServices: Sendable {
         httpMetrics: HTTPMetrics = HTTPMetrics(),
         uploads: UploadService? = nil,
         fleet: (any FleetAccess)? = nil,
-        publicURL: String? = nil
+        publicURL: String? = nil,
+        serverProxy: ServerProxy? = nil
     ) {
         self.fleet = fleet
+        self.serverProxy = serverProxy
         self.publicAddress = publicURL.flatMap { url in
             let parts = url.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
             guard parts.count >= 3, parts[0].hasSuffix(":"), parts[1].isEmpty, let host = HostPattern(String(parts[2]))

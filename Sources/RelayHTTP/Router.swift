@@ -45,6 +45,8 @@ public enum Route: Sendable, Hashable {
     case admin(AdminAction)
     /// `POST /_cluster/v1/follow`: a peer node follows a job this node runs (cluster mode; the peer token admits it).
     case peerFollow
+    /// `/api/fal/proxy` (GET, POST, PUT): fal's server-proxy contract (`x-fal-target-url`), served by this relay.
+    case proxy
     case notFound
     case methodNotAllowed
 }
@@ -127,6 +129,12 @@ public struct Router: Sendable {
     }
 
     public func route(method: HTTPMethod, host: String?, uri: String) -> Route {
+        route(method: method, uri: uri, runHost: isRunHost(host))
+    }
+
+    /// The route of `uri` on the run host (`runHost`) or the queue host: for requests whose host is not a header of
+    /// their own (the server proxy's targets, `fal.run` and `queue.fal.run`).
+    public func route(method: HTTPMethod, uri: String, runHost: Bool) -> Route {
         // On the UTF-8 bytes: splitting a String by Character runs grapheme breaking on every byte of every request.
         let bytes = uri.utf8
         let path = bytes.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri[...]
@@ -160,6 +168,8 @@ public struct Router: Sendable {
         case "relay" where segments.count >= 2 && segments[1] == "stats" && segments.count <= 3:
             guard segments.count == 2 || segments[2] == "stream" else { return .notFound }
             return readOnly ? .stats(stream: segments.count == 3) : .methodNotAllowed
+        case "api" where segments.count == 3 && segments[1] == "fal" && segments[2] == "proxy":
+            return [.GET, .POST, .PUT].contains(method) ? .proxy : .methodNotAllowed
         case "_cluster" where segments.count == 3 && segments[1] == "v1" && segments[2] == "follow":
             return method == .POST ? .peerFollow : .methodNotAllowed
         case "admin" where segments.count == 2:
@@ -207,7 +217,7 @@ public struct Router: Sendable {
             return .realtime(endpoint)
         }
 
-        if isRunHost(host) {
+        if runHost {
             guard method == .POST else { return EndpointID(segments: segments) == nil ? .notFound : .methodNotAllowed }
             if segments.count >= 3, segments.last == "stream",
                 let endpoint = EndpointID(segments: Array(segments.dropLast()))

@@ -284,7 +284,14 @@ public struct RelayApplication: Sendable {
             accessLogger: config.accessLog ? Logger(label: "access") : nil,
             uploads: uploads,
             fleet: cluster.map { ClusterFleetAccess(wiring: $0, store: store, maxBlobBytes: 512 << 20) },
-            publicURL: config.publicURL
+            publicURL: config.publicURL,
+            serverProxy: config.proxyKey.map {
+                ServerProxy(
+                    key: $0,
+                    allowedOrigins: config.proxyAllowedOrigins,
+                    allowedEndpoints: config.proxyAllowedEndpoints
+                )
+            }
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {

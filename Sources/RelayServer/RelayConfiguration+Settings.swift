@@ -58,6 +58,18 @@ extension RelayConfiguration {
         },
         Setting(name: "queue_hosts", help: "comma-separated Host names of the queue API") { $0.queueHosts = list($1) },
         Setting(name: "run_hosts", help: "comma-separated Host names of the run API") { $0.runHosts = list($1) },
+        Setting(
+            name: "proxy_key",
+            help: "fal's server proxy at /api/fal/proxy, acting as this relay key; off by default"
+        ) {
+            $0.proxyKey = $1 == "off" || $1.isEmpty ? nil : $1
+        },
+        Setting(name: "proxy_allowed_origins", help: "comma-separated Origins that may call the proxy; * for any") {
+            $0.proxyAllowedOrigins = list($1)
+        },
+        Setting(name: "proxy_allowed_endpoints", help: "comma-separated endpoint globs the proxy may submit to") {
+            $0.proxyAllowedEndpoints = list($1)
+        },
         Setting(name: "public_url", help: "origin used in media URLs, e.g. https://relay.example.com") {
             $0.publicURL = $1
         },

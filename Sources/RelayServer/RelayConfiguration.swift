@@ -55,6 +55,12 @@ public struct RelayConfiguration: Sendable {
     public var runHosts = ["localhost"]
     /// Absolute origin of media URLs; default: the HTTPS listener (else the HTTP one) as seen from this machine.
     public var publicURL: String?
+    /// fal's server-proxy mode (`/api/fal/proxy`): the relay key its requests are made as; nil: off.
+    public var proxyKey: String?
+    /// Pages whose `Origin` may call the proxy (`*`: any); other callers present a key.
+    public var proxyAllowedOrigins: [String] = []
+    /// Endpoint globs a proxied POST may target; empty: every endpoint.
+    public var proxyAllowedEndpoints: [String] = []
     public var maxJSONBodyBytes = 10 * 1024 * 1024
     /// Largest upload (`PUT` of an initiated upload, v3 `POST /files/upload`); fal's single-request limit.
     public var maxUploadBytes = 100 * 1024 * 1024

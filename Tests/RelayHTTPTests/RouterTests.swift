@@ -105,6 +105,12 @@ import Testing
             #expect(router.route(method: .GET, host: host, uri: "/.well-known/jwks.json") == .jwks)
         }
         #expect(router.route(method: .POST, host: queue, uri: "/.well-known/jwks.json") == .methodNotAllowed)
+        #expect(router.route(method: .POST, host: run, uri: "/api/fal/proxy") == .proxy)
+        #expect(router.route(method: .PUT, host: queue, uri: "/api/fal/proxy?x=1") == .proxy)
+        #expect(router.route(method: .DELETE, host: queue, uri: "/api/fal/proxy") == .methodNotAllowed)
+        #expect(
+            router.route(method: .POST, uri: "/fal-ai/flux/dev", runHost: true) == .run(EndpointID("fal-ai/flux/dev")!)
+        )
         #expect(router.route(method: .GET, host: queue, uri: "/.well-known/other.json") != .jwks)
         #expect(router.route(method: .GET, host: queue, uri: "/files/\(hex)") == .notFound)
         #expect(router.route(method: .GET, host: queue, uri: "/files/../\(hex).png") == .notFound)

@@ -13,6 +13,7 @@ import RelayCore
 /// | tokens | `respondTokens` (TokenResponder.swift) |
 /// | admin | `respondAdmin` (AdminResponder.swift) |
 /// | `/_cluster/v1/follow` (peers) | `respondPeer` (PeerResponder.swift) |
+/// | `/api/fal/proxy` | `respondProxy` (ProxyResponder.swift): the target's route, answered by its responder |
 /// | ui, catalog, stats, `/.well-known/jwks.json` | `respondSite` (SiteResponder.swift) |
 /// | ws, realtime | `WebSocketGate` at the upgrade; a plain request is told why it was not upgraded here |
 extension RelayServices {
@@ -32,6 +33,8 @@ extension RelayServices {
             return respondAdmin(request, action: action)
         case .peerFollow:
             return respondPeer(request)
+        case .proxy:
+            return respondProxy(request)
         case .ui, .catalog, .jwks, .stats:
             return respondSite(request)
         case .webSocket, .realtime:
