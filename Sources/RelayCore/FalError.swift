@@ -146,6 +146,21 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         FalError(status: 400, detail: .message("Request was cancelled"), errorType: "request_cancelled")
     }
 
+    /// fal's answer to a request that did not start within its `X-Fal-Request-Timeout`: 504, sent with
+    /// `X-Fal-Request-Timeout-Type: user` (clients do not retry it: the caller's own deadline would only pass again).
+    public static func startTimeout(_ seconds: Double) -> FalError {
+        FalError(
+            status: 504,
+            detail: .message("The request did not start within its X-Fal-Request-Timeout (\(seconds) s)"),
+            errorType: "request_timeout"
+        )
+    }
+
+    /// Headers fal sends with this error besides `X-Fal-Error-Type`.
+    public var responseHeaders: [(String, String)] {
+        status == 504 && errorType == "request_timeout" ? [("x-fal-request-timeout-type", "user")] : []
+    }
+
     public static func rateLimited(_ detail: String) -> FalError {
         FalError(status: 429, detail: .message(detail), errorType: "rate_limited")
     }

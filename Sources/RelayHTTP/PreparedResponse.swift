@@ -59,6 +59,7 @@ struct PreparedResponse: Sendable {
         if let type = error.errorType {
             extra.append(("x-fal-error-type", type))
         }
+        extra.append(contentsOf: error.responseHeaders)
         extra.append(contentsOf: extraHeaders)
         self.init(
             status: HTTPResponseStatus(statusCode: error.status),

@@ -36,8 +36,8 @@ struct StatusStream {
                 return (allocator.buffer(capacity: 0), false)
             }
             // A request cancelled on its own ends even while its shared job runs on.
-            if services.jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false {
-                phase = .completed(.cancelled)
+            if let early = services.jobs.request(request.id, keyID: request.ownerKeyID)?.earlyOutcome {
+                phase = .completed(early)
                 logs = stream.withLogs ? [] : nil
             }
             let data = FalWire.status(id: request.id, phase: phase, logs: logs, base: stream.base)

@@ -261,7 +261,13 @@ public final class JobTable: Sendable {
     /// Detaches the request from its job; the job itself stops only when no request waits on it any more.
     /// `app`, when given, must be the app the request was submitted to (`owner/alias`).
     /// `fromFleet`: another node cancelled it (its registry notice); this node follows without telling the fleet.
-    public func cancel(_ id: String, keyID: String?, app: String? = nil, fromFleet: Bool = false) -> CancelOutcome {
+    public func cancel(
+        _ id: String,
+        keyID: String?,
+        app: String? = nil,
+        fromFleet: Bool = false,
+        because reason: FalError? = nil
+    ) -> CancelOutcome {
         let (outcome, cancelled) = state.withLock { state -> (CancelOutcome, RelayRequest?) in
             guard var request = state.requests[id],
                 fromFleet || request.ownerKeyID == nil || request.ownerKeyID == keyID,
@@ -273,6 +279,7 @@ public final class JobTable: Sendable {
                 return (.alreadyCompleted, nil)
             }
             request.cancelled = true
+            request.endedEarly = reason
             state.requests[id] = request
             return (.cancellationRequested, request)
         }

@@ -33,6 +33,8 @@ public struct RelayRequest: Sendable {
     /// The RFC 9211 `Cache-Status` value for this request's responses.
     public let cacheStatus: String
     public internal(set) var cancelled: Bool
+    /// Why it ended on its own when not by a cancel (its start deadline passed while its shared job was queued).
+    public internal(set) var endedEarly: FalError? = nil
     /// Done once the request's record is durable: its id may be given to the client only then, or a crash could
     /// make the id unknown (404) after the restart. Already done when the table keeps no log.
     public let recorded: RecordCommit
@@ -44,7 +46,13 @@ public struct RelayRequest: Sendable {
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {
-        cancelled ? .completed(.cancelled) : job.status.phase
+        earlyOutcome.map(JobPhase.completed) ?? job.status.phase
+    }
+
+    /// How the request ended on its own while its shared job runs on for others: cancelled, or its start deadline.
+    public var earlyOutcome: JobOutcome? {
+        guard cancelled else { return nil }
+        return endedEarly.map(JobOutcome.failure) ?? .cancelled
     }
 }
 

@@ -240,7 +240,7 @@ public struct RelayApplication: Sendable {
             eventLoopGroup: group,
             threadPool: threadPool,
             logger: logger,
-            isCancelled: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.cancelled ?? false },
+            endedOnItsOwn: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.earlyOutcome },
             settled: { id in cluster?.node.webhookSettled(requestID: id) }
         )
         let keyStore = APIKeyStore(dataDirectory: dataDirectory, secret: secret)

@@ -76,7 +76,7 @@ public final class WebhookDispatcher: Sendable {
     private let client = Mutex<HTTPClient?>(nil)
     private let logger: Logger
     private let resolve: Resolver
-    private let isCancelled: @Sendable (RelayRequest) -> Bool
+    private let endedOnItsOwn: @Sendable (RelayRequest) -> JobOutcome?
     private let settled: @Sendable (String) -> Void
     private let state = Mutex(State())
     private let gate: AttemptGate
@@ -90,7 +90,8 @@ public final class WebhookDispatcher: Sendable {
 
     /// - Parameters:
     ///   - deploymentSecret: the signing key is derived from it (`WebhookSigner`).
-    ///   - isCancelled: whether a request was cancelled on its own (its shared job may still succeed for others).
+    ///   - endedOnItsOwn: how a request ended on its own, if it did (cancelled, or past its start deadline), while its
+    ///     shared job may still succeed for others.
     ///   - settled: told the request id once its webhook was delivered or given up on (a fleet marks it done).
     ///   - resolve: nil uses the system resolver on `threadPool`.
     public init(
@@ -99,7 +100,7 @@ public final class WebhookDispatcher: Sendable {
         eventLoopGroup: any EventLoopGroup,
         threadPool: NIOThreadPool,
         logger: Logger,
-        isCancelled: @escaping @Sendable (RelayRequest) -> Bool = { _ in false },
+        endedOnItsOwn: @escaping @Sendable (RelayRequest) -> JobOutcome? = { _ in nil },
         settled: @escaping @Sendable (String) -> Void = { _ in },
         resolve: Resolver? = nil
     ) {
@@ -107,7 +108,7 @@ public final class WebhookDispatcher: Sendable {
         self.configuration = configuration
         self.signer = WebhookSigner(deploymentSecret: deploymentSecret)
         self.logger = logger
-        self.isCancelled = isCancelled
+        self.endedOnItsOwn = endedOnItsOwn
         self.resolve = resolve ?? { host in try await threadPool.runIfActive { try Self.systemResolve(host) } }
         self.gate = AttemptGate(limit: configuration.concurrency)
         (deliveries, deliveriesInput) = AsyncStream.makeStream(of: Delivery.self)
@@ -267,10 +268,10 @@ public final class WebhookDispatcher: Sendable {
 
     private func deliver(_ delivery: Delivery) async {
         var outcome = delivery.outcome
-        // A request cancelled on its own ends as cancelled, whatever its shared job did for the others.
+        // A request that ended on its own ends so, whatever its shared job did for the others.
         if case .cancelled = outcome {
-        } else if isCancelled(delivery.request) {
-            outcome = .cancelled
+        } else if let early = endedOnItsOwn(delivery.request) {
+            outcome = early
         }
         let body = WebhookPayload.body(requestID: delivery.request.id, outcome: outcome).serialized()
         var generator = SystemRandomNumberGenerator()

@@ -71,3 +71,14 @@ import Testing
         #expect(try read(["x-fal-tags": "a=1,b=2"]).tagsText == "a=1,b=2")
     }
 }
+
+@Suite struct StartTimeoutErrorTests {
+    @Test func itIsA504ThatTellsClientsNotToRetry() {
+        let error = FalError.startTimeout(0.5)
+        #expect(error.status == 504 && error.errorType == "request_timeout")
+        #expect(error.responseHeaders.map(\.0) == ["x-fal-request-timeout-type"])
+        #expect(error.responseHeaders.map(\.1) == ["user"])
+        // An origin's own deadline (503) is not the caller's: no such header.
+        #expect(FalError.unavailable("origin slow", type: "request_timeout").responseHeaders.isEmpty)
+    }
+}

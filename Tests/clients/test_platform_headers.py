@@ -174,3 +174,42 @@ def test_queue_priority_serves_normal_before_low_and_a_shared_job_takes_the_high
                 assert status["status"] in ("IN_PROGRESS", "COMPLETED"), status
         finally:
             relay.stop()
+
+
+def test_a_request_not_started_within_its_timeout_ends_with_504_and_the_shared_job_goes_on():
+    with tempfile.TemporaryDirectory() as data_dir:
+        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "2", "--synthetic-slots", "1"))
+        try:
+            headers = {"Authorization": f"Key {relay.key}"}
+            base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
+            requests = f"https://{relay.queue_host}/fal-ai/flux/requests"
+            tag = time.time_ns()
+            with client(relay) as http:
+                running = http.post(base, json={"prompt": f"runs {tag}", "seed": 1}, headers=headers).json()
+                waiting = {"prompt": f"waits {tag}", "seed": 2}
+                # As fal_client sends `start_timeout=0.5` (the header); a second request shares the job, with none.
+                impatient = http.post(base, json=waiting, headers={**headers, "X-Fal-Request-Timeout": "0.5"}).json()
+                patient = http.post(base, json=waiting, headers=headers)
+                assert patient.headers["x-relay-cache"] == "coalesced"
+                time.sleep(1.0)
+                status = http.get(f"{requests}/{impatient['request_id']}/status", headers=headers).json()
+                assert status["status"] == "COMPLETED" and status.get("error"), status
+                result = http.get(f"{requests}/{impatient['request_id']}", headers=headers)
+                assert result.status_code == 504, result.text
+                assert result.headers["x-fal-request-timeout-type"] == "user"
+                assert "X-Fal-Request-Timeout" in result.json()["detail"]
+                # The request without a deadline still waits for the shared job, which runs and completes.
+                other = http.get(f"{requests}/{patient.json()['request_id']}/status", headers=headers).json()
+                assert other["status"] in ("IN_QUEUE", "IN_PROGRESS"), other
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    other = http.get(f"{requests}/{patient.json()['request_id']}/status", headers=headers).json()
+                    if other["status"] == "COMPLETED":
+                        break
+                    time.sleep(0.1)
+                assert other["status"] == "COMPLETED" and not other.get("error"), other
+                # A request that started in time is not touched by its deadline.
+                done = http.get(f"{requests}/{running['request_id']}", headers=headers)
+                assert done.status_code == 200, done.text
+        finally:
+            relay.stop()

@@ -200,7 +200,29 @@ extension RelayServices {
             let (error, charged) = refusal ?? (.rateLimited("Rate limit exceeded"), [])
             return .refused(error, headers: charged)
         }
+        if let seconds = platform.startTimeout { startDeadline(made, seconds: seconds, on: facts.channel?.eventLoop) }
         return .submitted(made, rateLimitHeaders: headers)
+    }
+
+    /// `X-Fal-Request-Timeout`: a request whose job has not started `seconds` after its submission ends with 504 (and
+    /// `X-Fal-Request-Timeout-Type: user`), detached from the job as a cancel would; the job runs on for any other
+    /// request that shares it, and stops when none is left.
+    private func startDeadline(_ request: RelayRequest, seconds: Double, on eventLoop: (any EventLoop)?) {
+        guard case .queued = request.phase else { return }
+        let jobs = self.jobs
+        let check: @Sendable () -> Void = {
+            guard case .queued = request.job.status.phase else { return }
+            _ = jobs.cancel(request.id, keyID: request.ownerKeyID, because: .startTimeout(seconds))
+        }
+        let delay = TimeAmount.nanoseconds(Int64(min(seconds, 86_400) * 1e9))
+        if let eventLoop {
+            eventLoop.scheduleTask(in: delay) { check() }
+        } else {
+            Task {
+                try? await Task.sleep(for: .nanoseconds(delay.nanoseconds))
+                check()
+            }
+        }
     }
 
     /// The scheme of the URLs built for the client: the connection's, or `public_url`'s when the client reached the
