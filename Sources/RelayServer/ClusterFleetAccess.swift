@@ -68,6 +68,27 @@ final class ClusterFleetAccess: FleetAccess {
 
     /// Asks the nodes the registry names as holders, then every other live node, for the blob; stores the first
     /// copy whose digest checks out.
+    /// A peer's blob, streamed into the store as an upload is (a file in `tmp/`, hashed as it arrives, linked into
+    /// place): a copy of any size never sits in memory. Stored raw, as uploads are.
+    private func receive(_ body: HTTPClientResponse.Body, mediaType: MediaType) async throws -> BlobRecord {
+        let upload = store.makeUpload()
+        let eventLoop = wiring.http.eventLoopGroup.next()
+        do {
+            var received = 0
+            for try await chunk in body {
+                received += chunk.readableBytes
+                guard received <= maxBlobBytes else {
+                    throw ClusterError.peer("the blob exceeds \(maxBlobBytes) bytes")
+                }
+                try await store.append(chunk, to: upload, eventLoop: eventLoop).get()
+            }
+            return try await store.finish(upload, mediaType: mediaType, eventLoop: eventLoop).get()
+        } catch {
+            store.discard(upload)
+            throw error
+        }
+    }
+
     private func copy(_ digest: Digest128, mediaType: MediaType) async -> Bool {
         let registered = (try? await node.holders(of: digest)) ?? []
         let others = node.fleet.filter { $0.alive && $0.nodeID != node.configuration.nodeID }.map(\.nodeURL)
@@ -78,8 +99,7 @@ final class ClusterFleetAccess: FleetAccess {
             do {
                 let response = try await wiring.http.execute(request, timeout: .seconds(120))
                 guard response.status == .ok else { continue }
-                let body = try await response.body.collect(upTo: maxBlobBytes)
-                let record = try await store.put(Array(body.readableBytesView), mediaType: mediaType)
+                let record = try await receive(response.body, mediaType: mediaType)
                 guard record.digest == digest else {
                     wiring.logger.error(
                         "a peer's copy of a blob does not match its digest; dropped",
