@@ -91,7 +91,6 @@ extension FalQueueClient {
     public func submit(
         endpoint: String,
         input: ByteBuffer,
-        query: String? = nil,
         headers: [(String, String)] = [],
         noRetry: Bool = false,
         limits: Limits,
@@ -99,7 +98,7 @@ extension FalQueueClient {
     ) async throws -> Submitted {
         var call = Call(
             method: .POST,
-            url: configuration.baseURL + "/" + endpoint + (query.map { "?" + $0 } ?? ""),
+            url: configuration.baseURL + "/" + endpoint,
             body: input,
             replay: .onlyIfNotAccepted,
             timeout: limits.requestTimeout,

@@ -345,13 +345,16 @@ extension ClusterNode: Fleet {
     }
 
     /// Takes back a registration whose submission was refused after all (its key's lookup had registered it): no
-    /// node may adopt it, nor deliver its webhook.
-    public func withdraw(_ requestID: String) {
+    /// node may adopt it, nor deliver its webhook. The claim that lookup won goes too, unless a job took it: left, it
+    /// would be renewed by every heartbeat, and other nodes would follow this one for a job it never started.
+    public func withdraw(_ requestID: String, key: RequestKey) {
+        let unused = freshClaims.withLock { $0.take(key, newerThan: .now - configuration.lease) } != nil
         Task {
             _ = try? await database.perform("withdraw request") { client in
                 try await client.query("DELETE FROM relay_requests WHERE request_id = \(requestID)")
             }
         }
+        if unused { writes.yield(.release(key: key.digest.hex)) }
     }
 
     /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it

@@ -93,8 +93,11 @@ final class ClusterJobRun: UpstreamTask, Sendable {
             if case .finished = await follow.run() { return }
         }
         job.caughtUp()
-        // The submission that started this job claimed its key a moment ago, and found no result.
-        if case .won(let handle) = node.takeFreshClaim(job.key) {
+        // The submission that started this job claimed its key a moment ago, and found no result. (Only a job this
+        // node's own submission started: an adopted request's job asks the database.)
+        if job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true,
+            case .won(let handle) = node.takeFreshClaim(job.key)
+        {
             runHere(following: handle)
             return
         }

@@ -116,15 +116,11 @@ public struct PlatformHeaders: Sendable, Hashable {
         tags.isEmpty ? nil : tags.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
     }
 
-    /// The query an origin must see (`fal_max_queue_length`), or nil.
-    public var forwardedQuery: String? {
-        maxQueueLength.map { "fal_max_queue_length=\($0)" }
-    }
-
-    /// What an origin must see of them, by name: everything but nothing fal would not recognise.
-    public var forwarded: [(String, String)] {
+    /// What an origin must see of them, by name, for a job that `priority` describes now. Not the request's own
+    /// deadline (`X-Fal-Request-Timeout`) nor its `fal_max_queue_length`: the relay keeps both for each request
+    /// itself, and a job another request shares must not end or be refused at the origin by one request's limits.
+    public func forwarded(priority: Priority?) -> [(String, String)] {
         var headers: [(String, String)] = []
-        if let startTimeout { headers.append((Name.requestTimeout, Self.seconds(startTimeout))) }
         if let priority { headers.append((Name.queuePriority, priority.rawValue)) }
         if let runnerHint { headers.append((Name.runnerHint, runnerHint)) }
         if noRetry { headers.append((Name.noRetry, "1")) }
@@ -132,10 +128,6 @@ public struct PlatformHeaders: Sendable, Hashable {
         if !storeIO { headers.append((Name.storeIO, "0")) }
         if let tagsText { headers.append((Name.tags, tagsText)) }
         return headers
-    }
-
-    private static func seconds(_ value: Double) -> String {
-        value == value.rounded() && value < 1e15 ? String(Int64(value)) : String(value)
     }
 
     private static func isTagKeyByte(_ byte: UInt8) -> Bool {

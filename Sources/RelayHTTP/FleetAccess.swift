@@ -23,8 +23,9 @@ public protocol FleetAccess: Sendable {
         _ key: RequestKey,
         registering: FleetRequest?
     ) async throws -> (result: CachedResult?, runningElsewhere: Bool)
-    /// Takes back a registration the submission did not become (refused after its key's lookup registered it).
-    func withdraw(_ requestID: String)
+    /// Takes back a registration the submission did not become (refused after its key's lookup registered it), and
+    /// the key's claim won with it when no job took that claim.
+    func withdraw(_ registered: FleetRequest)
     /// This node's id in the fleet.
     var nodeID: String { get }
     /// Copies a blob this node lacks from a node that holds it into the blob store (verified by its digest); true when

@@ -33,9 +33,14 @@ extension WebSocketSessionHandler {
             return then(self, context, complete(normalised, endpoint: endpoint, facts: facts))
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let fleet = services.fleet
         asking.whenSuccess { tiers in
             let (handler, context) = bound.value
-            guard context.channel.isActive else { return }
+            guard context.channel.isActive else {
+                // Nobody to give the id to: the registration made with the lookup is taken back.
+                if let registered = tiers.registered { fleet?.withdraw(registered) }
+                return
+            }
             let made = handler.complete(
                 normalised,
                 endpoint: endpoint,

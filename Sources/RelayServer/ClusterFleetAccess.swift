@@ -46,8 +46,8 @@ final class ClusterFleetAccess: FleetAccess {
         try await node.lookupOrClaim(key, registering: registering)
     }
 
-    func withdraw(_ requestID: String) {
-        node.withdraw(requestID)
+    func withdraw(_ registered: FleetRequest) {
+        node.withdraw(registered.id, key: registered.key)
     }
 
     var nodeID: String { node.configuration.nodeID }

@@ -186,8 +186,7 @@ final class FalOriginJobRun: Sendable {
             submitted = try await client.queue.submit(
                 endpoint: job.model.id,
                 input: input,
-                query: job.platform.forwardedQuery,
-                headers: job.platform.forwarded,
+                headers: job.platform.forwarded(priority: job.platform.priority.map { _ in job.priority }),
                 noRetry: job.platform.noRetry,
                 limits: client.limits,
                 keepTrying: { !self.isAbandoned }

@@ -261,7 +261,12 @@ final class SlotQueue: Sendable {
             guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority else { continue }
             defer { place += 1 }
             guard place != spot.told else { continue }
-            guard place < exactAhead || spot.told < 0 || place <= spot.told - spot.told / 4 else { continue }
+            // Told when near the front, when its place dropped by a quarter, or rose by a third (normal waiters that
+            // went ahead of a low one): a poll is never off by more than that.
+            guard
+                place < exactAhead || spot.told < 0 || place <= spot.told - spot.told / 4
+                    || place >= spot.told + max(1, spot.told / 3)
+            else { continue }
             waiter.observer(place)
             line[index].told = place
         }

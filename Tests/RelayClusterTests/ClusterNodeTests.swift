@@ -185,13 +185,22 @@ struct ClusterNodeTests {
             )
             // Without one, nothing is registered (and the statement runs on the soft pool).
             #expect(try await b.lookupOrClaim(key).runningElsewhere)
-            a.withdraw(entry.id)
+            // Refused after all: the registration goes, and so does the claim no job took (the write queue runs).
+            a.start()
+            a.withdraw(entry.id, key: key)
             var gone = false
             for _ in 0..<200 where !gone {
                 gone = try await b.request(entry.id) == nil
                 if !gone { try await Task.sleep(for: .milliseconds(10)) }
             }
             #expect(gone, "a withdrawn registration is not adoptable")
+            var released = false
+            for _ in 0..<200 where !released {
+                released = !(try await b.lookupOrClaim(key).runningElsewhere)
+                if !released { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(released, "the claim won with it is given back: nobody follows this node for it")
+            await a.stopped()
         }
     }
 

@@ -16,14 +16,16 @@ import Testing
         ])
         #expect(platform.startTimeout == 30 && platform.priority == .low && platform.runnerHint == "lora-a")
         #expect(platform.noRetry && platform.disableFallbacks == "1" && !platform.storeIO)
+        // The request's own deadline is not the shared job's: the relay keeps it, the origin never sees it.
+        let forwarded = platform.forwarded(priority: .normal)
         #expect(
-            platform.forwarded.map(\.0) == [
-                "X-Fal-Request-Timeout", "X-Fal-Queue-Priority", "X-Fal-Runner-Hint", "x-fal-no-retry",
-                "x-fal-disable-fallbacks", "X-Fal-Store-IO", "X-Fal-Tags",
+            forwarded.map(\.0) == [
+                "X-Fal-Queue-Priority", "X-Fal-Runner-Hint", "x-fal-no-retry", "x-fal-disable-fallbacks",
+                "X-Fal-Store-IO", "X-Fal-Tags",
             ]
         )
-        #expect(platform.forwarded.map(\.1) == ["30", "low", "lora-a", "1", "1", "0", "team=ml,env=prod"])
-        #expect(try read([:]) == PlatformHeaders() && PlatformHeaders().forwarded.isEmpty)
+        #expect(forwarded.map(\.1) == ["normal", "lora-a", "1", "1", "0", "team=ml,env=prod"])
+        #expect(try read([:]) == PlatformHeaders() && PlatformHeaders().forwarded(priority: nil).isEmpty)
         #expect(try read(["x-fal-request-start-timeout": "2.5"]).startTimeout == 2.5)
         #expect(try read(["x-fal-no-retry": "no"]).noRetry == false)
         #expect(try read(["x-fal-store-io": "1"]).storeIO)
@@ -45,10 +47,10 @@ import Testing
         }
     }
 
-    @Test func maxQueueLengthComesFromTheQueryAndGoesOnToAnOrigin() throws {
+    @Test func maxQueueLengthComesFromTheQueryAndStaysWithTheRequest() throws {
         let platform = try PlatformHeaders(value: { _ in nil }, query: { $0 == "fal_max_queue_length" ? "3" : nil })
-        #expect(platform.maxQueueLength == 3 && platform.forwardedQuery == "fal_max_queue_length=3")
-        #expect(PlatformHeaders().forwardedQuery == nil)
+        #expect(platform.maxQueueLength == 3)
+        #expect(platform.forwarded(priority: nil).isEmpty, "a request's own limit: never the shared job's")
         for bad in ["-1", "many", ""] {
             #expect(throws: FalError.self) {
                 try PlatformHeaders(value: { _ in nil }, query: { $0 == "fal_max_queue_length" ? bad : nil })

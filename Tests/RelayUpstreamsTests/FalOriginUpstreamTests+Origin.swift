@@ -221,11 +221,13 @@ extension FalOriginUpstreamTests {
             #expect(error.message.contains("HTTP 503"), "\(error)")
             let record = fixture.origin.record.withLock { $0 }
             #expect(record.submitAttempts == 1, "x-fal-no-retry: the relay does not repeat the submit")
-            #expect(record.submitQuery == "fal_max_queue_length=4")
+            // The request's own deadline and queue limit stay with the relay, which keeps them per request: a job that
+            // other requests may share must not end or be refused at the origin by one request's limits.
+            #expect(record.submitQuery == nil)
             #expect(
                 record.platformHeaders == [
                     "x-fal-no-retry": "1", "x-fal-tags": "team=ml", "x-fal-queue-priority": "low",
-                    "x-fal-runner-hint": "lora-7", "x-fal-request-timeout": "30",
+                    "x-fal-runner-hint": "lora-7",
                 ]
             )
         }

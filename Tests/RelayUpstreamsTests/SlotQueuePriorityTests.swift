@@ -105,4 +105,22 @@ import Testing
         line.queue.release()
         #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
     }
+
+    @Test func aLowWaiterIsToldWhenNormalOnesPushItBackByAThird() async throws {
+        var line = try await Line()
+        for index in 0..<12 { await line.join("n\(index)", .normal) }
+        await line.join("low", .low)
+        #expect(line.places.value["low"] == [12])
+        for index in 12..<15 { await line.join("n\(index)", .normal) }
+        line.time.advance()
+        // 15 is less than a third further back: not told yet.
+        #expect(line.places.value["low"] == [12])
+        for index in 15..<20 { await line.join("n\(index)", .normal) }
+        line.time.advance()
+        #expect(line.places.value["low"] == [12, 20])
+        for waiter in line.waiters.values { waiter.cancel() }
+        line.time.advance()
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0)
+    }
 }

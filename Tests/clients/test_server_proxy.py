@@ -54,7 +54,10 @@ def test_queue_submit_status_and_result_through_the_proxy_with_no_key_in_the_bro
             if status.json()["status"] == "COMPLETED":
                 break
             time.sleep(0.05)
-        result = proxy(http, proxied, "GET", f"https://queue.fal.run/fal-ai/flux/requests/{request_id}")
+        # A same-origin GET may come without `Origin`: its `Referer` names the page.
+        result = http.get(f"https://{proxied.queue_host}/api/fal/proxy",
+                          headers={"x-fal-target-url": f"https://queue.fal.run/fal-ai/flux/requests/{request_id}",
+                                   "referer": ORIGIN + "/gallery?page=2"})
         assert result.status_code == 200 and result.json()["images"][0]["url"], result.text
         # Served by the relay, cache and all: the same input again is a hit.
         again = proxy(http, proxied, "POST", "https://queue.fal.run/fal-ai/flux/dev", body)
@@ -80,7 +83,9 @@ def test_what_the_proxy_refuses(proxied):
         missing = http.post(base, json={}, headers={"origin": ORIGIN})
         assert missing.status_code == 400 and "x-fal-target-url" in missing.json()["detail"], missing.text
         for target in ("https://evil.example/fal-ai/flux/dev", "http://queue.fal.run/fal-ai/flux/dev",
-                       "https://rest.fal.ai/admin/keys", "https://queue.fal.run/../admin/stats"):
+                       "https://rest.fal.ai/admin/keys", "https://queue.fal.run/../admin/stats",
+                       "https://queue.fal.run/admin/stats", "https://queue.fal.run/metrics",
+                       "https://queue.fal.run/_cluster/v1/follow"):
             refused = proxy(http, proxied, "POST", target, {"prompt": "x"})
             assert refused.status_code == 400, (target, refused.text)
         # An endpoint outside the allow-list.
@@ -90,8 +95,12 @@ def test_what_the_proxy_refuses(proxied):
         stranger = proxy(http, proxied, "POST", "https://queue.fal.run/fal-ai/flux/dev", {"prompt": "x"},
                          headers={"origin": "https://evil.example"})
         assert stranger.status_code == 401, stranger.text
-        # A caller with a key of its own (a server, a session) may use it from anywhere.
+        # A caller with a key of its own (a server, a session) may use it from anywhere, as that key: the request is
+        # its own, read back with its key.
         keyed = proxy(http, proxied, "POST", "https://queue.fal.run/fal-ai/flux/dev",
                       {"prompt": f"keyed {time.time_ns()}", "seed": 1},
                       headers={"origin": "https://elsewhere.example", "authorization": f"Key {proxied.key}"})
         assert keyed.status_code == 200, keyed.text
+        own = http.get(f"https://{proxied.queue_host}/fal-ai/flux/requests/{keyed.json()['request_id']}/status",
+                       headers={"authorization": f"Key {proxied.key}"})
+        assert own.status_code in (200, 202), own.text

@@ -157,7 +157,7 @@ extension RelayServices {
         platform: PlatformHeaders = PlatformHeaders()
     ) -> Submission {
         if let unavailable = fleetRefusal {
-            if let registered { fleet?.withdraw(registered.id) }
+            if let registered { fleet?.withdraw(registered) }
             return .refused(unavailable, headers: [("retry-after", "2")])
         }
         var refusal: (FalError, [(String, String)])?
@@ -196,7 +196,7 @@ extension RelayServices {
         )
         guard let made else {
             // Refused after its key's lookup registered it: the fleet must not adopt it, nor deliver its webhook.
-            if let registered { fleet?.withdraw(registered.id) }
+            if let registered { fleet?.withdraw(registered) }
             let (error, charged) = refusal ?? (.rateLimited("Rate limit exceeded"), [])
             return .refused(error, headers: charged)
         }
@@ -209,10 +209,11 @@ extension RelayServices {
     /// request that shares it, and stops when none is left.
     private func startDeadline(_ request: RelayRequest, seconds: Double, on eventLoop: (any EventLoop)?) {
         guard case .queued = request.phase else { return }
-        let jobs = self.jobs
-        let check: @Sendable () -> Void = {
-            guard case .queued = request.job.status.phase else { return }
-            _ = jobs.cancel(request.id, keyID: request.ownerKeyID, because: .startTimeout(seconds))
+        // Holds ids and a weak job only: a finished job's result is not kept alive by a deadline far ahead.
+        let (jobs, id, owner) = (self.jobs, request.id, request.ownerKeyID)
+        let check: @Sendable () -> Void = { [weak job = request.job] in
+            guard let job, case .queued = job.status.phase else { return }
+            _ = jobs.cancel(id, keyID: owner, because: .startTimeout(seconds))
         }
         let delay = TimeAmount.nanoseconds(Int64(min(seconds, 86_400) * 1e9))
         if let eventLoop {
