@@ -357,6 +357,21 @@ extension ClusterNode: Fleet {
         if unused { writes.yield(.release(key: key.digest.hex)) }
     }
 
+    /// Whether this node still delivers the webhook of `requestID`: the registry names it, and nobody marked it done.
+    /// A node the fleet took for dead (its heartbeat late) may be alive: its webhooks went to another node, which
+    /// delivers them. A request the registry lacks, or a database that does not answer, leaves it to this node.
+    public func deliversWebhook(of requestID: String) async -> Bool {
+        let node = configuration.nodeID
+        let owned = try? await database.perform("webhook owner") { client -> Bool? in
+            let rows = try await client.query(
+                "SELECT node_id = \(node) AND NOT webhook_done FROM relay_requests WHERE request_id = \(requestID)"
+            )
+            for try await mine in rows.decode(Bool.self) { return mine }
+            return nil
+        }
+        return (owned ?? nil) ?? true
+    }
+
     /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it
     /// instead of two more round trips (a result lookup and a claim that would find the same). nil when there is
     /// none, or it is older than a fifth of the lease (then the job asks the database again).

@@ -241,7 +241,8 @@ public struct RelayApplication: Sendable {
             threadPool: threadPool,
             logger: logger,
             endedOnItsOwn: { request in jobs.request(request.id, keyID: request.ownerKeyID)?.earlyOutcome },
-            settled: { id in cluster?.node.webhookSettled(requestID: id) }
+            settled: { id in cluster?.node.webhookSettled(requestID: id) },
+            stillOurs: { id in await cluster?.node.deliversWebhook(of: id) ?? true }
         )
         let keyStore = APIKeyStore(dataDirectory: dataDirectory, secret: secret)
         let rateLimiter = config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil

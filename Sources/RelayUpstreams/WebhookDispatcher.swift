@@ -78,6 +78,7 @@ public final class WebhookDispatcher: Sendable {
     private let resolve: Resolver
     private let endedOnItsOwn: @Sendable (RelayRequest) -> JobOutcome?
     private let settled: @Sendable (String) -> Void
+    private let stillOurs: @Sendable (String) async -> Bool
     private let state = Mutex(State())
     private let gate: AttemptGate
     private let deliveries: AsyncStream<Delivery>
@@ -93,6 +94,8 @@ public final class WebhookDispatcher: Sendable {
     ///   - endedOnItsOwn: how a request ended on its own, if it did (cancelled, or past its start deadline), while its
     ///     shared job may still succeed for others.
     ///   - settled: told the request id once its webhook was delivered or given up on (a fleet marks it done).
+    ///   - stillOurs: asked before each attempt whether this node still delivers the request's webhook (in a fleet,
+    ///     another node may have taken it over from this one, slow rather than dead, or delivered it already).
     ///   - resolve: nil uses the system resolver on `threadPool`.
     public init(
         configuration: Configuration,
@@ -102,9 +105,11 @@ public final class WebhookDispatcher: Sendable {
         logger: Logger,
         endedOnItsOwn: @escaping @Sendable (RelayRequest) -> JobOutcome? = { _ in nil },
         settled: @escaping @Sendable (String) -> Void = { _ in },
+        stillOurs: @escaping @Sendable (String) async -> Bool = { _ in true },
         resolve: Resolver? = nil
     ) {
         self.settled = settled
+        self.stillOurs = stillOurs
         self.configuration = configuration
         self.signer = WebhookSigner(deploymentSecret: deploymentSecret)
         self.logger = logger
@@ -277,6 +282,14 @@ public final class WebhookDispatcher: Sendable {
         var generator = SystemRandomNumberGenerator()
         var attempt = 1
         while true {
+            guard await stillOurs(delivery.request.id) else {
+                // Another node of the fleet took it over (this one looked dead to it) or delivered it: not twice.
+                logger.info(
+                    "webhook left to the node that took it over",
+                    metadata: ["request_id": "\(delivery.request.id)"]
+                )
+                return
+            }
             let result: AttemptResult
             do {
                 try await gate.acquire()

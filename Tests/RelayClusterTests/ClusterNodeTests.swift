@@ -204,6 +204,47 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func aWebhookIsDeliveredByTheNodeTheRegistryNamesAndOnlyUntilDone() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "hook-a")
+            let b = try await node(database, "hook-b")
+            let key = RequestKey(digest: Digest128(high: 10, low: UInt64.random(in: 0...UInt64.max)))
+            let entry = FleetRequest(
+                id: RequestID.make(),
+                endpoint: "fal-ai/flux/dev",
+                modelID: "fal-ai/flux/dev",
+                key: key,
+                input: Array(#"{"prompt":"p"}"#.utf8),
+                ownerKeyID: nil,
+                createdAt: .now(),
+                cancelled: false,
+                nodeID: "hook-a",
+                webhookURL: "https://hooks.example/y"
+            )
+            _ = try await a.lookupOrClaim(key, registering: entry)
+            #expect(await a.deliversWebhook(of: entry.id))
+            // Another node took it over (this one looked dead): this one leaves it.
+            try await database.perform("take over") { client in
+                try await client.query("UPDATE relay_requests SET node_id = 'hook-b' WHERE request_id = \(entry.id)")
+            }
+            #expect(await a.deliversWebhook(of: entry.id) == false)
+            #expect(await b.deliversWebhook(of: entry.id))
+            // Delivered: nobody sends it again.
+            b.start()
+            b.webhookSettled(requestID: entry.id)
+            var done = false
+            for _ in 0..<200 where !done {
+                done = await !b.deliversWebhook(of: entry.id)
+                if !done { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(done)
+            await b.stopped()
+            // A request the registry does not have is this node's to deliver.
+            #expect(await a.deliversWebhook(of: "not-registered"))
+        }
+    }
+
     @Test func aSubmissionLooksUpAndClaimsInOneStatement() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in
