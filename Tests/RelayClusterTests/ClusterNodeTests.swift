@@ -158,24 +158,29 @@ struct ClusterNodeTests {
         }
     }
 
+    /// A submission's request as a node registers it with its key's lookup.
+    static func registration(_ key: RequestKey, owner: String?, node: String, webhook: String) -> FleetRequest {
+        FleetRequest(
+            id: RequestID.make(),
+            endpoint: "fal-ai/flux/dev",
+            modelID: "fal-ai/flux/dev",
+            key: key,
+            input: Array(#"{"prompt":"p"}"#.utf8),
+            ownerKeyID: owner,
+            createdAt: .now(),
+            cancelled: false,
+            nodeID: node,
+            webhookURL: webhook
+        )
+    }
+
     @Test func aSubmissionRegistersWithItsKeysLookupAndARefusalWithdrawsIt() async throws {
         let server = try Self.server.get()
         try await server.withDatabase { database in
             let a = try await node(database, "reg-a")
             let b = try await node(database, "reg-b")
             let key = RequestKey(digest: Digest128(high: 8, low: UInt64.random(in: 0...UInt64.max)))
-            let entry = FleetRequest(
-                id: RequestID.make(),
-                endpoint: "fal-ai/flux/dev",
-                modelID: "fal-ai/flux/dev",
-                key: key,
-                input: Array(#"{"prompt":"p"}"#.utf8),
-                ownerKeyID: "k1",
-                createdAt: .now(),
-                cancelled: false,
-                nodeID: "reg-a",
-                webhookURL: "https://hooks.example/x"
-            )
+            let entry = Self.registration(key, owner: "k1", node: "reg-a", webhook: "https://hooks.example/x")
             let answer = try await a.lookupOrClaim(key, registering: entry)
             #expect(answer.result == nil && !answer.runningElsewhere)
             // Any node finds it by its id at once: the answer needs no second statement.
@@ -210,18 +215,7 @@ struct ClusterNodeTests {
             let a = try await node(database, "hook-a")
             let b = try await node(database, "hook-b")
             let key = RequestKey(digest: Digest128(high: 10, low: UInt64.random(in: 0...UInt64.max)))
-            let entry = FleetRequest(
-                id: RequestID.make(),
-                endpoint: "fal-ai/flux/dev",
-                modelID: "fal-ai/flux/dev",
-                key: key,
-                input: Array(#"{"prompt":"p"}"#.utf8),
-                ownerKeyID: nil,
-                createdAt: .now(),
-                cancelled: false,
-                nodeID: "hook-a",
-                webhookURL: "https://hooks.example/y"
-            )
+            let entry = Self.registration(key, owner: nil, node: "hook-a", webhook: "https://hooks.example/y")
             _ = try await a.lookupOrClaim(key, registering: entry)
             #expect(await a.deliversWebhook(of: entry.id))
             // Another node took it over (this one looked dead): this one leaves it.
