@@ -18,8 +18,7 @@ extension RelayServices {
                 let found = jobs.request(id, keyID: request.principal.keyID), found.endpoint.app == app.app,
                 !found.phase.isCompleted
             {
-                // Up to 5 s: a loaded fleet (a node draining, one restarting) was seen to take over a second.
-                return logReaches(.max, of: found.job, request: request, within: .seconds(5))
+                return endFromFleet(found.job, request: request)
             }
             return .response(answerRead(request.facts, route: request.route, principal: request.principal).response)
         case .cancel(let app, let id):
