@@ -96,7 +96,7 @@ struct AccessEntry {
     var cache: String?
     var declaredLength: Int?
     var streamed = 0
-    /// The request's valid `X-Fal-Tags` (`key=value,…`).
+    /// The request's `X-Fal-Tags` as sent: its valid pairs are logged (parsed only when a line is written).
     var tags: String?
 
     var bytes: Int { declaredLength ?? streamed }
@@ -113,9 +113,7 @@ struct AccessEntry {
             head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
             ?? head.uri
         self.started = started
-        if let tags = head.headers.first(name: PlatformHeaders.Name.tags) {
-            self.tags = PlatformHeaders.tags(in: tags).map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-        }
+        self.tags = head.headers.first(name: PlatformHeaders.Name.tags)
     }
 }
 
@@ -153,7 +151,10 @@ struct AccessLogSink: Sendable {
         if let id = entry.requestID { metadata["request_id"] = .string(id) }
         if let key = entry.keyID { metadata["key_id"] = .string(key) }
         if let cache = entry.cache { metadata["cache"] = .string(cache) }
-        if let tags = entry.tags, !tags.isEmpty { metadata["tags"] = .string(tags) }
+        if let sent = entry.tags {
+            let tags = PlatformHeaders.tags(in: sent).map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            if !tags.isEmpty { metadata["tags"] = .string(tags) }
+        }
         logger.info("request", metadata: metadata)
     }
 }

@@ -117,6 +117,8 @@ final class SlotQueue: Sendable {
         let id = ticket ?? self.ticket()
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                // nil: cancelled while arriving; true: granted; false: waiting (`pushedBack`: low waiters moved).
+                var pushedBack = false
                 let granted = state.withLock { state -> Bool? in
                     guard case .arriving(let raised) = state.entries.removeValue(forKey: id) else { return nil }
                     if state.free > 0 && state.waiting == 0 {
@@ -133,7 +135,10 @@ final class SlotQueue: Sendable {
                         state.line.append(Spot(id: id, told: place))
                         state.waitingNormal += 1
                         // Every low waiter is one place further back now.
-                        if state.waiting > place { state.moved = true }
+                        if state.waiting > place {
+                            state.moved = true
+                            pushedBack = true
+                        }
                     } else {
                         state.lowLine.append(Spot(id: id, told: place))
                     }
@@ -143,7 +148,7 @@ final class SlotQueue: Sendable {
                 switch granted {
                 case nil: continuation.resume(throwing: CancellationError())
                 case true?: continuation.resume()
-                case false?: schedulePassIfNeeded()
+                case false?: if pushedBack { schedulePassIfNeeded() }
                 }
             }
         } onCancel: {
