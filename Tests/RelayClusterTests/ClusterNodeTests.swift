@@ -64,11 +64,7 @@ struct ClusterNodeTests {
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
             // Time passes past the lease without a heartbeat from a (the database's clock is the fleet's clock).
             let hex = key.digest.hex
-            try await database.perform("age") { client in
-                try await client.query(
-                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
-                )
-            }
+            try await Self.ageClaim(database, hex: hex)
             #expect(try await b.claim(key) == .won(handle: nil))
             #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
             // The job b runs was accepted by an origin under its own id: a node taking the key over gets that id.
@@ -82,26 +78,10 @@ struct ClusterNodeTests {
                 cancelURL: "https://origin.example/c"
             )
             b.attached(key, handle)
-            for _ in 0..<200 {
-                let stored = try await database.perform("handle?") { client in
-                    var found = false
-                    for try await text in try await client.query(
-                        "SELECT handle FROM relay_claims WHERE request_key = \(hex)"
-                    ).decode(String?.self) {
-                        found = text != nil
-                    }
-                    return found
-                }
-                if stored { break }
-                try await Task.sleep(for: .milliseconds(10))
-            }
+            try await Self.waitForHandle(database, hex: hex)
             // b's heartbeat renews its claims each second: stopped, so that none renews it after the age-out below.
             await b.stopped()
-            try await database.perform("age again") { client in
-                try await client.query(
-                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
-                )
-            }
+            try await Self.ageClaim(database, hex: hex)
             #expect(try await a.claim(key) == .won(handle: handle))
             // A heartbeat renews every claim of its node: a's claim outlives the age-out above.
             try await a.beat()
@@ -134,27 +114,37 @@ struct ClusterNodeTests {
             a.attached(key, handle)
             a.start()
             let hex = key.digest.hex
-            for _ in 0..<200 {
-                let stored = try await database.perform("handle?") { client in
-                    var found = false
-                    for try await text in try await client.query(
-                        "SELECT handle FROM relay_claims WHERE request_key = \(hex)"
-                    ).decode(String?.self) {
-                        found = text != nil
-                    }
-                    return found
-                }
-                if stored { break }
-                try await Task.sleep(for: .milliseconds(10))
-            }
+            try await Self.waitForHandle(database, hex: hex)
             await a.stopped()
-            try await database.perform("age") { client in
-                try await client.query(
-                    "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
-                )
-            }
+            try await Self.ageClaim(database, hex: hex)
             _ = try await b.lookupOrClaim(key)
             #expect(b.takeFreshClaim(key) == .won(handle: handle))
+        }
+    }
+
+    /// Waits until the claim on `hex` carries an origin's handle (`attached` goes through the write queue).
+    static func waitForHandle(_ database: ClusterDatabase, hex: String) async throws {
+        for _ in 0..<200 {
+            let stored = try await database.perform("handle?") { client in
+                var found = false
+                for try await text in try await client.query(
+                    "SELECT handle FROM relay_claims WHERE request_key = \(hex)"
+                ).decode(String?.self) {
+                    found = text != nil
+                }
+                return found
+            }
+            if stored { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Makes the claim on `hex` one whose lease ran out.
+    static func ageClaim(_ database: ClusterDatabase, hex: String) async throws {
+        try await database.perform("age") { client in
+            try await client.query(
+                "UPDATE relay_claims SET lease_until = now() - interval '1 second' WHERE request_key = \(hex)"
+            )
         }
     }
 
