@@ -36,6 +36,8 @@ public struct ModelSpec: Sendable, Hashable {
     public let cacheTTLSeconds: Double?
     /// The upstream that serves it: "synthetic" or the name of a configured origin.
     public let upstream: String
+    /// What fal bills for it (unknown unless the catalog says).
+    public let price: ModelPrice
 
     public init(
         id: String,
@@ -48,7 +50,8 @@ public struct ModelSpec: Sendable, Hashable {
         secondsPerStep: Double = 0.05,
         realtime: Bool = false,
         cacheTTLSeconds: Double? = nil,
-        upstream: String = "synthetic"
+        upstream: String = "synthetic",
+        price: ModelPrice? = nil
     ) {
         self.id = id
         self.title = title
@@ -61,6 +64,7 @@ public struct ModelSpec: Sendable, Hashable {
         self.realtime = realtime
         self.cacheTTLSeconds = cacheTTLSeconds
         self.upstream = upstream
+        self.price = price ?? ModelPrice(unitPrice: nil, unit: ModelPrice.defaultUnit(kind), source: "unknown")
     }
 
     /// Reads one catalog entry; every problem names the model and the field.
@@ -115,7 +119,10 @@ public struct ModelSpec: Sendable, Hashable {
             secondsPerStep: speed,
             realtime: object["realtime"]?.boolValue ?? false,
             cacheTTLSeconds: ttl,
-            upstream: object["upstream"]?.stringValue ?? "synthetic"
+            upstream: object["upstream"]?.stringValue ?? "synthetic",
+            price: try object["price"].map { entry throws(CatalogError) in
+                try ModelPrice(catalogEntry: entry, model: id, kind: kind)
+            }
         )
     }
 }

@@ -40,7 +40,7 @@ public struct Timestamp: Sendable, Hashable, Comparable {
     }
 
     /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-    private static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
+    static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
         let z = days + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let doe = z - era * 146_097
