@@ -112,7 +112,10 @@ public struct PlatformHeaders: Sendable, Hashable {
     }
 
     /// The tags as one header value again (`key=value,…`), or nil when there are none.
-    public var tagsText: String? {
+    public var tagsText: String? { Self.text(of: tags) }
+
+    /// Tags as one header value (`key=value,…`; `tags(in:)` reads it back), or nil when there are none.
+    public static func text(of tags: [Tag]) -> String? {
         tags.isEmpty ? nil : tags.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
     }
 

@@ -249,6 +249,7 @@ extension Route {
         case .catalog: "catalog"
         case .jwks: "jwks"
         case .proxy: "proxy"
+        case .platform: "platform"
         case .stats: "stats"
         case .admin: "admin"
         case .peerFollow: "peer_follow"

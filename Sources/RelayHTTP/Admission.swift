@@ -57,6 +57,9 @@ enum CallerRule: Equatable {
             self = .admin
         case .tokens, .webSocket, .realtime, .submit, .status, .statusStream, .result, .cancel, .run, .stream:
             self = .caller
+        case .platform:
+            // The catalog and prices for anyone; the history and usage of the caller's own requests (an admin's: all).
+            self = .caller
         }
     }
 }

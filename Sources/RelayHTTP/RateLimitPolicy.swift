@@ -66,7 +66,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
                 // Open streams and sockets are capped per caller (`watchers`), not by a rate: 2,000 browsers watching
                 // one job through one key open 2,000 of them at once.
                 return nil
-            case .tokens, .admin, .storageToken:
+            case .tokens, .admin, .storageToken, .platform:
                 self = .reads
             case .uploadPut:
                 // Charged once, at `uploadInitiate`, which signed its URL: the PUT is the second half of that upload.

@@ -120,6 +120,8 @@ public struct RelayServices: Sendable {
     public let serverProxy: ServerProxy?
     /// `public_url` as configured, split: clients that reach the relay by this address get URLs with its scheme.
     let publicAddress: (scheme: String, authority: String, host: HostPattern)?
+    /// When these services were made (the Platform API's `updated_at` of the catalog's models).
+    let startedAt = Timestamp.now()
 
     public init(
         catalog: ModelCatalog,

@@ -47,8 +47,24 @@ public enum Route: Sendable, Hashable {
     case peerFollow
     /// `/api/fal/proxy` (GET, POST, PUT): fal's server-proxy contract (`x-fal-target-url`), served by this relay.
     case proxy
+    /// `/v1/models…`: fal's Platform API (PROTOCOL.md §11.3) on this relay's catalog and request history.
+    case platform(PlatformAction)
     case notFound
     case methodNotAllowed
+}
+
+/// Which Platform API route (`https://api.fal.ai/v1` as this relay answers it).
+public enum PlatformAction: Sendable, Hashable {
+    /// `GET /v1/models`: list, find by `endpoint_id`, search by `q`; `expand=openapi-3.0`.
+    case models
+    /// `GET /v1/models/pricing?endpoint_id=…`
+    case pricing
+    /// `GET /v1/models/usage`: spend (and savings) per time bucket and endpoint.
+    case usage
+    /// `GET /v1/models/requests/by-endpoint`: the request history, with `q=` search over inputs.
+    case requests
+    /// `DELETE /v1/models/requests/{id}/payloads`
+    case deletePayloads(String)
 }
 
 /// What the admin API is asked to do.
@@ -159,6 +175,8 @@ public struct Router: Sendable {
             return readOnly ? .ui("index.html") : .methodNotAllowed
         case "dashboard" where segments.count == 1:
             return readOnly ? .ui("dashboard.html") : .methodNotAllowed
+        case "history" where segments.count == 1:
+            return readOnly ? .ui("history.html") : .methodNotAllowed
         case "ui" where segments.count == 2 && Self.isAssetName(segments[1]):
             return readOnly ? .ui(String(segments[1])) : .methodNotAllowed
         case ".well-known" where segments.count == 2 && segments[1] == "jwks.json":
@@ -170,6 +188,8 @@ public struct Router: Sendable {
             return readOnly ? .stats(stream: segments.count == 3) : .methodNotAllowed
         case "api" where segments.count == 3 && segments[1] == "fal" && segments[2] == "proxy":
             return [.GET, .POST, .PUT].contains(method) ? .proxy : .methodNotAllowed
+        case "v1" where segments.count >= 2 && segments[1] == "models":
+            return Self.platform(segments, method: method)
         case "_cluster" where segments.count == 3 && segments[1] == "v1" && segments[2] == "follow":
             return method == .POST ? .peerFollow : .methodNotAllowed
         case "admin" where segments.count == 2:
@@ -253,6 +273,25 @@ public struct Router: Sendable {
         return method == .POST ? .submit(endpoint) : .methodNotAllowed
     }
 
+    /// `/v1/models[/pricing|/usage|/requests/by-endpoint|/requests/{id}/payloads]`.
+    private static func platform(_ segments: [Substring], method: HTTPMethod) -> Route {
+        let readOnly = method == .GET || method == .HEAD
+        switch segments.count {
+        case 2:
+            return readOnly ? .platform(.models) : .methodNotAllowed
+        case 3 where segments[2] == "pricing":
+            return readOnly ? .platform(.pricing) : .methodNotAllowed
+        case 3 where segments[2] == "usage":
+            return readOnly ? .platform(.usage) : .methodNotAllowed
+        case 4 where segments[2] == "requests" && segments[3] == "by-endpoint":
+            return readOnly ? .platform(.requests) : .methodNotAllowed
+        case 5 where segments[2] == "requests" && segments[4] == "payloads" && RequestID.isPlausible(segments[3]):
+            return method == .DELETE ? .platform(.deletePayloads(String(segments[3]))) : .methodNotAllowed
+        default:
+            return .notFound
+        }
+    }
+
     /// `name.ext` of letters, digits, `-` and `_`: never a path, never a dot file.
     private static func isAssetName(_ name: Substring) -> Bool {
         guard let first = name.utf8.first, first != UInt8(ascii: "."), name.utf8.count <= 64 else { return false }
@@ -304,6 +343,11 @@ public struct QueryParameters: Sendable {
 
     public subscript(name: String) -> String? {
         pairs.first { $0.0 == name }?.1
+    }
+
+    /// Every value of a repeated parameter, in order.
+    public func all(_ name: String) -> [String] {
+        pairs.filter { $0.0 == name }.map(\.1)
     }
 
     /// `true`/`1`/`yes` (Python sends `true`/`false`, JS `1`/`0`: PROTOCOL.md §1.4).

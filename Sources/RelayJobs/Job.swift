@@ -100,17 +100,19 @@ public final class Job: Sendable {
         input: ModelInput,
         outcome: JobOutcome,
         createdAt: Timestamp,
+        endedAt: Timestamp? = nil,
         maxEvents: Int = JobStateMachine.defaultMaxEvents
     ) {
         self.init(input: input, key: key, createdAt: createdAt, id: id, maxEvents: maxEvents)
+        let ended = endedAt ?? createdAt
         state.withLock { state in
             switch outcome {
             case .success(let result, let seconds):
-                _ = state.machine.apply(.succeeded(result: result, inferenceSeconds: seconds), at: createdAt)
+                _ = state.machine.apply(.succeeded(result: result, inferenceSeconds: seconds), at: ended)
             case .failure(let error):
-                _ = state.machine.apply(.failed(error), at: createdAt)
+                _ = state.machine.apply(.failed(error), at: ended)
             case .cancelled:
-                _ = state.machine.cancel()
+                _ = state.machine.cancel(at: ended)
             }
         }
     }
@@ -188,6 +190,11 @@ public final class Job: Sendable {
 
     public var status: Status {
         state.withLock { Status(phase: $0.machine.phase, logs: $0.machine.logs, lastSequence: $0.machine.lastSequence) }
+    }
+
+    /// When work on it began and when it ended (nil while not yet), for the request history.
+    public var times: (started: Timestamp?, ended: Timestamp?) {
+        state.withLock { ($0.machine.startedAt, $0.machine.endedAt) }
     }
 
     /// The serialised result once the job has succeeded (nil before, or after a failure): made once and shared by every

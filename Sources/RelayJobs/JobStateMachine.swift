@@ -18,6 +18,11 @@ public struct JobStateMachine: Sendable {
     /// The retained events: gapless, starting at sequence `firstSequence`.
     public private(set) var events: [JobEvent] = []
     public private(set) var logs: [LogEntry] = []
+    /// When work began (the first start, log line or partial): nil while queued, and for a job whose end came without
+    /// a start before it.
+    public private(set) var startedAt: Timestamp?
+    /// When the job ended.
+    public private(set) var endedAt: Timestamp?
     public let maxEvents: Int
     /// The latest snapshot, when it was dropped from `events` by the bound.
     private var droppedSnapshot: JobEvent?
@@ -40,6 +45,13 @@ public struct JobStateMachine: Sendable {
 
     /// Applies an upstream update; returns the event it appended, or nil when it was a no-op.
     public mutating func apply(_ update: JobUpdate, at time: Timestamp) -> JobEvent? {
+        guard let event = transition(update, at: time) else { return nil }
+        if case .running = phase, startedAt == nil { startedAt = time }
+        if isTerminal { endedAt = time }
+        return event
+    }
+
+    private mutating func transition(_ update: JobUpdate, at time: Timestamp) -> JobEvent? {
         switch (phase, update) {
         case (.completed, _):
             return nil
@@ -75,8 +87,9 @@ public struct JobStateMachine: Sendable {
     }
 
     /// Ends the job as cancelled (when its last request detached); nil if it had already ended.
-    public mutating func cancel() -> JobEvent? {
+    public mutating func cancel(at time: Timestamp = .now()) -> JobEvent? {
         guard !isTerminal else { return nil }
+        endedAt = time
         return finish(.cancelled)
     }
 

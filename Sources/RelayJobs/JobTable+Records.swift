@@ -12,7 +12,9 @@ extension JobTable {
             ownerKeyID: request.ownerKeyID,
             createdAt: request.createdAt,
             cacheOutcome: request.cacheOutcome.rawValue,
-            cacheStatus: request.cacheStatus
+            cacheStatus: request.cacheStatus,
+            input: request.input,
+            tags: PlatformHeaders.text(of: request.tags)
         )
     }
 

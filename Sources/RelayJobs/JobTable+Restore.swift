@@ -42,6 +42,7 @@ extension JobTable {
                     input: input,
                     outcome: .cancelled,
                     createdAt: creation.createdAt,
+                    endedAt: item.endedAt,
                     maxEvents: maxEvents
                 )
             } else if let shared = jobs[creation.jobID] {
@@ -69,6 +70,7 @@ extension JobTable {
                     input: input,
                     outcome: Self.jobOutcome(item.outcome),
                     createdAt: creation.createdAt,
+                    endedAt: item.endedAt,
                     maxEvents: maxEvents
                 )
                 jobs[creation.jobID] = job
@@ -83,7 +85,10 @@ extension JobTable {
                     cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
                     cacheStatus: creation.cacheStatus,
                     cancelled: item.cancelled,
-                    recorded: RecordCommit(pending: 0)
+                    recorded: RecordCommit(pending: 0),
+                    tags: creation.tags.map(PlatformHeaders.tags(in:)) ?? [],
+                    input: creation.input,
+                    payloadsDeleted: item.payloadsDeleted
                 )
             )
         }

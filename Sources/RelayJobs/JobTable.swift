@@ -43,7 +43,7 @@ public final class JobTable: Sendable {
     }
 
     let state = Mutex(State())
-    private let removalCount = Atomic<UInt64>(0)
+    let removalCount = Atomic<UInt64>(0)
     let resolveUpstream: UpstreamResolver
     /// The durable request log; nil keeps requests in memory only.
     public let log: RequestLog?
@@ -130,8 +130,8 @@ public final class JobTable: Sendable {
         // A request the fleet's registry holds already (adopted from another node, or registered with its key's
         // lookup on this node) keeps its id and age, and is not registered again.
         let identity =
-            adopted.map { ($0.id, $0.createdAt, webhook, platform.tags) }
-            ?? (RequestID.make(), Timestamp.now(), webhook, platform.tags)
+            adopted.map { ($0.id, $0.createdAt, webhook, platform.tags, platform.storeIO ? input.fields : nil) }
+            ?? (RequestID.make(), Timestamp.now(), webhook, platform.tags, platform.storeIO ? input.fields : nil)
         let fleet = adopted == nil ? self.fleet : nil
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
@@ -244,7 +244,7 @@ public final class JobTable: Sendable {
         return request
     }
 
-    /// Changes whenever requests are removed (a sweep past retention): a finished request that was found while it is
+    /// Changes whenever requests are removed (a sweep past retention) or their payloads deleted: a finished request that was found while it is
     /// unchanged is still there, so an answer about it that can no longer change may be served again without a lookup.
     public var removals: UInt64 { removalCount.load(ordering: .acquiring) }
 
@@ -471,7 +471,9 @@ public final class JobTable: Sendable {
     }
 
     private static func makeRequest(
-        _ identity: (id: String, createdAt: Timestamp, webhook: String?, tags: [PlatformHeaders.Tag]),
+        _ identity: (
+            id: String, createdAt: Timestamp, webhook: String?, tags: [PlatformHeaders.Tag], input: JSONObject?
+        ),
         endpoint: EndpointID,
         job: Job,
         owner: String?,
@@ -490,7 +492,8 @@ public final class JobTable: Sendable {
             cancelled: false,
             recorded: recorded,
             webhookURL: identity.webhook,
-            tags: identity.tags
+            tags: identity.tags,
+            input: identity.input
         )
     }
 }

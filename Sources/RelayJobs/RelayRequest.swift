@@ -43,6 +43,12 @@ public struct RelayRequest: Sendable {
     public var webhookURL: String? = nil
     /// The submission's valid `X-Fal-Tags`.
     public var tags: [PlatformHeaders.Tag] = []
+    /// The input as keyed, kept for the request history: nil when the client asked that nothing be kept
+    /// (`X-Fal-Store-IO: 0`) or its owner deleted it.
+    public internal(set) var input: JSONObject? = nil
+    /// Its owner deleted its input and output (`DELETE /v1/models/requests/{id}/payloads`): neither is shown or
+    /// served again.
+    public internal(set) var payloadsDeleted = false
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {

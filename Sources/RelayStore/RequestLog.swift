@@ -37,19 +37,27 @@ public final class RequestLog: Sendable {
         /// that job again. Its job then has no end in the log yet (`outcome` is only the fallback `interrupted`):
         /// whoever restores it records the end, by following it or by giving up.
         public var attachment: RequestLogRecord.Attachment?
+        /// When its job's end was recorded (nil while in flight).
+        public var endedAt: Timestamp?
+        /// Its owner had its input and output deleted (`creation.input` is nil then).
+        public var payloadsDeleted = false
 
         public init(
             creation: RequestLogRecord.Creation,
             outcome: RequestLogRecord.Outcome,
             cancelled: Bool,
             interrupted: Bool,
-            attachment: RequestLogRecord.Attachment? = nil
+            attachment: RequestLogRecord.Attachment? = nil,
+            endedAt: Timestamp? = nil,
+            payloadsDeleted: Bool = false
         ) {
             self.creation = creation
             self.outcome = outcome
             self.cancelled = cancelled
             self.interrupted = interrupted
             self.attachment = attachment
+            self.endedAt = endedAt
+            self.payloadsDeleted = payloadsDeleted
         }
     }
 
@@ -331,9 +339,10 @@ public final class RequestLog: Sendable {
         report.segments = segments.count
 
         var creations: [String: RequestLogRecord.Creation] = [:]
-        var finished: [UInt64: RequestLogRecord.Outcome] = [:]
+        var finished: [UInt64: (at: Timestamp, outcome: RequestLogRecord.Outcome)] = [:]
         var attachments: [UInt64: RequestLogRecord.Attachment] = [:]
         var cancelled: Set<String> = []
+        var deleted: [String: Timestamp] = [:]
         for segment in segments {
             guard var buffer = try BlobFileIO.readBuffer(directory + "/" + segment.name) else { continue }
             guard buffer.readBytes(length: RequestLogRecord.segmentMagic.count) == RequestLogRecord.segmentMagic else {
@@ -351,10 +360,12 @@ public final class RequestLog: Sendable {
                         if creations[creation.id] == nil { creations[creation.id] = creation }
                     case .attached(let attachment):
                         attachments[attachment.jobID] = attachment
-                    case .finished(let jobID, _, let outcome):
-                        if finished[jobID] == nil { finished[jobID] = outcome }
+                    case .finished(let jobID, let at, let outcome):
+                        if finished[jobID] == nil { finished[jobID] = (at, outcome) }
                     case .cancelled(let id, _):
                         cancelled.insert(id)
+                    case .payloadsDeleted(let id, let at):
+                        deleted[id] = at
                     }
                 case .corrupt:
                     report.corruptRecords += 1
@@ -373,12 +384,15 @@ public final class RequestLog: Sendable {
         var compacted = ByteBufferAllocator().buffer(capacity: 4096)
         compacted.writeBytes(RequestLogRecord.segmentMagic)
         var jobsWritten: Set<UInt64> = []
-        for creation in creations.values.sorted(by: { $0.createdAt < $1.createdAt }) {
+        for var creation in creations.values.sorted(by: { $0.createdAt < $1.createdAt }) {
             guard creation.createdAt.secondsSinceEpoch >= cutoff else {
                 report.expired += 1
                 continue
             }
-            let outcome = finished[creation.jobID]
+            let deletedAt = deleted[creation.id]
+            // Deleted payloads leave the disk here: the compacted segment replaces every one that held them.
+            if deletedAt != nil { creation.input = nil }
+            let outcome = finished[creation.jobID]?.outcome
             let wasCancelled = cancelled.contains(creation.id)
             let inFlight = outcome == nil && !wasCancelled
             // A job still open at its upstream stays open in the log: its end is recorded when it is followed again.
@@ -394,12 +408,17 @@ public final class RequestLog: Sendable {
                     outcome: ended,
                     cancelled: wasCancelled,
                     interrupted: inFlight,
-                    attachment: inFlight ? attachment : nil
+                    attachment: inFlight ? attachment : nil,
+                    endedAt: finished[creation.jobID]?.at,
+                    payloadsDeleted: deletedAt != nil
                 )
             )
             RequestLogRecord.created(creation).frame(into: &compacted)
             if wasCancelled {
                 RequestLogRecord.cancelled(requestID: creation.id, at: now).frame(into: &compacted)
+            }
+            if let deletedAt {
+                RequestLogRecord.payloadsDeleted(requestID: creation.id, at: deletedAt).frame(into: &compacted)
             }
             if let attachment {
                 if jobsWritten.insert(creation.jobID).inserted {
@@ -408,7 +427,8 @@ public final class RequestLog: Sendable {
             } else if jobsWritten.insert(creation.jobID).inserted,
                 let record = outcome ?? (wasCancelled ? nil : interrupted)
             {
-                RequestLogRecord.finished(jobID: creation.jobID, at: now, outcome: record).frame(into: &compacted)
+                let at = finished[creation.jobID]?.at ?? now
+                RequestLogRecord.finished(jobID: creation.jobID, at: at, outcome: record).frame(into: &compacted)
             }
         }
         report.restored = restored.count

@@ -20,6 +20,11 @@ public enum RequestLogRecord: Sendable, Hashable {
         public var cacheOutcome: String
         /// `Cache-Status`.
         public var cacheStatus: String
+        /// The input as keyed, for the request history; nil when the client asked that it not be kept
+        /// (`X-Fal-Store-IO: 0`), or in records written before the history was kept.
+        public var input: JSONObject?
+        /// The submission's valid `X-Fal-Tags`, as `key=value,…`.
+        public var tags: String?
 
         public init(
             id: String,
@@ -29,7 +34,9 @@ public enum RequestLogRecord: Sendable, Hashable {
             ownerKeyID: String?,
             createdAt: Timestamp,
             cacheOutcome: String,
-            cacheStatus: String
+            cacheStatus: String,
+            input: JSONObject? = nil,
+            tags: String? = nil
         ) {
             self.id = id
             self.jobID = jobID
@@ -39,6 +46,8 @@ public enum RequestLogRecord: Sendable, Hashable {
             self.createdAt = createdAt
             self.cacheOutcome = cacheOutcome
             self.cacheStatus = cacheStatus
+            self.input = input
+            self.tags = tags
         }
     }
 
@@ -109,6 +118,8 @@ public enum RequestLogRecord: Sendable, Hashable {
     case attached(Attachment)
     case finished(jobID: UInt64, at: Timestamp, outcome: Outcome)
     case cancelled(requestID: String, at: Timestamp)
+    /// The request's input and output were deleted at its owner's request (`DELETE /v1/models/requests/{id}/payloads`).
+    case payloadsDeleted(requestID: String, at: Timestamp)
 
     /// The newest instant the record speaks of (a segment may be dropped once all of its records are past retention).
     public var time: Timestamp {
@@ -116,7 +127,7 @@ public enum RequestLogRecord: Sendable, Hashable {
         case .created(let creation): creation.createdAt
         case .attached(let attachment): attachment.attachedAt
         case .finished(_, let at, _): at
-        case .cancelled(_, let at): at
+        case .cancelled(_, let at), .payloadsDeleted(_, let at): at
         }
     }
 
@@ -175,6 +186,7 @@ public enum RequestLogRecord: Sendable, Hashable {
         case finished = 2
         case cancelled = 3
         case attached = 4
+        case payloadsDeleted = 5
     }
 
     private enum OutcomeKind: UInt8 {
@@ -194,8 +206,12 @@ public enum RequestLogRecord: Sendable, Hashable {
             buffer.writeInteger(creation.key.digest.low, endianness: .big)
             guard Self.writeOptionalString(creation.ownerKeyID, into: &buffer) else { return false }
             buffer.writeInteger(creation.createdAt.secondsSinceEpoch.bitPattern, endianness: .little)
-            return Self.writeString(creation.cacheOutcome, into: &buffer)
-                && Self.writeString(creation.cacheStatus, into: &buffer)
+            guard Self.writeString(creation.cacheOutcome, into: &buffer),
+                Self.writeString(creation.cacheStatus, into: &buffer)
+            else { return false }
+            // A trailer older records lack: the kept input (empty when none) and the tags.
+            return Self.writeBytes(creation.input.map { JSONValue.object($0).serialized() } ?? [], into: &buffer)
+                && Self.writeOptionalString(creation.tags, into: &buffer)
         case .attached(let attachment):
             buffer.writeInteger(Kind.attached.rawValue)
             buffer.writeInteger(attachment.jobID, endianness: .little)
@@ -231,8 +247,9 @@ public enum RequestLogRecord: Sendable, Hashable {
                 buffer.writeInteger(OutcomeKind.cancelled.rawValue)
                 return true
             }
-        case .cancelled(let id, let at):
-            buffer.writeInteger(Kind.cancelled.rawValue)
+        case .cancelled(let id, let at), .payloadsDeleted(let id, let at):
+            let kind: Kind = if case .cancelled = self { .cancelled } else { .payloadsDeleted }
+            buffer.writeInteger(kind.rawValue)
             guard Self.writeString(id, into: &buffer) else { return false }
             buffer.writeInteger(at.secondsSinceEpoch.bitPattern, endianness: .little)
             return true
@@ -253,6 +270,16 @@ public enum RequestLogRecord: Sendable, Hashable {
                 let cacheOutcome = readString(&buffer),
                 let cacheStatus = readString(&buffer)
             else { return nil }
+            var input: JSONObject?
+            var tags: String?
+            if buffer.readableBytes > 0 {
+                guard let json = readBytes(&buffer), let tagText = readOptionalString(&buffer) else { return nil }
+                if !json.isEmpty {
+                    guard let object = (try? JSONValue(parsing: json, maxDepth: 512))?.objectValue else { return nil }
+                    input = object
+                }
+                tags = tagText
+            }
             return .created(
                 Creation(
                     id: id,
@@ -262,7 +289,9 @@ public enum RequestLogRecord: Sendable, Hashable {
                     ownerKeyID: owner,
                     createdAt: Timestamp(secondsSinceEpoch: created),
                     cacheOutcome: cacheOutcome,
-                    cacheStatus: cacheStatus
+                    cacheStatus: cacheStatus,
+                    input: input,
+                    tags: tags
                 )
             )
         case .attached:
@@ -327,9 +356,10 @@ public enum RequestLogRecord: Sendable, Hashable {
                 outcome = .cancelled
             }
             return .finished(jobID: jobID, at: Timestamp(secondsSinceEpoch: at), outcome: outcome)
-        case .cancelled:
+        case .cancelled, .payloadsDeleted:
             guard let id = readString(&buffer), let at = readDouble(&buffer) else { return nil }
-            return .cancelled(requestID: id, at: Timestamp(secondsSinceEpoch: at))
+            let time = Timestamp(secondsSinceEpoch: at)
+            return kind == .cancelled ? .cancelled(requestID: id, at: time) : .payloadsDeleted(requestID: id, at: time)
         }
     }
 

@@ -296,3 +296,29 @@ def test_dashboard_shows_traffic_live(ui_relay, browser):
     WebDriverWait(browser, WAIT).until(lambda d: int(attribute(d, "c-rate", "data-points") or 0) >= points + 2)
     shot(browser, "dashboard.png")
     assert severe_console_errors(browser) == []
+
+
+def test_history_page_searches_prompts_and_shows_spend(ui_relay, browser):
+    with httpx.Client(base_url=base(ui_relay), headers={"Authorization": f"Key {ui_relay.key}"}, timeout=30) as client:
+        for prompt in ("a history heron over a lake", "a history tram in the rain"):
+            response = client.post("/fal-ai/flux/schnell", json={"prompt": prompt, "seed": 5})
+            assert response.status_code == 200, response.text
+            status_url = response.json()["status_url"]
+            deadline = time.monotonic() + WAIT
+            while client.get(status_url).json()["status"] != "COMPLETED" and time.monotonic() < deadline:
+                time.sleep(0.1)
+    use_key(browser, ui_relay, ui_relay.key)
+    browser.get_log("browser")
+    browser.get(base(ui_relay) + "/history")
+    WebDriverWait(browser, WAIT).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rows tr")) >= 2)
+    WebDriverWait(browser, WAIT).until(lambda d: text(d, "v-spent").startswith("$"))
+    browser.find_element(By.ID, "q").send_keys("heron")
+    browser.find_element(By.CSS_SELECTOR, "#search button[type=submit]").click()
+    WebDriverWait(browser, WAIT).until(
+        lambda d: [row.text for row in d.find_elements(By.CSS_SELECTOR, "#rows tr")] != []
+        and all("heron" in row.text for row in d.find_elements(By.CSS_SELECTOR, "#rows tr"))
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "#rows tr")
+    assert len(rows) == 1 and "fal-ai/flux/schnell" in rows[0].text and "$" in rows[0].text
+    shot(browser, "history.png")
+    assert severe_console_errors(browser) == []

@@ -263,6 +263,13 @@ extension RelayServices {
         guard let request = jobs.request(id, keyID: principal.keyID), request.endpoint.app == app.app else {
             return ReadAnswer(response: unknownRequest(facts, principal: principal, id: id), principal: principal)
         }
+        if request.payloadsDeleted, case .result = route {
+            let error = FalError.notFound("The payloads of request \(id) were deleted")
+            return ReadAnswer(
+                response: PreparedResponse(error: error, requestID: id, isHead: isHead),
+                principal: principal
+            )
+        }
         let phase = request.phase
         let cacheHeaders = FalWire.cacheHeaders(request)
         // A finished request answers the same from now on: only a sweep past retention can change that.

@@ -15,6 +15,7 @@ import RelayCore
 /// | `/_cluster/v1/follow` (peers) | `respondPeer` (PeerResponder.swift) |
 /// | `/api/fal/proxy` | `respondProxy` (ProxyResponder.swift): the target's route, answered by its responder |
 /// | ui, catalog, stats, `/.well-known/jwks.json` | `respondSite` (SiteResponder.swift) |
+/// | `/v1/models…` (Platform API) | `respondPlatform` (PlatformResponder.swift) |
 /// | ws, realtime | `WebSocketGate` at the upgrade; a plain request is told why it was not upgraded here |
 extension RelayServices {
     func respond(_ request: RouteRequest) -> RouteAnswer {
@@ -37,6 +38,8 @@ extension RelayServices {
             return respondProxy(request)
         case .ui, .catalog, .jwks, .stats:
             return respondSite(request)
+        case .platform(let action):
+            return respondPlatform(request, action: action)
         case .webSocket, .realtime:
             // Only requests the upgrader declined get here: say why.
             if case .failure(let error) = watcherPlace(request.facts, principal: request.principal, take: false) {

@@ -1,0 +1,36 @@
+public import RelayCore
+
+/// The request history: the retained requests as the Platform API lists them, and their payloads deleted on request.
+extension JobTable {
+    /// Retained requests `keyID` may list (nil: every request, for an admin), oldest first: a keyed caller sees the
+    /// requests it submitted, an anonymous one the anonymous requests. A snapshot: copying the values is all the work
+    /// done under the table's lock.
+    public func history(keyID: String??) -> [RelayRequest] {
+        var found = state.withLock { state in
+            guard let keyID else { return Array(state.requests.values) }
+            return state.requests.values.filter { $0.ownerKeyID == keyID }
+        }
+        found.sort { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+        return found
+    }
+
+    /// Forgets a request's input and output (its result is no longer served by its id) and records that durably.
+    /// `keyID` as for `history`. Returns the request as it was before (its result names the media to delete), nil
+    /// when there is no such request for this caller.
+    public func deletePayloads(_ id: String, keyID: String??, at now: Timestamp = .now()) -> RelayRequest? {
+        let found = state.withLock { state -> RelayRequest? in
+            guard var request = state.requests[id] else { return nil }
+            if let keyID, request.ownerKeyID != keyID { return nil }
+            let before = request
+            request.input = nil
+            request.payloadsDeleted = true
+            state.requests[id] = request
+            // Answers memoised for finished requests are stale now.
+            removalCount.add(1, ordering: .releasing)
+            return before
+        }
+        guard let found, !found.payloadsDeleted else { return found }
+        log?.append([.payloadsDeleted(requestID: id, at: now)])
+        return found
+    }
+}
