@@ -16,9 +16,12 @@ function inputText(input) {
   return String(text).length > 90 ? String(text).slice(0, 90) + "…" : String(text);
 }
 
+/** The first media URL of an output, as a link target: http(s) or a same-origin path only, never `javascript:`. */
 function firstMedia(output) {
   const file = output?.images?.[0] ?? output?.image ?? output?.video ?? output?.audio;
-  return typeof file?.url === "string" ? sameOriginMedia(file.url) : null;
+  if (typeof file?.url !== "string") return null;
+  const url = sameOriginMedia(file.url);
+  return (url.startsWith("/") && !url.startsWith("//")) || /^https?:\/\//i.test(url) ? url : null;
 }
 
 async function fetchJSON(path, options = {}) {

@@ -28,6 +28,11 @@ public struct PlatformHeaders: Sendable, Hashable {
     public var storeIO = true
     /// `X-Fal-Tags`, the valid pairs only.
     public var tags: [Tag] = []
+    /// `X-Fal-Object-Lifecycle-Preference`'s `expiration_duration_seconds`: the generation's media are deleted this
+    /// long after it ends. nil: the relay's own policy (fal's `null`, "never", is kept while the byte budget allows).
+    public var mediaExpirySeconds: Double?
+    /// The header as the client sent it, forwarded to an origin as it is.
+    public var lifecyclePreference: String?
     /// The `fal_max_queue_length` query parameter: refuse (429) rather than queue behind more than this many.
     public var maxQueueLength: Int?
 
@@ -43,7 +48,11 @@ public struct PlatformHeaders: Sendable, Hashable {
         public static let disableFallbacks = "x-fal-disable-fallbacks"
         public static let storeIO = "X-Fal-Store-IO"
         public static let tags = "X-Fal-Tags"
+        public static let lifecyclePreference = "X-Fal-Object-Lifecycle-Preference"
     }
+
+    /// The longest per-request media lifetime accepted (ten years).
+    public static let maxMediaExpirySeconds = 10 * 365 * 86_400.0
 
     /// fal's limits on tags (docs "request tags").
     public static let maxTags = 10
@@ -88,6 +97,44 @@ public struct PlatformHeaders: Sendable, Hashable {
             storeIO = text.trimmingSpaces != "0"
         }
         tags = value(Name.tags).map(Self.tags(in:)) ?? []
+        if let text = value(Name.lifecyclePreference) {
+            mediaExpirySeconds = try Self.mediaExpiry(text)
+            lifecyclePreference = text
+        }
+    }
+
+    /// Reads `{"expiration_duration_seconds": N or null, "initial_acl": …}`. Access rules are refused (422), never
+    /// ignored: this relay's media are public to whoever holds their URL, so a rule that hides them cannot be kept.
+    static func mediaExpiry(_ text: String) throws(FalError) -> Double? {
+        let name = Name.lifecyclePreference
+        guard let object = (try? JSONValue(parsing: Array(text.utf8), maxDepth: 16))?.objectValue else {
+            throw invalid(name, "must be a JSON object such as {\"expiration_duration_seconds\": 3600}")
+        }
+        if let acl = object["initial_acl"], acl != .null {
+            guard acl.objectValue?.keys.allSatisfy({ $0 == "default" || $0 == "rules" }) == true,
+                acl["default"] == nil || acl["default"] == "allow",
+                acl["rules"] == nil || acl["rules"] == .null || acl["rules"] == []
+            else {
+                throw invalid(
+                    name,
+                    "initial_acl rules are not supported: media here are public to anyone holding their URL"
+                )
+            }
+        }
+        switch object["expiration_duration_seconds"] {
+        case nil, .null?:
+            return nil
+        case let value?:
+            guard let seconds = value.doubleValue, seconds.rounded() == seconds, seconds >= 1,
+                seconds <= maxMediaExpirySeconds
+            else {
+                throw invalid(
+                    name,
+                    "expiration_duration_seconds must be a whole number of seconds from 1 to ten years, or null"
+                )
+            }
+            return seconds
+        }
     }
 
     /// The valid pairs of an `X-Fal-Tags` value (`key=value,…`), in order, at most `maxTags` and `maxTagsBytes` in
@@ -130,6 +177,7 @@ public struct PlatformHeaders: Sendable, Hashable {
         if let disableFallbacks { headers.append((Name.disableFallbacks, disableFallbacks)) }
         if !storeIO { headers.append((Name.storeIO, "0")) }
         if let tagsText { headers.append((Name.tags, tagsText)) }
+        if let lifecyclePreference { headers.append((Name.lifecyclePreference, lifecyclePreference)) }
         return headers
     }
 

@@ -22,7 +22,10 @@ extension Timestamp {
             let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
             (1...12).contains(month), (1...31).contains(day)
         else { return nil }
-        var seconds = Double(Self.days(year: year, month: month, day: day) * 86_400)
+        let days = Self.days(year: year, month: month, day: day)
+        // 2026-02-31 is no date (it would read as March 3rd).
+        guard Self.civil(fromDays: days) == (year, month, day) else { return nil }
+        var seconds = Double(days * 86_400)
         guard bytes.count > 10 else {
             self.init(secondsSinceEpoch: seconds)
             return

@@ -57,9 +57,12 @@ enum CallerRule: Equatable {
             self = .admin
         case .tokens, .webSocket, .realtime, .submit, .status, .statusStream, .result, .cancel, .run, .stream:
             self = .caller
-        case .platform:
-            // The catalog and prices for anyone; the history and usage of the caller's own requests (an admin's: all).
+        case .platform(.models), .platform(.pricing):
             self = .caller
+        case .platform:
+            // The history, usage and payloads of the caller's own requests (an admin's: all): a key's alone, never
+            // the anonymous caller's (whose request ids are their only secret) nor a browser token's.
+            self = .key
         }
     }
 }
@@ -166,7 +169,9 @@ extension RelayServices {
             }
             return .success(principal)
         }
-        guard facts.uri.utf8.contains(UInt8(ascii: "?")), let token = QueryParameters(uri: facts.uri)["fal_jwt_token"]
+        // A token is scoped to apps: it never stands for its key on the Platform API.
+        guard facts.uri.utf8.contains(UInt8(ascii: "?")), !route.isPlatform,
+            let token = QueryParameters(uri: facts.uri)["fal_jwt_token"]
         else {
             return .success(.anonymous)
         }
@@ -185,6 +190,7 @@ extension RelayServices {
     private static func keyNeeded(_ route: Route) -> String {
         switch route {
         case .v3Upload: "Uploads need an API key or a storage token"
+        case .platform: "The request history and usage need an API key"
         case .storageToken: "Storage tokens need an API key"
         default: "Uploads need an API key"
         }

@@ -76,6 +76,30 @@ enum PlatformAPI {
         return (items[start..<end], next)
     }
 
+    /// One page of `items` (sorted by `key`, descending or not) after `cursor`, which holds the previous page's last
+    /// key: the page resumes at the first item past it, so items that came, went or moved meanwhile never make a
+    /// page skip or repeat one that stayed.
+    static func keysetPage<Item>(
+        _ items: [Item],
+        cursor: String?,
+        limit: Int,
+        descending: Bool,
+        key: (Item) -> (Double, String)
+    ) throws(Failure) -> (ArraySlice<Item>, next: String?) {
+        var start = items.startIndex
+        if let cursor {
+            guard let bytes = Hex.decode(cursor), let text = String(validating: bytes, as: UTF8.self),
+                let space = text.firstIndex(of: " "), let number = Double(text[..<space])
+            else { throw .validation("cursor is not one this relay gave") }
+            let after = (number, String(text[text.index(after: space)...]))
+            start = items.firstIndex { descending ? key($0) < after : key($0) > after } ?? items.endIndex
+        }
+        let end = min(items.endIndex, start + limit)
+        guard end < items.endIndex, end > start else { return (items[start..<end], nil) }
+        let last = key(items[end - 1])
+        return (items[start..<end], Hex.encode("\(last.0) \(last.1)".utf8))
+    }
+
     // MARK: - Models
 
     /// fal's category for a catalog entry.

@@ -35,7 +35,7 @@ enum PlatformHistory {
 
         /// Seconds from its start (or, never started, from its submission) to its end.
         var duration: Double? {
-            ended.map { $0.secondsSinceEpoch - (started ?? request.createdAt).secondsSinceEpoch }
+            ended.map { max(0, $0.secondsSinceEpoch - (started ?? request.createdAt).secondsSinceEpoch) }
         }
 
         /// When it counts for a time window: its end, or its submission while in flight.
@@ -44,11 +44,14 @@ enum PlatformHistory {
         /// What its generation used, in its model's billing unit, and what that cost (nil when the price is unknown);
         /// `spent`: it ran upstream (a miss or a bypass), else its cost was saved (a hit, or coalesced). Nil for
         /// requests that made nothing.
+        /// A miss whose request was cancelled while its job ran on for others still paid for the job.
         var charge: (quantity: Double, cost: Double?, spent: Bool)? {
-            guard let model, case .success(let result, let seconds)? = outcome, !request.cancelled else { return nil }
+            let spent = request.cacheOutcome == .miss || request.cacheOutcome == .bypass
+            guard let model, case .completed(.success(let result, let seconds)) = request.job.status.phase,
+                spent || !request.cancelled
+            else { return nil }
             let input = request.input ?? request.job.input.fields
             let quantity = model.price.unit.quantity(result: result, input: input, inferenceSeconds: seconds)
-            let spent = request.cacheOutcome == .miss || request.cacheOutcome == .bypass
             return (quantity, model.price.unitPrice.map { $0 * quantity }, spent)
         }
     }
@@ -93,10 +96,18 @@ enum PlatformHistory {
             return words.allSatisfy { text.contains($0) }
         }
         // Newest end first (in flight, without an end, before all); ids break ties so pages never overlap.
-        let key: (Entry) -> Double =
-            sort == "duration" ? { $0.duration ?? .infinity } : { $0.ended?.secondsSinceEpoch ?? .infinity }
-        entries.sort { (key($0), $0.request.id) > (key($1), $1.request.id) }
-        let (page, next) = try PlatformAPI.page(entries, cursor: query["cursor"], limit: limit) { $0.request.id }
+        let key: (Entry) -> (Double, String) =
+            sort == "duration"
+            ? { ($0.duration ?? .infinity, $0.request.id) }
+            : { ($0.ended?.secondsSinceEpoch ?? .infinity, $0.request.id) }
+        entries.sort { key($0) > key($1) }
+        let (page, next) = try PlatformAPI.keysetPage(
+            entries,
+            cursor: query["cursor"],
+            limit: limit,
+            descending: true,
+            key: key
+        )
         let items: [JSONValue] = page.map { item($0, payloads: payloads) }
         return [
             "items": .array(items), "next_cursor": next.map(JSONValue.string) ?? .null, "has_more": .bool(next != nil),

@@ -82,7 +82,8 @@ enum PlatformUsage {
         for request in requests {
             let entry = PlatformHistory.Entry(request, catalog: catalog)
             guard let model = entry.model, let charge = entry.charge, let ended = entry.ended,
-                window.contains(ended), ids.isEmpty || ids.contains(model.id)
+                window.contains(ended),
+                ids.isEmpty || ids.contains(model.id) || ids.contains(request.endpoint.description)
             else { continue }
             let key = LineKey(endpoint: model.id, keyID: byAuth ? .some(request.ownerKeyID) : nil)
             let authMethod = byAuth ? (request.ownerKeyID == nil ? "Anonymous" : "API Key") : nil
@@ -106,7 +107,12 @@ enum PlatformUsage {
         var answer: JSONObject = ["next_cursor": .null, "has_more": false]
         if expand.contains("time_series") {
             let ordered = buckets.keys.sorted()
-            let (page, next) = try PlatformAPI.page(ordered, cursor: query["cursor"], limit: limit) { $0.iso8601 }
+            let (page, next) = try PlatformAPI.keysetPage(
+                ordered,
+                cursor: query["cursor"],
+                limit: limit,
+                descending: false
+            ) { ($0.secondsSinceEpoch, "") }
             answer["time_series"] = .array(
                 page.map { bucket in ["bucket": .string(bucket.iso8601), "results": lines(buckets[bucket] ?? [:])] }
             )

@@ -53,6 +53,13 @@ public enum Route: Sendable, Hashable {
     case methodNotAllowed
 }
 
+extension Route {
+    var isPlatform: Bool {
+        if case .platform = self { return true }
+        return false
+    }
+}
+
 /// Which Platform API route (`https://api.fal.ai/v1` as this relay answers it).
 public enum PlatformAction: Sendable, Hashable {
     /// `GET /v1/models`: list, find by `endpoint_id`, search by `q`; `expand=openapi-3.0`.

@@ -32,10 +32,11 @@ extension WebSocketSessionHandler {
         else {
             return then(self, context, complete(normalised, endpoint: endpoint, facts: facts))
         }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        // `then` is called on this loop only: bound to it with the handler and context.
+        let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
         let fleet = services.fleet
         asking.whenSuccess { tiers in
-            let (handler, context) = bound.value
+            let (handler, context, then) = bound.value
             guard context.channel.isActive else {
                 // Nobody to give the id to: the registration made with the lookup is taken back.
                 if let registered = tiers.registered { fleet?.withdraw(registered) }

@@ -58,6 +58,8 @@ public final class Job: Sendable {
         /// A low-priority job a normal request was coalesced onto; and who waits to hear it (see `whenRaised`).
         var raised = false
         var raiseWatchers: [@Sendable () -> Void] = []
+        /// The shortest media lifetime its requests asked for (`X-Fal-Object-Lifecycle-Preference`).
+        var mediaExpirySeconds: Double?
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -89,7 +91,13 @@ public final class Job: Sendable {
         self.input = input
         self.key = key
         self.createdAt = createdAt
-        state = Mutex(State(machine: JobStateMachine(maxEvents: maxEvents), catchingUp: adoptedFrom == nil ? nil : []))
+        state = Mutex(
+            State(
+                machine: JobStateMachine(maxEvents: maxEvents),
+                catchingUp: adoptedFrom == nil ? nil : [],
+                mediaExpirySeconds: platform.mediaExpirySeconds
+            )
+        )
     }
 
     /// A job that ended before a restart, rebuilt from the request log: already terminal with `outcome`.
@@ -144,6 +152,16 @@ public final class Job: Sendable {
             return state.raiseWatchers
         }
         for watcher in watchers { watcher() }
+    }
+
+    /// How long its media are kept after it ends: the shortest lifetime any of its requests asked for (nil: the relay's
+    /// own policy).
+    public var mediaExpirySeconds: Double? { state.withLock { $0.mediaExpirySeconds } }
+
+    /// A request that asked its media be deleted after `seconds` shares this job: the shortest lifetime wins (one asked
+    /// for its media to go, and they are the same files).
+    public func shortenMediaExpiry(to seconds: Double) {
+        state.withLock { state in state.mediaExpirySeconds = min(state.mediaExpirySeconds ?? seconds, seconds) }
     }
 
     /// Runs `body` when the job is raised to normal priority (at once if it was).

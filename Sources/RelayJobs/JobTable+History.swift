@@ -14,23 +14,36 @@ extension JobTable {
         return found
     }
 
-    /// Forgets a request's input and output (its result is no longer served by its id) and records that durably.
-    /// `keyID` as for `history`. Returns the request as it was before (its result names the media to delete), nil
-    /// when there is no such request for this caller.
-    public func deletePayloads(_ id: String, keyID: String??, at now: Timestamp = .now()) -> RelayRequest? {
-        let found = state.withLock { state -> RelayRequest? in
-            guard var request = state.requests[id] else { return nil }
-            if let keyID, request.ownerKeyID != keyID { return nil }
+    /// What `deletePayloads` did.
+    public enum PayloadDeletion: Sendable {
+        /// Deleted now: the request as it was before (its result names the media to delete).
+        case deleted(RelayRequest)
+        case alreadyDeleted
+        /// Its job has not ended: what it will make cannot be deleted yet.
+        case inProgress
+        case notFound
+    }
+
+    /// Forgets a request's input and output (its result is no longer served by its id), and returns once that is
+    /// durable. `keyID` as for `history`.
+    public func deletePayloads(_ id: String, keyID: String??, at now: Timestamp = .now()) async -> PayloadDeletion {
+        let outcome = state.withLock { state -> PayloadDeletion in
+            guard var request = state.requests[id] else { return .notFound }
+            if let keyID, request.ownerKeyID != keyID { return .notFound }
+            if request.payloadsDeleted { return .alreadyDeleted }
+            guard request.phase.isCompleted else { return .inProgress }
             let before = request
             request.input = nil
             request.payloadsDeleted = true
             state.requests[id] = request
             // Answers memoised for finished requests are stale now.
             removalCount.add(1, ordering: .releasing)
-            return before
+            return .deleted(before)
         }
-        guard let found, !found.payloadsDeleted else { return found }
-        log?.append([.payloadsDeleted(requestID: id, at: now)])
-        return found
+        guard case .deleted = outcome, let log else { return outcome }
+        await withCheckedContinuation { continuation in
+            log.append([.payloadsDeleted(requestID: id, at: now)]) { _ in continuation.resume() }
+        }
+        return outcome
     }
 }

@@ -25,4 +25,48 @@ extension JobTable {
         case .cancelled: .cancelled
         }
     }
+
+    /// Stores what of `outcome` may be reused; true when something was stored.
+    static func store(
+        _ outcome: JobOutcome,
+        of job: Job,
+        in results: ResultIndex,
+        policy: CachePolicy,
+        storeResult: Bool,
+        storeRejection: Bool
+    ) -> Bool {
+        let now = Timestamp.now()
+        let input = job.input
+        switch outcome {
+        case .success(let result, let seconds) where storeResult:
+            var ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
+            // A result must not outlive the media it names (X-Fal-Object-Lifecycle-Preference).
+            if let expiry = job.mediaExpirySeconds { ttl = min(ttl, expiry) }
+            results.store(
+                job.key,
+                CachedResult(
+                    modelID: input.model.id,
+                    canonicalInput: input.canonicalBytes,
+                    outcome: .success(result: result, inferenceSeconds: seconds),
+                    storedAt: now,
+                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
+                )
+            )
+            return true
+        case .failure(let error) where storeRejection && error.status == 422:
+            results.store(
+                job.key,
+                CachedResult(
+                    modelID: input.model.id,
+                    canonicalInput: input.canonicalBytes,
+                    outcome: .rejected(error),
+                    storedAt: now,
+                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
+                )
+            )
+            return true
+        default:
+            return false
+        }
+    }
 }

@@ -58,6 +58,9 @@ public final class JobTable: Sendable {
     public let maxEvents: Int
     /// The fleet this node belongs to (cluster mode); nil for a single node.
     public let fleet: (any Fleet)?
+    /// Told of each result whose media must be deleted at a time (`X-Fal-Object-Lifecycle-Preference`): the store's
+    /// expiry deletes them then.
+    let mediaDeadline: @Sendable (_ result: JSONValue, _ deadline: Timestamp) -> Void
 
     public init(
         retentionSeconds: Double = 3600,
@@ -67,9 +70,11 @@ public final class JobTable: Sendable {
         statistics: RelayStatistics = RelayStatistics(),
         log: RequestLog? = nil,
         fleet: (any Fleet)? = nil,
+        mediaDeadline: @escaping @Sendable (JSONValue, Timestamp) -> Void = { _, _ in },
         upstream: @escaping UpstreamResolver
     ) {
         self.fleet = fleet
+        self.mediaDeadline = mediaDeadline
         self.log = log
         self.statistics = statistics
         self.retentionSeconds = retentionSeconds
@@ -233,6 +238,7 @@ public final class JobTable: Sendable {
         statistics.recordSubmission(request.cacheOutcome)
         // A shared job waits in the queue with the highest priority of its requests (fal's default is normal).
         if newJob == nil, platform.priority != .low { request.job.raisePriority() }
+        if newJob == nil, let expiry = platform.mediaExpirySeconds { request.job.shortenMediaExpiry(to: expiry) }
         if let newJob {
             start(
                 newJob,
@@ -378,9 +384,13 @@ public final class JobTable: Sendable {
         let log = self.log
         let latency = self.latency
         let fleet = self.fleet
+        let mediaDeadline = self.mediaDeadline
         job.setCompletionGate { [weak job] outcome, publish in
             guard let job else { return publish() }
             let started = ContinuousClock.now
+            if case .success(let result, _) = outcome, let expiry = job.mediaExpirySeconds {
+                mediaDeadline(result, Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + expiry))
+            }
             let stored = Self.store(
                 outcome,
                 of: job,
@@ -425,48 +435,6 @@ public final class JobTable: Sendable {
         }
         if let task = begin() {
             job.setTask(task)
-        }
-    }
-
-    /// Stores what of `outcome` may be reused; true when something was stored.
-    private static func store(
-        _ outcome: JobOutcome,
-        of job: Job,
-        in results: ResultIndex,
-        policy: CachePolicy,
-        storeResult: Bool,
-        storeRejection: Bool
-    ) -> Bool {
-        let now = Timestamp.now()
-        let input = job.input
-        switch outcome {
-        case .success(let result, let seconds) where storeResult:
-            let ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
-            results.store(
-                job.key,
-                CachedResult(
-                    modelID: input.model.id,
-                    canonicalInput: input.canonicalBytes,
-                    outcome: .success(result: result, inferenceSeconds: seconds),
-                    storedAt: now,
-                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + ttl)
-                )
-            )
-            return true
-        case .failure(let error) where storeRejection && error.status == 422:
-            results.store(
-                job.key,
-                CachedResult(
-                    modelID: input.model.id,
-                    canonicalInput: input.canonicalBytes,
-                    outcome: .rejected(error),
-                    storedAt: now,
-                    expiresAt: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + policy.negativeTTLSeconds)
-                )
-            )
-            return true
-        default:
-            return false
         }
     }
 

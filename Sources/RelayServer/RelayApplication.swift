@@ -177,11 +177,15 @@ public struct RelayApplication: Sendable {
             results: results,
             cachePolicy: .init(resultTTLSeconds: config.resultTTLSeconds),
             log: requestLog,
-            fleet: cluster?.node
-        ) { [originUpstream = origin.map { cluster?.upstream($0) ?? $0 }] model in
-            if let originUpstream, sendEverythingToOrigin || model.upstream == "origin" { return originUpstream }
-            return fleetSynthetic
-        }
+            fleet: cluster?.node,
+            mediaDeadline: { result, deadline in
+                expiry.delete(ResultIndex.referencedDigests(in: result), at: deadline)
+            },
+            upstream: { [originUpstream = origin.map { cluster?.upstream($0) ?? $0 }] model in
+                if let originUpstream, sendEverythingToOrigin || model.upstream == "origin" { return originUpstream }
+                return fleetSynthetic
+            }
+        )
         if let restored = try await jobs.restore(models: { catalog.model($0) }) {
             logger.info(
                 "requests restored",

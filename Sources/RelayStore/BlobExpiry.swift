@@ -64,6 +64,8 @@ public final class BlobExpiry: Sendable {
         var bytes = 0
         var evictions = 0
         var collected = 0
+        /// Blobs to delete at a time (seconds since 1970), as a request's media lifetime asked.
+        var deadlines: [Digest128: Double] = [:]
     }
 
     private let state = Mutex(State())
@@ -89,6 +91,18 @@ public final class BlobExpiry: Sendable {
         let seconds = now.secondsSinceEpoch
         state.withLock { state in
             if state.touched[digest].map({ $0 < seconds }) ?? true { state.touched[digest] = seconds }
+        }
+    }
+
+    /// Deletes these blobs at `deadline` (a request's `X-Fal-Object-Lifecycle-Preference`): the first sweep after it
+    /// removes each one no result points at any more, without the grace period, uploads' pins or not. A later deadline
+    /// for the same blob wins. In memory only: after a restart such a blob goes as any unreferenced one does (its
+    /// result's TTL ended at the same time).
+    public func delete(_ digests: some Sequence<Digest128>, at deadline: Timestamp) {
+        state.withLock { state in
+            for digest in digests {
+                state.deadlines[digest] = max(state.deadlines[digest] ?? 0, deadline.secondsSinceEpoch)
+            }
         }
     }
 
@@ -148,9 +162,15 @@ public final class BlobExpiry: Sendable {
         // Look again right before deleting: a result may have been stored, or the blob served, since the scan.
         let idleBefore = now.secondsSinceEpoch - configuration.budget.gracePeriodSeconds
         let stillUnreferenced = results.unreferenced(among: plan.garbage).subtracting(pinned())
-        let garbage = state.withLock { state in
+        let due = state.withLock { state in
+            state.deadlines.filter { $0.value <= now.secondsSinceEpoch && present.contains($0.key) }.map(\.key)
+        }
+        let dueUnreferenced = results.unreferenced(among: due)
+        var garbage = state.withLock { state in
             plan.garbage.filter { stillUnreferenced.contains($0) && (state.touched[$0] ?? 0) < idleBefore }
         }
+        let planned = Set(plan.evicted).union(garbage)
+        garbage += due.filter { dueUnreferenced.contains($0) && !planned.contains($0) }
 
         // Results first, then files: between the two a lookup misses, it never gets a URL that 404s.
         report.resultsRemovedWithBlobs = results.removeResults(referencing: Set(plan.evicted))
@@ -178,6 +198,11 @@ public final class BlobExpiry: Sendable {
             state.evictions += report.evicted
             state.collected += report.collected
             for digest in removed { state.touched[digest] = nil }
+            // A deadline is kept until its blob is gone (one a result still points at is tried again next sweep); a
+            // blob put after the scan began is not in `present` yet, and keeps its deadline too.
+            state.deadlines = state.deadlines.filter {
+                !removed.contains($0.key) && (present.contains($0.key) || $0.value > now.secondsSinceEpoch)
+            }
         }
         report.duration = clock.now - started
         return report

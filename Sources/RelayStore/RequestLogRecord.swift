@@ -144,7 +144,12 @@ public enum RequestLogRecord: Sendable, Hashable {
     @discardableResult
     func frame(into buffer: inout ByteBuffer) -> Bool {
         var payload = ByteBufferAllocator().buffer(capacity: 256)
-        guard encode(into: &payload), payload.readableBytes <= Self.maxPayload else { return false }
+        guard encode(into: &payload), payload.readableBytes <= Self.maxPayload else {
+            // A creation too big with its input for the history is kept without it: the request must survive.
+            guard case .created(var creation) = self, creation.input != nil else { return false }
+            creation.input = nil
+            return RequestLogRecord.created(creation).frame(into: &buffer)
+        }
         buffer.writeInteger(UInt32(payload.readableBytes), endianness: .little)
         buffer.writeInteger(ResultManifest.checksum(payload.readableBytesView), endianness: .little)
         buffer.writeBuffer(&payload)

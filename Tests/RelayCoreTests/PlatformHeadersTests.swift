@@ -84,3 +84,30 @@ import Testing
         #expect(FalError.unavailable("origin slow", type: "request_timeout").responseHeaders.isEmpty)
     }
 }
+
+extension PlatformHeadersTests {
+    /// `X-Fal-Object-Lifecycle-Preference`: a media lifetime in whole seconds (null: the relay's policy), forwarded as
+    /// sent; access rules the relay cannot keep are a 422, never ignored.
+    @Test func aLifecyclePreferenceIsReadForwardedOrRefused() throws {
+        let name = "X-Fal-Object-Lifecycle-Preference"
+        let text = #"{"expiration_duration_seconds": 3600, "initial_acl": {"default": "allow"}}"#
+        let platform = try read([name: text])
+        #expect(platform.mediaExpirySeconds == 3600)
+        #expect(platform.forwarded(priority: nil).contains { $0 == (name, text) })
+        #expect(try read([name: #"{"expiration_duration_seconds": null}"#]).mediaExpirySeconds == nil)
+        for bad in [
+            "3600", #"{"expiration_duration_seconds": 0}"#, #"{"expiration_duration_seconds": 2.5}"#,
+            #"{"expiration_duration_seconds": "1h"}"#, #"{"initial_acl": {"default": "forbid"}}"#,
+            #"{"initial_acl": {"rules": [{"user": "u", "decision": "allow"}]}}"#,
+        ] {
+            #expect(throws: FalError.self, "\(bad)") { try read([name: bad]) }
+            do {
+                _ = try read([name: bad])
+            } catch {
+                #expect(
+                    error.status == 422 && error.body["detail"]?.arrayValue?.first?["loc"] == ["header", .string(name)]
+                )
+            }
+        }
+    }
+}

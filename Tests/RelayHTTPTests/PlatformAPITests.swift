@@ -115,6 +115,24 @@ import Testing
         #expect(prices["has_more"] == false)
     }
 
+    /// Pages resume past the last key they gave: an item that moved (a request that ended) or went never makes the
+    /// next page skip or repeat one that stayed.
+    @Test func keysetPagesNeitherSkipNorRepeat() throws {
+        // Three requests in flight (no end yet: first), one ended.
+        var items: [(Double, String)] = [(.infinity, "c"), (.infinity, "b"), (.infinity, "a"), (10, "d")]
+        let (first, cursor) = try PlatformAPI.keysetPage(items, cursor: nil, limit: 2, descending: true) { $0 }
+        #expect(first.map(\.1) == ["c", "b"])
+        // "b" ends now (the newest end, 40) and moves behind "a": "a", which stayed, must not be skipped.
+        items = [(.infinity, "c"), (.infinity, "a"), (40, "b"), (10, "d")]
+        let (second, next) = try PlatformAPI.keysetPage(items, cursor: cursor, limit: 2, descending: true) { $0 }
+        #expect(second.map(\.1) == ["a", "b"] && next != nil)
+        let (third, last) = try PlatformAPI.keysetPage(items, cursor: next, limit: 2, descending: true) { $0 }
+        #expect(third.map(\.1) == ["d"] && last == nil)
+        #expect(throws: PlatformAPI.Failure.self) {
+            try PlatformAPI.keysetPage(items, cursor: "zz", limit: 2, descending: true) { $0 }
+        }
+    }
+
     @Test func badParametersAreValidationErrorsInThePlatformShape() {
         let cases: [(String, Int, String)] = [
             ("", 400, "endpoint_id is required"),

@@ -40,6 +40,10 @@ extension JobTableRestartTests {
         let kept = await submit(before, try input("a red fox"), owner: "key-a", platform: tagged)
         let secret = await submit(before, try input("a secret"), owner: "key-a", platform: private_)
         let other = await submit(before, try input("a blue fox"), owner: "key-b", platform: PlatformHeaders())
+        guard case .inProgress = await before.deletePayloads(other.id, keyID: .some("key-b")) else {
+            Issue.record("a request still running has no payloads to delete yet")
+            return
+        }
         upstream.tasks[0].job.receive(.started)
         for task in upstream.tasks { task.job.receive(.succeeded(result: ["n": 1], inferenceSeconds: 0.1)) }
         for request in [kept, secret, other] { try await waitUntilCompleted(request) }
@@ -49,8 +53,17 @@ extension JobTableRestartTests {
         #expect(before.history(keyID: .some("key-a")).map(\.id) == [kept.id, secret.id])
         #expect(before.history(keyID: .some(nil)).isEmpty)
         #expect(before.history(keyID: nil).count == 3)
-        #expect(before.deletePayloads(other.id, keyID: .some("key-a")) == nil, "another key's request")
-        #expect(before.deletePayloads(other.id, keyID: .some("key-b"))?.payloadsDeleted == false)
+        guard case .notFound = await before.deletePayloads(other.id, keyID: .some("key-a")) else {
+            Issue.record("another key's request")
+            return
+        }
+        guard case .deleted(let was) = await before.deletePayloads(other.id, keyID: .some("key-b")),
+            case .alreadyDeleted = await before.deletePayloads(other.id, keyID: nil)
+        else {
+            Issue.record("its owner deletes it once")
+            return
+        }
+        #expect(was.input?["prompt"] == "a blue fox")
         await before.log?.flush()
 
         let after = try await table(directory, upstream: ManualUpstream())

@@ -262,3 +262,44 @@ struct BlobExpiryTests {
         var value: Int { count.withLock { $0 } }
     }
 }
+
+extension BlobExpiryTests {
+    /// A request's media lifetime (`X-Fal-Object-Lifecycle-Preference`): its blobs go at the deadline, without the
+    /// grace period, once no result points at them; not before, and a pinned upload goes too.
+    @Test func blobsGoAtTheirDeadlineOnceNoResultPointsAtThem() async throws {
+        let setup = try await Setup()
+        defer { setup.directory.remove() }
+        let now = Timestamp.now().secondsSinceEpoch
+        let free = try await setup.put(1)
+        let referenced = try await setup.put(2)
+        let pinned = try await setup.put(3)
+        let other = try await setup.put(4)
+        setup.results.store(
+            ResultFixtures.key(2),
+            ResultFixtures.success(2, digests: [referenced], storedAt: now, ttl: 86_400)
+        )
+        let expiry = BlobExpiry(
+            store: setup.store,
+            results: setup.results,
+            configuration: .init(maxBytes: nil),
+            pinned: { [pinned] }
+        )
+        let deadline = Timestamp(secondsSinceEpoch: now + 60)
+        expiry.delete([free, referenced, pinned], at: deadline)
+
+        // Before the deadline, fresh blobs are within the grace period: nothing goes.
+        _ = try await expiry.sweep(now: Timestamp(secondsSinceEpoch: now + 59))
+        #expect(setup.exists(free) && setup.exists(referenced) && setup.exists(pinned) && setup.exists(other))
+
+        let due = try await expiry.sweep(now: Timestamp(secondsSinceEpoch: now + 61))
+        #expect(!setup.exists(free) && !setup.exists(pinned), "due, unreferenced: gone without the grace period")
+        #expect(setup.exists(referenced), "a result still points at it")
+        #expect(setup.exists(other), "no deadline: the grace period still holds")
+        #expect(due.collected == 2)
+
+        // Once its result is gone, the next sweep deletes it.
+        setup.results.remove(ResultFixtures.key(2))
+        _ = try await expiry.sweep(now: Timestamp(secondsSinceEpoch: now + 90))
+        #expect(!setup.exists(referenced) && setup.exists(other))
+    }
+}

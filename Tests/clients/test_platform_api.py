@@ -2,13 +2,14 @@
 the request history with search and payload deletion, and usage in money from real synthetic outputs, each checked
 against fal's documented response shapes (docs.fal.ai platform-apis v1)."""
 import ssl
+import subprocess
 import tempfile
 import time
 
 import httpx
 import pytest
 
-from conftest import Relay
+from conftest import BINARY, Relay
 
 MODEL_FIELDS = {"display_name", "category", "description", "status", "tags", "updated_at", "is_favorited",
                 "thumbnail_url", "model_url", "date", "highlighted", "pinned"}
@@ -158,8 +159,19 @@ def test_history_lists_the_callers_requests_with_payloads_search_and_paging(plat
     assert len(everything) == len({entry["request_id"] for entry in everything}) >= 3
     admin = {entry["request_id"] for entry in walk(http, "/v1/models/requests/by-endpoint", key(relay, "admin_key"))}
     assert {mine["request_id"], anonymous["request_id"]} <= admin
-    anonymous_view = {entry["request_id"] for entry in walk(http, "/v1/models/requests/by-endpoint")}
-    assert anonymous["request_id"] in anonymous_view and mine["request_id"] not in anonymous_view
+
+
+def test_history_usage_and_deletion_need_a_key_not_a_browser_token(platform):
+    relay, http = platform
+    token = http.post("/tokens/", json={"allowed_apps": ["flux"], "token_expiration": 120}, headers=key(relay))
+    assert token.status_code in (200, 201), token.text
+    for method, path in (("GET", "/v1/models/requests/by-endpoint"), ("GET", "/v1/models/usage"),
+                         ("DELETE", "/v1/models/requests/00000000-0000-4000-8000-000000000000/payloads")):
+        # Anonymous request ids are their only secret: no listing them; and an app-scoped token is not its key.
+        assert http.request(method, path).status_code == 401
+        assert http.request(method, path, params={"fal_jwt_token": token.json()}).status_code == 401
+    # The catalog and prices stay open to anyone.
+    assert http.get("/v1/models").status_code == 200
 
 
 def test_usage_costs_real_outputs_and_counts_what_the_cache_saved(platform):
@@ -210,9 +222,13 @@ def test_only_the_owner_or_an_admin_deletes_payloads(platform):
     submitted, result = run(http, relay, "fal-ai/flux/dev", {"prompt": "delete me", "seed": 99}, key(relay))
     media = result.json()["images"][0]["url"]
     path = f"/v1/models/requests/{submitted['request_id']}/payloads"
-    # Another caller is told the request does not exist, and nothing is deleted.
-    refused = http.delete(path)
+    # Another key is told the request does not exist; the anonymous caller needs a key; nothing is deleted.
+    stranger = subprocess.run([BINARY, "keys", "create", "--tier", "pro", "--data-dir", relay.data_dir],
+                              check=True, capture_output=True, text=True, timeout=60).stdout.strip().splitlines()[-1]
+    refused = http.delete(path, headers={"Authorization": f"Key {stranger}"})
     assert refused.status_code == 404 and refused.json()["error"]["type"] == "not_found"
+    assert http.get("/v1/models/requests/by-endpoint", headers={"Authorization": f"Key {stranger}"}).json()["items"] == []
+    assert http.delete(path).status_code == 401
     assert http.get(media).status_code == 200
     deleted = http.delete(path, headers=key(relay, "admin_key"))
     assert deleted.status_code == 200 and deleted.json()["cdn_delete_results"][0]["exception"] is None

@@ -98,6 +98,43 @@ def test_store_io_0_keeps_nothing_at_the_edge_or_the_origin(tiers):
     assert re.search(r"cache=miss", submit_lines(origin)[before]), submit_lines(origin)[before:]
 
 
+def test_a_lifecycle_preference_deletes_the_media_at_the_edge_and_the_origin(tiers):
+    edge, origin = tiers
+    body = {"prompt": f"short-lived {time.time_ns()}", "image_size": "square", "seed": 8}
+    lifecycle = '{"expiration_duration_seconds": 2}'
+    with client(edge) as http:
+        for bad in ('{"expiration_duration_seconds": 1.5}', "soon",
+                    '{"initial_acl": {"default": "hide"}}', '{"initial_acl": {"rules": [{"user": "u", "decision": "allow"}]}}'):
+            refused = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body,
+                                headers={"Authorization": f"Key {edge.key}", "X-Fal-Object-Lifecycle-Preference": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert refused.json()["detail"][0]["loc"] == ["header", "X-Fal-Object-Lifecycle-Preference"]
+        answer = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body,
+                           headers={"Authorization": f"Key {edge.key}", "X-Fal-Object-Lifecycle-Preference": lifecycle})
+        assert answer.status_code == 200, answer.text
+        wait_completed(http, edge, answer.json()["request_id"])
+        edge_media = http.get(answer.json()["response_url"], headers={"Authorization": f"Key {edge.key}"}).json()
+        edge_url = edge_media["images"][0]["url"]
+        # The origin made it under the same preference (forwarded by name): its own history names its file.
+        with client(origin) as origin_http:
+            made = origin_http.get(f"https://{origin.queue_host}/v1/models/requests/by-endpoint",
+                                   params={"expand": "payloads", "q": body["prompt"]},
+                                   headers={"Authorization": f"Key {origin.admin_key}"}).json()["items"]
+            origin_url = made[0]["json_output"]["images"][0]["url"]
+            # A hit names the result's lifetime: never longer than its media's.
+            hit = http.post(f"https://{edge.queue_host}/fal-ai/flux/dev", json=body,
+                            headers={"Authorization": f"Key {edge.key}"})
+            assert hit.headers["x-relay-cache"] == "hit"
+            assert int(re.search(r"ttl=(-?\d+)", hit.headers["cache-status"]).group(1)) <= 2
+            assert http.get(edge_url).status_code == 200 and origin_http.get(origin_url).status_code == 200
+            # The store's sweep (every 30 s) deletes them once their time has come.
+            deadline = time.time() + 45
+            while time.time() < deadline and (http.get(edge_url).status_code != 404
+                                              or origin_http.get(origin_url).status_code != 404):
+                time.sleep(0.5)
+            assert http.get(edge_url).status_code == 404 and origin_http.get(origin_url).status_code == 404
+
+
 def test_max_queue_length_refuses_new_work_behind_a_long_queue_but_never_a_hit():
     # Slow generations (2 slots) so that a queue forms and stays while the test looks at it.
     with tempfile.TemporaryDirectory() as data_dir:

@@ -2,6 +2,7 @@ import NIOCore
 import NIOHTTP1
 import RelayCore
 import RelayJobs
+import RelayStore
 
 /// `/v1/models…`: fal's Platform API on this relay (PROTOCOL.md §11.3). Models and prices come from the catalog;
 /// the request history and usage from the retained requests, scoped to the caller: a key sees its own requests, the
@@ -40,18 +41,24 @@ extension RelayServices {
             }
             return .pending(promise.futureResult)
         case .deletePayloads(let id):
-            guard let deleted = jobs.deletePayloads(id, keyID: scope) else {
-                return .response(
-                    Self.platformResponse(isHead: isHead) { () throws(PlatformAPI.Failure) in
-                        throw .notFound("No request \(id) for this caller")
-                    }
-                )
-            }
+            let jobs = jobs
             let promise = request.eventLoop.makePromise(of: PreparedResponse.self)
             promise.completeWithTask {
-                let results = await self.deleteMedia(of: deleted)
+                let deletion = await jobs.deletePayloads(id, keyID: scope)
+                var results: [JSONValue] = []
+                if case .deleted(let deleted) = deletion { results = await self.deleteMedia(of: deleted) }
                 return Self.platformResponse(isHead: isHead) { () throws(PlatformAPI.Failure) in
-                    ["request_id": .string(id), "cdn_delete_results": .array(results)]
+                    switch deletion {
+                    case .notFound: throw .notFound("No request \(id) for this caller")
+                    case .inProgress:
+                        throw PlatformAPI.Failure(
+                            status: 409,
+                            type: "conflict",
+                            message: "Request \(id) is still in progress: delete its payloads once it has ended"
+                        )
+                    case .deleted, .alreadyDeleted:
+                        return ["request_id": .string(id), "cdn_delete_results": .array(results)]
+                    }
                 }
             }
             return .pending(promise.futureResult)
@@ -85,43 +92,33 @@ extension RelayServices {
     }
 
     /// Deletes the media a request's result points at (this relay's `/files/<digest>.<ext>`), and its cached result:
-    /// fal's `cdn_delete_results`, one per file. A file another caller's retained request also points at is kept
-    /// (their result would break), and says so.
+    /// fal's `cdn_delete_results`, one per file. A file anything else still points at is kept, and says so: another
+    /// retained request's result or input (whoever's, the same key's too), or another cached result.
     private func deleteMedia(of request: RelayRequest) async -> [JSONValue] {
-        guard !request.payloadsDeleted, case .completed(.success(let result, _)) = request.job.status.phase else {
-            return []
-        }
+        guard case .completed(.success(let result, _)) = request.job.status.phase else { return [] }
         _ = await admin.purge(.key(request.job.key.digest))
-        let links = PlatformHistory.strings(in: result).filter { Self.mediaDigest(in: $0) != nil }
+        // Each string of the result that names a file (`…/files/<digest>.<ext>`).
+        let links = Set(PlatformHistory.strings(in: result)).sorted().compactMap { link in
+            ResultIndex.referencedDigests(in: .string(link)).first.map { (link, $0) }
+        }
         guard !links.isEmpty else { return [] }
         var shared: Set<Digest128> = []
-        for other in jobs.history(keyID: nil)
-        where other.ownerKeyID != request.ownerKeyID && !other.payloadsDeleted {
-            guard case .completed(.success(let otherResult, _)) = other.job.status.phase else { continue }
-            for text in PlatformHistory.strings(in: otherResult) {
-                if let digest = Self.mediaDigest(in: text) { shared.insert(digest) }
+        for other in jobs.history(keyID: nil) where other.id != request.id && !other.payloadsDeleted {
+            if case .completed(.success(let otherResult, _)) = other.job.status.phase {
+                shared.formUnion(ResultIndex.referencedDigests(in: otherResult))
             }
+            shared.formUnion(ResultIndex.referencedDigests(in: .object(other.job.input.fields)))
         }
         var results: [JSONValue] = []
-        for link in Set(links).sorted() {
-            guard let digest = Self.mediaDigest(in: link) else { continue }
+        for (link, digest) in links {
             var exception: JSONValue = .null
-            if shared.contains(digest) {
-                exception = "Kept: another caller's request points at the same file"
+            if shared.contains(digest) || jobs.results.references(digest) {
+                exception = "Kept: another request or cached result points at the same file"
             } else if case .failure(let error) = await admin.purge(.digest(digest)) {
                 exception = .string(error.message)
             }
             results.append(["link": .string(link), "exception": exception])
         }
         return results
-    }
-
-    /// The digest of a URL of this relay's media (`…/files/<32 hex>.<ext>`).
-    static func mediaDigest(in text: String) -> Digest128? {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count >= 2, parts[parts.count - 2] == "files", let name = parts.last,
-            let dot = name.firstIndex(of: "."), name.utf8.distance(from: name.startIndex, to: dot) == 32
-        else { return nil }
-        return Digest128(hex: name[..<dot])
     }
 }
