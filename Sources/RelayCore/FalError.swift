@@ -161,6 +161,11 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
         status == 504 && errorType == "request_timeout" ? [("x-fal-request-timeout-type", "user")] : []
     }
 
+    /// A key's spending cap would be passed by new upstream work: 403, which the fal clients do not retry.
+    public static func budgetExceeded(_ detail: String) -> FalError {
+        FalError(status: 403, detail: .message(detail), errorType: "budget_exceeded")
+    }
+
     public static func rateLimited(_ detail: String) -> FalError {
         FalError(status: 429, detail: .message(detail), errorType: "rate_limited")
     }

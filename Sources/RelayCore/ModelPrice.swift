@@ -136,3 +136,43 @@ public struct ModelPrice: Sendable, Hashable {
         self.init(unitPrice: unitPrice, unit: unit, currency: currency, source: object["source"]?.stringValue ?? "")
     }
 }
+
+extension ModelPrice {
+    /// What a generation of `input` will cost, estimated before it runs from what its input asks for (images and their
+    /// size, seconds, characters, tokens): what a budget reserves. nil when the price, or the quantity, is unknown.
+    public func estimate(_ input: ModelInput) -> Double? {
+        guard let unitPrice else { return nil }
+        let images = Double(max(1, input.integer("num_images", default: 1)))
+        let quantity: Double?
+        switch unit {
+        case .units, .videos: quantity = 1
+        case .images: quantity = images
+        case .megapixels:
+            let size = input.imageSize
+            quantity = images * max(1, (Double(size.width * size.height) / 1_000_000).rounded(.up))
+        case .seconds:
+            quantity = unit.quantity(result: [:], input: input.fields)
+        case .thousandCharacters:
+            quantity = unit.quantity(result: [:], input: input.fields)
+        case .millionTokens:
+            quantity = Double(input.integer("max_tokens", default: 0)) / 1_000_000
+        case .computeSeconds:
+            quantity = nil
+        }
+        return quantity.map { $0 * unitPrice }
+    }
+}
+
+/// A key's spending caps (`media-relay keys create --budget-daily 25 --budget-monthly 500`), in the catalog's
+/// currency; nil: no cap for that period.
+public struct SpendBudget: Sendable, Hashable {
+    public var daily: Double?
+    public var monthly: Double?
+
+    public init(daily: Double? = nil, monthly: Double? = nil) {
+        self.daily = daily
+        self.monthly = monthly
+    }
+
+    public var isEmpty: Bool { daily == nil && monthly == nil }
+}

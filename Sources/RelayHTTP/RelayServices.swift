@@ -32,10 +32,13 @@ public protocol Authenticator: Sendable {
     /// A value that changes whenever a key may have been created, revoked or changed: what `authenticate` answered for
     /// a header still holds while it is the same. nil makes no such promise (every request authenticates anew).
     func keyTableVersion() -> UInt64?
+    /// The key's spending caps (none by default).
+    func budget(for keyID: String) -> SpendBudget
 }
 
 extension Authenticator {
     public func keyTableVersion() -> UInt64? { nil }
+    public func budget(for keyID: String) -> SpendBudget { SpendBudget() }
 }
 
 /// Per-request limits enforced by the HTTP layer.
@@ -120,6 +123,9 @@ public struct RelayServices: Sendable {
     public let serverProxy: ServerProxy?
     /// `public_url` as configured, split: clients that reach the relay by this address get URLs with its scheme.
     let publicAddress: (scheme: String, authority: String, host: HostPattern)?
+    /// What each key spent and holds for generations running, checked against its budget when a submission would
+    /// start upstream work; nil: spend is not tracked.
+    let spend: SpendLedger?
     /// When these services were made (the Platform API's `updated_at` of the catalog's models).
     let startedAt = Timestamp.now()
 
@@ -146,8 +152,10 @@ public struct RelayServices: Sendable {
         uploads: UploadService? = nil,
         fleet: (any FleetAccess)? = nil,
         publicURL: String? = nil,
-        serverProxy: ServerProxy? = nil
+        serverProxy: ServerProxy? = nil,
+        spend: SpendLedger? = nil
     ) {
+        self.spend = spend
         self.fleet = fleet
         self.serverProxy = serverProxy
         self.publicAddress = publicURL.flatMap { url in

@@ -153,6 +153,8 @@ public final class JobTable: Sendable {
             case .success(let result, let seconds):
                 job.receive(.succeeded(result: result, inferenceSeconds: seconds))
                 statistics.recordSaved(inferenceSeconds: seconds ?? 0)
+                let cost = input.model.price.cost(result: result, input: input.fields, inferenceSeconds: seconds)
+                statistics.recordMoney(model: input.model.id, saved: cost ?? 0)
                 logged = .success(result: result, inferenceSeconds: seconds)
             case .rejected(let error):
                 job.receive(.failed(error))
@@ -420,13 +422,15 @@ public final class JobTable: Sendable {
         _ = job.subscribe(after: 0) { event in
             guard case .completed(let outcome) = event.kind else { return }
             switch outcome {
-            case .success(_, let seconds):
+            case .success(let result, let seconds):
                 statistics.recordUpstreamJobEnded(failed: false)
                 // Every waiter beyond the first was served without a generation of its own.
                 let sharedWith = job.requestsEverAttached - 1
                 if sharedWith > 0 {
                     statistics.recordSaved(inferenceSeconds: (seconds ?? 0) * Double(sharedWith))
                 }
+                let cost = job.model.price.cost(result: result, input: job.input.fields, inferenceSeconds: seconds) ?? 0
+                statistics.recordMoney(model: job.model.id, spent: cost, saved: cost * Double(max(0, sharedWith)))
             case .failure:
                 statistics.recordUpstreamJobEnded(failed: true)
             case .cancelled:

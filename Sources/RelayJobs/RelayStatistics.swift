@@ -127,6 +127,25 @@ public final class RelayStatistics: Sendable {
     }
 
     /// GPU time a hit or a coalesced waiter did not spend.
+    /// Money per model (`relay_spend_total`, `relay_saved_total` by `model`): what generations cost upstream, and what
+    /// hits and coalesced requests would have cost.
+    private let money = Mutex<[String: (spent: FloatingPointCounter, saved: FloatingPointCounter)]>([:])
+
+    public func recordMoney(model: String, spent: Double = 0, saved: Double = 0) {
+        guard spent > 0 || saved > 0 else { return }
+        let counters = money.withLock { money in
+            if let found = money[model] { return found }
+            let made = (
+                spent: FloatingPointCounter(label: "relay_spend_total", dimensions: [("model", model)]),
+                saved: FloatingPointCounter(label: "relay_saved_total", dimensions: [("model", model)])
+            )
+            money[model] = made
+            return made
+        }
+        if spent > 0 { counters.spent.increment(by: spent) }
+        if saved > 0 { counters.saved.increment(by: saved) }
+    }
+
     public func recordSaved(inferenceSeconds: Double) {
         guard inferenceSeconds.isFinite, inferenceSeconds > 0 else { return }
         savedMilliseconds.wrappingAdd(Int(inferenceSeconds * 1000), ordering: .relaxed)

@@ -1,7 +1,7 @@
 import Crypto
 import Foundation
 public import RelayCluster
-import RelayCore
+public import RelayCore
 public import RelayHTTP
 import Synchronization
 
@@ -21,6 +21,8 @@ public final class APIKeyStore: Authenticator, Sendable {
         public let tier: String
         public let created: String
         public var revoked: Bool
+        /// Its spending caps (changed with `media-relay keys budget`, read again within `recheckInterval`).
+        public var budget = SpendBudget()
     }
 
     private struct Cache {
@@ -136,8 +138,14 @@ public final class APIKeyStore: Authenticator, Sendable {
     // MARK: - Management (the `keys` command)
 
     /// Makes a key, stores its hash, and returns the key (the only time it exists in plain text).
-    public func create(tier: String) throws(KeyStoreError) -> (key: String, entry: Entry) {
-        let (key, entry) = try Self.makeKey(tier: tier)
+    public func create(
+        tier: String,
+        budget: SpendBudget = SpendBudget()
+    ) throws(KeyStoreError) -> (
+        key: String, entry: Entry
+    ) {
+        var (key, entry) = try Self.makeKey(tier: tier)
+        entry.budget = budget
         var all = try load()
         all.append(entry)
         try save(all)
@@ -174,6 +182,20 @@ public final class APIKeyStore: Authenticator, Sendable {
 
     public func list() throws(KeyStoreError) -> [Entry] {
         try load()
+    }
+
+    /// Sets a key's spending caps (a running relay reads them within `recheckInterval`); false when no such key.
+    public func setBudget(id: String, _ budget: SpendBudget) throws(KeyStoreError) -> Bool {
+        var all = try load()
+        guard let index = all.firstIndex(where: { $0.id == id }) else { return false }
+        all[index].budget = budget
+        try save(all)
+        return true
+    }
+
+    /// A key's spending caps, from the table as of at most `recheckInterval` ago.
+    public func budget(for keyID: String) -> SpendBudget {
+        entries()[keyID]?.budget ?? SpendBudget()
     }
 
     /// Revokes by id; returns false when no such key exists.
@@ -241,20 +263,27 @@ public final class APIKeyStore: Authenticator, Sendable {
                 hash: hash,
                 tier: tier,
                 created: item["created"]?.stringValue ?? "",
-                revoked: item["revoked"]?.boolValue ?? false
+                revoked: item["revoked"]?.boolValue ?? false,
+                budget: SpendBudget(
+                    daily: item["budget_daily"]?.doubleValue,
+                    monthly: item["budget_monthly"]?.doubleValue
+                )
             )
         }
     }
 
     private func save(_ entries: [Entry]) throws(KeyStoreError) {
         let keys: [JSONValue] = entries.map { entry in
-            .object([
+            var object: JSONObject = [
                 "id": .string(entry.id),
                 "sha256": .string(Self.hex(entry.hash)),
                 "tier": .string(entry.tier),
                 "created": .string(entry.created),
                 "revoked": .bool(entry.revoked),
-            ])
+            ]
+            if let daily = entry.budget.daily { object["budget_daily"] = .number(daily) }
+            if let monthly = entry.budget.monthly { object["budget_monthly"] = .number(monthly) }
+            return .object(object)
         }
         let folder = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)

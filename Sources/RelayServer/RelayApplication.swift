@@ -249,6 +249,7 @@ public struct RelayApplication: Sendable {
             stillOurs: { id in await cluster?.node.deliversWebhook(of: id) ?? true }
         )
         let keyStore = APIKeyStore(dataDirectory: dataDirectory, secret: secret)
+        let spendBook = SpendBook(dataDirectory: dataDirectory, logger: logger)
         let rateLimiter = config.rateLimits ? RateLimiter(policy: rateLimitPolicy(config)) : nil
         let relayServices = RelayServices(
             catalog: catalog,
@@ -296,7 +297,8 @@ public struct RelayApplication: Sendable {
                     allowedOrigins: config.proxyAllowedOrigins,
                     allowedEndpoints: config.proxyAllowedEndpoints
                 )
-            }
+            },
+            spend: spendBook.ledger
         )
         var listeners: [ListenerSpec] = []
         if let https = config.https {
@@ -330,7 +332,7 @@ public struct RelayApplication: Sendable {
         var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
             // Webhooks first: services stop in reverse order, so deliveries get their grace after the listeners stopped.
             .init(service: WebhookService(dispatcher: webhooks)), .init(service: server), .init(service: sweeper),
-            .init(service: storeSweeper),
+            .init(service: storeSweeper), .init(service: spendBook),
         ]
         if let tlsContext {
             serviceList.append(

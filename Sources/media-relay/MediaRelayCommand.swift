@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RelayCore
 import RelayServer
 
 /// `media-relay`: the relay server and its management commands.
@@ -48,7 +49,7 @@ struct Serve: AsyncParsableCommand {
 struct Keys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create, list and revoke API keys (stored as SHA-256 hashes; changes apply without restart).",
-        subcommands: [Create.self, List.self, Revoke.self]
+        subcommands: [Create.self, List.self, Revoke.self, Budget.self]
     )
 
     struct Location: ParsableArguments {
@@ -71,17 +72,19 @@ struct Keys: AsyncParsableCommand {
             abstract: "Make a key; prints it as the last line (shown only once)."
         )
         @Option(help: "signed-in, pro, enterprise or admin") var tier: String = "signed-in"
+        @OptionGroup var caps: Caps
         @OptionGroup var location: Location
 
         func run() async throws {
             do {
                 if let url = location.fleet {
+                    guard caps.budget.isEmpty else { throw ValidationError(Caps.notInAFleet) }
                     let (key, row) = try await FleetKeyTable.create(url: url, tier: tier)
                     print("created key \(row.id) (tier \(row.tier)) in the fleet; store it now, it is not shown again:")
                     print(key)
                     return
                 }
-                let (key, entry) = try location.store.create(tier: tier)
+                let (key, entry) = try location.store.create(tier: tier, budget: try caps.validated())
                 print("created key \(entry.id) (tier \(entry.tier)); store it now, it is not shown again:")
                 print(key)
             } catch {
@@ -104,6 +107,41 @@ struct Keys: AsyncParsableCommand {
             for entry in try location.store.list() {
                 print("\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(entry.revoked ? "revoked" : "active")")
             }
+        }
+    }
+
+    /// Spending caps per UTC day and month, in the catalog's currency.
+    struct Caps: ParsableArguments {
+        @Option(help: "Most the key may spend upstream per UTC day (e.g. 25)") var budgetDaily: Double?
+        @Option(help: "Most the key may spend upstream per UTC month (e.g. 500)") var budgetMonthly: Double?
+
+        static let notInAFleet = "budgets are kept by a single relay's key file; a fleet's keys have none yet"
+
+        var budget: SpendBudget { SpendBudget(daily: budgetDaily, monthly: budgetMonthly) }
+
+        func validated() throws -> SpendBudget {
+            for cap in [budgetDaily, budgetMonthly].compactMap({ $0 }) where !(cap >= 0 && cap.isFinite) {
+                throw ValidationError("a budget is an amount ≥ 0, not \(cap)")
+            }
+            return budget
+        }
+    }
+
+    struct Budget: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set a key's spending caps (omitted: no cap); a running relay applies them at once."
+        )
+        @Argument(help: "The key id (the part before the colon)") var id: String
+        @OptionGroup var caps: Caps
+        @OptionGroup var location: Location
+
+        func run() async throws {
+            guard location.fleet == nil else { throw ValidationError(Caps.notInAFleet) }
+            let budget = try caps.validated()
+            guard try location.store.setBudget(id: id, budget) else { throw ValidationError("no key with id \(id)") }
+            let daily = budget.daily.map { "\($0) a day" } ?? "no daily cap"
+            let monthly = budget.monthly.map { "\($0) a month" } ?? "no monthly cap"
+            print("key \(id): \(daily), \(monthly)")
         }
     }
 

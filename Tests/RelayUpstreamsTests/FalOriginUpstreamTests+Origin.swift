@@ -1,4 +1,5 @@
 import FalQueue
+import Glibc
 import Foundation
 import Logging
 import NIOCore
@@ -185,15 +186,30 @@ extension FalOriginUpstreamTests {
         return (directory + "/ca.pem", directory + "/server.pem", directory + "/server.key")
     }
 
+    /// A loopback port that refuses connections and that no other test can take meanwhile: a socket bound to it that
+    /// never listens (closing a listener instead frees the port for the next test that binds port 0, which then
+    /// accepts and never answers). The socket stays open for the life of the test process.
     static func closedPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(
-            host: "127.0.0.1",
-            port: 0
-        ).get()
-        let port = channel.localAddress?.port ?? 1
-        try await channel.close()
-        return port
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socket >= 0 else { throw ClosedPortError() }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                Glibc.bind(socket, generic, length) == 0 && getsockname(socket, generic, &length) == 0
+            }
+        }
+        guard bound else {
+            close(socket)
+            throw ClosedPortError()
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
+
+    struct ClosedPortError: Error {}
 
     @Test func platformHeadersReachTheOriginAndNoRetryMeansOneAttempt() async throws {
         var script = FakeFalOrigin.Script()

@@ -161,6 +161,7 @@ extension RelayServices {
         }
         var refusal: (FalError, [(String, String)])?
         var headers: [(String, String)] = []
+        var reservation: SpendLedger.Reservation?
         let made = jobs.submit(
             input,
             endpoint: endpoint,
@@ -186,9 +187,22 @@ extension RelayServices {
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):
                     headers = charged
-                    return true
                 case .refused(let error, let charged):
                     refusal = (error, charged)
+                    return false
+                }
+                // Work another node runs costs nothing here; work started here is held against the key's budget.
+                guard let spend, let keyID = principal.keyID, !sharesFleetWork else { return true }
+                switch spend.reserve(
+                    input.model.price.estimate(input) ?? 0,
+                    keyID: keyID,
+                    budget: authenticator.budget(for: keyID)
+                ) {
+                case .success(let held):
+                    reservation = held
+                    return true
+                case .failure(let over):
+                    refusal = (.budgetExceeded(Self.budgetDetail(over, keyID: keyID, currency: input.model.price)), [])
                     return false
                 }
             }
@@ -200,6 +214,7 @@ extension RelayServices {
             return .refused(error, headers: charged)
         }
         if let seconds = platform.startTimeout { startDeadline(made, seconds: seconds, on: facts.channel?.eventLoop) }
+        if let reservation, let spend { settle(reservation, of: made.job, in: spend) }
         return .submitted(made, rateLimitHeaders: headers)
     }
 
