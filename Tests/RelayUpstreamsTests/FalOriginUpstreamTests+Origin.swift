@@ -1,6 +1,6 @@
 import FalQueue
-import Glibc
 import Foundation
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
