@@ -1,6 +1,7 @@
 // The dashboard: `/relay/stats/stream` sends a snapshot of totals each second; rates and ratios are computed here
 // and drawn on canvases (two minutes of history, no library).
 import { el, formatBytes, formatDuration, formatNumber, setUpKeyForm } from "/ui/common.js";
+import { refreshSpend } from "/ui/spend.js";
 
 const WINDOW = 120;
 const $ = (id) => document.getElementById(id);
@@ -242,7 +243,8 @@ function connect() {
   };
 }
 
-setUpKeyForm();
+setUpKeyForm(refreshSpend);
+refreshSpend();
 new ResizeObserver(drawAll).observe(document.querySelector(".charts"));
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", drawAll);
 drawAll();

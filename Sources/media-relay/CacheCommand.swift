@@ -115,7 +115,10 @@ struct Cache: AsyncParsableCommand {
             }
             let json = try? bytes.withUnsafeReadableBytes { raw in try JSONValue(parsing: raw) }
             guard (200..<300).contains(response.status.code), let json else {
-                let detail = json.map { FalErrorText.describe(detail: $0["detail"] ?? $0) } ?? String(buffer: bytes)
+                // fal's queue errors carry `detail`, its Platform API's `error.message`.
+                let detail =
+                    json.map { FalErrorText.describe(detail: $0["detail"] ?? $0["error"]?["message"] ?? $0) }
+                    ?? String(buffer: bytes)
                 Terminal.error("\(response.status.code) \(response.status.reasonPhrase): \(detail)")
                 throw ExitCode(1)
             }

@@ -9,7 +9,7 @@ struct MediaRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "media-relay",
         abstract: "An edge relay for generative-media APIs that speaks the fal queue and run protocols.",
-        subcommands: [Serve.self, Keys.self, Canonicalize.self, Submit.self, Cache.self],
+        subcommands: [Serve.self, Keys.self, Canonicalize.self, Submit.self, Cache.self, Usage.self],
         defaultSubcommand: Serve.self
     )
 }

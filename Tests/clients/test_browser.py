@@ -322,3 +322,20 @@ def test_history_page_searches_prompts_and_shows_spend(ui_relay, browser):
     assert len(rows) == 1 and "fal-ai/flux/schnell" in rows[0].text and "$" in rows[0].text
     shot(browser, "history.png")
     assert severe_console_errors(browser) == []
+
+
+def test_dashboard_shows_spend_and_savings_per_hour_model_and_key(ui_relay, browser):
+    use_key(browser, ui_relay, ui_relay.key)
+    browser.get_log("browser")
+    browser.get(base(ui_relay) + "/dashboard")
+    WebDriverWait(browser, WAIT).until(lambda d: attribute(d, "spend", "data-state") == "ready")
+    # The earlier tests' generations through this key: FLUX [schnell] at $0.003 a megapixel, some shared.
+    assert float(attribute(browser, "v-spent", "data-value")) > 0
+    assert float(attribute(browser, "v-saved", "data-value")) > 0
+    models = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#top-models tr")]
+    assert any(row.startswith("fal-ai/flux/schnell") for row in models), models
+    keys = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#top-keys tr")]
+    assert keys and keys[0].startswith(ui_relay.key.split(":")[0]), keys
+    assert int(attribute(browser, "c-spend", "data-hours") or 0) >= 1
+    shot(browser, "dashboard-spend.png")
+    assert severe_console_errors(browser) == []

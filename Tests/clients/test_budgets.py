@@ -66,6 +66,21 @@ def test_a_budget_caps_concurrent_new_work_and_applies_changes_without_a_restart
                 raised = submit(1001)
                 assert raised.status_code == 200, raised.text
                 wait_all(http, [raised.json()], headers)
+                # The terminal report of the same: the key's own usage, most spent first, with a total.
+                report = subprocess.run(
+                    [BINARY, "usage", "--host", f"https://{relay.queue_host}", "--ca", relay.ca, "--admin-key", budgeted],
+                    capture_output=True, text=True, timeout=60)
+                assert report.returncode == 0, report.stderr
+                lines = report.stdout.splitlines()
+                assert lines[0].split()[:5] == ["model", "unit", "quantity", "spent", "saved"]
+                flux = next(line.split() for line in lines if line.startswith("fal-ai/flux/dev"))
+                assert flux[1] == "megapixels" and int(flux[2]) == len(accepted) + 1
+                assert flux[3] == f"${0.025 * (len(accepted) + 1):.3f}" and flux[4] == "$0.025", lines
+                assert lines[-1].split()[:2] == ["total", flux[3]]
+                bad = subprocess.run([BINARY, "usage", "--host", f"https://{relay.queue_host}", "--ca", relay.ca,
+                                      "--admin-key", budgeted, "--since", "yesterday"],
+                                     capture_output=True, text=True, timeout=60)
+                assert bad.returncode != 0 and "ISO 8601" in bad.stderr
                 metrics = http.get("/metrics").text
                 assert 'relay_spend_total{model="fal-ai/flux/dev"}' in metrics
                 assert 'relay_saved_total{model="fal-ai/flux/dev"}' in metrics
