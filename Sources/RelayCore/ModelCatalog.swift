@@ -38,6 +38,8 @@ public struct ModelSpec: Sendable, Hashable {
     public let upstream: String
     /// What fal bills for it (unknown unless the catalog says).
     public let price: ModelPrice
+    /// Models an origin pool submits to, in order, when every account failed this one (`"fallbacks"`).
+    public let fallbacks: [String]
 
     public init(
         id: String,
@@ -51,8 +53,10 @@ public struct ModelSpec: Sendable, Hashable {
         realtime: Bool = false,
         cacheTTLSeconds: Double? = nil,
         upstream: String = "synthetic",
-        price: ModelPrice? = nil
+        price: ModelPrice? = nil,
+        fallbacks: [String] = []
     ) {
+        self.fallbacks = fallbacks
         self.id = id
         self.title = title
         self.kind = kind
@@ -122,8 +126,12 @@ public struct ModelSpec: Sendable, Hashable {
             upstream: object["upstream"]?.stringValue ?? "synthetic",
             price: try object["price"].map { entry throws(CatalogError) in
                 try ModelPrice(catalogEntry: entry, model: id, kind: kind)
-            }
+            },
+            fallbacks: try strings("fallbacks", default: [])
         )
+        for fallback in fallbacks where EndpointID(fallback) == nil || fallback == id {
+            throw CatalogError("model \(id): fallback \"\(fallback)\" is not another model's endpoint id")
+        }
     }
 }
 

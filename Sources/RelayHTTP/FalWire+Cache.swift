@@ -4,7 +4,10 @@ import RelayJobs
 extension FalWire {
     /// `x-relay-cache` and RFC 9211 `Cache-Status`: how the request was served.
     static func cacheHeaders(_ request: RelayRequest) -> [(String, String)] {
-        [("x-relay-cache", request.cacheOutcome.rawValue), ("cache-status", request.cacheStatus)]
+        let headers = [("x-relay-cache", request.cacheOutcome.rawValue), ("cache-status", request.cacheStatus)]
+        // In an origin pool: which account and which model generated it.
+        guard let served = request.job.servedBy else { return headers }
+        return headers + [("x-relay-upstream", served)]
     }
 
     /// `Cache-Control` request directives, lowercased, without values.

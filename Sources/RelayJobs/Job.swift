@@ -60,6 +60,8 @@ public final class Job: Sendable {
         var raiseWatchers: [@Sendable () -> Void] = []
         /// The shortest media lifetime its requests asked for (`X-Fal-Object-Lifecycle-Preference`).
         var mediaExpirySeconds: Double?
+        /// Which account of an origin pool, and which model, runs it (`x-relay-upstream`).
+        var servedBy: String?
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -152,6 +154,12 @@ public final class Job: Sendable {
             return state.raiseWatchers
         }
         for watcher in watchers { watcher() }
+    }
+
+    /// Which account of an origin pool, and which model, runs it: `x-relay-upstream` (nil for a single upstream).
+    public var servedBy: String? {
+        get { state.withLock { $0.servedBy } }
+        set { state.withLock { $0.servedBy = newValue } }
     }
 
     /// How long its media are kept after it ends: the shortest lifetime any of its requests asked for (nil: the relay's

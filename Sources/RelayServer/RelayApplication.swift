@@ -144,21 +144,9 @@ public struct RelayApplication: Sendable {
             publicOrigin: { publicOrigin.value }
         )
 
-        let origin: FalOriginUpstream? = try config.origin.map { url in
-            var originConfig = FalOriginUpstream.Configuration(
-                baseURL: url,
-                apiKey: config.originKey ?? ProcessInfo.processInfo.environment["FAL_KEY"],
-                additionalCAPath: config.originCA,
-                publicBaseURL: { publicOrigin.value }
-            )
-            originConfig.userAgent = "MediaRelay"
-            return try FalOriginUpstream(
-                configuration: originConfig,
-                store: store,
-                logger: logger,
-                eventLoopGroup: group
-            )
-        }
+        let made = try Self.makeOrigin(config, store: store, logger: logger, group: group) { publicOrigin.value }
+        let origin = made?.upstream
+        let originAccounts = made?.accounts ?? []
         if origin == nil, let model = catalog.models.first(where: { $0.upstream == "origin" }) {
             throw ConfigurationError("model \(model.id) is served by the origin, but no --origin is configured")
         }
@@ -351,12 +339,12 @@ public struct RelayApplication: Sendable {
             try await services.run()
         } catch {
             await cluster?.leave()
-            try? await origin?.shutdown()
+            for account in originAccounts { try? await account.shutdown() }
             throw error
         }
         // Drained: peers take over whatever this node still claimed.
         await cluster?.leave()
-        try? await origin?.shutdown()
+        for account in originAccounts { try? await account.shutdown() }
     }
 
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {

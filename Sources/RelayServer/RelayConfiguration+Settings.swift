@@ -121,13 +121,18 @@ extension RelayConfiguration {
             value throws(ConfigurationError) in
             config.cacheMaxBytes = try integer(value, "cache_max_bytes", (1 << 20)...Int.max)
         },
-        Setting(name: "origin", help: "fal-compatible queue API URL to relay to, e.g. https://queue.fal.run") {
+        Setting(
+            name: "origin",
+            help:
+                "fal-compatible queue API URL to relay to (https://queue.fal.run), or a pool: [name=]url[;key_env=VAR][;cap=N],…"
+        ) { config, value throws(ConfigurationError) in
+            _ = try OriginAccountSpec.parse(value)
+            config.origin = value
+        },
+        Setting(name: "origin_cool_down_seconds", help: "how long a pool account that refused a submit is skipped") {
             config,
             value throws(ConfigurationError) in
-            guard value.hasPrefix("https://") || value.hasPrefix("http://") else {
-                throw ConfigurationError("origin must be an http(s) URL, not \"\(value)\"")
-            }
-            config.origin = value
+            config.originCoolDownSeconds = Double(try integer(value, "origin_cool_down_seconds", 1...3600))
         },
         Setting(
             name: "cluster_database_url",

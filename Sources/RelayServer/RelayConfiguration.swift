@@ -82,6 +82,8 @@ public struct RelayConfiguration: Sendable {
     public var origin: String?
     public var originKey: String?
     public var originCA: String?
+    /// A pool account that refused a submit (429, 5xx, unreachable) is skipped this long.
+    public var originCoolDownSeconds = 30.0
     /// Cluster mode: the fleet's PostgreSQL (`postgres://user[:password]@host[:port]/database`); nil = single node.
     public var clusterDatabaseURL: String?
     /// How peers reach this node; default its HTTP listener.

@@ -40,6 +40,12 @@ extension FalOriginUpstream {
         public var now: @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
         /// `User-Agent` of every call.
         public var userAgent: String = "MediaRelay (fal-origin)"
+        /// The account's name in an origin pool (several keys may share one URL); nil for a single origin.
+        public var accountName: String?
+
+        /// What a job's handle records as its origin: the URL, and the account in a pool (`url#name`), so that after
+        /// a restart only the account that accepted a job follows it.
+        public var handleOrigin: String { accountName.map { "\(baseURL)#\($0)" } ?? baseURL }
 
         public init(
             baseURL: String,

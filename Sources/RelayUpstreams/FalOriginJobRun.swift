@@ -31,6 +31,10 @@ final class FalOriginJobRun: Sendable {
     private let probeTicket: Int?
     /// A job the origin accepted before a restart: followed by this handle, not submitted.
     private let resuming: Handle?
+    /// The model submitted to: the job's own, or a fallback's.
+    private let endpoint: String
+    /// Hears a submit refused before the origin accepted the job; true: the job goes elsewhere (an origin pool).
+    private let refused: (@Sendable (FalError) -> Bool)?
     private let state = Mutex(State())
 
     init(
@@ -39,9 +43,13 @@ final class FalOriginJobRun: Sendable {
         store: BlobStore,
         logger: Logger,
         probeTicket: Int?,
-        resuming: Handle? = nil
+        resuming: Handle? = nil,
+        endpoint: String? = nil,
+        refused: (@Sendable (FalError) -> Bool)? = nil
     ) {
         self.job = job
+        self.endpoint = endpoint ?? job.model.id
+        self.refused = refused
         self.resuming = resuming
         if let resuming { state.withLock { $0.handle = resuming } }
         self.client = client
@@ -151,7 +159,16 @@ final class FalOriginJobRun: Sendable {
             if let resuming {
                 handle = resuming
             } else {
-                handle = try await submit()
+                do {
+                    handle = try await submit()
+                } catch let error as FalError where refused != nil {
+                    // Refused before the origin accepted it: another account of the pool may take it.
+                    if !isAbandoned, refused?(error) == true {
+                        state.withLock { $0.finished = true }
+                        return
+                    }
+                    throw error
+                }
             }
             let final = try await follow(handle)
             if let message = final.error {
@@ -184,10 +201,11 @@ final class FalOriginJobRun: Sendable {
         let submitted: FalQueueClient.Submitted
         do {
             submitted = try await client.queue.submit(
-                endpoint: job.model.id,
+                endpoint: endpoint,
                 input: input,
                 headers: job.platform.forwarded(priority: job.platform.priority.map { _ in job.priority }),
-                noRetry: job.platform.noRetry,
+                // In a pool a refused submit moves to the next account at once instead of waiting on this one.
+                noRetry: job.platform.noRetry || refused != nil,
                 limits: client.limits,
                 keepTrying: { !self.isAbandoned }
             )
@@ -219,7 +237,7 @@ final class FalOriginJobRun: Sendable {
         }
         job.attached(
             to: UpstreamHandle(
-                origin: configuration.baseURL,
+                origin: configuration.handleOrigin,
                 requestID: requestID,
                 statusURL: handle.statusURL,
                 responseURL: handle.responseURL,

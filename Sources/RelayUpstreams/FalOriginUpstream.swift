@@ -43,11 +43,23 @@ public final class FalOriginUpstream: Upstream {
     public var circuitState: OriginCircuitBreaker.State { client.circuitState }
 
     public func start(_ job: Job) -> any UpstreamTask {
+        start(job, endpoint: job.model.id, refused: nil)
+    }
+
+    /// Starts `job` on `endpoint` (a fallback model's, in a pool). `refused`, when given, hears a submit the origin
+    /// refused (or never received) before it accepted the job; when it answers true it takes the job elsewhere and
+    /// this origin reports nothing more about it.
+    public func start(
+        _ job: Job,
+        endpoint: String,
+        refused: (@Sendable (FalError) -> Bool)?
+    ) -> any UpstreamTask {
         let ticket: Int?
         switch client.acquire() {
         case .rejected:
             logger.debug("origin circuit open; failing the job at once", metadata: ["model": "\(job.model.id)"])
-            job.receive(.failed(.unavailable("origin circuit open", type: "runner_connection_refused")))
+            let error = FalError.unavailable("origin circuit open", type: "runner_connection_refused")
+            if refused?(error) != true { job.receive(.failed(error)) }
             return FalOriginTask(run: nil, task: nil)
         case .probe(let probe):
             logger.info("origin circuit half-open; this job is the probe", metadata: ["model": "\(job.model.id)"])
@@ -55,7 +67,15 @@ public final class FalOriginUpstream: Upstream {
         case .allowed:
             ticket = nil
         }
-        let run = FalOriginJobRun(job: job, client: client, store: store, logger: logger, probeTicket: ticket)
+        let run = FalOriginJobRun(
+            job: job,
+            client: client,
+            store: store,
+            logger: logger,
+            probeTicket: ticket,
+            endpoint: endpoint,
+            refused: refused
+        )
         let task = Task { await run.run(deadline: configuration.jobDeadline) }
         return FalOriginTask(run: run, task: task)
     }
@@ -65,7 +85,7 @@ public final class FalOriginUpstream: Upstream {
     /// its deadline, but at least one request timeout, to collect a job that finished while the relay was down.
     /// The circuit breaker is not asked: the job exists at the origin whatever its health.
     public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
-        guard FalOriginConfiguration.normalised(handle.origin) == configuration.baseURL, !handle.requestID.isEmpty,
+        guard FalOriginConfiguration.normalised(handle.origin) == configuration.handleOrigin, !handle.requestID.isEmpty,
             [handle.statusURL, handle.responseURL, handle.cancelURL].allSatisfy(FalURL.isHTTP)
         else {
             logger.info(
