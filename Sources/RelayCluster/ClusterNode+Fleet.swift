@@ -36,16 +36,18 @@ extension ClusterNode: Fleet {
         }
     }
 
-    public func stored(_ key: RequestKey, _ result: CachedResult) {
-        guard let manifest = result.manifestBytes(key: key) else { return }
-        writes.yield(
+    public func stored(_ key: RequestKey, _ result: CachedResult, done: @escaping @Sendable () -> Void) {
+        guard let manifest = result.manifestBytes(key: key) else { return done() }
+        let yielded = writes.yield(
             .stored(
                 key: key.digest.hex,
                 manifest: manifest,
                 expiresAt: result.expiresAt.secondsSinceEpoch,
-                digests: result.referencedDigests.map(\.hex)
+                digests: result.referencedDigests.map(\.hex),
+                done: done
             )
         )
+        if case .terminated = yielded { done() }
     }
 
     public func cancelled(_ request: RelayRequest) {
@@ -93,6 +95,8 @@ extension ClusterNode: Fleet {
         let node = configuration.nodeID
         for await write in writeStream {
             var attempt = 0
+            // Whoever waits for a published result waits for this write only: done or given up, it is told.
+            defer { if case .stored(_, _, _, _, let done) = write { done() } }
             while !Task.isCancelled {
                 do {
                     try await perform(write, node: node)
@@ -114,7 +118,7 @@ extension ClusterNode: Fleet {
     private func perform(_ write: Write, node: String) async throws(ClusterError) {
         let logger = self.logger
         switch write {
-        case .stored(let key, let manifest, let expiresAt, let digests):
+        case .stored(let key, let manifest, let expiresAt, let digests, _):
             let bytes = ByteBuffer(bytes: manifest)
             try await database.perform("publish result") { client in
                 try await client.withTransaction(logger: logger) { connection in

@@ -44,7 +44,13 @@ public final class ClusterNode: Sendable {
 
     /// A write whose order matters.
     enum Write: Sendable {
-        case stored(key: String, manifest: [UInt8], expiresAt: Double, digests: [String])
+        case stored(
+            key: String,
+            manifest: [UInt8],
+            expiresAt: Double,
+            digests: [String],
+            done: @Sendable () -> Void
+        )
         case release(key: String)
         case cancelled(requestID: String)
         case webhookSettled(requestID: String)

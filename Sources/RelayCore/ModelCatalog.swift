@@ -170,8 +170,17 @@ public struct ModelCatalog: Sendable {
         var seen: Set<String> = []
         for entry in list {
             let model = try ModelSpec(catalogEntry: entry)
+            guard Set(model.fallbacks).count == model.fallbacks.count else {
+                throw CatalogError("model \(model.id): a fallback is listed twice")
+            }
             guard seen.insert(model.id).inserted else { throw CatalogError("model \(model.id) is listed twice") }
             models.append(model)
+        }
+        // A fallback is a model of this catalog: its inputs, price and upstream are known.
+        for model in models {
+            for fallback in model.fallbacks where !seen.contains(fallback) {
+                throw CatalogError("model \(model.id): fallback \(fallback) is not a model of this catalog")
+            }
         }
         self.init(models: models)
     }

@@ -3,6 +3,10 @@ import RelayJobs
 
 /// `GET /v1/models/usage` on this relay's retained requests: what generations cost upstream per time bucket and
 /// endpoint, in fal's shape, and what the cache saved beside it (`saved_*`, the relay's own fields). Pure.
+///
+/// Beside fal's expansions, `expand=tags` splits each line by `X-Fal-Tags` pair (`tag`: `key=value`, null for
+/// untagged requests; a request with two tags counts in both lines), and `tag=key=value` keeps only the requests
+/// that carry that pair.
 enum PlatformUsage {
     /// One line of a bucket or of the summary.
     private struct Line {
@@ -13,7 +17,7 @@ enum PlatformUsage {
         var savedQuantity = 0.0
         var savedRequests = 0
 
-        func json(keyID: String?) -> JSONValue {
+        func json(keyID: String?, tag: String??) -> JSONValue {
             let price = model.price
             var line: JSONObject = [
                 "endpoint_id": .string(model.id),
@@ -31,6 +35,7 @@ enum PlatformUsage {
                 line["auth_method"] = .string(authMethod)
                 line["key_id"] = keyID.map(JSONValue.string) ?? .null
             }
+            if let tag { line["tag"] = tag.map(JSONValue.string) ?? .null }
             return .object(line)
         }
     }
@@ -39,8 +44,10 @@ enum PlatformUsage {
         var endpoint: String
         /// nil: all callers together; `.some(nil)`: the anonymous caller.
         var keyID: String??
+        /// nil: all tags together; `.some(nil)`: untagged requests.
+        var tag: String??
 
-        var owner: String { keyID.flatMap { $0 } ?? "" }
+        var order: (String, String, String) { (endpoint, keyID.flatMap { $0 } ?? "", tag.flatMap { $0 } ?? "") }
     }
 
     static func usage(
@@ -51,9 +58,11 @@ enum PlatformUsage {
     ) throws(PlatformAPI.Failure) -> JSONValue {
         let ids = try PlatformAPI.endpointIDs(query)
         let limit = try PlatformAPI.limit(query)
-        var expand = try PlatformAPI.expansions(query, allowed: ["time_series", "summary", "auth_method"])
-        if expand.subtracting(["auth_method"]).isEmpty { expand.insert("time_series") }
+        var expand = try PlatformAPI.expansions(query, allowed: ["time_series", "summary", "auth_method", "tags"])
+        if expand.subtracting(["auth_method", "tags"]).isEmpty { expand.insert("time_series") }
         let byAuth = expand.contains("auth_method")
+        let byTag = expand.contains("tags")
+        let wantedTag = query["tag"]
         let timeframe: Timestamp.Period
         if let name = query["timeframe"] {
             guard let period = Timestamp.Period(rawValue: name) else {
@@ -85,7 +94,15 @@ enum PlatformUsage {
                 window.contains(ended),
                 ids.isEmpty || ids.contains(model.id) || ids.contains(request.endpoint.description)
             else { continue }
-            let key = LineKey(endpoint: model.id, keyID: byAuth ? .some(request.ownerKeyID) : nil)
+            let tags = request.tags.map { "\($0.key)=\($0.value)" }
+            if let wantedTag, !tags.contains(wantedTag) { continue }
+            let owner: String?? = byAuth ? .some(request.ownerKeyID) : nil
+            let keys: [LineKey] =
+                byTag
+                ? (tags.isEmpty ? [nil] : tags.map(Optional.some)).map {
+                    LineKey(endpoint: model.id, keyID: owner, tag: .some($0))
+                }
+                : [LineKey(endpoint: model.id, keyID: owner, tag: nil)]
             let authMethod = byAuth ? (request.ownerKeyID == nil ? "Anonymous" : "API Key") : nil
             let add = { (line: inout Line) in
                 if charge.spent {
@@ -97,12 +114,14 @@ enum PlatformUsage {
                 }
             }
             let fresh = Line(model: model, authMethod: authMethod)
-            add(&buckets[ended.start(of: timeframe), default: [:]][key, default: fresh])
-            add(&summary[key, default: fresh])
+            for key in keys {
+                add(&buckets[ended.start(of: timeframe), default: [:]][key, default: fresh])
+                add(&summary[key, default: fresh])
+            }
         }
         let lines = { (group: [LineKey: Line]) -> JSONValue in
-            let ordered = group.sorted { ($0.key.endpoint, $0.key.owner) < ($1.key.endpoint, $1.key.owner) }
-            return .array(ordered.map { $0.value.json(keyID: $0.key.keyID.flatMap { $0 }) })
+            let ordered = group.sorted { $0.key.order < $1.key.order }
+            return .array(ordered.map { $0.value.json(keyID: $0.key.keyID.flatMap { $0 }, tag: $0.key.tag) })
         }
         var answer: JSONObject = ["next_cursor": .null, "has_more": false]
         if expand.contains("time_series") {

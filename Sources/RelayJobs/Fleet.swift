@@ -11,7 +11,9 @@ public protocol Fleet: Sendable {
     func register(_ request: RelayRequest, done: @escaping @Sendable () -> Void)
 
     /// A result the table just stored for `key`: shared with the fleet, and the key's claim released after it.
-    func stored(_ key: RequestKey, _ result: CachedResult)
+    /// `done` runs once the fleet's result index holds it (or the write gave up): the job's end is published only
+    /// then, so that a node a client asks next finds the result even if its own copy of the job has not heard yet.
+    func stored(_ key: RequestKey, _ result: CachedResult, done: @escaping @Sendable () -> Void)
 
     /// `request` was cancelled on this node: every node that holds it cancels it too.
     func cancelled(_ request: RelayRequest)

@@ -62,6 +62,7 @@ public final class Job: Sendable {
         var mediaExpirySeconds: Double?
         /// Which account of an origin pool, and which model, runs it (`x-relay-upstream`).
         var servedBy: String?
+        var servedByFallback = false
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -160,6 +161,12 @@ public final class Job: Sendable {
     public var servedBy: String? {
         get { state.withLock { $0.servedBy } }
         set { state.withLock { $0.servedBy = newValue } }
+    }
+
+    /// A fallback model of the pool runs it: its result is not the job's model's, and is not cached as it.
+    public var servedByFallback: Bool {
+        get { state.withLock { $0.servedByFallback } }
+        set { state.withLock { $0.servedByFallback = newValue } }
     }
 
     /// How long its media are kept after it ends: the shortest lifetime any of its requests asked for (nil: the relay's

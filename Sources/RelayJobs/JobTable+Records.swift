@@ -1,5 +1,6 @@
 import RelayCore
 import RelayStore
+import Synchronization
 
 /// What the job table writes to the request log about a request and a job's end.
 extension JobTable {
@@ -26,6 +27,21 @@ extension JobTable {
         }
     }
 
+    /// Shares a stored result with the fleet; `commit` hears of it once the fleet's index holds it, or after 2 s at
+    /// most (a database that does not answer must not hold every job's end back for long).
+    static func publish(_ result: CachedResult, of key: RequestKey, to fleet: any Fleet, then commit: RecordCommit) {
+        let once = Atomic<Bool>(false)
+        let arrive: @Sendable () -> Void = { if !once.exchange(true, ordering: .relaxed) { commit.arrive() } }
+        let timer = Task {
+            try? await Task.sleep(for: .seconds(2))
+            arrive()
+        }
+        fleet.stored(key, result) {
+            timer.cancel()
+            arrive()
+        }
+    }
+
     /// Stores what of `outcome` may be reused; true when something was stored.
     static func store(
         _ outcome: JobOutcome,
@@ -38,7 +54,7 @@ extension JobTable {
         let now = Timestamp.now()
         let input = job.input
         switch outcome {
-        case .success(let result, let seconds) where storeResult:
+        case .success(let result, let seconds) where storeResult && !job.servedByFallback:
             var ttl = input.model.cacheTTLSeconds ?? policy.resultTTLSeconds
             // A result must not outlive the media it names (X-Fal-Object-Lifecycle-Preference).
             if let expiry = job.mediaExpirySeconds { ttl = min(ttl, expiry) }

@@ -401,16 +401,20 @@ public final class JobTable: Sendable {
                 storeResult: storeResult,
                 storeRejection: storeRejection
             )
-            if stored, let fleet,
+            var published: CachedResult?
+            if stored, fleet != nil,
                 case .hit(let result) = results.probe(
                     job.key,
                     modelID: job.model.id,
                     canonicalInput: job.input.canonicalBytes
                 )
             {
-                fleet.stored(job.key, result)
+                published = result
             }
-            let commit = RecordCommit(pending: (log == nil ? 0 : 1) + (stored ? 1 : 0))
+            let commit = RecordCommit(
+                pending: (log == nil ? 0 : 1) + (stored ? 1 : 0) + (published == nil ? 0 : 1)
+            )
+            if let published, let fleet { Self.publish(published, of: job.key, to: fleet, then: commit) }
             commit.whenDone {
                 latency.record(end: ContinuousClock.now - started)
                 publish()

@@ -78,12 +78,14 @@ public final class SpendLedger: Sendable {
             account.roll(to: now)
             defer { accounts[keyID] = account }
             let committed = account.reserved + amount
-            if let daily = budget.daily, account.daySpent + committed > daily + 1e-9 {
+            // A generation whose cost cannot be estimated (0) still needs the budget not to be used up already.
+            let slack = amount > 0 ? 1e-9 : -1e-9
+            if let daily = budget.daily, account.daySpent + committed > daily + slack {
                 return .failure(
                     Refusal(period: .day, budget: daily, spent: account.daySpent, resetsAt: now.startOfNext(.day))
                 )
             }
-            if let monthly = budget.monthly, account.monthSpent + committed > monthly + 1e-9 {
+            if let monthly = budget.monthly, account.monthSpent + committed > monthly + slack {
                 return .failure(
                     Refusal(
                         period: .month,

@@ -265,8 +265,8 @@ public final class APIKeyStore: Authenticator, Sendable {
                 created: item["created"]?.stringValue ?? "",
                 revoked: item["revoked"]?.boolValue ?? false,
                 budget: SpendBudget(
-                    daily: item["budget_daily"]?.doubleValue,
-                    monthly: item["budget_monthly"]?.doubleValue
+                    daily: item["budget_daily"]?.doubleValue.flatMap { $0 >= 0 ? $0 : nil },
+                    monthly: item["budget_monthly"]?.doubleValue.flatMap { $0 >= 0 ? $0 : nil }
                 )
             )
         }

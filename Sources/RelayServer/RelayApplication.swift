@@ -319,8 +319,9 @@ public struct RelayApplication: Sendable {
         let storeSweeper = StoreSweeper(expiry: expiry, results: results, logger: logger)
         var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
             // Webhooks first: services stop in reverse order, so deliveries get their grace after the listeners stopped.
-            .init(service: WebhookService(dispatcher: webhooks)), .init(service: server), .init(service: sweeper),
-            .init(service: storeSweeper), .init(service: spendBook),
+            // The spend book before the server: it stops after it, and writes what the last requests spent.
+            .init(service: WebhookService(dispatcher: webhooks)), .init(service: spendBook), .init(service: server),
+            .init(service: sweeper), .init(service: storeSweeper),
         ]
         if let tlsContext {
             serviceList.append(

@@ -4,8 +4,13 @@ import RelayCore
 import RelayJobs
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The spend ledger's durable copy, `<data>/spend.json`: read at start, written every 10 s when it changed and at
-/// shutdown (atomically: a temporary file renamed over it). A crash loses at most the last 10 s of spend.
+/// shutdown (a temporary file, fsynced, renamed over it, and the directory fsynced). A crash loses at most the last
+/// 10 s of spend. What running generations hold, and the 80 % warnings given, start again from nothing.
 struct SpendBook: Service {
     let ledger: SpendLedger
     let path: String
@@ -49,19 +54,42 @@ struct SpendBook: Service {
         }
         let temporary = path + ".tmp-\(getpid())"
         let bytes = JSONValue.object(["accounts": .object(object)]).serialized()
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)),
-            rename(temporary, path) == 0
-        else {
+        guard Self.writeDurably(bytes, to: temporary), rename(temporary, path) == 0 else {
             logger.warning("spend not written", metadata: ["path": "\(path)", "errno": "\(errno)"])
+            unlink(temporary)
             return last ?? [:]
         }
+        let directory = open((path as NSString).deletingLastPathComponent, O_RDONLY)
+        if directory >= 0 {
+            fsync(directory)
+            close(directory)
+        }
         return accounts
+    }
+
+    private static func writeDurably(_ bytes: [UInt8], to path: String) -> Bool {
+        let file = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard file >= 0 else { return false }
+        defer { close(file) }
+        var written = 0
+        while written < bytes.count {
+            let count = bytes[written...].withUnsafeBytes { Glibc.write(file, $0.baseAddress, $0.count) }
+            guard count > 0 else { return false }
+            written += count
+        }
+        return fsync(file) == 0
     }
 
     private static func read(_ path: String, logger: Logger) -> [String: SpendLedger.Account] {
         guard let data = FileManager.default.contents(atPath: path) else { return [:] }
         guard let accounts = (try? JSONValue(parsing: Array(data)))?["accounts"]?.objectValue else {
-            logger.warning("spend file unreadable: spend starts from 0", metadata: ["path": "\(path)"])
+            // Kept for whoever looks into it; budgets start again from nothing, which must not go unnoticed.
+            let kept = path + ".unreadable-\(Int(Date().timeIntervalSince1970))"
+            rename(path, kept)
+            logger.error(
+                "spend file unreadable: today's and this month's spend start from 0",
+                metadata: ["path": "\(path)", "kept_as": "\(kept)"]
+            )
             return [:]
         }
         var found: [String: SpendLedger.Account] = [:]

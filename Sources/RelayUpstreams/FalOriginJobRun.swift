@@ -33,8 +33,10 @@ final class FalOriginJobRun: Sendable {
     private let resuming: Handle?
     /// The model submitted to: the job's own, or a fallback's.
     private let endpoint: String
-    /// Hears a submit refused before the origin accepted the job; true: the job goes elsewhere (an origin pool).
+    /// Hears a submit the origin certainly did not take; true: the job goes elsewhere (an origin pool).
     private let refused: (@Sendable (FalError) -> Bool)?
+    /// Retry a refused submit as a single origin does; false hands it back to the pool at the first refusal.
+    private let patient: Bool
     private let state = Mutex(State())
 
     init(
@@ -45,9 +47,11 @@ final class FalOriginJobRun: Sendable {
         probeTicket: Int?,
         resuming: Handle? = nil,
         endpoint: String? = nil,
+        patient: Bool = true,
         refused: (@Sendable (FalError) -> Bool)? = nil
     ) {
         self.job = job
+        self.patient = patient
         self.endpoint = endpoint ?? job.model.id
         self.refused = refused
         self.resuming = resuming
@@ -161,13 +165,19 @@ final class FalOriginJobRun: Sendable {
             } else {
                 do {
                     handle = try await submit()
-                } catch let error as FalError where refused != nil {
-                    // Refused before the origin accepted it: another account of the pool may take it.
-                    if !isAbandoned, refused?(error) == true {
-                        state.withLock { $0.finished = true }
-                        return
+                } catch let notAccepted as NotAccepted {
+                    // Certainly not taken by the origin: another account of the pool may take it. The end is claimed
+                    // first, so the deadline cannot fail the job while another account runs it.
+                    let claimed = state.withLock { state -> Bool in
+                        guard refused != nil, !state.finished, !state.abandoned else { return false }
+                        state.finished = true
+                        return true
                     }
-                    throw error
+                    if claimed {
+                        if refused?(notAccepted.error) == true { return }
+                        state.withLock { $0.finished = false }
+                    }
+                    throw notAccepted.error
                 }
             }
             let final = try await follow(handle)
@@ -205,19 +215,28 @@ final class FalOriginJobRun: Sendable {
                 input: input,
                 headers: job.platform.forwarded(priority: job.platform.priority.map { _ in job.priority }),
                 // In a pool a refused submit moves to the next account at once instead of waiting on this one.
-                noRetry: job.platform.noRetry || refused != nil,
+                noRetry: job.platform.noRetry || !patient,
                 limits: client.limits,
                 keepTrying: { !self.isAbandoned }
             )
         } catch {
             if error is CancellationError, let probeTicket { client.abandonProbe(probeTicket) }
+            // Never on the wire (no connection, or TLS refused): certainly not accepted. A connection lost during
+            // the exchange, or an answer that cannot be read, may have created the job: never moved elsewhere.
+            if let failure = error as? FalQueueClient.TransportFailure,
+                failure.phase == .connect || failure.phase == .permanent,
+                let mapped = client.jobError(error) as? FalError
+            {
+                throw NotAccepted(error: mapped)
+            }
             throw client.jobError(error)
         }
         let handle: Handle
         let reply: FalQueueClient.Reply
         switch submitted {
         case .refused(let refusal):
-            throw client.error(for: refusal, purpose: "submit")
+            // The origin answered without taking the job.
+            throw NotAccepted(error: client.error(for: refusal, purpose: "submit"))
         case .accepted(let accepted, let answer):
             handle = accepted
             reply = answer
@@ -245,6 +264,11 @@ final class FalOriginJobRun: Sendable {
             )
         )
         return handle
+    }
+
+    /// A submit the origin certainly did not take (its answer refused it, or it never received it).
+    struct NotAccepted: Error {
+        let error: FalError
     }
 
     /// Follows the origin's request to COMPLETED (status stream, else polling), feeding the job as it goes.

@@ -43,7 +43,7 @@ public final class FalOriginUpstream: Upstream {
     public var circuitState: OriginCircuitBreaker.State { client.circuitState }
 
     public func start(_ job: Job) -> any UpstreamTask {
-        start(job, endpoint: job.model.id, refused: nil)
+        start(job, endpoint: job.model.id, patient: true, refused: nil)
     }
 
     /// Starts `job` on `endpoint` (a fallback model's, in a pool). `refused`, when given, hears a submit the origin
@@ -52,6 +52,7 @@ public final class FalOriginUpstream: Upstream {
     public func start(
         _ job: Job,
         endpoint: String,
+        patient: Bool,
         refused: (@Sendable (FalError) -> Bool)?
     ) -> any UpstreamTask {
         let ticket: Int?
@@ -74,6 +75,7 @@ public final class FalOriginUpstream: Upstream {
             logger: logger,
             probeTicket: ticket,
             endpoint: endpoint,
+            patient: patient,
             refused: refused
         )
         let task = Task { await run.run(deadline: configuration.jobDeadline) }

@@ -9,9 +9,15 @@ public protocol PoolAccount: Upstream {
     var accountName: String { get }
     /// Its circuit breaker is open: it would fail a job at once.
     var isOpen: Bool { get }
-    /// Starts `job` on `endpoint`; `refused` hears a submit refused before the origin accepted it (true: the job
-    /// goes elsewhere and this account reports nothing more about it).
-    func start(_ job: Job, endpoint: String, refused: (@Sendable (FalError) -> Bool)?) -> any UpstreamTask
+    /// Starts `job` on `endpoint`; `refused` hears a submit the origin certainly did not take (true: the job goes
+    /// elsewhere and this account reports nothing more about it). `patient`: retry the submit as a single origin
+    /// would (the pool's last chance) rather than hand it back at the first refusal.
+    func start(
+        _ job: Job,
+        endpoint: String,
+        patient: Bool,
+        refused: (@Sendable (FalError) -> Bool)?
+    ) -> any UpstreamTask
 }
 
 extension FalOriginUpstream: PoolAccount {
@@ -65,10 +71,14 @@ public final class OriginPool: Upstream {
         state = Mutex(State(inFlight: accounts.map { _ in 0 }, coolUntil: accounts.map { _ in nil }))
     }
 
-    /// Whether a refusal is the account's (it moves the job on) rather than the request's (a 422 fails the job).
+    /// Whether a refusal (only ever one the origin certainly did not take the job with) is the account's — it moves
+    /// the job on — rather than the request's (a 422 fails the job).
     static func failsOver(_ error: FalError) -> Bool {
-        error.status == 401 || error.status == 403 || error.status == 429 || error.status >= 500
+        [401, 403, 429, 502, 503, 504].contains(error.status)
     }
+
+    /// An account without a cap ranks as if it had this one.
+    static let nominalCap = 10
 
     public func start(_ job: Job) -> any UpstreamTask {
         let task = PoolTask()
@@ -76,10 +86,17 @@ public final class OriginPool: Upstream {
         return task
     }
 
-    /// A job is followed after a restart by the account that accepted it (its handle names the account).
+    /// A job is followed after a restart by the account that accepted it (its handle names the account); a handle a
+    /// single origin wrote before the pool existed (no account in it) by the first account on that URL.
     public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
         for account in accounts {
             if let task = account.upstream.resume(job, from: handle, attachedAt: attachedAt) { return task }
+        }
+        guard !handle.origin.contains("#") else { return nil }
+        for account in accounts {
+            var named = handle
+            named.origin = handle.origin + "#" + account.upstream.accountName
+            if let task = account.upstream.resume(job, from: named, attachedAt: attachedAt) { return task }
         }
         return nil
     }
@@ -117,6 +134,9 @@ public final class OriginPool: Upstream {
         let account = accounts[index].upstream
         let endpoint = endpoints[level]
         job.servedBy = "\(account.accountName); model=\(endpoint)"
+        job.servedByFallback = level > 0
+        // The last account left for the last model waits out a 429 as a single origin would, instead of failing.
+        let lastChance = level + 1 == endpoints.count && tried.count + 1 == accounts.count
         Counter(label: "relay_origin_pool_submits_total", dimensions: [("account", account.accountName)]).increment()
         // Released once: by the refusal that moves the job on, or by the job's end.
         let released = Atomic<Bool>(false)
@@ -125,7 +145,7 @@ public final class OriginPool: Upstream {
             self.release(index, cool: cool)
         }
         let generation = task.nextGeneration()
-        let inner = account.start(job, endpoint: endpoint) { [weak self] error in
+        let inner = account.start(job, endpoint: endpoint, patient: lastChance) { [weak self] error in
             // `x-fal-no-retry`: the caller wants one attempt, on one account.
             guard let self, !job.platform.noRetry, Self.failsOver(error) else { return false }
             Counter(label: "relay_origin_pool_failovers_total", dimensions: [("account", account.accountName)])
@@ -173,7 +193,7 @@ public final class OriginPool: Upstream {
     /// Work in progress for the cap: beyond its cap an account ranks behind every account still under its own.
     private func load(of index: Int, in state: State) -> (Int, Double) {
         let inFlight = state.inFlight[index]
-        guard let cap = accounts[index].cap, cap > 0 else { return (0, Double(inFlight) / 1_000) }
+        let cap = accounts[index].cap ?? Self.nominalCap
         return (inFlight >= cap ? 1 : 0, Double(inFlight) / Double(cap))
     }
 

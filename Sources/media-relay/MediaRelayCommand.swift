@@ -105,7 +105,12 @@ struct Keys: AsyncParsableCommand {
                 return
             }
             for entry in try location.store.list() {
-                print("\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(entry.revoked ? "revoked" : "active")")
+                let caps = [entry.budget.daily.map { "daily \($0)" }, entry.budget.monthly.map { "monthly \($0)" }]
+                    .compactMap { $0 }
+                let budget = caps.isEmpty ? "" : "\t" + caps.joined(separator: " ")
+                print(
+                    "\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(entry.revoked ? "revoked" : "active")\(budget)"
+                )
             }
         }
     }
@@ -129,15 +134,22 @@ struct Keys: AsyncParsableCommand {
 
     struct Budget: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Set a key's spending caps (omitted: no cap); a running relay applies them at once."
+            abstract: "Change a key's spending caps (a cap not given stays); a running relay applies them at once."
         )
         @Argument(help: "The key id (the part before the colon)") var id: String
         @OptionGroup var caps: Caps
+        @Flag(help: "Remove both caps (and then set the ones given)") var clear = false
         @OptionGroup var location: Location
 
         func run() async throws {
             guard location.fleet == nil else { throw ValidationError(Caps.notInAFleet) }
-            let budget = try caps.validated()
+            let given = try caps.validated()
+            guard let entry = try location.store.list().first(where: { $0.id == id }) else {
+                throw ValidationError("no key with id \(id)")
+            }
+            var budget = clear ? SpendBudget() : entry.budget
+            if let daily = given.daily { budget.daily = daily }
+            if let monthly = given.monthly { budget.monthly = monthly }
             guard try location.store.setBudget(id: id, budget) else { throw ValidationError("no key with id \(id)") }
             let daily = budget.daily.map { "\($0) a day" } ?? "no daily cap"
             let monthly = budget.monthly.map { "\($0) a month" } ?? "no monthly cap"

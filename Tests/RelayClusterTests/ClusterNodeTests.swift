@@ -267,14 +267,9 @@ struct ClusterNodeTests {
                 expiresAt: Timestamp(secondsSinceEpoch: Timestamp.now().secondsSinceEpoch + 60)
             )
             #expect(try await b.result(key) == nil)
-            a.stored(key, result)
-            // The ordered write lands: b reads it, and b may claim the key (a released it after publishing).
-            var found: CachedResult?
-            for _ in 0..<200 where found == nil {
-                found = try await b.result(key)
-                if found == nil { try await Task.sleep(for: .milliseconds(10)) }
-            }
-            #expect(found == result)
+            // Told once the write landed: b reads it at once, and b may claim the key (a released it after publishing).
+            await withCheckedContinuation { continuation in a.stored(key, result) { continuation.resume() } }
+            #expect(try await b.result(key) == result)
             #expect(try await b.claim(key) == .won(handle: nil))
             #expect(try await b.holders(of: digest) == ["http://127.0.0.1:1/store-a"])
             // Another key's manifest is refused: the index's bytes are checked against the key asked for.

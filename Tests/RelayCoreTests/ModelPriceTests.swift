@@ -76,3 +76,21 @@ import Testing
         #expect(time.startOfNext(.minute).iso8601 == "2026-12-06T09:31:00.000000+00:00")
     }
 }
+
+extension ModelPriceTests {
+    /// `"fallbacks"` name other models of the same catalog, once each.
+    @Test func fallbacksAreOtherModelsOfTheCatalog() throws {
+        func catalog(_ fallbacks: String) throws -> ModelCatalog {
+            try ModelCatalog(
+                json: Array(
+                    #"{"models": [{"id": "fal-ai/a", "kind": "image", "fallbacks": \#(fallbacks)}, {"id": "fal-ai/b", "kind": "image"}]}"#
+                        .utf8
+                )
+            )
+        }
+        #expect(try catalog(#"["fal-ai/b"]"#).model("fal-ai/a")?.fallbacks == ["fal-ai/b"])
+        for bad in [#"["fal-ai/c"]"#, #"["fal-ai/b", "fal-ai/b"]"#, #"["fal-ai/a"]"#, #"["nope"]"#] {
+            #expect(throws: CatalogError.self, "\(bad)") { try catalog(bad) }
+        }
+    }
+}

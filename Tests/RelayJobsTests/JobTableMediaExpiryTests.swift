@@ -43,3 +43,16 @@ extension JobTableTests {
         #expect(hit.cacheOutcome == .hit && Int(ttl.split(separator: "=")[1])! <= 60)
     }
 }
+
+extension JobTableTests {
+    /// A pool's fallback model made the result: it is not the asked model's, so it is not cached as it.
+    @Test func aResultAFallbackModelMadeIsNotCached() throws {
+        let upstream = ManualUpstream()
+        let table = JobTable { _ in upstream }
+        let first = submit(table, try input("a fallback fox"))
+        upstream.tasks[0].job.servedByFallback = true
+        upstream.tasks[0].job.receive(.succeeded(result: ["by": "fallback"], inferenceSeconds: 1))
+        #expect(first.phase.isCompleted)
+        #expect(submit(table, try input("a fallback fox")).cacheOutcome == .miss)
+    }
+}

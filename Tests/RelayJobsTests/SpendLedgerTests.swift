@@ -71,3 +71,16 @@ import Testing
         #expect(warnings.withLock { $0 } == ["k day"])
     }
 }
+
+extension SpendLedgerTests {
+    /// A generation whose cost cannot be estimated holds nothing, but needs the budget not to be used up already (a
+    /// budget of 0 admits none).
+    @Test func aGenerationOfUnknownCostNeedsBudgetLeft() throws {
+        let ledger = SpendLedger()
+        #expect((try? ledger.reserve(0, keyID: "k", budget: budget, now: noon).get()) != nil)
+        let held = try ledger.reserve(0.25, keyID: "k", budget: budget, now: noon).get()
+        ledger.settle(held, cost: 0.25, budget: budget, now: noon)
+        #expect((try? ledger.reserve(0, keyID: "k", budget: budget, now: noon).get()) == nil)
+        #expect((try? ledger.reserve(0, keyID: "z", budget: SpendBudget(daily: 0), now: noon).get()) == nil)
+    }
+}

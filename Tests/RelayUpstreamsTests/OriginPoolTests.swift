@@ -13,6 +13,7 @@ import Testing
         let accountName: String
         let refusal = Mutex<FalError?>(nil)
         let started = Mutex<[(job: Job, endpoint: String)]>([])
+        let patience = Mutex<[Bool]>([])
         let cancelled = Atomic<Int>(0)
         var isOpen: Bool { false }
 
@@ -23,10 +24,16 @@ import Testing
             func cancel() { account.cancelled.add(1, ordering: .relaxed) }
         }
 
-        func start(_ job: Job) -> any UpstreamTask { start(job, endpoint: job.model.id, refused: nil) }
+        func start(_ job: Job) -> any UpstreamTask { start(job, endpoint: job.model.id, patient: true, refused: nil) }
 
-        func start(_ job: Job, endpoint: String, refused: (@Sendable (FalError) -> Bool)?) -> any UpstreamTask {
+        func start(
+            _ job: Job,
+            endpoint: String,
+            patient: Bool,
+            refused: (@Sendable (FalError) -> Bool)?
+        ) -> any UpstreamTask {
             started.withLock { $0.append((job, endpoint)) }
+            patience.withLock { $0.append(patient) }
             if let error = refusal.withLock({ $0 }), refused?(error) != true { job.receive(.failed(error)) }
             return Task(account: self)
         }
@@ -100,6 +107,9 @@ import Testing
         _ = pool.start(first)
         #expect(a.endpoints == ["fal-ai/flux/dev", "fal-ai/flux/schnell"])
         #expect(b.endpoints == ["fal-ai/flux/dev", "fal-ai/flux/schnell"])
+        // Only the very last account for the very last model waits out refusals as a single origin would.
+        #expect(a.patience.withLock { $0 } + b.patience.withLock { $0 } == [false, false, false, true])
+        #expect(first.servedByFallback)
         guard case .completed(.failure(let error)) = first.status.phase else {
             Issue.record("every account and fallback failed: the job fails")
             return

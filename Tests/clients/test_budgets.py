@@ -62,6 +62,9 @@ def test_a_budget_caps_concurrent_new_work_and_applies_changes_without_a_restart
                 # Spent up to the cap: new work is refused until the budget is raised, at once, without a restart.
                 assert submit(1000).status_code == 403
                 keys(data_dir, "budget", key_id, "--budget-daily", "1")
+                # A cap not given stays.
+                listed = next(line for line in keys(data_dir, "list") if line.startswith(key_id))
+                assert listed.endswith("daily 1.0 monthly 100.0"), listed
                 time.sleep(0.3)
                 raised = submit(1001)
                 assert raised.status_code == 200, raised.text

@@ -283,3 +283,20 @@ def test_an_owner_deletes_payloads_and_media_and_it_survives_a_restart():
                 assert http.get(f"/fal-ai/flux/requests/{request_id}", headers=owner).status_code == 404
         finally:
             relay.stop()
+
+
+def test_usage_is_summed_per_tag(platform):
+    relay, http = platform
+    admin = key(relay, "admin_key")
+    run(http, relay, "fal-ai/flux/schnell", {"prompt": "per tag one", "seed": 41},
+        {**admin, "X-Fal-Tags": "team=tagged,env=prod"})
+    run(http, relay, "fal-ai/flux/schnell", {"prompt": "per tag two", "seed": 42}, {**admin, "X-Fal-Tags": "team=tagged"})
+    body = http.get("/v1/models/usage", headers=admin, params={"expand": "summary,tags", "tag": "team=tagged"}).json()
+    lines = {(line["endpoint_id"], line["tag"]): line for line in body["summary"]}
+    # 1024×768 at $0.003 a megapixel: each request is one (rounded-up) megapixel.
+    assert lines[("fal-ai/flux/schnell", "team=tagged")]["requests"] == 2
+    assert lines[("fal-ai/flux/schnell", "team=tagged")]["cost"] == pytest.approx(0.006)
+    assert lines[("fal-ai/flux/schnell", "env=prod")]["requests"] == 1, "a request counts under each of its tags"
+    assert set(tag for _, tag in lines) == {"team=tagged", "env=prod"}, "only requests with the tag asked for"
+    untagged = http.get("/v1/models/usage", headers=admin, params={"expand": "summary,tags"}).json()["summary"]
+    assert any(line["tag"] is None for line in untagged), "untagged requests have a line of their own"

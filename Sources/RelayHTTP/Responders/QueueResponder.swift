@@ -162,6 +162,11 @@ extension RelayServices {
         var refusal: (FalError, [(String, String)])?
         var headers: [(String, String)] = []
         var reservation: SpendLedger.Reservation?
+        // Work another node runs costs nothing here; work started here is held against the key's budget, read now
+        // (the key table may touch the disk) rather than under the job table's lock.
+        let budgeted = spend.flatMap { spend in
+            principal.keyID.map { (spend, $0, authenticator.budget(for: $0), input.model.price.estimate(input) ?? 0) }
+        }
         let made = jobs.submit(
             input,
             endpoint: endpoint,
@@ -184,25 +189,27 @@ extension RelayServices {
                     )
                     return false
                 }
+                // The budget first: a submission it refuses uses none of the tier's rate.
+                if case let (spend, keyID, budget, estimate)? = budgeted, !sharesFleetWork {
+                    switch spend.reserve(estimate, keyID: keyID, budget: budget) {
+                    case .success(let held):
+                        reservation = held
+                    case .failure(let over):
+                        let detail = Self.budgetDetail(over, keyID: keyID, currency: input.model.price)
+                        refusal = (.budgetExceeded(detail), [])
+                        return false
+                    }
+                }
                 switch charge(facts, budget: .submissions, principal: principal) {
                 case .admitted(_, let charged):
                     headers = charged
+                    return true
                 case .refused(let error, let charged):
                     refusal = (error, charged)
-                    return false
-                }
-                // Work another node runs costs nothing here; work started here is held against the key's budget.
-                guard let spend, let keyID = principal.keyID, !sharesFleetWork else { return true }
-                switch spend.reserve(
-                    input.model.price.estimate(input) ?? 0,
-                    keyID: keyID,
-                    budget: authenticator.budget(for: keyID)
-                ) {
-                case .success(let held):
-                    reservation = held
-                    return true
-                case .failure(let over):
-                    refusal = (.budgetExceeded(Self.budgetDetail(over, keyID: keyID, currency: input.model.price)), [])
+                    if let reservation, case let (spend, _, budget, _)? = budgeted {
+                        spend.settle(reservation, cost: nil, budget: budget)
+                    }
+                    reservation = nil
                     return false
                 }
             }
