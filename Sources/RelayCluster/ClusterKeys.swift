@@ -11,13 +11,26 @@ public struct ClusterKeys: Sendable {
         public var tier: String
         public var created: String
         public var revoked: Bool
+        /// Spending caps for the whole fleet (each node enforces its share).
+        public var budgetDaily: Double?
+        public var budgetMonthly: Double?
 
-        public init(id: String, sha256Hex: String, tier: String, created: String, revoked: Bool) {
+        public init(
+            id: String,
+            sha256Hex: String,
+            tier: String,
+            created: String,
+            revoked: Bool,
+            budgetDaily: Double? = nil,
+            budgetMonthly: Double? = nil
+        ) {
             self.id = id
             self.sha256Hex = sha256Hex
             self.tier = tier
             self.created = created
             self.revoked = revoked
+            self.budgetDaily = budgetDaily
+            self.budgetMonthly = budgetMonthly
         }
     }
 
@@ -30,10 +43,23 @@ public struct ClusterKeys: Sendable {
     public func all() async throws(ClusterError) -> [Row] {
         try await database.perform("list keys") { client -> [Row] in
             var rows: [Row] = []
-            for try await (id, hash, tier, created, revoked) in try await client.query(
-                "SELECT key_id, secret_hash, tier, created, revoked FROM relay_api_keys ORDER BY created, key_id"
-            ).decode((String, String, String, String, Bool).self) {
-                rows.append(Row(id: id, sha256Hex: hash, tier: tier, created: created, revoked: revoked))
+            for try await (id, hash, tier, created, revoked, daily, monthly) in try await client.query(
+                """
+                SELECT key_id, secret_hash, tier, created, revoked, budget_daily, budget_monthly
+                FROM relay_api_keys ORDER BY created, key_id
+                """
+            ).decode((String, String, String, String, Bool, Double?, Double?).self) {
+                rows.append(
+                    Row(
+                        id: id,
+                        sha256Hex: hash,
+                        tier: tier,
+                        created: created,
+                        revoked: revoked,
+                        budgetDaily: daily,
+                        budgetMonthly: monthly
+                    )
+                )
             }
             return rows
         }
@@ -43,11 +69,29 @@ public struct ClusterKeys: Sendable {
         try await database.perform("create key") { client in
             try await client.query(
                 """
-                INSERT INTO relay_api_keys (key_id, secret_hash, tier, created, revoked)
-                VALUES (\(row.id), \(row.sha256Hex), \(row.tier), \(row.created), \(row.revoked))
+                INSERT INTO relay_api_keys (key_id, secret_hash, tier, created, revoked, budget_daily, budget_monthly)
+                VALUES (\(row.id), \(row.sha256Hex), \(row.tier), \(row.created), \(row.revoked),
+                        \(row.budgetDaily), \(row.budgetMonthly))
                 """
             )
             try await client.query("SELECT pg_notify('relay_events', 'keys')")
+        }
+    }
+
+    /// Sets a key's fleet-wide caps (nil: none); false when no such key exists.
+    public func setBudget(id: String, daily: Double?, monthly: Double?) async throws(ClusterError) -> Bool {
+        try await database.perform("set key budget") { client -> Bool in
+            var found = false
+            for try await _ in try await client.query(
+                """
+                UPDATE relay_api_keys SET budget_daily = \(daily), budget_monthly = \(monthly)
+                WHERE key_id = \(id) RETURNING key_id
+                """
+            ).decode(String.self) {
+                found = true
+            }
+            try await client.query("SELECT pg_notify('relay_events', 'keys')")
+            return found
         }
     }
 

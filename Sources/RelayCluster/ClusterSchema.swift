@@ -80,6 +80,13 @@ enum ClusterSchema {
             ]
         ),
         (3, ["ALTER TABLE relay_claims ADD COLUMN handle text"]),
+        (
+            4,
+            [
+                "ALTER TABLE relay_api_keys ADD COLUMN budget_daily double precision",
+                "ALTER TABLE relay_api_keys ADD COLUMN budget_monthly double precision",
+            ]
+        ),
     ]
 
     /// Applies every migration the database lacks, all in one transaction under the advisory lock; returns the

@@ -8,9 +8,11 @@ public final class SpendLedger: Sendable {
     /// A budget a submission would go past: which one, and when it starts again.
     public struct Refusal: Error, Sendable, Hashable {
         public var period: Timestamp.Period
+        /// The key's whole cap, and what this node spent of its share of it (`nodes`: live nodes of the fleet).
         public var budget: Double
         public var spent: Double
         public var resetsAt: Timestamp
+        public var nodes = 1
     }
 
     /// Money held for a generation from its start until its cost is known.
@@ -54,6 +56,14 @@ public final class SpendLedger: Sendable {
     public static let warningShare = 0.8
 
     private let accounts = Mutex<[String: Account]>([:])
+    /// Live nodes of the fleet (1 for a single node): each node holds this share of every cap, as it does of every
+    /// rate budget, so the fleet together never passes a cap.
+    private let fleetNodes = Atomic<Int>(1)
+
+    /// Sets the number of live nodes whose share of each cap this node enforces.
+    public func setFleetShare(nodes: Int) {
+        fleetNodes.store(max(1, nodes), ordering: .relaxed)
+    }
     /// Told when a key's spend passes `warningShare` of a budget.
     private let warn: @Sendable (_ keyID: String, _ period: Timestamp.Period, _ spent: Double, _ budget: Double) -> Void
 
@@ -73,7 +83,13 @@ public final class SpendLedger: Sendable {
         budget: SpendBudget,
         now: Timestamp = .now()
     ) -> Result<Reservation, Refusal> {
-        accounts.withLock { accounts in
+        let nodes = fleetNodes.load(ordering: .relaxed)
+        let whole = budget
+        let budget = SpendBudget(
+            daily: budget.daily.map { $0 / Double(nodes) },
+            monthly: budget.monthly.map { $0 / Double(nodes) }
+        )
+        return accounts.withLock { accounts in
             var account = accounts[keyID] ?? Account(day: now.start(of: .day), month: now.start(of: .month))
             account.roll(to: now)
             defer { accounts[keyID] = account }
@@ -82,16 +98,23 @@ public final class SpendLedger: Sendable {
             let slack = amount > 0 ? 1e-9 : -1e-9
             if let daily = budget.daily, account.daySpent + committed > daily + slack {
                 return .failure(
-                    Refusal(period: .day, budget: daily, spent: account.daySpent, resetsAt: now.startOfNext(.day))
+                    Refusal(
+                        period: .day,
+                        budget: whole.daily ?? daily,
+                        spent: account.daySpent,
+                        resetsAt: now.startOfNext(.day),
+                        nodes: nodes
+                    )
                 )
             }
             if let monthly = budget.monthly, account.monthSpent + committed > monthly + slack {
                 return .failure(
                     Refusal(
                         period: .month,
-                        budget: monthly,
+                        budget: whole.monthly ?? monthly,
                         spent: account.monthSpent,
-                        resetsAt: now.startOfNext(.month)
+                        resetsAt: now.startOfNext(.month),
+                        nodes: nodes
                     )
                 )
             }

@@ -174,7 +174,14 @@ public final class APIKeyStore: Authenticator, Sendable {
         try save(
             rows.compactMap { row in
                 Self.bytes(hex: row.sha256Hex).map {
-                    Entry(id: row.id, hash: $0, tier: row.tier, created: row.created, revoked: row.revoked)
+                    Entry(
+                        id: row.id,
+                        hash: $0,
+                        tier: row.tier,
+                        created: row.created,
+                        revoked: row.revoked,
+                        budget: SpendBudget(daily: row.budgetDaily, monthly: row.budgetMonthly)
+                    )
                 }
             }
         )

@@ -102,7 +102,8 @@ final class ClusterWiring: Sendable {
         catalog: ModelCatalog,
         webhooks: WebhookDispatcher,
         keys: APIKeyStore,
-        rateLimiter: RateLimiter?
+        rateLimiter: RateLimiter?,
+        spend: SpendLedger?
     ) {
         if node.nodeURL.isEmpty { node.nodeURL = nodeURL }
         let fleetKeys = ClusterKeys(database: database)
@@ -126,7 +127,10 @@ final class ClusterWiring: Sendable {
         node.onNotice(
             cancelled: { id in _ = jobs.cancel(id, keyID: nil, fromFleet: true) },
             keysChanged: { keyCopies.yield() },
-            membership: { nodes in rateLimiter?.setFleetShare(nodes: nodes) },
+            membership: { nodes in
+                rateLimiter?.setFleetShare(nodes: nodes)
+                spend?.setFleetShare(nodes: nodes)
+            },
             orphanedWebhooks: { orphans in
                 for (request, url) in orphans {
                     guard let (input, endpoint) = request.modelInput(models: catalog.model) else { continue }

@@ -310,7 +310,8 @@ public struct RelayApplication: Sendable {
             catalog: catalog,
             webhooks: webhooks,
             keys: keyStore,
-            rateLimiter: rateLimiter
+            rateLimiter: rateLimiter,
+            spend: spendBook.ledger
         )
         readiness.set(true)
         announce(banner(bound: bound, caPath: caPath, catalog: catalog, publicOrigin: publicOrigin.value))

@@ -78,8 +78,7 @@ struct Keys: AsyncParsableCommand {
         func run() async throws {
             do {
                 if let url = location.fleet {
-                    guard caps.budget.isEmpty else { throw ValidationError(Caps.notInAFleet) }
-                    let (key, row) = try await FleetKeyTable.create(url: url, tier: tier)
+                    let (key, row) = try await FleetKeyTable.create(url: url, tier: tier, budget: try caps.validated())
                     print("created key \(row.id) (tier \(row.tier)) in the fleet; store it now, it is not shown again:")
                     print(key)
                     return
@@ -97,20 +96,24 @@ struct Keys: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List key ids, tiers and states (never the keys).")
         @OptionGroup var location: Location
 
+        /// `\tdaily 25.0 monthly 500.0`, or nothing without caps.
+        static func caps(_ budget: SpendBudget) -> String {
+            let caps = [budget.daily.map { "daily \($0)" }, budget.monthly.map { "monthly \($0)" }].compactMap { $0 }
+            return caps.isEmpty ? "" : "\t" + caps.joined(separator: " ")
+        }
+
         func run() async throws {
             if let url = location.fleet {
                 for row in try await FleetKeyTable.list(url: url) {
-                    print("\(row.id)\t\(row.tier)\t\(row.created)\t\(row.revoked ? "revoked" : "active")")
+                    let state = row.revoked ? "revoked" : "active"
+                    let budget = Self.caps(SpendBudget(daily: row.budgetDaily, monthly: row.budgetMonthly))
+                    print("\(row.id)\t\(row.tier)\t\(row.created)\t\(state)\(budget)")
                 }
                 return
             }
             for entry in try location.store.list() {
-                let caps = [entry.budget.daily.map { "daily \($0)" }, entry.budget.monthly.map { "monthly \($0)" }]
-                    .compactMap { $0 }
-                let budget = caps.isEmpty ? "" : "\t" + caps.joined(separator: " ")
-                print(
-                    "\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(entry.revoked ? "revoked" : "active")\(budget)"
-                )
+                let state = entry.revoked ? "revoked" : "active"
+                print("\(entry.id)\t\(entry.tier)\t\(entry.created)\t\(state)\(Self.caps(entry.budget))")
             }
         }
     }
@@ -119,8 +122,6 @@ struct Keys: AsyncParsableCommand {
     struct Caps: ParsableArguments {
         @Option(help: "Most the key may spend upstream per UTC day (e.g. 25)") var budgetDaily: Double?
         @Option(help: "Most the key may spend upstream per UTC month (e.g. 500)") var budgetMonthly: Double?
-
-        static let notInAFleet = "budgets are kept by a single relay's key file; a fleet's keys have none yet"
 
         var budget: SpendBudget { SpendBudget(daily: budgetDaily, monthly: budgetMonthly) }
 
@@ -142,15 +143,28 @@ struct Keys: AsyncParsableCommand {
         @OptionGroup var location: Location
 
         func run() async throws {
-            guard location.fleet == nil else { throw ValidationError(Caps.notInAFleet) }
             let given = try caps.validated()
-            guard let entry = try location.store.list().first(where: { $0.id == id }) else {
-                throw ValidationError("no key with id \(id)")
+            let current: SpendBudget?
+            if let url = location.fleet {
+                current = try await FleetKeyTable.list(url: url).first { $0.id == id }.map {
+                    SpendBudget(daily: $0.budgetDaily, monthly: $0.budgetMonthly)
+                }
+            } else {
+                current = try location.store.list().first { $0.id == id }?.budget
             }
-            var budget = clear ? SpendBudget() : entry.budget
+            guard let current else { throw ValidationError("no key with id \(id)") }
+            var budget = clear ? SpendBudget() : current
             if let daily = given.daily { budget.daily = daily }
             if let monthly = given.monthly { budget.monthly = monthly }
-            guard try location.store.setBudget(id: id, budget) else { throw ValidationError("no key with id \(id)") }
+            if let url = location.fleet {
+                guard try await FleetKeyTable.setBudget(url: url, id: id, budget) else {
+                    throw ValidationError("no key with id \(id)")
+                }
+            } else {
+                guard try location.store.setBudget(id: id, budget) else {
+                    throw ValidationError("no key with id \(id)")
+                }
+            }
             let daily = budget.daily.map { "\($0) a day" } ?? "no daily cap"
             let monthly = budget.monthly.map { "\($0) a month" } ?? "no monthly cap"
             print("key \(id): \(daily), \(monthly)")

@@ -84,3 +84,20 @@ extension SpendLedgerTests {
         #expect((try? ledger.reserve(0, keyID: "z", budget: SpendBudget(daily: 0), now: noon).get()) == nil)
     }
 }
+
+extension SpendLedgerTests {
+    /// In a fleet each node holds its share of a cap: three nodes together never pass it.
+    @Test func aNodeOfAFleetHoldsItsShareOfACap() throws {
+        let ledger = SpendLedger()
+        ledger.setFleetShare(nodes: 3)
+        let fleetBudget = SpendBudget(daily: 0.075)
+        #expect((try? ledger.reserve(0.025, keyID: "k", budget: fleetBudget, now: noon).get()) != nil)
+        guard case .failure(let refusal) = ledger.reserve(0.025, keyID: "k", budget: fleetBudget, now: noon) else {
+            Issue.record("a third of 0.075 is one generation")
+            return
+        }
+        #expect(refusal.budget == 0.075 && refusal.nodes == 3)
+        ledger.setFleetShare(nodes: 1)
+        #expect((try? ledger.reserve(0.025, keyID: "k", budget: fleetBudget, now: noon).get()) != nil)
+    }
+}

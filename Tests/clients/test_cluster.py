@@ -505,3 +505,27 @@ def test_rate_limits_hold_fleet_wide_within_ten_percent(fleet):
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_budget_holds_across_the_fleet_and_changes_everywhere(fleet):
+    # $0.075 a day is three 1-megapixel FLUX [dev] images; each of the 3 nodes holds a third of it.
+    created = fleet.keys_command("create", "--tier", "enterprise", "--budget-daily", "0.075").strip().splitlines()
+    key, key_id = created[-1], created[-1].split(":")[0]
+    assert any(line.startswith(key_id) and line.endswith("daily 0.075") for line in fleet.keys_command("list").splitlines())
+    wait_for(lambda: all(status(fleet, node, str(uuid.uuid4()), key=key).status_code == 404 for node in range(3)), 5,
+             "the new key is not valid everywhere")
+    small = {"image_size": {"width": 64, "height": 64}, "num_inference_steps": 2}
+    answers = {node: [submit(fleet, node, {"prompt": f"fleet budget {node} {n} {key_id}", "seed": n, **small}, key=key)
+                      for n in range(3)] for node in range(3)}
+    for node, replies in answers.items():
+        codes = [reply.status_code for reply in replies]
+        assert codes == [200, 403, 403], (node, codes, [reply.text for reply in replies])
+        refusal = replies[1]
+        assert refusal.headers["x-fal-error-type"] == "budget_exceeded" and "1/3" in refusal.json()["detail"]
+    for node, replies in answers.items():
+        wait_completed(fleet, node, replies[0].json()["request_id"], key=key)
+    # Raised in the fleet's table: every node lets new work through within a few seconds.
+    fleet.keys_command("budget", key_id, "--budget-daily", "1")
+    for node in range(3):
+        wait_for(lambda: submit(fleet, node, {"prompt": f"fleet budget raised {node} {time.time_ns()}", **small},
+                                key=key).status_code == 200, 10, f"node {node} did not see the raised budget")

@@ -28,8 +28,12 @@ extension RelayServices {
     /// `budget_exceeded`'s detail: which cap, how much of it is spent, and when it starts again.
     static func budgetDetail(_ refusal: SpendLedger.Refusal, keyID: String, currency price: ModelPrice) -> String {
         let period = refusal.period == .day ? "daily" : "monthly"
+        let spent =
+            refusal.nodes == 1
+            ? "\(money(refusal.spent)) spent"
+            : "\(money(refusal.spent)) spent through this node, which holds 1/\(refusal.nodes) of it"
         return "Key \(keyID) would go past its \(period) budget of \(money(refusal.budget)) \(price.currency) "
-            + "(\(money(refusal.spent)) spent); it starts again at \(refusal.resetsAt.iso8601)"
+            + "(\(spent)); it starts again at \(refusal.resetsAt.iso8601)"
     }
 
     /// An amount to the cent (to the tenth of a cent below one).
