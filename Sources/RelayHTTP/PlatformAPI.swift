@@ -97,7 +97,12 @@ enum PlatformAPI {
         let end = min(items.endIndex, start + limit)
         guard end < items.endIndex, end > start else { return (items[start..<end], nil) }
         let last = key(items[end - 1])
-        return (items[start..<end], Hex.encode("\(last.0) \(last.1)".utf8))
+        return (items[start..<end], keysetCursor(last))
+    }
+
+    /// The cursor that resumes after the item with this key.
+    static func keysetCursor(_ key: (Double, String)) -> String {
+        Hex.encode("\(key.0) \(key.1)".utf8)
     }
 
     // MARK: - Models

@@ -58,6 +58,9 @@ enum PlatformHistory {
 
     // MARK: - Requests
 
+    /// The most payload bytes (`expand=payloads`) one page of the history holds.
+    static let maxPayloadBytes = 8 << 20
+
     /// `GET /v1/models/requests/by-endpoint`: newest end first (or longest first with `sort=duration`); `q` searches
     /// the kept inputs' text; `expand=payloads` adds `json_input` and `json_output`.
     static func requests(
@@ -108,9 +111,25 @@ enum PlatformHistory {
             descending: true,
             key: key
         )
-        let items: [JSONValue] = page.map { item($0, payloads: payloads) }
+        // Payloads can be large (10 MiB inputs): a page stops once it holds `maxPayloadBytes` of them (one item at
+        // least), and the next one resumes after its last item.
+        var items: [JSONValue] = []
+        var bytes = 0
+        var cursor = next
+        for entry in page {
+            let made = item(entry, payloads: payloads)
+            if payloads {
+                bytes += (made["json_input"]?.serialized().count ?? 0) + (made["json_output"]?.serialized().count ?? 0)
+                if bytes > maxPayloadBytes, let last = items.indices.last {
+                    cursor = PlatformAPI.keysetCursor(key(page[page.startIndex + last]))
+                    break
+                }
+            }
+            items.append(made)
+        }
         return [
-            "items": .array(items), "next_cursor": next.map(JSONValue.string) ?? .null, "has_more": .bool(next != nil),
+            "items": .array(items), "next_cursor": cursor.map(JSONValue.string) ?? .null,
+            "has_more": .bool(cursor != nil),
         ]
     }
 

@@ -300,3 +300,28 @@ def test_usage_is_summed_per_tag(platform):
     assert set(tag for _, tag in lines) == {"team=tagged", "env=prod"}, "only requests with the tag asked for"
     untagged = http.get("/v1/models/usage", headers=admin, params={"expand": "summary,tags"}).json()["summary"]
     assert any(line["tag"] is None for line in untagged), "untagged requests have a line of their own"
+
+
+def test_a_history_page_holds_at_most_8_mib_of_payloads(platform):
+    relay, http = platform
+    admin = key(relay, "admin_key")
+    # Each request's input holds a 3 MB prompt, and FLUX echoes it in its output: about 6 MB of payload apiece.
+    marker = f"bulky {time.time_ns()}"
+    ids = []
+    for n in range(3):
+        body = {"prompt": f"{marker} {n} " + "x" * 3_000_000, "seed": n, "image_size": {"width": 64, "height": 64}}
+        submitted, _ = run(http, relay, "fal-ai/flux/schnell", body, admin)
+        ids.append(submitted["request_id"])
+    pages, seen, cursor = 0, [], None
+    while True:
+        params = {"expand": "payloads", "q": marker, "limit": 10, **({"cursor": cursor} if cursor else {})}
+        page = http.get("/v1/models/requests/by-endpoint", headers=admin, params=params)
+        assert page.status_code == 200 and len(page.content) < 16 << 20
+        body = page.json()
+        assert len(body["items"]) == 1, "a second 6 MB item would pass 8 MiB"
+        seen += [item["request_id"] for item in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if not body["has_more"]:
+            break
+    assert pages == 3 and sorted(seen) == sorted(ids)
