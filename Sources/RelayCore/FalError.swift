@@ -29,6 +29,8 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
     private enum Detail: Sendable, Hashable {
         case message(String)
         case validation([ValidationIssue])
+        /// fal's Platform API (`api.fal.ai/v1`) answers `{"error": {"type", "message"}}`.
+        case platform(type: String, message: String)
     }
 
     public let status: Int
@@ -44,7 +46,7 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The human-readable message (for validation errors, the issues joined).
     public var message: String {
         switch detail {
-        case .message(let text):
+        case .message(let text), .platform(_, let text):
             return text
         case .validation(let issues):
             return issues.map { "\($0.location.joined(separator: ".")): \($0.message)" }.joined(separator: "; ")
@@ -71,7 +73,27 @@ public struct FalError: Error, Sendable, Hashable, CustomStringConvertible {
                 object["error_type"] = .string(errorType)
             }
             return .object(object)
+        case .platform(let type, let text):
+            return ["error": ["type": .string(type), "message": .string(text)]]
         }
+    }
+
+    /// An error of fal's Platform API: `{"error": {"type", "message"}}` with its own type names.
+    public static func platform(status: Int, type: String, message: String) -> FalError {
+        FalError(status: status, detail: .platform(type: type, message: message), errorType: nil)
+    }
+
+    /// The same error in the shape of fal's Platform API (`{"error": {"type", "message"}}`), for its routes.
+    public var platformShaped: FalError {
+        let type =
+            switch status {
+            case 401, 403: "authorization_error"
+            case 404: "not_found"
+            case 429: "rate_limited"
+            case 400, 413, 422: "validation_error"
+            default: "server_error"
+            }
+        return FalError(status: status, detail: .platform(type: type, message: message), errorType: errorType)
     }
 
     public static func validation(_ issues: [ValidationIssue]) -> FalError {

@@ -71,6 +71,13 @@ extension RelayServices {
     /// Authenticates the caller as `route` asks and charges the route's budget: every transport calls this once per
     /// request, before the route's responder.
     func admit(_ facts: RequestFacts, route: Route) -> Admission {
+        let admission = decideAdmission(facts, route: route)
+        // fal's Platform API words its refusals as its other answers.
+        guard route.isPlatform, case .refused(let error, let headers) = admission else { return admission }
+        return .refused(error.platformShaped, headers: headers)
+    }
+
+    private func decideAdmission(_ facts: RequestFacts, route: Route) -> Admission {
         let principal: Principal
         switch CallerRule(route) {
         case .none, .signedURL:

@@ -17,7 +17,8 @@ enum PlatformAPI {
             Failure(status: 404, type: "not_found", message: message)
         }
 
-        var json: JSONValue { ["error": ["type": .string(type), "message": .string(message)]] }
+        /// As the client gets it (`{"error": {"type", "message"}}`).
+        var error: FalError { .platform(status: status, type: type, message: message) }
     }
 
     /// At most this many endpoint ids per call (fal's limit).

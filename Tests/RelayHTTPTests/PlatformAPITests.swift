@@ -146,7 +146,7 @@ import Testing
             } throws: { error in
                 guard let failure = error as? PlatformAPI.Failure else { return false }
                 return failure.status == status && failure.message.contains(message)
-                    && failure.json["error"]?["type"] == (status == 404 ? "not_found" : "validation_error")
+                    && failure.error.body["error"]?["type"] == (status == 404 ? "not_found" : "validation_error")
             }
         }
         for text in ["limit=0", "limit=101", "limit=x", "cursor=zz", "cursor=00", "expand=everything", "status=gone"] {

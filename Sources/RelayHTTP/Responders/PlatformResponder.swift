@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import RelayCore
 import RelayJobs
 import RelayStore
@@ -80,14 +79,7 @@ extension RelayServices {
                 isHead: isHead
             )
         } catch {
-            let status = HTTPResponseStatus(statusCode: error.status)
-            return PreparedResponse(
-                status: status,
-                json: error.json,
-                requestID: nil,
-                extraHeaders: headers,
-                isHead: isHead
-            )
+            return PreparedResponse(error: error.error, requestID: nil, extraHeaders: headers, isHead: isHead)
         }
     }
 
