@@ -4,6 +4,8 @@ import { authHeaders, el, formatDuration, formatNumber, sameOriginMedia, setUpKe
 
 const $ = (id) => document.getElementById(id);
 let cursor = null;
+// Each new search outdates the pages still on their way: only the latest one's answer is shown.
+let generation = 0;
 
 function money(amount, currency = "USD") {
   if (!Number.isFinite(amount)) return "unknown";
@@ -57,18 +59,21 @@ function row(item) {
 }
 
 async function load(append) {
+  const mine = append ? generation : ++generation;
   const form = new FormData($("search"));
   const query = new URLSearchParams({ expand: "payloads", limit: "50", start: new Date(Date.now() - 30 * 86400e3).toISOString() });
   for (const name of ["q", "status"]) if (form.get(name)) query.set(name, form.get(name));
   if (append && cursor) query.set("cursor", cursor);
   try {
     const page = await fetchJSON(`/v1/models/requests/by-endpoint?${query}`);
+    if (mine !== generation) return;
     if (!append) $("rows").replaceChildren();
     $("rows").append(...page.items.map(row));
     cursor = page.next_cursor;
     $("more").hidden = !page.has_more;
     $("empty").hidden = $("rows").children.length > 0;
   } catch (error) {
+    if (mine !== generation) return;
     toast(`History: ${error.message}`);
   }
 }

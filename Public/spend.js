@@ -4,6 +4,8 @@ import { authHeaders, apiKey, el, formatNumber } from "/ui/common.js";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
+// Only the latest refresh's answer is shown (a key change starts a new one while another is on its way).
+let generation = 0;
 
 function money(amount) {
   return Number.isFinite(amount) ? `$${formatNumber(amount, amount < 10 ? 3 : 2)}` : "–";
@@ -53,6 +55,7 @@ function totals(lines, nameOf) {
 }
 
 export async function refreshSpend() {
+  const mine = ++generation;
   clearTimeout(timer);
   timer = setTimeout(refreshSpend, 30000);
   const panel = $("spend");
@@ -66,6 +69,7 @@ export async function refreshSpend() {
   try {
     const response = await fetch(`/v1/models/usage?${query}`, { headers: authHeaders() });
     const usage = await response.json();
+    if (mine !== generation) return;
     if (!response.ok) throw new Error(usage?.error?.message ?? usage?.detail ?? `HTTP ${response.status}`);
     const hours = (usage.time_series ?? []).map((bucket) => ({
       spent: bucket.results.reduce((sum, line) => sum + (line.cost ?? 0), 0),
@@ -84,6 +88,7 @@ export async function refreshSpend() {
     panel.dataset.state = "ready";
     $("spend-hint").textContent = "At the catalog's prices; models whose price is unknown count as nothing.";
   } catch (error) {
+    if (mine !== generation) return;
     panel.dataset.state = "error";
     $("spend-hint").textContent = `Spend not available: ${error.message}`;
   }

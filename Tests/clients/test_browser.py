@@ -314,12 +314,14 @@ def test_history_page_searches_prompts_and_shows_spend(ui_relay, browser):
     WebDriverWait(browser, WAIT).until(lambda d: text(d, "v-spent").startswith("$"))
     browser.find_element(By.ID, "q").send_keys("heron")
     browser.find_element(By.CSS_SELECTOR, "#search button[type=submit]").click()
+    # The rows' texts in one round trip: the page replaces its rows when an answer arrives.
+    rows_text = "return [...document.querySelectorAll('#rows tr')].map((row) => row.textContent)"
     WebDriverWait(browser, WAIT).until(
-        lambda d: [row.text for row in d.find_elements(By.CSS_SELECTOR, "#rows tr")] != []
-        and all("heron" in row.text for row in d.find_elements(By.CSS_SELECTOR, "#rows tr"))
+        lambda d: (rows := d.execute_script(rows_text)) != [] and all("heron" in row for row in rows)
     )
-    rows = browser.find_elements(By.CSS_SELECTOR, "#rows tr")
-    assert len(rows) == 1 and "fal-ai/flux/schnell" in rows[0].text and "$" in rows[0].text
+    time.sleep(0.5)  # an earlier, unfiltered page arriving late must not replace the search's rows
+    rows = browser.execute_script(rows_text)
+    assert len(rows) == 1 and "fal-ai/flux/schnell" in rows[0] and "$" in rows[0], rows
     shot(browser, "history.png")
     assert severe_console_errors(browser) == []
 
@@ -332,9 +334,9 @@ def test_dashboard_shows_spend_and_savings_per_hour_model_and_key(ui_relay, brow
     # The earlier tests' generations through this key: FLUX [schnell] at $0.003 a megapixel, some shared.
     assert float(attribute(browser, "v-spent", "data-value")) > 0
     assert float(attribute(browser, "v-saved", "data-value")) > 0
-    models = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#top-models tr")]
+    models = browser.execute_script("return [...document.querySelectorAll('#top-models tr')].map((r) => r.textContent)")
     assert any(row.startswith("fal-ai/flux/schnell") for row in models), models
-    keys = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#top-keys tr")]
+    keys = browser.execute_script("return [...document.querySelectorAll('#top-keys tr')].map((r) => r.textContent)")
     assert keys and keys[0].startswith(ui_relay.key.split(":")[0]), keys
     assert int(attribute(browser, "c-spend", "data-hours") or 0) >= 1
     shot(browser, "dashboard-spend.png")
