@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RelayCore
 import RelayJobs
+import RelayStore
 import ServiceLifecycle
 
 #if canImport(Glibc)
@@ -9,7 +10,7 @@ import Glibc
 #endif
 
 /// The spend ledger's durable copy, `<data>/spend.json`: read at start, written every 10 s when it changed and at
-/// shutdown (a temporary file, fsynced, renamed over it, and the directory fsynced). A crash loses at most the last
+/// shutdown (`DurableFile`: a temporary file, fsynced, renamed over it, and the directory fsynced). A crash loses at most the last
 /// 10 s of spend. What running generations hold, and the 80 % warnings given, start again from nothing.
 struct SpendBook: Service {
     let ledger: SpendLedger
@@ -52,32 +53,13 @@ struct SpendBook: Service {
                 "month": .string(account.month.iso8601), "month_spent": .number(account.monthSpent),
             ]
         }
-        let temporary = path + ".tmp-\(getpid())"
-        let bytes = JSONValue.object(["accounts": .object(object)]).serialized()
-        guard Self.writeDurably(bytes, to: temporary), rename(temporary, path) == 0 else {
-            logger.warning("spend not written", metadata: ["path": "\(path)", "errno": "\(errno)"])
-            unlink(temporary)
+        do throws(StoreError) {
+            try DurableFile.replace(path, with: JSONValue.object(["accounts": .object(object)]).serialized())
+        } catch {
+            logger.warning("spend not written", metadata: ["path": "\(path)", "error": "\(error)"])
             return last ?? [:]
         }
-        let directory = open((path as NSString).deletingLastPathComponent, O_RDONLY)
-        if directory >= 0 {
-            fsync(directory)
-            close(directory)
-        }
         return accounts
-    }
-
-    private static func writeDurably(_ bytes: [UInt8], to path: String) -> Bool {
-        let file = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard file >= 0 else { return false }
-        defer { close(file) }
-        var written = 0
-        while written < bytes.count {
-            let count = bytes[written...].withUnsafeBytes { Glibc.write(file, $0.baseAddress, $0.count) }
-            guard count > 0 else { return false }
-            written += count
-        }
-        return fsync(file) == 0
     }
 
     private static func read(_ path: String, logger: Logger) -> [String: SpendLedger.Account] {
