@@ -84,38 +84,20 @@ public final class SpendLedger: Sendable {
         now: Timestamp = .now()
     ) -> Result<Reservation, Refusal> {
         let nodes = fleetNodes.load(ordering: .relaxed)
-        let whole = budget
-        let budget = SpendBudget(
-            daily: budget.daily.map { $0 / Double(nodes) },
-            monthly: budget.monthly.map { $0 / Double(nodes) }
-        )
         return accounts.withLock { accounts in
             var account = accounts[keyID] ?? Account(day: now.start(of: .day), month: now.start(of: .month))
             account.roll(to: now)
             defer { accounts[keyID] = account }
-            let committed = account.reserved + amount
             // A generation whose cost cannot be estimated (0) still needs the budget not to be used up already.
             let slack = amount > 0 ? 1e-9 : -1e-9
-            if let daily = budget.daily, account.daySpent + committed > daily + slack {
+            let periods = [
+                (Timestamp.Period.day, budget.daily, account.daySpent), (.month, budget.monthly, account.monthSpent),
+            ]
+            for case let (period, cap?, spent) in periods
+            where spent + account.reserved + amount > cap / Double(nodes) + slack {
+                // This node holds 1/nodes of the cap (a fleet); the refusal names the whole cap.
                 return .failure(
-                    Refusal(
-                        period: .day,
-                        budget: whole.daily ?? daily,
-                        spent: account.daySpent,
-                        resetsAt: now.startOfNext(.day),
-                        nodes: nodes
-                    )
-                )
-            }
-            if let monthly = budget.monthly, account.monthSpent + committed > monthly + slack {
-                return .failure(
-                    Refusal(
-                        period: .month,
-                        budget: whole.monthly ?? monthly,
-                        spent: account.monthSpent,
-                        resetsAt: now.startOfNext(.month),
-                        nodes: nodes
-                    )
+                    Refusal(period: period, budget: cap, spent: spent, resetsAt: now.startOfNext(period), nodes: nodes)
                 )
             }
             account.reserved += amount
