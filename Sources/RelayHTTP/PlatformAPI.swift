@@ -57,26 +57,6 @@ enum PlatformAPI {
         return found
     }
 
-    /// One page of `items` after `cursor` (the opaque position of the previous page's last item, from `position`):
-    /// the page, and the cursor of the next one when there is more.
-    static func page<Item>(
-        _ items: [Item],
-        cursor: String?,
-        limit: Int,
-        position: (Item) -> String
-    ) throws(Failure) -> (ArraySlice<Item>, next: String?) {
-        var start = items.startIndex
-        if let cursor {
-            guard let bytes = Hex.decode(cursor), let after = String(validating: bytes, as: UTF8.self),
-                let index = items.firstIndex(where: { position($0) == after })
-            else { throw .validation("cursor is not one this relay gave, or its page is gone") }
-            start = index + 1
-        }
-        let end = min(items.endIndex, start + limit)
-        let next = end < items.endIndex && end > start ? Hex.encode(position(items[end - 1]).utf8) : nil
-        return (items[start..<end], next)
-    }
-
     /// One page of `items` (sorted by `key`, descending or not) after `cursor`, which holds the previous page's last
     /// key: the page resumes at the first item past it, so items that came, went or moved meanwhile never make a
     /// page skip or repeat one that stayed.
@@ -146,8 +126,16 @@ enum PlatformAPI {
             let text = "\(model.id) \(model.title) \(Self.category(model)) \(model.kind.rawValue)".lowercased()
             return words.allSatisfy { text.contains($0) }
         }
-        let (page, next) = try page(found, cursor: query["cursor"], limit: limit) { $0.id }
-        let models: [JSONValue] = page.map { model in
+        // In catalog order: the position in the catalog is the key.
+        let (page, next) = try keysetPage(
+            Array(found.enumerated()),
+            cursor: query["cursor"],
+            limit: limit,
+            descending: false
+        ) {
+            (Double($0.offset), $0.element.id)
+        }
+        let models: [JSONValue] = page.map(\.element).map { model in
             var entry: JSONObject = [
                 "endpoint_id": .string(model.id),
                 "metadata": metadata(model, origin: origin, updatedAt: updatedAt),
