@@ -7,7 +7,7 @@ extension FalWire {
         let headers = [("x-relay-cache", request.cacheOutcome.rawValue), ("cache-status", request.cacheStatus)]
         // In an origin pool: which account and which model generated it.
         guard let served = request.job.servedBy else { return headers }
-        return headers + [("x-relay-upstream", served)]
+        return headers + [("x-relay-upstream", served.header)]
     }
 
     /// `Cache-Control` request directives, lowercased, without values.

@@ -61,8 +61,7 @@ public final class Job: Sendable {
         /// The shortest media lifetime its requests asked for (`X-Fal-Object-Lifecycle-Preference`).
         var mediaExpirySeconds: Double?
         /// Which account of an origin pool, and which model, runs it (`x-relay-upstream`).
-        var servedBy: String?
-        var servedByFallback = false
+        var servedBy: Server?
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -157,17 +156,28 @@ public final class Job: Sendable {
         for watcher in watchers { watcher() }
     }
 
-    /// Which account of an origin pool, and which model, runs it: `x-relay-upstream` (nil for a single upstream).
-    public var servedBy: String? {
+    /// Which account of an origin pool runs a job, on which model (its own, or a fallback's).
+    public struct Server: Sendable, Hashable {
+        public var account: String
+        public var model: String
+
+        public init(account: String, model: String) {
+            self.account = account
+            self.model = model
+        }
+
+        /// `x-relay-upstream`.
+        public var header: String { "\(account); model=\(model)" }
+    }
+
+    /// Who runs it (nil for a single upstream).
+    public var servedBy: Server? {
         get { state.withLock { $0.servedBy } }
         set { state.withLock { $0.servedBy = newValue } }
     }
 
-    /// A fallback model of the pool runs it: its result is not the job's model's, and is not cached as it.
-    public var servedByFallback: Bool {
-        get { state.withLock { $0.servedByFallback } }
-        set { state.withLock { $0.servedByFallback = newValue } }
-    }
+    /// A fallback model runs it: its result is not the job's model's, and is not cached as it.
+    public var servedByFallback: Bool { servedBy.map { $0.model != model.id } ?? false }
 
     /// How long its media are kept after it ends: the shortest lifetime any of its requests asked for (nil: the relay's
     /// own policy).

@@ -133,8 +133,7 @@ public final class OriginPool: Upstream {
         }
         let account = accounts[index].upstream
         let endpoint = endpoints[level]
-        job.servedBy = "\(account.accountName); model=\(endpoint)"
-        job.servedByFallback = level > 0
+        job.servedBy = Job.Server(account: account.accountName, model: endpoint)
         // The last account left for the last model waits out a 429 as a single origin would, instead of failing.
         let lastChance = level + 1 == endpoints.count && tried.count + 1 == accounts.count
         Counter(label: "relay_origin_pool_submits_total", dimensions: [("account", account.accountName)]).increment()

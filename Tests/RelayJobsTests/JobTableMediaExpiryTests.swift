@@ -50,7 +50,7 @@ extension JobTableTests {
         let upstream = ManualUpstream()
         let table = JobTable { _ in upstream }
         let first = submit(table, try input("a fallback fox"))
-        upstream.tasks[0].job.servedByFallback = true
+        upstream.tasks[0].job.servedBy = Job.Server(account: "a", model: "fal-ai/flux/schnell")
         upstream.tasks[0].job.receive(.succeeded(result: ["by": "fallback"], inferenceSeconds: 1))
         #expect(first.phase.isCompleted)
         #expect(submit(table, try input("a fallback fox")).cacheOutcome == .miss)

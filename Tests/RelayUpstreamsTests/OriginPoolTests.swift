@@ -72,7 +72,7 @@ import Testing
             _ = pool.start(jobs[n])
         }
         #expect(pool.load.map(\.inFlight) == [1, 3, 3])
-        #expect(jobs[0].servedBy == "a; model=fal-ai/flux/dev")
+        #expect(jobs[0].servedBy?.header == "a; model=fal-ai/flux/dev")
         // A job's end frees its place.
         a.started.withLock { $0[0].job }.receive(.succeeded(result: [:], inferenceSeconds: nil))
         #expect(pool.load.map(\.inFlight) == [0, 3, 3])
@@ -86,7 +86,7 @@ import Testing
         let first = try job(1)
         _ = pool.start(first)
         #expect(a.endpoints.count == 1 && b.endpoints.count == 1 && !first.isTerminal)
-        #expect(first.servedBy == "b; model=fal-ai/flux/dev")
+        #expect(first.servedBy?.header == "b; model=fal-ai/flux/dev")
         #expect(pool.load.map(\.coolingDown) == [true, false])
         // While it cools down, new work skips it, even with more in progress elsewhere.
         for n in 2..<4 { _ = pool.start(try job(n)) }
