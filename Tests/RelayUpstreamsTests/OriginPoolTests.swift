@@ -39,6 +39,14 @@ import Testing
         }
 
         var endpoints: [String] { started.withLock { $0.map(\.endpoint) } }
+
+        /// Follows only what it accepted itself: a handle naming its URL and its account.
+        let resumed = Atomic<Int>(0)
+        func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
+            guard handle.origin == "http://origin#\(accountName)" else { return nil }
+            resumed.add(1, ordering: .relaxed)
+            return Task(account: self)
+        }
     }
 
     final class Clock: Sendable {
@@ -150,5 +158,21 @@ import Testing
         let task = pool.start(try job(1))
         task.cancel()
         #expect(a.cancelled.load(ordering: .relaxed) == 0 && b.cancelled.load(ordering: .relaxed) == 1)
+    }
+
+    /// After a restart a job is followed by the account its handle names; a handle from before the pool (no account)
+    /// by the first account on its URL; one from elsewhere by none.
+    @Test func aJobIsResumedByTheAccountThatTookIt() throws {
+        let (a, b) = (Account("a"), Account("b"))
+        let pool = pool([a, b])
+        func handle(_ origin: String) -> UpstreamHandle {
+            UpstreamHandle(origin: origin, requestID: "r", statusURL: "s", responseURL: "r", cancelURL: "c")
+        }
+        #expect(pool.resume(try job(1), from: handle("http://origin#b"), attachedAt: .now()) != nil)
+        #expect(a.resumed.load(ordering: .relaxed) == 0 && b.resumed.load(ordering: .relaxed) == 1)
+        #expect(pool.resume(try job(2), from: handle("http://origin"), attachedAt: .now()) != nil)
+        #expect(a.resumed.load(ordering: .relaxed) == 1)
+        #expect(pool.resume(try job(3), from: handle("http://elsewhere"), attachedAt: .now()) == nil)
+        #expect(pool.resume(try job(4), from: handle("http://origin#gone"), attachedAt: .now()) == nil)
     }
 }
