@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import BINARY, Relay
+from conftest import BINARY, Relay, started_relay
 
 MODEL_FIELDS = {"display_name", "category", "description", "status", "tags", "updated_at", "is_favorited",
                 "thumbnail_url", "model_url", "date", "highlighted", "pinned"}
@@ -19,14 +19,10 @@ USAGE_FIELDS = {"endpoint_id", "unit", "quantity", "unit_price", "cost", "curren
 
 @pytest.fixture(scope="module")
 def platform():
-    with tempfile.TemporaryDirectory(prefix="media-relay-platform-") as data_dir:
-        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "0"))
-        try:
-            with httpx.Client(base_url=f"https://{relay.queue_host}", timeout=30,
-                              verify=ssl.create_default_context(cafile=relay.ca)) as http:
-                yield relay, http
-        finally:
-            relay.stop()
+    with started_relay("media-relay-platform-", extra_args=("--synthetic-time-scale", "0")) as relay:
+        with httpx.Client(base_url=f"https://{relay.queue_host}", timeout=30,
+                          verify=ssl.create_default_context(cafile=relay.ca)) as http:
+            yield relay, http
 
 
 def key(relay, which="key"):

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Relay
+from conftest import Relay, started_relay
 
 
 @pytest.fixture(scope="module")
@@ -137,111 +137,99 @@ def test_a_lifecycle_preference_deletes_the_media_at_the_edge_and_the_origin(tie
 
 def test_max_queue_length_refuses_new_work_behind_a_long_queue_but_never_a_hit():
     # Slow generations (2 slots) so that a queue forms and stays while the test looks at it.
-    with tempfile.TemporaryDirectory() as data_dir:
-        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "3"))
-        try:
-            headers = {"Authorization": f"Key {relay.key}"}
-            base = f"https://{relay.queue_host}/fal-ai/flux/dev"
-            with client(relay) as http:
-                first = {"prompt": f"queue head {time.time_ns()}", "seed": 1}
-                ids = [http.post(base, json=first, headers=headers).json()["request_id"]]
-                for n in range(5):
-                    answer = http.post(base, json={"prompt": f"queued {n} {time.time_ns()}", "seed": n}, headers=headers)
-                    assert answer.status_code == 200, answer.text
-                    ids.append(answer.json()["request_id"])
-                # Two run, four wait: a new generation that would wait behind more than one is refused.
-                refused = http.post(f"{base}?fal_max_queue_length=1", json={"prompt": "one more", "seed": 9},
-                                    headers=headers)
-                assert refused.status_code == 429, refused.text
-                assert "fal_max_queue_length" in refused.json()["detail"] and refused.headers.get("retry-after")
-                # Behind at most ten it goes in; and the same input as one in flight is coalesced, never refused.
-                taken = http.post(f"{base}?fal_max_queue_length=10", json={"prompt": "one more", "seed": 9},
-                                  headers=headers)
-                assert taken.status_code == 200, taken.text
-                shared = http.post(f"{base}?fal_max_queue_length=0", json=first, headers=headers)
-                assert shared.status_code == 200 and shared.headers["x-relay-cache"] == "coalesced", shared.headers
-                bad = http.post(f"{base}?fal_max_queue_length=lots", json=first, headers=headers)
-                assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "fal_max_queue_length"]
-                for request_id in ids:
-                    http.put(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/cancel", headers=headers)
-        finally:
-            relay.stop()
+    with started_relay("media-relay-headers-", extra_args=("--synthetic-time-scale", "3")) as relay:
+        headers = {"Authorization": f"Key {relay.key}"}
+        base = f"https://{relay.queue_host}/fal-ai/flux/dev"
+        with client(relay) as http:
+            first = {"prompt": f"queue head {time.time_ns()}", "seed": 1}
+            ids = [http.post(base, json=first, headers=headers).json()["request_id"]]
+            for n in range(5):
+                answer = http.post(base, json={"prompt": f"queued {n} {time.time_ns()}", "seed": n}, headers=headers)
+                assert answer.status_code == 200, answer.text
+                ids.append(answer.json()["request_id"])
+            # Two run, four wait: a new generation that would wait behind more than one is refused.
+            refused = http.post(f"{base}?fal_max_queue_length=1", json={"prompt": "one more", "seed": 9},
+                                headers=headers)
+            assert refused.status_code == 429, refused.text
+            assert "fal_max_queue_length" in refused.json()["detail"] and refused.headers.get("retry-after")
+            # Behind at most ten it goes in; and the same input as one in flight is coalesced, never refused.
+            taken = http.post(f"{base}?fal_max_queue_length=10", json={"prompt": "one more", "seed": 9},
+                              headers=headers)
+            assert taken.status_code == 200, taken.text
+            shared = http.post(f"{base}?fal_max_queue_length=0", json=first, headers=headers)
+            assert shared.status_code == 200 and shared.headers["x-relay-cache"] == "coalesced", shared.headers
+            bad = http.post(f"{base}?fal_max_queue_length=lots", json=first, headers=headers)
+            assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "fal_max_queue_length"]
+            for request_id in ids:
+                http.put(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/cancel", headers=headers)
 
 
 def test_queue_priority_serves_normal_before_low_and_a_shared_job_takes_the_highest():
     # One slot and slow generations: the order in which queued jobs start is what the test watches.
-    with tempfile.TemporaryDirectory() as data_dir:
-        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "0.5", "--synthetic-slots", "1"))
-        try:
-            headers = {"Authorization": f"Key {relay.key}"}
-            base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
-            tag = time.time_ns()
+    with started_relay("media-relay-headers-", extra_args=("--synthetic-time-scale", "0.5", "--synthetic-slots", "1")) as relay:
+        headers = {"Authorization": f"Key {relay.key}"}
+        base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
+        tag = time.time_ns()
 
-            def post(name, priority=None):
-                extra = {"X-Fal-Queue-Priority": priority} if priority else {}
-                answer = http.post(base, json={"prompt": f"{name} {tag}", "seed": 1}, headers={**headers, **extra})
-                assert answer.status_code == 200, answer.text
-                return answer.json()["request_id"]
+        def post(name, priority=None):
+            extra = {"X-Fal-Queue-Priority": priority} if priority else {}
+            answer = http.post(base, json={"prompt": f"{name} {tag}", "seed": 1}, headers={**headers, **extra})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["request_id"]
 
-            def started_order(ids):
-                """Request ids in the order their jobs started (IN_PROGRESS first seen), polling all of them."""
-                seen, deadline = [], time.time() + 60
-                while len(seen) < len(ids) and time.time() < deadline:
-                    for request_id in ids:
-                        if request_id in seen:
-                            continue
-                        status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/status",
-                                          headers=headers).json()
-                        if status["status"] != "IN_QUEUE":
-                            seen.append(request_id)
-                    time.sleep(0.01)
-                return seen
+        def started_order(ids):
+            """Request ids in the order their jobs started (IN_PROGRESS first seen), polling all of them."""
+            seen, deadline = [], time.time() + 60
+            while len(seen) < len(ids) and time.time() < deadline:
+                for request_id in ids:
+                    if request_id in seen:
+                        continue
+                    status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{request_id}/status",
+                                      headers=headers).json()
+                    if status["status"] != "IN_QUEUE":
+                        seen.append(request_id)
+                time.sleep(0.01)
+            return seen
 
-            with client(relay) as http:
-                running = post("running")
-                low_a = post("low a", "low")
-                low_b = post("low b", "low")
-                normal = post("normal")
-                # A normal request for low b's input shares its job, which then waits as a normal one.
-                raised = post("low b")
-                order = started_order([running, low_a, low_b, normal])
-                assert order == [running, normal, low_b, low_a], order
-                status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{raised}/status",
-                                  headers=headers).json()
-                assert status["status"] in ("IN_PROGRESS", "COMPLETED"), status
-        finally:
-            relay.stop()
+        with client(relay) as http:
+            running = post("running")
+            low_a = post("low a", "low")
+            low_b = post("low b", "low")
+            normal = post("normal")
+            # A normal request for low b's input shares its job, which then waits as a normal one.
+            raised = post("low b")
+            order = started_order([running, low_a, low_b, normal])
+            assert order == [running, normal, low_b, low_a], order
+            status = http.get(f"https://{relay.queue_host}/fal-ai/flux/requests/{raised}/status",
+                              headers=headers).json()
+            assert status["status"] in ("IN_PROGRESS", "COMPLETED"), status
 
 
 def test_a_request_not_started_within_its_timeout_ends_with_504_and_the_shared_job_goes_on():
-    with tempfile.TemporaryDirectory() as data_dir:
-        relay = Relay(data_dir, extra_args=("--synthetic-time-scale", "2", "--synthetic-slots", "1"))
-        try:
-            headers = {"Authorization": f"Key {relay.key}"}
-            base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
-            requests = f"https://{relay.queue_host}/fal-ai/flux/requests"
-            tag = time.time_ns()
-            with client(relay) as http:
-                running = http.post(base, json={"prompt": f"runs {tag}", "seed": 1}, headers=headers).json()
-                waiting = {"prompt": f"waits {tag}", "seed": 2}
-                # As fal_client sends `start_timeout=0.5` (the header); a second request shares the job, with none.
-                impatient = http.post(base, json=waiting, headers={**headers, "X-Fal-Request-Timeout": "0.5"}).json()
-                patient = http.post(base, json=waiting, headers=headers)
-                assert patient.headers["x-relay-cache"] == "coalesced"
-                time.sleep(1.0)
-                status = http.get(f"{requests}/{impatient['request_id']}/status", headers=headers).json()
-                assert status["status"] == "COMPLETED" and status.get("error"), status
-                result = http.get(f"{requests}/{impatient['request_id']}", headers=headers)
-                assert result.status_code == 504, result.text
-                assert result.headers["x-fal-request-timeout-type"] == "user"
-                assert "X-Fal-Request-Timeout" in result.json()["detail"]
-                # The request without a deadline still waits for the shared job, which runs and completes.
-                other = http.get(f"{requests}/{patient.json()['request_id']}/status", headers=headers).json()
-                assert other["status"] in ("IN_QUEUE", "IN_PROGRESS"), other
-                other = wait_completed(http, relay, patient.json()["request_id"])
-                assert not other.get("error"), other
-                # A request that started in time is not touched by its deadline.
-                done = http.get(f"{requests}/{running['request_id']}", headers=headers)
-                assert done.status_code == 200, done.text
-        finally:
-            relay.stop()
+    with started_relay("media-relay-headers-", extra_args=("--synthetic-time-scale", "2", "--synthetic-slots", "1")) as relay:
+        headers = {"Authorization": f"Key {relay.key}"}
+        base = f"https://{relay.queue_host}/fal-ai/flux/schnell"
+        requests = f"https://{relay.queue_host}/fal-ai/flux/requests"
+        tag = time.time_ns()
+        with client(relay) as http:
+            running = http.post(base, json={"prompt": f"runs {tag}", "seed": 1}, headers=headers).json()
+            waiting = {"prompt": f"waits {tag}", "seed": 2}
+            # As fal_client sends `start_timeout=0.5` (the header); a second request shares the job, with none.
+            impatient = http.post(base, json=waiting, headers={**headers, "X-Fal-Request-Timeout": "0.5"}).json()
+            patient = http.post(base, json=waiting, headers=headers)
+            assert patient.headers["x-relay-cache"] == "coalesced"
+            time.sleep(1.0)
+            status = http.get(f"{requests}/{impatient['request_id']}/status", headers=headers).json()
+            assert status["status"] == "COMPLETED" and status.get("error"), status
+            result = http.get(f"{requests}/{impatient['request_id']}", headers=headers)
+            assert result.status_code == 504, result.text
+            assert result.headers["x-fal-request-timeout-type"] == "user"
+            assert "X-Fal-Request-Timeout" in result.json()["detail"]
+            # The request without a deadline still waits for the shared job, which runs and completes.
+            other = http.get(f"{requests}/{patient.json()['request_id']}/status", headers=headers).json()
+            assert other["status"] in ("IN_QUEUE", "IN_PROGRESS"), other
+            other = wait_completed(http, relay, patient.json()["request_id"])
+            assert not other.get("error"), other
+            # A request that started in time is not touched by its deadline.
+            done = http.get(f"{requests}/{running['request_id']}", headers=headers)
+            assert done.status_code == 200, done.text
