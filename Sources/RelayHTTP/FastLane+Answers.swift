@@ -22,8 +22,12 @@ extension FastLane {
         case .health:
             response = services.answerHealth(facts)
         case .status(_, let id), .result(_, let id):
-            // An id this node does not hold may be another node's: the fleet is asked on NIO's path.
-            if services.fleet != nil, !services.jobs.holds(id) { return false }
+            // An id this node does not hold may be another node's: the fleet is asked on NIO's path. So is a result
+            // this node's copy of the job has not heard of yet, which another node may already have told the client.
+            if services.fleet != nil {
+                if case .result = route, !services.jobs.holdsEnded(id) { return false }
+                if !services.jobs.holds(id) { return false }
+            }
             // Read before the lookup, so that a removal or key change during it shows as a change later.
             let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
             switch services.admit(facts, route: route) {

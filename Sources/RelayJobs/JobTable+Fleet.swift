@@ -54,4 +54,10 @@ extension JobTable {
     public func holds(_ id: String) -> Bool {
         state.withLock { $0.requests[id] != nil }
     }
+
+    /// Whether this node holds a request with this id that has ended here (a result call for one still running here
+    /// may be for a job another node already told the client ended: the fast lane leaves it to the path that waits).
+    public func holdsEnded(_ id: String) -> Bool {
+        state.withLock { $0.requests[id] }?.phase.isCompleted ?? false
+    }
 }

@@ -169,6 +169,17 @@ def test_once_one_node_says_completed_every_node_has_the_result(fleet):
             assert fetched.json() == expected, f"node {node}"
 
 
+def test_a_result_call_on_a_following_node_waits_for_the_end(fleet):
+    """The same race made certain: a node that follows a running job is asked for its result. Whatever transport
+    answers it (the fast lane included), it waits for the job's end rather than answer 400 "still in progress"."""
+    body = {"prompt": unique("not yet"), "image_size": {"width": 64, "height": 64}, "num_inference_steps": 12}
+    request_id = submit(fleet, 0, body).json()["request_id"]
+    assert status(fleet, 1, request_id).json()["status"] in ("IN_QUEUE", "IN_PROGRESS")
+    fetched = result(fleet, 1, request_id)
+    assert fetched.status_code == 200, f"{fetched.status_code} {fetched.text}"
+    assert fetched.json() == result(fleet, 0, request_id).json()
+
+
 def test_cancel_on_another_node(fleet):
     body = {"prompt": unique("never mind"), "image_size": "square", "seed": 5, "num_inference_steps": 100}
     submitted = submit(fleet, 0, body)
