@@ -426,6 +426,22 @@ extension ClusterNode: Fleet {
         }
     }
 
+    /// How long the live claim on `key` has left (zero once it lapsed; nil when nobody holds one): a follower that lost
+    /// the node running the job sleeps just that long before it claims the key, rather than polling.
+    public func leaseLeft(_ key: RequestKey) async throws(ClusterError) -> Duration? {
+        let hex = key.digest.hex
+        return try await database.perform("lease left", soft: true) { client -> Duration? in
+            let rows = try await client.query(
+                """
+                SELECT GREATEST(0, EXTRACT(EPOCH FROM lease_until - now()))::float8 FROM relay_claims
+                WHERE request_key = \(hex)
+                """
+            )
+            for try await seconds in rows.decode(Double.self) { return .milliseconds(Int(seconds * 1000)) }
+            return nil
+        }
+    }
+
     /// Live nodes other than this one that hold the blob, in no particular order.
     public func holders(of digest: Digest128) async throws(ClusterError) -> [String] {
         let (hex, node) = (digest.hex, configuration.nodeID)

@@ -129,7 +129,11 @@ final class ClusterJobRun: UpstreamTask, Sendable {
                             "lost the peer that runs a job; waiting for its claim to lapse",
                             metadata: ["peer": "\(nodeID)", "reason": "\(reason)", "key": "\(job.key)"]
                         )
-                        try? await Task.sleep(for: .seconds(1))
+                        // Claimed again the moment its lease lapses (a few ms after), or in a second at most: a
+                        // peer that only restarted renews its claim, and is followed again.
+                        let left: Duration
+                        do { left = try await node.leaseLeft(job.key) ?? .zero } catch { left = .seconds(1) }
+                        try? await Task.sleep(for: min(.seconds(1), left + .milliseconds(20)))
                     }
                 }
                 failures = 0

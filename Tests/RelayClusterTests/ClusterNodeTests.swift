@@ -62,9 +62,14 @@ struct ClusterNodeTests {
             #expect(try await a.claim(key) == .won(handle: nil))
             #expect(try await a.claim(key) == .won(handle: nil), "a node's own claim is its own")
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
+            // What a follower that lost a reads to know when to claim: the lease left, by the database's clock.
+            let left = try #require(try await b.leaseLeft(key))
+            #expect(left > .zero && left <= a.configuration.lease, "\(left)")
+            #expect(try await b.leaseLeft(RequestKey(digest: Digest128(high: 2, low: 2))) == nil)
             // Time passes past the lease without a heartbeat from a (the database's clock is the fleet's clock).
             let hex = key.digest.hex
             try await Self.ageClaim(database, hex: hex)
+            #expect(try await b.leaseLeft(key) == .zero)
             #expect(try await b.claim(key) == .won(handle: nil))
             #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
             // The job b runs was accepted by an origin under its own id: a node taking the key over gets that id.
