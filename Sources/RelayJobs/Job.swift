@@ -62,6 +62,8 @@ public final class Job: Sendable {
         var mediaExpirySeconds: Double?
         /// Which account of an origin pool, and which model, runs it (`x-relay-upstream`).
         var servedBy: Server?
+        /// Where its exact place is read while it waits in a line of this relay's (see `setPositionSource`).
+        var positionSource: (@Sendable () -> Int?)?
     }
 
     /// Names the job in the request log (unique across restarts: random).
@@ -235,6 +237,21 @@ public final class Job: Sendable {
         state.withLock { Status(phase: $0.machine.phase, logs: $0.machine.logs, lastSequence: $0.machine.lastSequence) }
     }
 
+    /// The job's phase as a status poll should read it: a queued job's place is read exactly from the line it waits
+    /// in, when that line says (the place its events carry is told in coalesced passes, and may lag). Read after the
+    /// job's lock is let go, so the line's lock is never taken inside it.
+    public var phase: JobPhase {
+        let (phase, source) = state.withLock { ($0.machine.phase, $0.positionSource) }
+        guard case .queued = phase, let source, let exact = source() else { return phase }
+        return .queued(position: exact)
+    }
+
+    /// Names where the job's exact place in a line is read while it waits there (nil: nowhere, its events say): set by
+    /// a line of this relay's as the job joins it, and replaced by the next one it joins.
+    public func setPositionSource(_ source: (@Sendable () -> Int?)?) {
+        state.withLock { $0.positionSource = $0.machine.isTerminal ? nil : source }
+    }
+
     /// When work on it began and when it ended (nil while not yet), for the request history.
     public var times: (started: Timestamp?, ended: Timestamp?) {
         state.withLock { ($0.machine.startedAt, $0.machine.endedAt) }
@@ -292,6 +309,7 @@ public final class Job: Sendable {
                 state.loopGroups.removeAll()
                 state.loopOfToken.removeAll()
                 state.task = nil
+                state.positionSource = nil
                 state.gate = nil
                 state.recorder = nil
             }
@@ -390,6 +408,7 @@ public final class Job: Sendable {
             state.recorder = nil
             let task = state.task
             state.task = nil
+            state.positionSource = nil
             return task
         }
         task?.cancel()

@@ -52,7 +52,7 @@ public struct RelayRequest: Sendable {
 
     /// The request's own view: a cancelled request is over even while its shared job runs on for others.
     public var phase: JobPhase {
-        earlyOutcome.map(JobPhase.completed) ?? job.status.phase
+        earlyOutcome.map(JobPhase.completed) ?? job.phase
     }
 
     /// How the request ended on its own while its shared job runs on for others: cancelled, or its start deadline.

@@ -46,6 +46,7 @@ public final class SyntheticUpstream: Upstream {
                 // fal's queue priority: normal before low, and a low job a normal request joined is raised.
                 let ticket = queue.ticket()
                 if job.priority == .low { job.whenRaised { [queue] in queue.raise(ticket) } }
+                job.setPositionSource { [queue] in queue.place(of: ticket) }
                 try await queue.acquire(ticket: ticket, priority: job.priority) { position in
                     job.receive(.queued(position: position))
                 }

@@ -110,17 +110,17 @@ import Testing
             let jobs = try (0..<3).map {
                 try job("fal-ai/flux/schnell", ["prompt": .string("q\($0)"), "image_size": "square", "seed": 1])
             }
-            let positions = Recorder<[Int: [Int]]>([:])
+            let positions = Mutex<[Int: [Int]]>([:])
             for (index, job) in jobs.enumerated() {
                 _ = job.subscribe(after: 0) { event in
                     if case .queuePosition(let position) = event.kind {
-                        positions.update { $0[index, default: []].append(position) }
+                        positions.withLock { $0[index, default: []].append(position) }
                     }
                 }
                 _ = upstream.start(job)
             }
             for job in jobs { _ = try await finish(job) }
-            let firstPositions = (0..<3).map { positions.value[$0] ?? [] }
+            let firstPositions = positions.withLock { seen in (0..<3).map { seen[$0] ?? [] } }
             #expect(firstPositions.map { $0.first ?? -1 }.sorted() == [0, 0, 1])
         }
     }
@@ -196,14 +196,6 @@ import Testing
             #expect(Array(bytes.prefix(4)) == Array("RIFF".utf8))
         }
     }
-}
-
-/// A thread-safe box for what concurrent callbacks record.
-final class Recorder<Value: Sendable>: Sendable {
-    private let storage: Mutex<Value>
-    init(_ value: Value) { storage = Mutex(value) }
-    func update(_ body: (inout Value) -> Void) { storage.withLock { body(&$0) } }
-    var value: Value { storage.withLock { $0 } }
 }
 
 extension Array {

@@ -2,7 +2,7 @@ import RelayCore
 import Synchronization
 import Testing
 
-@testable import RelayUpstreams
+@testable import RelayJobs
 
 /// fal's `X-Fal-Queue-Priority` in the synthetic queue: normal before low, places counting both, a raise moving a low
 /// waiter to the end of the normal line. Time is injected: no test here sleeps.
@@ -122,5 +122,51 @@ import Testing
         line.time.advance()
         line.queue.release()
         #expect(line.queue.waitingCount == 0)
+    }
+
+    /// What a status poll reads: the exact place, derived when asked, between the passes that tell it.
+    @Test func aWaitersExactPlaceIsDerivedWhenAskedThroughCancelsRaisesAndReleases() async throws {
+        var line = try await Line()
+        for name in ["n0", "n1", "n2", "n3"] { await line.join(name, .normal) }
+        await line.join("l0", .low)
+        await line.join("l1", .low)
+        func place(_ name: String) throws -> Int? { line.queue.place(of: try #require(line.tickets[name])) }
+        #expect(try ["n0", "n1", "n2", "n3", "l0", "l1"].map(place) == [0, 1, 2, 3, 4, 5])
+        // A cancel anywhere: everyone behind moves up at once, with no pass run.
+        line.waiters["n1"]?.cancel()
+        await #expect(throws: CancellationError.self) { try await line.waiters["n1"]?.value }
+        #expect(try ["n0", "n2", "n3", "l0", "l1"].map(place) == [0, 1, 2, 3, 4])
+        #expect(try place("n1") == nil)
+        // A raise: l1 goes to the end of the normal line, ahead of l0.
+        line.queue.raise(try #require(line.tickets["l1"]))
+        #expect(try ["n0", "n2", "n3", "l1", "l0"].map(place) == [0, 1, 2, 3, 4])
+        // Releases, skipping the cancelled spot at the front.
+        try await line.release(expecting: "n0")
+        #expect(try ["n2", "n3", "l1", "l0"].map(place) == [0, 1, 2, 3])
+        try await line.release(expecting: "n2")
+        try await line.release(expecting: "n3")
+        #expect(try ["l1", "l0"].map(place) == [0, 1])
+        try await line.release(expecting: "l1")
+        #expect(try place("l0") == 0)
+        try await line.release(expecting: "l0")
+        #expect(try place("l0") == nil)
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
+    }
+
+    /// Thousands of cancels in a long line keep every place exact, and leave nothing behind once the line empties.
+    @Test func placesStayExactThroughManyCancels() async throws {
+        var line = try await Line()
+        for index in 0..<300 { await line.join("w\(index)", .normal) }
+        // Every third leaves.
+        for index in stride(from: 0, to: 300, by: 3) { line.waiters["w\(index)"]?.cancel() }
+        for index in stride(from: 0, to: 300, by: 3) { _ = try? await line.waiters["w\(index)"]?.value }
+        let staying = (0..<300).filter { $0 % 3 != 0 }
+        for (expected, index) in staying.enumerated() {
+            #expect(line.queue.place(of: try #require(line.tickets["w\(index)"])) == expected)
+        }
+        for index in staying { try await line.release(expecting: "w\(index)") }
+        line.queue.release()
+        #expect(line.queue.waitingCount == 0 && line.queue.trackedWaiters == 0)
     }
 }

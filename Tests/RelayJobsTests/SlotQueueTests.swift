@@ -1,7 +1,7 @@
 import Synchronization
 import Testing
 
-@testable import RelayUpstreams
+@testable import RelayJobs
 
 @Suite struct SlotQueueTests {
     /// Work the queue scheduled, run only when the test says the interval has passed: no test here sleeps.
@@ -179,4 +179,12 @@ import Testing
         await #expect(throws: CancellationError.self) { try await cancelledFirst.value }
         #expect(queue.trackedWaiters == 0 && queue.waitingCount == 0)
     }
+}
+
+/// A thread-safe box for what concurrent callbacks record.
+final class Recorder<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    func update(_ body: (inout Value) -> Void) { storage.withLock { body(&$0) } }
+    var value: Value { storage.withLock { $0 } }
 }

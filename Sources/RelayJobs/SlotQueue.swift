@@ -1,5 +1,5 @@
 import NIOCore
-import RelayCore
+package import RelayCore
 import Synchronization
 
 /// A FIFO of jobs waiting for a fixed number of slots ("GPUs"), telling each waiter its place in line.
@@ -13,18 +13,19 @@ import Synchronization
 /// waiter on every release: with 20,000 waiters that broadcast was O(n²) events in all, and each job kept every
 /// position it was told. A pass tells a waiter its new place when it is near the front (`exactAhead`) or when its
 /// place dropped by at least a quarter since it was last told: a waiter hears O(log n) places in all however often
-/// passes run, and a status poll of it is never off by more than a third.
+/// passes run. What a live watcher hears is never off by more than a third; a status poll reads the exact place,
+/// derived when asked (`place(of:)`, O(log n), see `QueueLine`).
 ///
 /// A pass walks the whole line, so a long line is walked less often: once per `interval` for every `spotsPerInterval`
 /// waiters (100,000 waiting: every 5 s). The walk then costs a constant number of spots a second, however long the
 /// line: a pass over 100,000 waiters every 250 ms took most of a core in a debug build.
 ///
 /// Observers are called under the queue's lock, so a waiter's places arrive in order and never after it was granted.
-final class SlotQueue: Sendable {
+package final class SlotQueue: Sendable {
     /// Told 0-based positions (the number of waiters ahead).
-    typealias PositionObserver = @Sendable (Int) -> Void
+    package typealias PositionObserver = @Sendable (Int) -> Void
     /// Runs `work` once `delay` has passed: the queue's only use of time, injected so tests need no sleeps.
-    typealias Scheduler = @Sendable (_ delay: Duration, _ work: @escaping @Sendable () -> Void) -> Void
+    package typealias Scheduler = @Sendable (_ delay: Duration, _ work: @escaping @Sendable () -> Void) -> Void
 
     /// A waiter's lifecycle. A granted or cancelled waiter has no entry, so nothing is left behind whenever its task
     /// is cancelled.
@@ -40,27 +41,20 @@ final class SlotQueue: Sendable {
         let observer: PositionObserver
         let continuation: CheckedContinuation<Void, any Error>
         var priority: PlatformHeaders.Priority
-    }
-
-    /// A waiter's spot in line: plain values, so that a pass over the whole line copies no closures.
-    private struct Spot {
-        let id: Int
-        /// The last place it was told.
-        var told: Int
+        /// Its spot's order in its priority's line.
+        var order: Int
     }
 
     private struct State {
         var free: Int
         var entries: [Int: Entry] = [:]
         /// Normal waiters in arrival order. Those that left (cancelled) stay until they reach the front, and are
-        /// skipped; so are those whose priority no longer matches the line (a low waiter raised to normal).
-        var line = CircularBuffer<Spot>()
+        /// skipped; so are low waiters' spots in `lowLine` once they were raised into this one.
+        var line = QueueLine()
         /// Low waiters, the same way, served once `line` is empty.
-        var lowLine = CircularBuffer<Spot>()
+        var lowLine = QueueLine()
         /// Normal waiters (a low waiter's place counts them).
         var waitingNormal = 0
-        /// Ids in `line` of waiters that left.
-        var left: Set<Int> = []
         var waiting = 0
         var nextID = 1
         /// Places changed since the last pass.
@@ -78,7 +72,7 @@ final class SlotQueue: Sendable {
 
     /// `interval` bounds how often places are told (a few times a second in production), and `spotsPerInterval` how
     /// many waiters a pass may walk per interval.
-    init(
+    package init(
         slots: Int,
         interval: Duration = .milliseconds(250),
         spotsPerInterval: Int = 5_000,
@@ -91,7 +85,7 @@ final class SlotQueue: Sendable {
     }
 
     /// The production scheduler: a task that sleeps.
-    static let taskScheduler: Scheduler = { delay, work in
+    package static let taskScheduler: Scheduler = { delay, work in
         Task {
             try? await Task.sleep(for: delay)
             work()
@@ -99,7 +93,7 @@ final class SlotQueue: Sendable {
     }
 
     /// A place in the queue for one waiter, taken before it waits, so that it can be raised (`raise`) from the start.
-    func ticket() -> Int {
+    package func ticket() -> Int {
         state.withLock { state in
             defer { state.nextID += 1 }
             state.entries[state.nextID] = .arriving(raised: false)
@@ -109,7 +103,7 @@ final class SlotQueue: Sendable {
 
     /// Waits for a slot; throws CancellationError when the task is cancelled while waiting. `observer` is told the
     /// first place at once (0 when a slot is free).
-    func acquire(
+    package func acquire(
         ticket: Int? = nil,
         priority: PlatformHeaders.Priority = .normal,
         observer: @escaping PositionObserver
@@ -129,18 +123,23 @@ final class SlotQueue: Sendable {
                     let priority = raised ? .normal : priority
                     let place = priority == .normal ? state.waitingNormal : state.waiting
                     observer(place)
-                    let waiter = Waiter(observer: observer, continuation: continuation, priority: priority)
+                    let order =
+                        priority == .normal
+                        ? state.line.append(id: id, told: place) : state.lowLine.append(id: id, told: place)
+                    let waiter = Waiter(
+                        observer: observer,
+                        continuation: continuation,
+                        priority: priority,
+                        order: order
+                    )
                     state.entries[id] = .waiting(waiter)
                     if priority == .normal {
-                        state.line.append(Spot(id: id, told: place))
                         state.waitingNormal += 1
                         // Every low waiter is one place further back now.
                         if state.waiting > place {
                             state.moved = true
                             pushedBack = true
                         }
-                    } else {
-                        state.lowLine.append(Spot(id: id, told: place))
                     }
                     state.waiting += 1
                     return false
@@ -158,11 +157,15 @@ final class SlotQueue: Sendable {
                     state.entries[id] = .cancelledWhileArriving
                     return nil
                 case .waiting(let waiter):
-                    // Its spot stays in its line and is skipped when it reaches the front: O(1) here.
+                    // Its spot stays in its line and is skipped when it reaches the front.
                     state.entries[id] = nil
-                    state.left.insert(id)
+                    if waiter.priority == .normal {
+                        state.line.markLeft(waiter.order)
+                        state.waitingNormal -= 1
+                    } else {
+                        state.lowLine.markLeft(waiter.order)
+                    }
                     state.waiting -= 1
-                    if waiter.priority == .normal { state.waitingNormal -= 1 }
                     state.moved = true
                     return waiter
                 case .cancelledWhileArriving, nil:
@@ -178,18 +181,19 @@ final class SlotQueue: Sendable {
 
     /// Raises a low waiter to normal: it joins the end of the normal line (one that has not joined a line yet will
     /// join that one). Nothing happens to a normal, granted or gone waiter.
-    func raise(_ ticket: Int) {
+    package func raise(_ ticket: Int) {
         let changed = state.withLock { state -> Bool in
             switch state.entries[ticket] {
             case .arriving:
                 state.entries[ticket] = .arriving(raised: true)
                 return false
             case .waiting(var waiter) where waiter.priority == .low:
-                waiter.priority = .normal
-                state.entries[ticket] = .waiting(waiter)
                 // Its low spot stays behind and is skipped; it waits in the normal line from now on (-1: its place
                 // there was never told).
-                state.line.append(Spot(id: ticket, told: -1))
+                state.lowLine.markLeft(waiter.order)
+                waiter.priority = .normal
+                waiter.order = state.line.append(id: ticket, told: -1)
+                state.entries[ticket] = .waiting(waiter)
                 state.waitingNormal += 1
                 state.moved = true
                 return true
@@ -202,14 +206,12 @@ final class SlotQueue: Sendable {
 
     /// Gives a slot back; the longest normal waiter gets it, else the longest low one. O(1) amortised: nobody else
     /// is told anything here.
-    func release() {
+    package func release() {
         let next = state.withLock { state -> Waiter? in
             for priority in [PlatformHeaders.Priority.normal, .low] {
-                while let spot = priority == .normal ? state.line.popFirst() : state.lowLine.popFirst() {
-                    if !state.left.isEmpty, state.left.remove(spot.id) != nil { continue }
-                    guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority else {
-                        continue
-                    }
+                while let (spot, hadLeft) = priority == .normal ? state.line.popFirst() : state.lowLine.popFirst() {
+                    guard !hadLeft, case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority
+                    else { continue }
                     state.entries[spot.id] = nil
                     state.waiting -= 1
                     if priority == .normal { state.waitingNormal -= 1 }
@@ -225,14 +227,25 @@ final class SlotQueue: Sendable {
         schedulePassIfNeeded()
     }
 
-    var waitingCount: Int {
+    package var waitingCount: Int {
         state.withLock { $0.waiting }
     }
 
     /// Waiters the queue keeps books on (waiting, between `acquire` and joining the line, or left but still in
     /// line): 0 whenever nobody waits, whenever their tasks were cancelled.
     var trackedWaiters: Int {
-        state.withLock { $0.entries.count + $0.left.count }
+        state.withLock { $0.entries.count + $0.line.leftCount + $0.lowLine.leftCount }
+    }
+
+    /// The exact place of the waiter holding `ticket` (the number of waiters ahead of it), derived now in O(log n):
+    /// what a status poll reads, between the passes that tell it. nil when it does not wait (granted, gone, or not in
+    /// a line yet).
+    package func place(of ticket: Int) -> Int? {
+        state.withLock { state in
+            guard case .waiting(let waiter) = state.entries[ticket] else { return nil }
+            if waiter.priority == .normal { return state.line.place(of: waiter.order) }
+            return state.waitingNormal + state.lowLine.place(of: waiter.order)
+        }
     }
 
     /// Tells waiters their new places (see the type's comment); what the scheduled pass runs. The normal line first,
@@ -244,26 +257,27 @@ final class SlotQueue: Sendable {
             state.moved = false
             var place = 0
             var line = state.line
-            state.line = []
+            state.line = QueueLine()
             Self.tell(&line, priority: .normal, from: &place, state: state)
             state.line = line
             line = state.lowLine
-            state.lowLine = []
+            state.lowLine = QueueLine()
             Self.tell(&line, priority: .low, from: &place, state: state)
             state.lowLine = line
         }
     }
 
     private static func tell(
-        _ line: inout CircularBuffer<Spot>,
+        _ line: inout QueueLine,
         priority: PlatformHeaders.Priority,
         from place: inout Int,
         state: State
     ) {
-        for index in line.indices {
-            let spot = line[index]
-            if !state.left.isEmpty, state.left.contains(spot.id) { continue }
-            guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority else { continue }
+        for index in line.spots.indices {
+            let spot = line.spots[index]
+            guard case .waiting(let waiter) = state.entries[spot.id], waiter.priority == priority,
+                waiter.order == spot.order
+            else { continue }
             defer { place += 1 }
             guard place != spot.told else { continue }
             // Told when near the front, when its place dropped by a quarter, or rose by a third (normal waiters that
@@ -273,7 +287,7 @@ final class SlotQueue: Sendable {
                     || place >= spot.told + max(1, spot.told / 3)
             else { continue }
             waiter.observer(place)
-            line[index].told = place
+            line.setTold(place, at: index)
         }
     }
 
