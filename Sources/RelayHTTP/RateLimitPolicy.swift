@@ -7,6 +7,7 @@
 /// | `served` | caller | every submission, also those answered by the cache or by coalescing | 200 a second, burst 2000 |
 /// | `request` | request × caller | status, result and cancel of one request | 20 a second, burst 100 |
 /// | `watchers` | caller | open SSE status streams and WebSockets, at once | 200 / 2,000 / 10,000 / 50,000 by tier |
+/// | `in progress` | caller | upstream jobs it started that have not ended; more wait `IN_QUEUE`, never refused | 2 / 10 / 40 / 200 by tier |
 /// | `read` | caller | tokens, storage tokens, admin, and reads of request ids that do not exist | 20 a second, burst 100 |
 /// | (none) | | media files and upload aliases: immutable, content-addressed, one `sendfile` each | bounded by the connection caps |
 ///
@@ -19,7 +20,10 @@
 /// flight. Reads of ids that do not exist fall back to the caller's `read` budget, so guessing ids is not free.
 /// Media URLs are capabilities for immutable bytes, served as a CDN serves them. Concurrent watchers (SSE status
 /// streams) are capped per caller by tier (`watchers`), not by a request rate: 1,500 browsers watching one job
-/// through one key is the relay's headline use.
+/// through one key is the relay's headline use. Like fal's per-account concurrency, a caller's upstream jobs in
+/// progress are capped by tier (`inProgress`): a job beyond the cap is accepted and waits `IN_QUEUE` with its place
+/// until one of the caller's jobs ends, so one caller's backlog of a thousand jobs does not stand in front of every
+/// other caller's work, and nobody is refused for it.
 ///
 /// **How it is counted.** Each budget is a token bucket (`TokenBucket`): it holds `burst` tokens, refills at
 /// `quota / window` tokens a second, and each request takes one, so short bursts pass without allowing more than the
@@ -155,6 +159,9 @@ public struct RateLimitPolicy: Sendable, Hashable {
     /// Concurrent watchers (SSE status streams) per caller, by tier: anonymous (per address), signed-in, pro,
     /// enterprise. Admin keys are not capped.
     public var watchers: [Tier: Int]
+    /// Upstream jobs in progress per caller, by tier; jobs beyond wait in line (`InProgressGate`). Admin keys are not
+    /// capped.
+    public var inProgress: [Tier: Int]
 
     public init(
         anonymousPerMinute: Int = 20,
@@ -164,7 +171,8 @@ public struct RateLimitPolicy: Sendable, Hashable {
         served: Limit = Limit(quota: 200, windowSeconds: 1, burst: 2000),
         requestReads: Limit = Limit(quota: 20, windowSeconds: 1, burst: 100),
         reads: Limit = Limit(quota: 20, windowSeconds: 1, burst: 100),
-        watchers: [Tier: Int] = [.anonymous: 200, .signedIn: 2_000, .pro: 10_000, .enterprise: 50_000]
+        watchers: [Tier: Int] = [.anonymous: 200, .signedIn: 2_000, .pro: 10_000, .enterprise: 50_000],
+        inProgress: [Tier: Int] = [.anonymous: 2, .signedIn: 10, .pro: 40, .enterprise: 200]
     ) {
         self.anonymousPerMinute = anonymousPerMinute
         self.signedInPerMinute = signedInPerMinute
@@ -174,6 +182,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
         self.requestReads = requestReads
         self.reads = reads
         self.watchers = watchers
+        self.inProgress = inProgress
     }
 
     /// The defaults above.
@@ -200,5 +209,10 @@ public struct RateLimitPolicy: Sendable, Hashable {
     /// How many watchers `tier` may hold open at once; nil means uncapped (admin).
     public func maxWatchers(for tier: Tier) -> Int? {
         tier == .admin ? nil : watchers[tier] ?? watchers[.signedIn] ?? 2_000
+    }
+
+    /// How many upstream jobs `tier` may have in progress at once; nil means uncapped (admin).
+    public func maxInProgress(for tier: Tier) -> Int? {
+        tier == .admin ? nil : inProgress[tier] ?? inProgress[.signedIn] ?? 10
     }
 }

@@ -1,4 +1,5 @@
 public import RelayCore
+public import RelayJobs
 import Synchronization
 
 /// Per-caller rate limiting: one `TokenBucket` per (API key, or client IP when anonymous) × budget, shared by all
@@ -162,6 +163,15 @@ public final class RateLimiter: Sendable {
                 watching[subject] = left > 0 ? left : nil
             }
         }
+    }
+
+    /// The cap on `principal`'s upstream jobs in progress, as this node enforces it (its share of the fleet's, at
+    /// least 1); nil when its tier is not capped.
+    public func inProgressCap(principal: Principal, clientIP: String) -> InProgressCap? {
+        guard let limit = policy.maxInProgress(for: RateLimitPolicy.Tier(principal)) else { return nil }
+        let nodes = fleetNodes.load(ordering: .relaxed)
+        let owner = principal.keyID.map { "key:\($0)" } ?? "address:\(clientIP)"
+        return InProgressCap(owner: owner, limit: (limit + nodes - 1) / nodes)
     }
 
     /// Whether `principal` may open one more watcher now (nothing is taken).

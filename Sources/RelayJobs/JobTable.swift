@@ -61,6 +61,8 @@ public final class JobTable: Sendable {
     /// Told of each result whose media must be deleted at a time (`X-Fal-Object-Lifecycle-Preference`): the store's
     /// expiry deletes them then.
     let mediaDeadline: @Sendable (_ result: JSONValue, _ deadline: Timestamp) -> Void
+    /// Each caller's upstream work in progress, capped (`submit`'s `inProgressCap`).
+    let inProgress: InProgressGate
 
     public init(
         retentionSeconds: Double = 3600,
@@ -73,6 +75,7 @@ public final class JobTable: Sendable {
         mediaDeadline: @escaping @Sendable (JSONValue, Timestamp) -> Void = { _, _ in },
         upstream: @escaping UpstreamResolver
     ) {
+        self.inProgress = InProgressGate()
         self.fleet = fleet
         self.mediaDeadline = mediaDeadline
         self.log = log
@@ -130,6 +133,7 @@ public final class JobTable: Sendable {
         sharesFleetWork: Bool = false,
         webhook: String? = nil,
         platform: PlatformHeaders = PlatformHeaders(),
+        inProgressCap: InProgressCap? = nil,
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
         // A request the fleet's registry holds already (adopted from another node, or registered with its key's
@@ -246,11 +250,15 @@ public final class JobTable: Sendable {
                 newJob,
                 storeResult: cacheable && !directives.noStore,
                 storeRejection: !directives.noStore,
-                coalesce: coalesce
+                coalesce: coalesce,
+                cap: inProgressCap
             )
         }
         return request
     }
+
+    /// Jobs waiting for their caller's in-progress cap, all callers together.
+    public var waitingForCaps: Int { inProgress.waiting }
 
     /// Changes whenever requests are removed (a sweep past retention) or their payloads deleted: a finished request that was found while it is
     /// unchanged is still there, so an answer about it that can no longer change may be served again without a lookup.
@@ -350,7 +358,8 @@ public final class JobTable: Sendable {
 
     /// Starts the upstream; an upstream that keeps the job by its own id gets that recorded (`Job.attached(to:)`),
     /// so that a restart follows the job again.
-    private func start(_ job: Job, storeResult: Bool, storeRejection: Bool, coalesce: Bool) {
+    /// Starts `job` upstream, once its caller is under `cap` when it has one.
+    private func start(_ job: Job, storeResult: Bool, storeRejection: Bool, coalesce: Bool, cap: InProgressCap?) {
         if log != nil || fleet != nil {
             job.setAttachmentRecorder { [weak job, log, fleet] handle in
                 guard let job else { return }
@@ -373,7 +382,9 @@ public final class JobTable: Sendable {
             }
         }
         follow(job, storeResult: storeResult, storeRejection: storeRejection) {
-            self.resolveUpstream(job.model).start(job)
+            let upstream = self.resolveUpstream(job.model)
+            guard let cap else { return upstream.start(job) }
+            return self.inProgress.start(job, cap: cap, backlog: { upstream.queueDepth }) { upstream.start(job) }
         }
     }
 

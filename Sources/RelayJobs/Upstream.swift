@@ -16,6 +16,10 @@ public protocol Upstream: Sendable {
     /// as `start` would report them, without submitting it again. nil when this upstream cannot follow that handle
     /// (another origin, or an upstream that keeps no jobs by id); the job is then ended by the caller.
     func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)?
+
+    /// Jobs this upstream holds waiting for a place of its own (a job waiting for its caller's in-progress cap is
+    /// told its place plus these: they are ahead of it once it starts).
+    var queueDepth: Int { get }
 }
 
 extension Upstream {
@@ -23,6 +27,9 @@ extension Upstream {
     public func resume(_ job: Job, from handle: UpstreamHandle, attachedAt: Timestamp) -> (any UpstreamTask)? {
         nil
     }
+
+    /// An upstream whose queue is elsewhere (a fal origin reports its own positions).
+    public var queueDepth: Int { 0 }
 }
 
 /// A running generation that can be asked to stop.

@@ -189,7 +189,12 @@ public struct RelayApplication: Sendable {
         }
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
-        jobs.statistics.setScrapeProviders(evictions: { expiry.evictions }, queueDepth: { synthetic.queueDepth })
+        jobs.statistics.setScrapeProviders(
+            evictions: { expiry.evictions },
+            queueDepth: { [weak jobs] in
+                synthetic.queueDepth + (jobs?.waitingForCaps ?? 0)
+            }
+        )
         var site: StaticSite?
         if let uiDirectory = config.uiDirectory {
             do {
@@ -352,6 +357,8 @@ public struct RelayApplication: Sendable {
     private func rateLimitPolicy(_ config: RelayConfiguration) -> RateLimitPolicy {
         var policy = RateLimitPolicy.standard
         policy.enterprisePerMinute = config.enterpriseRequestsPerMinute
+        policy.inProgress.merge(config.maxInProgress) { $1 }
+        policy.watchers.merge(config.maxWatchers) { $1 }
         return policy
     }
 

@@ -179,6 +179,20 @@ extension RelayConfiguration {
             value throws(ConfigurationError) in
             config.enterpriseRequestsPerMinute = try integer(value, "enterprise_rpm", 1...1_000_000)
         },
+        Setting(
+            name: "max_in_progress",
+            help: "upstream jobs in progress per caller by tier, more wait IN_QUEUE (default anonymous=2,signed-in=10,"
+                + "pro=40,enterprise=200)"
+        ) { config, value throws(ConfigurationError) in
+            config.maxInProgress = try tierFigures(value, "max_in_progress", 1...1_000_000)
+        },
+        Setting(
+            name: "max_watchers",
+            help: "open status streams and sockets per caller by tier (default anonymous=200,signed-in=2000,"
+                + "pro=10000,enterprise=50000)"
+        ) { config, value throws(ConfigurationError) in
+            config.maxWatchers = try tierFigures(value, "max_watchers", 1...10_000_000)
+        },
         Setting(name: "header_timeout_seconds", help: "seconds to receive a whole request head (slowloris), default 10")
         { config, value throws(ConfigurationError) in
             config.headerTimeoutSeconds = try seconds(value, "header_timeout_seconds")

@@ -1,6 +1,7 @@
 public import Foundation
 public import Logging
 import RelayCore
+public import RelayHTTP
 
 /// Everything `media-relay serve` can be told, with the built-in defaults.
 ///
@@ -93,6 +94,11 @@ public struct RelayConfiguration: Sendable {
     /// Per-tier rate limits (anonymous 20, signed-in 100, pro 500 submissions a minute; reads apart).
     public var rateLimits = true
     public var enterpriseRequestsPerMinute = 2000
+    /// Upstream jobs in progress per caller, by tier, where they differ from the policy's (2 / 10 / 40 / 200): more
+    /// wait `IN_QUEUE` until one ends.
+    public var maxInProgress: [RateLimitPolicy.Tier: Int] = [:]
+    /// Open watchers (status streams, sockets) per caller, by tier, where they differ from the policy's.
+    public var maxWatchers: [RateLimitPolicy.Tier: Int] = [:]
     public var logLevel = Logger.Level.info
     /// `fal_webhook` delivery: let loopback/private targets through, retry schedule, per-attempt timeout, bounds.
     public var webhookAllowPrivate = false
@@ -251,6 +257,25 @@ public struct RelayConfiguration: Sendable {
             }
         }
         return values
+    }
+
+    /// `anonymous=2,pro=60`: a figure for some of the tiers (admin keys are never capped).
+    static func tierFigures(
+        _ value: String,
+        _ name: String,
+        _ range: ClosedRange<Int>
+    ) throws(ConfigurationError) -> [RateLimitPolicy.Tier: Int] {
+        var figures: [RateLimitPolicy.Tier: Int] = [:]
+        for pair in value.split(separator: ",") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, let tier = RateLimitPolicy.Tier(rawValue: parts[0]), tier != .admin else {
+                throw ConfigurationError(
+                    "\(name) takes tier=number pairs (anonymous, signed-in, pro, enterprise), not \"\(pair)\""
+                )
+            }
+            figures[tier] = try integer(parts[1], "\(name) for \(tier.rawValue)", range)
+        }
+        return figures
     }
 
     static func integer(

@@ -177,6 +177,13 @@ extension RelayServices {
             sharesFleetWork: sharesFleetWork,
             webhook: webhook,
             platform: platform,
+            // Work another node runs is followed here, not started: it holds none of the caller's places.
+            inProgressCap: sharesFleetWork
+                ? nil
+                : rateLimiter?.inProgressCap(
+                    principal: principal,
+                    clientIP: principal.keyID == nil ? facts.clientIP : ""
+                ),
             mayStartWork: {
                 // `fal_max_queue_length`: refused rather than queued behind more than that many (work another node
                 // runs is followed, not queued here).
