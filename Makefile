@@ -5,7 +5,7 @@ SWIFT        ?= swift
 PYTHON       ?= python3
 APT_BUILD    := pkg-config liblz4-dev libxxhash-dev zlib1g-dev
 APT_TEST     := curl openssl lz4 chromium chromium-driver postgresql nginx-light
-PIP_TEST     := fal-client==1.0.3 pytest selenium cryptography
+PIP_TEST     := fal-client==1.0.3 pytest selenium cryptography h2
 RELAY_FLAGS  ?=
 
 .PHONY: run test build release deps test-deps swift-test client-test clean embed-catalog
@@ -42,7 +42,7 @@ test-deps: deps
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
 	  { echo "could not install$$missing"; exit 1; }; fi
-	@$(PYTHON) -c "import fal_client, pytest, selenium, cryptography" 2>/dev/null || $(PYTHON) -m pip install -q $(PIP_TEST)
+	@$(PYTHON) -c "import fal_client, pytest, selenium, cryptography, h2" 2>/dev/null || $(PYTHON) -m pip install -q $(PIP_TEST)
 
 clean:
 	rm -rf .build

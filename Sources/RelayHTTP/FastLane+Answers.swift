@@ -8,38 +8,17 @@ extension FastLane {
 
     /// Answers `head` if it is one of the fast routes and everything it needs is at hand; false leaves it to NIO.
     func answer(_ head: RequestHeadScanner.FastHead, headLength: Int, context: ChannelHandlerContext) -> Bool {
-        if let settled, settled.answers(head) {
+        if let settled,
+            settled.answers(method: head.method, uri: head.uri, host: head.host, authorization: head.authorization)
+        {
             if replay(settled, for: head, headLength: headLength, context: context) { return true }
             self.settled = nil
         }
         let route = route(head)
         let started = NIODeadline.now()
         let facts = facts(head, channel: context.channel)
-        let response: PreparedResponse
-        var keyID: String?
-        var settledBy: (principal: Principal, keyTableVersion: UInt64, removals: UInt64)?
+        let read: FastRead
         switch route {
-        case .health:
-            response = services.answerHealth(facts)
-        case .status(_, let id), .result(_, let id):
-            // An id this node does not hold may be another node's: the fleet is asked on NIO's path. So is a result
-            // this node's copy of the job has not heard of yet, which another node may already have told the client.
-            if services.fleet != nil {
-                if case .result = route, !services.jobs.holdsEnded(id) { return false }
-                if !services.jobs.holds(id) { return false }
-            }
-            // Read before the lookup, so that a removal or key change during it shows as a change later.
-            let (keyTableVersion, removals) = (services.authenticator.keyTableVersion(), services.jobs.removals)
-            switch services.admit(facts, route: route) {
-            case .refused(let error, let headers):
-                response = PreparedResponse(error: error, requestID: nil, extraHeaders: headers, isHead: facts.isHead)
-            case .admitted(let principal, _):
-                let read = services.answerRead(facts, route: route, principal: principal)
-                (response, keyID) = (read.response, read.keyID)
-                if read.settled, let keyTableVersion {
-                    settledBy = (principal, keyTableVersion, removals)
-                }
-            }
         case .file(let digest, let fileExtension):
             guard let file = MediaFileRequest(digest: digest, fileExtension: fileExtension) else { return false }
             return answerFile(head, facts: facts, route: route, file: file, headLength: headLength, context: context)
@@ -47,63 +26,23 @@ extension FastLane {
             if services.fleet != nil, !services.jobs.holds(id) { return false }
             return answerStatusStream(head, facts: facts, route: route, headLength: headLength, context: context)
         default:
-            return false
+            guard let answered = services.fastRead(facts, route: route) else { return false }
+            read = answered
         }
         guard accept(headLength: headLength) else { return true }
-        let bytes = send(response, for: head, route: route, keyID: keyID, started: started, context: context)
-        if let (principal, keyTableVersion, removals) = settledBy {
-            settled = SettledAnswer(
-                method: head.method,
-                uri: head.uri,
-                host: head.host,
-                authorization: head.authorization,
-                route: route,
-                principal: principal,
-                keyTableVersion: keyTableVersion,
-                removals: removals,
-                bytes: bytes,
-                status: response.status.code,
-                bodyLength: response.body.readableBytes,
-                requestID: response.field("x-fal-request-id"),
-                cache: response.field("x-relay-cache")
-            )
-        }
+        let bytes = send(read.response, for: head, route: route, keyID: read.keyID, started: started, context: context)
+        if let answer = SettledRead(read, facts: facts, route: route, payload: bytes) { settled = answer }
         return true
-    }
-
-    struct SettledAnswer {
-        let method: HTTPMethod
-        let uri: String
-        let host: String?
-        let authorization: String?
-        let route: Route
-        let principal: Principal
-        let keyTableVersion: UInt64
-        let removals: UInt64
-        let bytes: ByteBuffer
-        let status: UInt
-        let bodyLength: Int
-        let requestID: String?
-        let cache: String?
-
-        /// The same request: everything a read's answer depends on (the scheme is the connection's).
-        func answers(_ head: RequestHeadScanner.FastHead) -> Bool {
-            head.uri == uri && head.authorization == authorization && head.method == method && head.host == host
-        }
     }
 
     /// Sends `answer` again if it still stands; false when it may not (the caller answers anew).
     func replay(
-        _ answer: SettledAnswer,
+        _ answer: SettledRead<ByteBuffer>,
         for head: RequestHeadScanner.FastHead,
         headLength: Int,
         context: ChannelHandlerContext
     ) -> Bool {
-        guard services.jobs.removals == answer.removals,
-            services.authenticator.keyTableVersion() == answer.keyTableVersion
-        else {
-            return false
-        }
+        guard answer.stands(in: services) else { return false }
         let started = NIODeadline.now()
         guard accept(headLength: headLength) else { return true }
         let facts = facts(head, channel: context.channel)
@@ -120,7 +59,7 @@ extension FastLane {
             )
             return true
         }
-        context.write(Self.wrapOutboundOut(answer.bytes), promise: nil)
+        context.write(Self.wrapOutboundOut(answer.payload), promise: nil)
         timer.responseEnded()
         logAccess(
             method: head.method,

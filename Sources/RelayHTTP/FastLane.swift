@@ -81,7 +81,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// the bytes written. A client that polls a finished request or fetches its result again and again gets them with
     /// no table lookup, no response built and nothing encoded. Each use still checks that the caller's key is as it
     /// was (the key table's version), that no request was removed, and charges the caller's rate limit.
-    var settled: SettledAnswer?
+    var settled: SettledRead<ByteBuffer>?
 
     /// The last request line routed on this connection: a client polling a status or fetching a result sends the
     /// same one again and again, and routing is a pure function of method, Host and target.

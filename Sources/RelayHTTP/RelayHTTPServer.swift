@@ -194,7 +194,14 @@ public final class RelayHTTPServer: Service, Sendable {
                                     )
                                 )
                             }
-                        }.map { _ in }
+                        }.flatMapThrowing { multiplexer in
+                            // Between the connection handler and the multiplexer: the hottest reads never become
+                            // stream channels.
+                            try channel.pipeline.syncOperations.addHandler(
+                                HTTP2FastLane(services: services, scheme: spec.scheme),
+                                position: .before(multiplexer)
+                            )
+                        }
                     },
                     http1ChannelConfigurator: { channel in
                         handshakeDeadline.cancel()

@@ -62,3 +62,44 @@ def test_sigterm_ends_an_http2_sse_stream_cleanly():
             assert server.process.returncode == 0
         finally:
             server.stop()
+
+
+def test_reads_over_http2_answer_as_over_http1(relay, fal):
+    """The HTTP/2 fast lane answers health, status and result from the HEADERS frame: the same status, fields and
+    bytes as HTTP/1.1, on one connection that also carries what it leaves to the stream channels (an unknown id, an
+    SSE stream, a submission)."""
+    import ssl
+
+    import httpx
+
+    handle = fal.submit("fal-ai/flux/schnell", arguments={"prompt": "h2 fast lane", "image_size": "square", "seed": 41})
+    fal.result("fal-ai/flux/schnell", handle.request_id)
+    headers = {"Authorization": f"Key {relay.key}"}
+    base = f"https://{relay.queue_host}"
+    paths = ["/healthz", f"/fal-ai/flux/requests/{handle.request_id}/status?logs=1",
+             f"/fal-ai/flux/requests/{handle.request_id}"]
+    compared = ("content-type", "content-length", "cache-control", "etag", "x-relay-cache")
+    context = ssl.create_default_context(cafile=relay.ca)
+    with httpx.Client(http2=True, verify=context, timeout=30) as h2, \
+            httpx.Client(http2=False, verify=context, timeout=30) as h1:
+        for _ in range(2):  # twice: a settled answer is sent again from its bytes on HTTP/1.1
+            for path in paths:
+                over_h2, over_h1 = h2.get(base + path, headers=headers), h1.get(base + path, headers=headers)
+                assert over_h2.http_version == "HTTP/2" and over_h1.http_version == "HTTP/1.1"
+                assert over_h2.status_code == over_h1.status_code == 200, (path, over_h2.text)
+                assert over_h2.content == over_h1.content or path == "/healthz", path
+                for name in compared:
+                    assert over_h2.headers.get(name) == over_h1.headers.get(name), (path, name)
+                assert over_h2.headers["x-fal-request-id"]
+        head = h2.head(base + paths[2], headers=headers)
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) == len(h1.get(base + paths[2], headers=headers).content)
+        # Left to the stream channels, on the same connection: an unknown id, a refused key, an SSE stream, a submit.
+        assert h2.get(f"{base}/fal-ai/flux/requests/00000000-0000-0000-0000-000000000000", headers=headers).status_code == 404
+        assert h2.get(base + paths[2], headers={"Authorization": "Key nope"}).status_code == 401
+        with h2.stream("GET", base + paths[1].replace("/status?logs=1", "/status/stream"), headers=headers) as stream:
+            assert stream.status_code == 200 and "COMPLETED" in stream.read().decode()
+        again = h2.post(f"{base}/fal-ai/flux/schnell", json={"prompt": "h2 fast lane", "image_size": "square",
+                                                            "seed": 41}, headers=headers)
+        assert again.status_code == 200 and again.headers["x-relay-cache"] == "hit", again.headers
+        assert h2.get(again.json()["response_url"], headers=headers).json() == h1.get(base + paths[2], headers=headers).json()
