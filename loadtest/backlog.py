@@ -5,7 +5,9 @@ that one client may submit N requests), submits N distinct small images over pla
 requests in flight, and prints once a second: submitted, completed (upstream jobs started minus in flight, from
 `/relay/stats`), the completion rate of that second, the queue depth and the relay's RSS. Ends when all N are done
 or after --max-seconds; prints the completion rate while the backlog was short (< 1,000 waiting) and long
-(>= 5,000 waiting), and the peak and final RSS.
+(>= 5,000 waiting), the peak and final RSS, and the memory each finished request holds (final RSS less the idle
+relay's, over the requests). With --restart the relay is then stopped and started again on the same data: the time to
+READY, its RSS then, and after reading the results of a sample of the requests (every 100th) by id.
 """
 
 import argparse
@@ -89,9 +91,11 @@ async def submit_all(port, model, count, concurrency, max_outstanding, progress)
                 name, _, value = line.decode("latin-1").partition(":")
                 if name.lower() == "content-length":
                     length = int(value)
-            await reader.readexactly(length)
+            answer = await reader.readexactly(length)
             if b" 200 " in status_line:
                 progress["submitted"] += 1
+                if index % 100 == 0:
+                    progress["sample"].append(json.loads(answer)["request_id"])
             else:
                 progress["refused"] += 1
         writer.close()
@@ -109,6 +113,8 @@ async def main():
     parser.add_argument("--model", default="fal-ai/flux/schnell")
     parser.add_argument("--max-outstanding", type=int, default=0,
                         help="at most this many requests submitted and not completed (0: no bound, a backlog)")
+    parser.add_argument("--restart", action="store_true",
+                        help="then restart the relay on the same data and measure it holding the finished requests")
     parser.add_argument("relay_args", nargs="*", help="extra flags for media-relay serve (after --)")
     options = parser.parse_args()
     options.count = min(options.count, 200_000)
@@ -116,7 +122,9 @@ async def main():
 
     data_dir = tempfile.mkdtemp(prefix="relay-backlog-")
     process, port = start_relay(os.path.abspath(options.binary), data_dir, options.relay_args)
-    progress = {"submitted": 0, "refused": 0, "completed": 0}
+    time.sleep(1)
+    idle = rss_kib(process.pid, "VmRSS") // 1024
+    progress = {"submitted": 0, "refused": 0, "completed": 0, "sample": []}
     samples = []
     try:
         limits = httpx.Limits(max_connections=options.concurrency + 2)
@@ -154,10 +162,11 @@ async def main():
         final = rss_kib(process.pid, "VmRSS") // 1024
         process.terminate()
         try:
-            process.wait(20)
+            process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not options.restart:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     def mean(values):
         return sum(values) / len(values) if values else float("nan")
@@ -171,7 +180,40 @@ async def main():
     print(f"completion rate: {mean(short):.0f}/s with < 1,000 waiting ({len(short)} s), "
           f"{mean(long):.0f}/s with >= 5,000 waiting ({len(long)} s)")
     print(f"after the last submission: {mean(drain):.0f}/s ({len(drain)} s)")
-    print(f"RSS: peak {peak} MB, at the end {final} MB")
+    print(f"RSS: peak {peak} MB, at the end {final} MB (idle at start {idle} MB: "
+          f"{(final - idle) * 1024 * 1024 / max(1, previous):.0f} bytes per finished request)")
+    if options.restart:
+        try:
+            await restarted(options, data_dir, progress["sample"])
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def restarted(options, data_dir, sample):
+    """The relay started again on the data the run left: what it costs to hold every finished request."""
+    started = time.time()
+    process, port = start_relay(os.path.abspath(options.binary), data_dir, options.relay_args)
+    ready = time.time() - started
+    at_ready = rss_kib(process.pid, "VmRSS") // 1024
+    app = "/".join(options.model.split("/")[:2])
+    found = 0
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            first = time.time()
+            for index, request_id in enumerate(sample):
+                answer = await client.get(f"/{app}/requests/{request_id}")
+                found += answer.status_code == 200
+                if index == 0:
+                    first = time.time() - first
+        after = rss_kib(process.pid, "VmRSS") // 1024
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    print(f"restart: READY after {ready:.1f} s at {at_ready} MB; {found} of {len(sample)} sampled results served "
+          f"(the first {first * 1000:.0f} ms after asking); RSS then {after} MB")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 #   MAX_SECONDS=900             each run stops after this long, done or not (at most 3,600)
 #   BASELINE=1                  also run without a backlog (0: only the backlog run)
 #   BASELINE_OUTSTANDING=200    the no-backlog run's bound on requests in flight
+#   RESTART=1                   after the backlog run, restart the relay on its data and measure it (0: skip)
 #   CONCURRENCY=16              submitting connections
 #   RELAY_BIN=…/media-relay     default: .build/release/media-relay, else .build/debug/media-relay
 set -euo pipefail
@@ -24,6 +25,7 @@ MAX_SECONDS=${MAX_SECONDS:-900}
 BASELINE=${BASELINE:-1}
 BASELINE_OUTSTANDING=${BASELINE_OUTSTANDING:-200}
 CONCURRENCY=${CONCURRENCY:-16}
+RESTART=${RESTART:-1}
 if [[ -z "${RELAY_BIN:-}" ]]; then
     RELAY_BIN=$ROOT/.build/release/media-relay
     [[ -x $RELAY_BIN ]] || RELAY_BIN=$ROOT/.build/debug/media-relay
@@ -36,7 +38,7 @@ run() {
 }
 
 echo "== $COUNT requests at once (a backlog), $RELAY_BIN"
-run
+if [[ $RESTART == 1 ]]; then run --restart; else run; fi
 if [[ $BASELINE == 1 ]]; then
     echo "== $COUNT requests, at most $BASELINE_OUTSTANDING in flight (no backlog)"
     run --max-outstanding "$BASELINE_OUTSTANDING"

@@ -28,12 +28,14 @@ extension JobTable {
         var jobs: [UInt64: Job] = [:]
         var requests: [RelayRequest] = []
         var resumptions: [Resumption] = []
+        // One stand-in per endpoint, shared by its requests: 100,000 finished requests hold one, not 100,000.
+        var standIns: [String: (EndpointID, ModelInput)] = [:]
         requests.reserveCapacity(restored.count)
         for item in restored {
             let creation = item.creation
-            guard let endpoint = EndpointID(creation.endpoint), let input = Self.standInInput(for: endpoint) else {
-                continue
-            }
+            let known = standIns[creation.endpoint]
+            guard let (endpoint, input) = known ?? Self.standIn(for: creation.endpoint) else { continue }
+            if known == nil { standIns[creation.endpoint] = (endpoint, input) }
             let job: Job
             if item.cancelled {
                 job = Job(
@@ -155,6 +157,11 @@ extension JobTable {
     }
 
     /// A restored job's input: only its model id is known (it is never started again).
+    private static func standIn(for endpoint: String) -> (EndpointID, ModelInput)? {
+        guard let endpoint = EndpointID(endpoint), let input = standInInput(for: endpoint) else { return nil }
+        return (endpoint, input)
+    }
+
     private static func standInInput(for endpoint: EndpointID) -> ModelInput? {
         let model = ModelSpec(
             id: endpoint.description,
