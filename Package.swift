@@ -42,6 +42,8 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // glibc's malloc_trim: what a start-up's loading freed goes back to the system.
+        .systemLibrary(name: "CMalloc"),
 
         .target(name: "RelayCore", dependencies: ["CXXHash"], swiftSettings: swiftSettings),
         .target(name: "RelayMedia", dependencies: ["CZlib"], swiftSettings: swiftSettings),
@@ -109,7 +111,7 @@ let package = Package(
         .target(
             name: "RelayServer",
             dependencies: [
-                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "RelayHTTP", "RelayCluster",
+                "RelayCore", "RelayStore", "RelayJobs", "RelayUpstreams", "RelayHTTP", "RelayCluster", "CMalloc",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -38,7 +38,8 @@ extension JobTable {
     @discardableResult
     public func forgetInterrupted() -> Int {
         state.withLock { state in
-            let interrupted = state.requests.values.filter { request in
+            // A request kept compact ended with a result: never interrupted.
+            let interrupted = state.requests.liveValues.filter { request in
                 if case .completed(.failure(let error)) = request.job.status.phase {
                     return error == Self.restartedError
                 }
@@ -52,12 +53,12 @@ extension JobTable {
     /// Whether this node holds a request with this id, whoever may see it (the fast lane leaves unknown ids to the
     /// path that asks the fleet).
     public func holds(_ id: String) -> Bool {
-        state.withLock { $0.requests[id] != nil }
+        state.withLock { $0.requests.contains(id) }
     }
 
     /// Whether this node holds a request with this id that has ended here (a result call for one still running here
     /// may be for a job another node already told the client ended: the fast lane leaves it to the path that waits).
     public func holdsEnded(_ id: String) -> Bool {
-        state.withLock { $0.requests[id] }?.phase.isCompleted ?? false
+        state.withLock { $0.requests.hasEnded(id) }
     }
 }

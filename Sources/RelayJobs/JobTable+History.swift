@@ -6,10 +6,8 @@ extension JobTable {
     /// requests it submitted, an anonymous one the anonymous requests. A snapshot: copying the values is all the work
     /// done under the table's lock.
     public func history(keyID: String??) -> [RelayRequest] {
-        var found = state.withLock { state in
-            guard let keyID else { return Array(state.requests.values) }
-            return state.requests.values.filter { $0.ownerKeyID == keyID }
-        }
+        let (live, finished) = state.withLock { state in state.requests.snapshot(owner: keyID) }
+        var found = live + finished.map { $0.request.request(id: $0.id) }
         found.sort { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
         return found
     }

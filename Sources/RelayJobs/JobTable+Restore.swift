@@ -28,14 +28,37 @@ extension JobTable {
         var jobs: [UInt64: Job] = [:]
         var requests: [RelayRequest] = []
         var resumptions: [Resumption] = []
+        var finished: [(String, FinishedRequest)] = []
         // One stand-in per endpoint, shared by its requests: 100,000 finished requests hold one, not 100,000.
-        var standIns: [String: (EndpointID, ModelInput)] = [:]
-        requests.reserveCapacity(restored.count)
+        var standIns: [String: FinishedRequest.Shared] = [:]
         for item in restored {
             let creation = item.creation
             let known = standIns[creation.endpoint]
-            guard let (endpoint, input) = known ?? Self.standIn(for: creation.endpoint) else { continue }
-            if known == nil { standIns[creation.endpoint] = (endpoint, input) }
+            guard let shared = known ?? Self.standIn(for: creation.endpoint, maxEvents: maxEvents) else { continue }
+            if known == nil { standIns[creation.endpoint] = shared }
+            let (endpoint, input) = (shared.endpoint, shared.input)
+            // Ended with a result, and its job is not one still followed at its upstream: kept compact until asked for.
+            if !item.cancelled, item.attachment == nil, jobs[creation.jobID] == nil,
+                case .success(let result, let seconds) = item.outcome
+            {
+                let request = FinishedRequest(
+                    shared: shared,
+                    jobID: creation.jobID,
+                    key: creation.key,
+                    ownerKeyID: creation.ownerKeyID.map(Self.rehomed),
+                    createdAt: creation.createdAt,
+                    endedAt: item.endedAt,
+                    cacheOutcome: CacheOutcome(rawValue: creation.cacheOutcome) ?? .miss,
+                    cacheStatus: Self.rehomed(creation.cacheStatus),
+                    tags: creation.tags.map(PlatformHeaders.tags(in:)) ?? [],
+                    input: creation.input.map { JSONValue.object($0).serialized() },
+                    result: result.serialized(),
+                    inferenceSeconds: seconds,
+                    payloadsDeleted: item.payloadsDeleted
+                )
+                finished.append((Self.rehomed(creation.id), request))
+                continue
+            }
             let job: Job
             if item.cancelled {
                 job = Job(
@@ -95,9 +118,10 @@ extension JobTable {
             )
         }
         state.withLock { state in
-            for request in requests where state.requests[request.id] == nil {
+            for request in requests where !state.requests.contains(request.id) {
                 state.requests[request.id] = request
             }
+            for (id, request) in finished { state.requests.keepFinished(request, id: id) }
             for resumption in resumptions
             where resumption.attachment.coalesce && state.inFlight[resumption.job.key] == nil {
                 state.inFlight[resumption.job.key] = resumption.job
@@ -157,9 +181,20 @@ extension JobTable {
     }
 
     /// A restored job's input: only its model id is known (it is never started again).
-    private static func standIn(for endpoint: String) -> (EndpointID, ModelInput)? {
+    /// A copy of `text` in storage of its own. What is kept from the log's records is copied out of them, so that
+    /// the parsed records, freed as a whole once loaded, leave whole pages the allocator can give back: a kept string
+    /// allocated among them would pin its page.
+    private static func rehomed(_ text: String) -> String {
+        let count = text.utf8.count
+        return String(unsafeUninitializedCapacity: count) { buffer in
+            _ = buffer.initialize(fromContentsOf: text.utf8)
+            return count
+        }
+    }
+
+    private static func standIn(for endpoint: String, maxEvents: Int) -> FinishedRequest.Shared? {
         guard let endpoint = EndpointID(endpoint), let input = standInInput(for: endpoint) else { return nil }
-        return (endpoint, input)
+        return FinishedRequest.Shared(endpoint: endpoint, input: input, maxEvents: maxEvents)
     }
 
     private static func standInInput(for endpoint: EndpointID) -> ModelInput? {

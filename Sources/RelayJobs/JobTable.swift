@@ -37,7 +37,7 @@ public final class JobTable: Sendable {
     }
 
     struct State: Sendable {
-        var requests: [String: RelayRequest] = [:]
+        var requests = RequestTable()
         var inFlight: [RequestKey: Job] = [:]
         var resumptions: [Resumption] = []
     }
@@ -267,7 +267,8 @@ public final class JobTable: Sendable {
     /// The request with this id, if it exists and `keyID` may see it.
     public func request(_ id: String, keyID: String?) -> RelayRequest? {
         state.withLock { state in
-            guard let request = state.requests[id], request.ownerKeyID == nil || request.ownerKeyID == keyID else {
+            guard let request = state.requests.promote(id), request.ownerKeyID == nil || request.ownerKeyID == keyID
+            else {
                 return nil
             }
             return request
@@ -313,16 +314,10 @@ public final class JobTable: Sendable {
     public func sweep(now: Timestamp = .now()) -> Int {
         results.sweep(now: now)
         return state.withLock { state in
-            let cutoff = now.secondsSinceEpoch - retentionSeconds
-            let expired = state.requests.values.filter { request in
-                request.createdAt.secondsSinceEpoch < cutoff && (request.cancelled || request.job.isTerminal)
-            }
-            for request in expired {
-                state.requests[request.id] = nil
-            }
-            if !expired.isEmpty { removalCount.add(1, ordering: .releasing) }
+            let removed = state.requests.removeEnded(createdBefore: now.secondsSinceEpoch - retentionSeconds)
+            if removed > 0 { removalCount.add(1, ordering: .releasing) }
             state.inFlight = state.inFlight.filter { !$0.value.isTerminal }
-            return expired.count
+            return removed
         }
     }
 
@@ -330,7 +325,7 @@ public final class JobTable: Sendable {
     @discardableResult
     public func sweepLog(now: Timestamp = .now()) async -> Int {
         guard let log else { return 0 }
-        let oldest = state.withLock { state in state.requests.values.lazy.map(\.createdAt).min() }
+        let oldest = state.withLock { state in state.requests.oldestCreatedAt }
         return await log.sweep(now: now, oldestWanted: oldest)
     }
 
