@@ -10,6 +10,7 @@
 /// | `in progress` | caller | upstream jobs it started that have not ended; more wait `IN_QUEUE`, never refused | 2 / 10 / 40 / 200 by tier |
 /// | `read` | caller | tokens, storage tokens, admin, and reads of request ids that do not exist | 20 a second, burst 100 |
 /// | (none) | | media files and upload aliases: immutable, content-addressed, one `sendfile` each | bounded by the connection caps |
+/// | `media` | client address | bytes of media sent, when `media_bytes_per_second` is set | off |
 ///
 /// **Why.** A submission that starts work costs GPU time upstream: only those draw from the tier's quota. A
 /// submission answered by a hit or by attaching to work in flight costs nothing upstream, so a viral prompt (1,000
@@ -47,6 +48,8 @@ public struct RateLimitPolicy: Sendable, Hashable {
         case requestReads = "request"
         /// Everything else a caller reads: tokens, storage tokens, admin, unknown request ids.
         case reads = "read"
+        /// Bytes of media files sent, per client address (`mediaBytesPerSecond`; off unless configured).
+        case media
 
         /// The policy name in the `RateLimit-Policy` and `RateLimit` headers.
         public var policyName: String { rawValue }
@@ -135,6 +138,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
             case .served: noun = "submissions"
             case .requestReads: noun = "reads of one request"
             case .reads: noun = "reads"
+            case .media: noun = "bytes of media"
             }
             switch windowSeconds {
             case 1: return "\(quota) \(noun) per second"
@@ -162,6 +166,9 @@ public struct RateLimitPolicy: Sendable, Hashable {
     /// Upstream jobs in progress per caller, by tier; jobs beyond wait in line (`InProgressGate`). Admin keys are not
     /// capped.
     public var inProgress: [Tier: Int]
+    /// Bytes of media per second per client address, with a burst of ten seconds' worth; nil (the default): media
+    /// is not limited, only bounded by the connection caps.
+    public var mediaBytesPerSecond: Int?
 
     public init(
         anonymousPerMinute: Int = 20,
@@ -203,6 +210,7 @@ public struct RateLimitPolicy: Sendable, Hashable {
         case .served: return served
         case .requestReads: return requestReads
         case .reads: return reads
+        case .media: return mediaBytesPerSecond.map { Limit(quota: $0, windowSeconds: 1, burst: $0 * 10) }
         }
     }
 

@@ -311,7 +311,7 @@ public struct RateLimitDecision: Sendable, Hashable {
         guard let limit, let retryAfterSeconds else { return nil }
         return RateLimitRejection(
             detail:
-                "Rate limit exceeded: \(limit.describe(budget)) for \(tier.rawValue) callers, retry in \(retryAfterSeconds) s",
+                "Rate limit exceeded: \(limit.describe(budget)) for \(budget == .media ? "each address" : "\(tier.rawValue) callers"), retry in \(retryAfterSeconds) s",
             headers: headers
         )
     }

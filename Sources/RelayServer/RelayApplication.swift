@@ -363,6 +363,7 @@ public struct RelayApplication: Sendable {
         policy.enterprisePerMinute = config.enterpriseRequestsPerMinute
         policy.inProgress.merge(config.maxInProgress) { $1 }
         policy.watchers.merge(config.maxWatchers) { $1 }
+        policy.mediaBytesPerSecond = config.mediaBytesPerSecond
         return policy
     }
 

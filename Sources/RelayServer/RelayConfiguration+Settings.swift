@@ -193,6 +193,12 @@ extension RelayConfiguration {
         ) { config, value throws(ConfigurationError) in
             config.maxWatchers = try tierFigures(value, "max_watchers", 1...10_000_000)
         },
+        Setting(
+            name: "media_bytes_per_second",
+            help: "bytes of media per second per client address, burst ten seconds' worth (default: not limited)"
+        ) { config, value throws(ConfigurationError) in
+            config.mediaBytesPerSecond = try integer(value, "media_bytes_per_second", 1024...(1 << 40))
+        },
         Setting(name: "header_timeout_seconds", help: "seconds to receive a whole request head (slowloris), default 10")
         { config, value throws(ConfigurationError) in
             config.headerTimeoutSeconds = try seconds(value, "header_timeout_seconds")

@@ -99,6 +99,8 @@ public struct RelayConfiguration: Sendable {
     public var maxInProgress: [RateLimitPolicy.Tier: Int] = [:]
     /// Open watchers (status streams, sockets) per caller, by tier, where they differ from the policy's.
     public var maxWatchers: [RateLimitPolicy.Tier: Int] = [:]
+    /// Bytes of media per second per client address (nil: media is not limited).
+    public var mediaBytesPerSecond: Int?
     public var logLevel = Logger.Level.info
     /// `fal_webhook` delivery: let loopback/private targets through, retry schedule, per-attempt timeout, bounds.
     public var webhookAllowPrivate = false

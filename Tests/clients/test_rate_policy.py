@@ -169,6 +169,36 @@ def test_media_is_served_like_a_cdn_without_a_rate_limit(busy_relay, relay):
     assert elapsed < 30
 
 
+def test_media_bytes_per_address_when_configured():
+    """`--media-bytes-per-second`: an address that spent its bytes (ten seconds' worth) gets 429 with Retry-After and
+    the `media` RateLimit headers, over the fast lane and NIO's path alike; another address, and HEAD, are not
+    charged for it."""
+    with started_relay("media-relay-media-rate-", ("--synthetic-time-scale", "0", "--media-bytes-per-second",
+                                                  "2048")) as server:
+        base = f"http://127.0.0.1:{server.http_port}"
+        made = httpx.post(f"{base}/{MODEL}", headers=key_headers(server.key),
+                          json={"prompt": "a rated file", "image_size": {"width": 64, "height": 64}, "seed": 6,
+                                "num_inference_steps": 1})
+        deadline = time.time() + 30
+        while httpx.get(made.json()["status_url"], headers=key_headers(server.key)).json()["status"] != "COMPLETED":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        url = httpx.get(made.json()["response_url"], headers=key_headers(server.key)).json()["images"][0]["url"]
+        path = "/" + url.split("/", 3)[3]
+        size = len(httpx.get(base + path).content)  # the first fetch: NIO's path opens the file
+        assert size > 0
+        codes = [httpx.get(base + path).status_code for _ in range(20480 // size + 2)]
+        assert 429 in codes and codes[0] == 200, codes
+        refused = httpx.get(base + path)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.headers
+        assert refused.json()["error_type"] == "rate_limited" and "each address" in refused.json()["detail"]
+        assert refused.headers["ratelimit-policy"] == '"media";q=2048;w=1', refused.headers
+        assert httpx.head(base + path).status_code == 200
+        # Another loopback address has bytes of its own.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+            assert other.get(base + path).status_code == 200
+
+
 def test_anonymous_callers_starting_work_are_limited(busy_relay):
     """25 distinct anonymous submissions: the tier's budget (20 a minute, a burst of 5) refuses the last."""
     codes = []
