@@ -172,6 +172,11 @@ extension FastLane {
         case .admitted(let admitted, _):
             payer = admitted
         }
+        if case .send(_, _, _, _, let range) = answer, let refusal = services.chargeMediaBytes(range, facts: facts) {
+            body?.discard()
+            send(refusal, for: head, route: route, keyID: payer.keyID, started: started, context: context)
+            return true
+        }
         services.countMediaServed(record)
         switch answer {
         case .complete(let response):

@@ -174,6 +174,13 @@ public final class RateLimiter: Sendable {
         return InProgressCap(owner: owner, limit: (limit + nodes - 1) / nodes)
     }
 
+    /// Charges `bytes` of media to `clientIP`'s `media` budget (this node's share of it); nil when media is not
+    /// limited. A body larger than the bucket takes the whole bucket, so that it is still served once it is full.
+    public func chargeMediaBytes(_ bytes: Int, clientIP: String) -> RateLimitDecision? {
+        guard let limit = policy.limit(for: .anonymous, budget: .media).map(share) else { return nil }
+        return check(principal: .anonymous, clientIP: clientIP, budget: .media, cost: min(bytes, limit.burst))
+    }
+
     /// Whether `principal` may open one more watcher now (nothing is taken).
     public func hasWatcherPlace(principal: Principal, clientIP: String) -> Bool {
         guard let cap = policy.maxWatchers(for: RateLimitPolicy.Tier(principal)) else { return true }

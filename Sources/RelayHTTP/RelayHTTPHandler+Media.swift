@@ -35,6 +35,11 @@ extension RelayHTTPHandler {
                 handler.state = .idle
                 handler.write(context: context, keepAlive: keepAlive, response)
             case .send(let status, let headers, let contentLength, let record, let range):
+                if let refusal = handler.services.chargeMediaBytes(range, facts: facts) {
+                    handler.state = .idle
+                    handler.write(context: context, keepAlive: keepAlive, refusal)
+                    return
+                }
                 handler.sendBody(
                     of: record,
                     range: range,

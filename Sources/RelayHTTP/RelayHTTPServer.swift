@@ -196,7 +196,8 @@ public final class RelayHTTPServer: Service, Sendable {
                             }
                         }.flatMapThrowing { multiplexer in
                             // Between the connection handler and the multiplexer: the hottest reads never become
-                            // stream channels.
+                            // stream channels. Not on a connection over the cap: every request there is answered 503.
+                            guard refusal == nil else { return }
                             try channel.pipeline.syncOperations.addHandler(
                                 HTTP2FastLane(services: services, scheme: spec.scheme),
                                 position: .before(multiplexer)

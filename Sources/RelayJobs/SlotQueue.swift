@@ -66,6 +66,8 @@ package final class SlotQueue: Sendable {
     static let exactAhead = 10
 
     private let state: Mutex<State>
+    /// `State.waiting`, as of the last change.
+    private let waitingNow = Atomic<Int>(0)
     private let interval: Duration
     private let spotsPerInterval: Int
     private let scheduler: Scheduler
@@ -142,6 +144,7 @@ package final class SlotQueue: Sendable {
                         }
                     }
                     state.waiting += 1
+                    waitingNow.store(state.waiting, ordering: .relaxed)
                     return false
                 }
                 switch granted {
@@ -166,6 +169,7 @@ package final class SlotQueue: Sendable {
                         state.lowLine.markLeft(waiter.order)
                     }
                     state.waiting -= 1
+                    waitingNow.store(state.waiting, ordering: .relaxed)
                     state.moved = true
                     return waiter
                 case .cancelledWhileArriving, nil:
@@ -214,6 +218,7 @@ package final class SlotQueue: Sendable {
                     else { continue }
                     state.entries[spot.id] = nil
                     state.waiting -= 1
+                    waitingNow.store(state.waiting, ordering: .relaxed)
                     if priority == .normal { state.waitingNormal -= 1 }
                     state.moved = true
                     return waiter
@@ -227,8 +232,10 @@ package final class SlotQueue: Sendable {
         schedulePassIfNeeded()
     }
 
+    /// Read without the queue's lock (a copy kept beside it): a line that reports it from under its own lock (the
+    /// per-caller gate's backlog) must not take this queue's lock there, or three locks could wait on each other.
     package var waitingCount: Int {
-        state.withLock { $0.waiting }
+        waitingNow.load(ordering: .relaxed)
     }
 
     /// Waiters the queue keeps books on (waiting, between `acquire` and joining the line, or left but still in

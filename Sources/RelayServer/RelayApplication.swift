@@ -190,7 +190,9 @@ public struct RelayApplication: Sendable {
         }
         // Loading the request log parsed every record once; finished requests are kept compact after it. What the
         // parsing left freed goes back to the system here instead of staying resident (see the README's backlog run).
+        #if canImport(Glibc)
         malloc_trim(0)
+        #endif
         let readiness = Readiness()
         jobs.statistics.setStoreBytesProvider { expiry.bytes }
         jobs.statistics.setScrapeProviders(

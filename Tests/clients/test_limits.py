@@ -183,6 +183,11 @@ def test_connections_per_address_are_capped_with_a_clear_503(strict):
             connect(f"ws://127.0.0.1:{strict.http_port}/ws", additional_headers={"Authorization": f"Key {strict.key}"},
                     open_timeout=10)
         assert refused.value.response.status_code == 503
+        # And over HTTP/2: the fast lane that answers health from the HEADERS frame is not there to skip the 503.
+        import ssl
+        with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=strict.ca), timeout=10) as h2:
+            over = h2.get(f"https://127.0.0.1:{strict.https_port}/healthz")
+        assert over.http_version == "HTTP/2" and over.status_code == 503, (over.http_version, over.status_code)
     finally:
         for sock in held:
             sock.close()

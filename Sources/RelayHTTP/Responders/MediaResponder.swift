@@ -47,9 +47,6 @@ extension RelayServices {
         // The plan's fields carry `content-length` (what GET would send, for HEAD too): the encoders frame it.
         let contentLength = plan.headers.first(name: "content-length").flatMap(Int.init) ?? 0
         headers.removeAll { $0.0 == "content-length" }
-        if facts.method != .HEAD, contentLength > 0, let refusal = chargeMediaBytes(contentLength, facts: facts) {
-            return .complete(refusal)
-        }
         return .send(
             status: plan.status,
             headers: headers,
@@ -59,18 +56,14 @@ extension RelayServices {
         )
     }
 
-    /// `media_bytes_per_second`, when configured: the bytes an answer sends are charged to the client's address,
-    /// whatever key it sent (a file larger than the burst takes the whole burst, so it is still served once the
-    /// bucket is full). The 429 when the address's bytes are spent; nil when it may be sent.
-    private func chargeMediaBytes(_ bytes: Int, facts: RequestFacts) -> PreparedResponse? {
-        guard let rateLimiter, let limit = rateLimiter.policy.limit(for: .anonymous, budget: .media) else { return nil }
-        let decision = rateLimiter.check(
-            principal: .anonymous,
-            clientIP: facts.clientIP,
-            budget: .media,
-            cost: min(bytes, limit.burst)
-        )
-        guard let rejection = decision.rejection else { return nil }
+    /// `media_bytes_per_second`, when configured: the body an answer is about to send (`range`, nil for none) is
+    /// charged to the client's address, whatever key it sent. Called by each transport once it knows it sends that
+    /// body, after admission. The 429 when the address's bytes are spent; nil when it may be sent.
+    func chargeMediaBytes(_ range: Range<Int>?, facts: RequestFacts) -> PreparedResponse? {
+        guard let rateLimiter, let range, !range.isEmpty, facts.method != .HEAD,
+            let decision = rateLimiter.chargeMediaBytes(range.count, clientIP: facts.clientIP),
+            let rejection = decision.rejection
+        else { return nil }
         return PreparedResponse(
             error: .rateLimited(rejection.detail),
             requestID: nil,
