@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from conftest import BINARY, started_relay
+from fleet import wait_for
 
 MODEL = "fal-ai/flux/dev"
 
@@ -48,15 +49,6 @@ def status(relay, key, submitted):
                               headers={"Authorization": f"Key {key}"})
     assert answer.status_code in (200, 202), answer.text
     return answer.json()
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(what)
 
 
 def test_jobs_beyond_the_cap_wait_in_line_and_start_as_earlier_ones_end(capped):

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from conftest import started_relay
+from fleet import wait_for
 
 MODEL = "fal-ai/flux/dev"
 
@@ -28,15 +29,6 @@ def body(name, long=False):
 
 def in_flight(relay):
     return relay.client.get("/relay/stats").json()["upstream"]["jobs_in_flight"]
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(what)
 
 
 def open_run(relay, path, payload):
