@@ -258,3 +258,50 @@ extension Route {
         }
     }
 }
+
+/// The access lines and HTTP metrics of the requests a fast lane (HTTP/1.1 or HTTP/2) answers itself, with the
+/// metrics instruments of the last route and status at hand: a connection mostly repeats one kind of request, and
+/// the metrics factory's own lookup takes a lock.
+struct LaneAccessLog {
+    let sink: AccessLogSink
+    private var last: HTTPMetrics.Instruments?
+
+    init(sink: AccessLogSink) {
+        self.sink = sink
+    }
+
+    mutating func record(
+        method: HTTPMethod,
+        uri: String,
+        status: UInt,
+        bytes: Int,
+        started: NIODeadline,
+        route: String,
+        keyID: String?,
+        requestID: String?,
+        cache: String?
+    ) {
+        // Without a log the path is never read: spare the scan.
+        var entry = AccessEntry(method: method, path: sink.logger == nil ? "" : Self.path(uri), started: started)
+        entry.status = status
+        entry.declaredLength = bytes
+        entry.route = route
+        entry.keyID = keyID
+        entry.requestID = requestID
+        entry.cache = cache
+        let instruments: HTTPMetrics.Instruments
+        if let last, last.status == status, last.route == route {
+            instruments = last
+        } else {
+            instruments = sink.metrics.instruments(route: route, status: status)
+            last = instruments
+        }
+        sink.record(entry, instruments: instruments)
+    }
+
+    /// The target without its query.
+    static func path(_ uri: String) -> String {
+        guard let mark = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri }
+        return String(uri[..<mark])
+    }
+}

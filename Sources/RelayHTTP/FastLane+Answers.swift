@@ -61,7 +61,7 @@ extension FastLane {
         }
         context.write(Self.wrapOutboundOut(answer.payload), promise: nil)
         timer.responseEnded()
-        logAccess(
+        laneLog.record(
             method: head.method,
             uri: head.uri,
             status: answer.status,
@@ -109,7 +109,7 @@ extension FastLane {
         response.encode(into: &buffer)
         context.write(Self.wrapOutboundOut(buffer), promise: nil)
         timer.responseEnded()
-        logAccess(
+        laneLog.record(
             method: head.method,
             uri: head.uri,
             status: response.status.code,
@@ -196,7 +196,7 @@ extension FastLane {
                 }
             }
             timer.responseEnded()
-            logAccess(
+            laneLog.record(
                 method: head.method,
                 uri: head.uri,
                 status: status.code,
@@ -237,7 +237,7 @@ extension FastLane {
         switch services.respond(request) {
         case .follow(let follow):
             guard case .statusStream(let stream) = follow.kind else { break }
-            var entry = AccessEntry(method: head.method, path: Self.path(head.uri), started: started)
+            var entry = AccessEntry(method: head.method, path: LaneAccessLog.path(head.uri), started: started)
             entry.status = 200
             entry.route = route.label
             entry.keyID = principal.keyID
@@ -247,7 +247,7 @@ extension FastLane {
                 services: services,
                 stream: stream,
                 access: entry,
-                accessSink: accessLog,
+                accessSink: laneLog.sink,
                 connectionKind: connectionKind
             )
             handedOver = true
@@ -270,40 +270,5 @@ extension FastLane {
         let error = PreparedResponse(error: .internalError("unexpected answer"), requestID: nil, isHead: facts.isHead)
         send(error, for: head, route: route, keyID: principal.keyID, started: started, context: context)
         return true
-    }
-
-    /// The access line and HTTP metrics of a request answered here.
-    func logAccess(
-        method: HTTPMethod,
-        uri: String,
-        status: UInt,
-        bytes: Int,
-        started: NIODeadline,
-        route: String,
-        keyID: String?,
-        requestID: String?,
-        cache: String?
-    ) {
-        // Without a log the path is never read: spare the scan.
-        var entry = AccessEntry(method: method, path: accessLog.logger == nil ? "" : Self.path(uri), started: started)
-        entry.status = status
-        entry.declaredLength = bytes
-        entry.route = route
-        entry.keyID = keyID
-        entry.requestID = requestID
-        entry.cache = cache
-        accessLog.record(entry, instruments: instruments(route: route, status: status))
-    }
-
-    func instruments(route: String, status: UInt) -> HTTPMetrics.Instruments {
-        if let last = lastInstruments, last.status == status, last.route == route { return last }
-        let made = services.httpMetrics.instruments(route: route, status: status)
-        lastInstruments = made
-        return made
-    }
-
-    static func path(_ uri: String) -> String {
-        guard let mark = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri }
-        return String(uri[..<mark])
     }
 }

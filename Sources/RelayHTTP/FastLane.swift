@@ -36,7 +36,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     let services: RelayServices
     let scheme: String
     let timer: ConnectionStateHandler
-    let accessLog: AccessLogSink
+    var laneLog: LaneAccessLog
     private let scanner: RequestHeadScanner
     private var mode = Mode.scanning
     /// Bytes of a head not yet complete.
@@ -70,7 +70,9 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
         self.timer = timer
         self.slowPath = slowPath
         self.installer = slowPath
-        self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
+        self.laneLog = LaneAccessLog(
+            sink: AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: proto)
+        )
         self.scanner = RequestHeadScanner(
             maxHeadBytes: services.limits.connection.maxHeaderBytes,
             maxTargetBytes: services.limits.maxURLBytes
@@ -86,9 +88,6 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// The last request line routed on this connection: a client polling a status or fetching a result sends the
     /// same one again and again, and routing is a pure function of method, Host and target.
     var lastRouted: (method: HTTPMethod, host: String?, uri: String, route: Route)?
-
-    /// The metrics instruments last used here: a connection mostly repeats one kind of request.
-    var lastInstruments: HTTPMetrics.Instruments?
 
     // MARK: - Inbound
 

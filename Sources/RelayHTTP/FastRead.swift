@@ -24,8 +24,10 @@ extension RelayServices {
             return FastRead(response: answerHealth(facts))
         case .status(_, let id), .result(_, let id):
             if fleet != nil {
-                if case .result = route, !jobs.holdsEnded(id) { return nil }
-                if !jobs.holds(id) { return nil }
+                // A result needs the job ended here; a status, only the request held.
+                let answerable: Bool
+                if case .result = route { answerable = jobs.holdsEnded(id) } else { answerable = jobs.holds(id) }
+                if !answerable { return nil }
             }
             // Read before the lookup, so that a removal or key change during it shows as a change later.
             let (keyTableVersion, removals) = (authenticator.keyTableVersion(), jobs.removals)

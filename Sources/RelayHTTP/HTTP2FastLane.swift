@@ -18,7 +18,7 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
 
     private let services: RelayServices
     private let scheme: String
-    private let accessLog: AccessLogSink
+    private var accessLog: LaneAccessLog
     /// Streams this lane answered that NIO has not closed yet: their later frames (window updates, a reset) are
     /// dropped here, since no stream channel exists to take them.
     private var answered: Set<HTTP2StreamID> = []
@@ -27,12 +27,13 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
     /// again to the same request while the key table and the request table are unchanged, as the HTTP/1.1 lane does:
     /// no routing, lookup or header building, only the caller's rate budget charged.
     private var settled: SettledRead<(fields: HPACKHeaders, body: ByteBuffer)>?
-    private var lastInstruments: HTTPMetrics.Instruments?
 
     init(services: RelayServices, scheme: String) {
         self.services = services
         self.scheme = scheme
-        self.accessLog = AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
+        self.accessLog = LaneAccessLog(
+            sink: AccessLogSink(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
+        )
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -87,9 +88,17 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
         let fields = Self.fields(response)
         let body = method == .HEAD ? ByteBuffer() : response.body
         send(fields, body: body, on: stream, context: context)
-        let (requestID, cache) = (response.field("x-fal-request-id"), response.field("x-relay-cache"))
-        log(method, path, route: route, status: response.status.code, bytes: response.body.readableBytes, started)
-            .with(keyID: read.keyID, requestID: requestID, cache: cache)
+        accessLog.record(
+            method: method,
+            uri: path,
+            status: response.status.code,
+            bytes: response.body.readableBytes,
+            started: started,
+            route: route.label,
+            keyID: read.keyID,
+            requestID: response.field("x-fal-request-id"),
+            cache: response.field("x-relay-cache")
+        )
         if let answer = SettledRead(read, facts: facts, route: route, payload: (fields: fields, body: body)) {
             settled = answer
         }
@@ -110,20 +119,31 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
         let charged = services.charge(facts, route: answer.route, principal: answer.principal)
         if let refusal = charged.refusal(isHead: facts.isHead) {
             send(Self.fields(refusal), body: facts.isHead ? ByteBuffer() : refusal.body, on: stream, context: context)
-            log(answer.method, answer.uri, route: answer.route, status: refusal.status.code, bytes: 0, started)
-                .with(keyID: answer.principal.keyID, requestID: refusal.field("x-fal-request-id"), cache: nil)
+            accessLog.record(
+                method: answer.method,
+                uri: answer.uri,
+                status: refusal.status.code,
+                bytes: 0,
+                started: started,
+                route: answer.route.label,
+                keyID: answer.principal.keyID,
+                requestID: refusal.field("x-fal-request-id"),
+                cache: nil
+            )
             return true
         }
         send(answer.payload.fields, body: answer.payload.body, on: stream, context: context)
-        log(
-            answer.method,
-            answer.uri,
-            route: answer.route,
+        accessLog.record(
+            method: answer.method,
+            uri: answer.uri,
             status: answer.status,
             bytes: answer.bodyLength,
-            started
+            started: started,
+            route: answer.route.label,
+            keyID: answer.principal.keyID,
+            requestID: answer.requestID,
+            cache: answer.cache
         )
-        .with(keyID: answer.principal.keyID, requestID: answer.requestID, cache: answer.cache)
         return true
     }
 
@@ -161,48 +181,6 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
         }
         if !hasLength { fields.add(name: "content-length", value: String(response.body.readableBytes)) }
         return fields
-    }
-
-    /// Starts the access log's entry for an answer this lane sent.
-    private func log(
-        _ method: HTTPMethod,
-        _ path: String,
-        route: Route,
-        status: UInt,
-        bytes: Int,
-        _ started: NIODeadline
-    ) -> PendingEntry {
-        var entry = AccessEntry(
-            method: method,
-            path: accessLog.logger == nil ? "" : FastLane.path(path),
-            started: started
-        )
-        entry.status = status
-        entry.declaredLength = bytes
-        entry.route = route.label
-        let instruments: HTTPMetrics.Instruments
-        if let last = lastInstruments, last.status == status, last.route == route.label {
-            instruments = last
-        } else {
-            instruments = services.httpMetrics.instruments(route: route.label, status: status)
-            lastInstruments = instruments
-        }
-        return PendingEntry(entry: entry, sink: accessLog, instruments: instruments)
-    }
-
-    /// An access-log entry waiting for who asked and what was served.
-    private struct PendingEntry {
-        var entry: AccessEntry
-        let sink: AccessLogSink
-        let instruments: HTTPMetrics.Instruments
-
-        func with(keyID: String?, requestID: String?, cache: String?) {
-            var entry = entry
-            entry.keyID = keyID
-            entry.requestID = requestID
-            entry.cache = cache
-            sink.record(entry, instruments: instruments)
-        }
     }
 
     private static func method(_ name: String) -> HTTPMethod? {

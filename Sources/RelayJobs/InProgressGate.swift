@@ -1,3 +1,4 @@
+import RelayCore
 import Synchronization
 
 /// A caller's cap on upstream work in progress: whose (`owner`, a key id or an anonymous caller's address) and how
@@ -69,19 +70,19 @@ final class InProgressGate: Sendable {
                 self.leave(cap.owner)  // cancelled while it waited: it held no place
                 return
             }
+            // Its place goes back once, when the job ends: seen by the subscriber, or by the check just after it.
             let ended = Once()
+            let giveBack: @Sendable () -> Void = {
+                guard ended.claim() else { return }
+                queue.release()
+                self.leave(cap.owner)
+            }
             let subscription = job.subscribe(after: .max) { event in
-                if event.isTerminal, ended.claim() {
-                    queue.release()
-                    self.leave(cap.owner)
-                }
+                if event.isTerminal { giveBack() }
             }
             if subscription.token == 0 || job.isTerminal {
                 if subscription.token != 0 { job.unsubscribe(subscription.token) }
-                if ended.claim() {
-                    queue.release()
-                    self.leave(cap.owner)
-                }
+                giveBack()
                 return
             }
             job.setPositionSource(nil)  // the upstream's own line, if it has one, names its own
@@ -97,12 +98,6 @@ final class InProgressGate: Sendable {
             line.jobs -= 1
             lines[owner] = line.jobs > 0 ? line : nil
         }
-    }
-
-    /// True for the first caller only.
-    private final class Once: Sendable {
-        private let taken = Atomic<Bool>(false)
-        func claim() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
     }
 }
 

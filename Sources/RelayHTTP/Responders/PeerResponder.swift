@@ -256,12 +256,6 @@ extension RelayServices {
         )
     }
 
-    /// True for the first caller only.
-    final class Once: Sendable {
-        private let taken = Atomic<Bool>(false)
-        func claim() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
-    }
-
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
         guard lhs.count == rhs.count else { return false }
         var difference: UInt8 = 0
