@@ -327,23 +327,27 @@ extension ClusterNode: Fleet {
                     ON CONFLICT (request_key) DO UPDATE
                     SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                     WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                    RETURNING handle)
+                    RETURNING handle, \(unescaped: Self.renumbering))
                 SELECT (SELECT manifest FROM found),
                        EXISTS (SELECT 1 FROM held)
                        OR (NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM claimed)),
                        EXISTS (SELECT 1 FROM claimed),
-                       (SELECT handle FROM claimed)
+                       (SELECT handle FROM claimed),
+                       (SELECT renumber_from FROM claimed)
                 """
             )
-            for try await (manifest, elsewhere, won, handle) in rows.decode((ByteBuffer?, Bool, Bool, String?).self) {
-                return (manifest, elsewhere, won ? ClaimedRow(handle: handle) : nil)
+            for try await (manifest, elsewhere, won, handle, renumberFrom) in rows.decode(
+                (ByteBuffer?, Bool, Bool, String?, Int?).self
+            ) {
+                return (manifest, elsewhere, won ? ClaimedRow(handle: handle, renumberFrom: renumberFrom) : nil)
             }
             return (nil, false, nil)
         }
         let result = manifest.flatMap { CachedResult(manifestBytes: Array($0.readableBytesView), key: key) }
         if result == nil, let claimed {
             // The job this submission starts in a moment needs neither to look for a result nor to claim again.
-            freshClaims.withLock { $0.note(key, handle: Self.handle(claimed.handle), at: .now) }
+            let claim = Claim.won(handle: Self.handle(claimed.handle), renumberFrom: claimed.renumberFrom)
+            freshClaims.withLock { $0.note(key, claim, at: .now) }
         }
         return (result, result == nil && elsewhere)
     }
@@ -381,20 +385,35 @@ extension ClusterNode: Fleet {
     /// none, or it is older than a fifth of the lease (then the job asks the database again).
     func takeFreshClaim(_ key: RequestKey) -> Claim? {
         let limit = configuration.lease / 5
-        return freshClaims.withLock { $0.take(key, newerThan: .now - limit) }.map { .won(handle: $0) }
+        return freshClaims.withLock { $0.take(key, newerThan: .now - limit) }
     }
 
     struct ClaimedRow: Sendable {
         let handle: String?
+        let renumberFrom: Int?
     }
 
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
     public enum Claim: Sendable, Hashable {
         /// This node does the work; `handle` names the job an upstream already accepted for the key under a node that
-        /// held the claim before (it is followed there, not submitted again).
-        case won(handle: UpstreamHandle?)
+        /// held the claim before (it is followed there, not submitted again). `renumberFrom`, when the claim replaced
+        /// one (a lapsed lease, or this node's own from before a restart): the number the run's events start from,
+        /// past every number a run under an earlier claim gave out, which other nodes' watchers may have seen.
+        case won(handle: UpstreamHandle?, renumberFrom: Int?)
         case heldBy(nodeID: String, nodeURL: String)
     }
+
+    /// Event numbers a run may give out per millisecond before the next takeover's numbers (which derive from the
+    /// database's clock) would reach them: far above any job's rate, and far below 2^53 for centuries (SSE and
+    /// JSON carry them as numbers).
+    public static let eventNumbersPerMillisecond = 1000
+
+    /// A claim statement's `renumber_from` column: for a claim that replaced a row (`xmax` is set on the row an
+    /// `ON CONFLICT DO UPDATE` wrote), the database's clock in milliseconds times `eventNumbersPerMillisecond`.
+    static let renumbering = """
+        CASE WHEN xmax <> 0
+        THEN floor(extract(epoch FROM now()) * 1000)::int8 * \(eventNumbersPerMillisecond) END AS renumber_from
+        """
 
     /// Claims `key` for this node unless a live claim of another node holds it.
     public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
@@ -408,10 +427,12 @@ extension ClusterNode: Fleet {
                 ON CONFLICT (request_key) DO UPDATE
                 SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                 WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                RETURNING handle
+                RETURNING handle, \(unescaped: Self.renumbering)
                 """
             )
-            for try await handle in rows.decode(String?.self) { return .won(handle: Self.handle(handle)) }
+            for try await (handle, renumberFrom) in rows.decode((String?, Int?).self) {
+                return .won(handle: Self.handle(handle), renumberFrom: renumberFrom)
+            }
             let holder = try await client.query(
                 """
                 SELECT c.node_id, n.node_url FROM relay_claims c JOIN relay_nodes n ON n.node_id = c.node_id

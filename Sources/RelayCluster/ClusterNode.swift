@@ -295,17 +295,17 @@ public final class ClusterNode: Sendable {
 /// Claims won on a submission's path, each taken once by the job it was won for; a bounded memo, never the truth (the
 /// database is): an entry not taken soon enough is dropped and the job asks the database as it would without it.
 struct FreshClaims: Sendable {
-    private var entries: [RequestKey: (handle: UpstreamHandle?, at: ContinuousClock.Instant)] = [:]
+    private var entries: [RequestKey: (claim: ClusterNode.Claim, at: ContinuousClock.Instant)] = [:]
     static let capacity = 4096
 
-    mutating func note(_ key: RequestKey, handle: UpstreamHandle?, at now: ContinuousClock.Instant) {
+    mutating func note(_ key: RequestKey, _ claim: ClusterNode.Claim, at now: ContinuousClock.Instant) {
         if entries.count >= Self.capacity { entries.removeAll(keepingCapacity: true) }
-        entries[key] = (handle, now)
+        entries[key] = (claim, now)
     }
 
-    /// The entry's handle (itself optional: a claim without one), if there is a fresh entry.
-    mutating func take(_ key: RequestKey, newerThan cutoff: ContinuousClock.Instant) -> UpstreamHandle?? {
+    /// The entry's claim, if there is a fresh entry.
+    mutating func take(_ key: RequestKey, newerThan cutoff: ContinuousClock.Instant) -> ClusterNode.Claim? {
         guard let entry = entries.removeValue(forKey: key), entry.at > cutoff else { return nil }
-        return .some(entry.handle)
+        return entry.claim
     }
 }

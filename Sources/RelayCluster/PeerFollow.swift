@@ -80,6 +80,8 @@ struct PeerFollow: Sendable {
                     }
                     // Replayed events this job already logged are skipped: the stream starts after them.
                     guard sequence > job.status.lastSequence else { continue }
+                    // Under the owner's number, which skips ahead where a node took the job over.
+                    job.numberFrom(sequence)
                     job.receive(update)
                     switch update {
                     case .succeeded, .failed:

@@ -201,6 +201,12 @@ public final class Job: Sendable {
         if now { body() }
     }
 
+    /// Numbers the job's next event `sequence` at least (`JobStateMachine.numberFrom`): a follower takes the owner's
+    /// numbers, and a node that takes a job over skips past every number the node before it gave out.
+    public func numberFrom(_ sequence: Int) {
+        state.withLock { $0.machine.numberFrom(sequence) }
+    }
+
     /// The job caught up with the log it follows, or gave up following it.
     public func caughtUp() {
         let waiters = state.withLock { state -> [@Sendable () -> Void] in

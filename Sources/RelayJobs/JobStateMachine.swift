@@ -15,7 +15,7 @@ public struct JobStateMachine: Sendable {
     public static let defaultMaxEvents = 10_000
 
     public private(set) var phase: JobPhase = .queued(position: 0)
-    /// The retained events: gapless, starting at sequence `firstSequence`.
+    /// The retained events, in rising sequence order: consecutive, except where `numberFrom` skipped ahead.
     public private(set) var events: [JobEvent] = []
     public private(set) var logs: [LogEntry] = []
     /// When work began (the first start, log line or partial): nil while queued, and for a job whose end came without
@@ -26,8 +26,9 @@ public struct JobStateMachine: Sendable {
     public let maxEvents: Int
     /// The latest snapshot, when it was dropped from `events` by the bound.
     private var droppedSnapshot: JobEvent?
-    private var firstSequence = 1
     private var nextSequence = 1
+    /// Events dropped by the bound so far.
+    public private(set) var droppedEvents = 0
 
     public init(maxEvents: Int = JobStateMachine.defaultMaxEvents) {
         self.maxEvents = max(16, maxEvents)
@@ -35,8 +36,12 @@ public struct JobStateMachine: Sendable {
 
     public var lastSequence: Int { nextSequence - 1 }
 
-    /// Events dropped by the bound so far.
-    public var droppedEvents: Int { firstSequence - 1 }
+    /// Numbers the next event `sequence` at least: a job a fleet's node follows takes the numbers of the node that
+    /// runs it, and a node that takes over a job skips past every number the node before it may have given out.
+    /// Numbers never go back: a smaller `sequence` changes nothing.
+    public mutating func numberFrom(_ sequence: Int) {
+        nextSequence = max(nextSequence, sequence)
+    }
 
     public var isTerminal: Bool {
         if case .completed = phase { return true }
@@ -108,11 +113,14 @@ public struct JobStateMachine: Sendable {
         return out
     }
 
-    /// Retained events after `sequence` (all of them for 0).
+    /// Retained events after `sequence` (all of them for 0): found by bisection, as numbers may skip ahead.
     public func events(after sequence: Int) -> ArraySlice<JobEvent> {
-        // Retained sequence numbers are gapless from `firstSequence`, so event n sits at index n - firstSequence.
-        let start = max(0, min(sequence - (firstSequence - 1), events.count))
-        return events[start...]
+        var (low, high) = (0, events.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if events[middle].sequence <= sequence { low = middle + 1 } else { high = middle }
+        }
+        return events[low...]
     }
 
     private mutating func finish(_ outcome: JobOutcome) -> JobEvent {
@@ -134,7 +142,7 @@ public struct JobStateMachine: Sendable {
                 droppedSnapshot = snapshot
             }
             events.removeFirst(cut)
-            firstSequence += cut
+            droppedEvents += cut
         }
         return event
     }

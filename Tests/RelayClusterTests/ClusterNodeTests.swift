@@ -59,8 +59,14 @@ struct ClusterNodeTests {
             let a = try await node(database, "claim-a")
             let b = try await node(database, "claim-b")
             let key = RequestKey(digest: Digest128(high: 1, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won(handle: nil))
-            #expect(try await a.claim(key) == .won(handle: nil), "a node's own claim is its own")
+            #expect(try await a.claim(key) == .won(handle: nil, renumberFrom: nil), "a new claim renumbers nothing")
+            // A node's own claim is its own; claimed again (a restarted node), its run numbers events past the last
+            // run's, by the database's clock.
+            let start = Int(Timestamp.now().secondsSinceEpoch * 1000) - 60_000
+            let again = try #require(Self.won(try await a.claim(key)))
+            #expect(again.handle == nil)
+            let renumbered = try #require(again.renumberFrom)
+            #expect(renumbered >= start * ClusterNode.eventNumbersPerMillisecond, "\(renumbered)")
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
             // What a follower that lost a reads to know when to claim: the lease left, by the database's clock.
             let left = try #require(try await b.leaseLeft(key))
@@ -70,7 +76,10 @@ struct ClusterNodeTests {
             let hex = key.digest.hex
             try await Self.ageClaim(database, hex: hex)
             #expect(try await b.leaseLeft(key) == .zero)
-            #expect(try await b.claim(key) == .won(handle: nil))
+            // Taken over: b's run numbers its events past a's, whatever numbers a gave out meanwhile.
+            let takenOver = try #require(Self.won(try await b.claim(key)))
+            #expect(takenOver.handle == nil)
+            #expect(try #require(takenOver.renumberFrom) > renumbered)
             #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
             // The job b runs was accepted by an origin under its own id: a node taking the key over gets that id.
             b.start()
@@ -87,7 +96,7 @@ struct ClusterNodeTests {
             // b's heartbeat renews its claims each second: stopped, so that none renews it after the age-out below.
             await b.stopped()
             try await Self.ageClaim(database, hex: hex)
-            #expect(try await a.claim(key) == .won(handle: handle))
+            #expect(Self.won(try await a.claim(key))?.handle == handle)
             // A heartbeat renews every claim of its node: a's claim outlives the age-out above.
             try await a.beat()
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
@@ -102,7 +111,7 @@ struct ClusterNodeTests {
             let key = RequestKey(digest: Digest128(high: 7, low: UInt64.random(in: 0...UInt64.max)))
             #expect(a.takeFreshClaim(key) == nil)
             _ = try await a.lookupOrClaim(key)
-            #expect(a.takeFreshClaim(key) == .won(handle: nil))
+            #expect(a.takeFreshClaim(key) == .won(handle: nil, renumberFrom: nil))
             #expect(a.takeFreshClaim(key) == nil, "taken once")
             // The node that found it held elsewhere has nothing to take: its job asks the database.
             _ = try await b.lookupOrClaim(key)
@@ -123,8 +132,17 @@ struct ClusterNodeTests {
             await a.stopped()
             try await Self.ageClaim(database, hex: hex)
             _ = try await b.lookupOrClaim(key)
-            #expect(b.takeFreshClaim(key) == .won(handle: handle))
+            let fresh = try #require(b.takeFreshClaim(key))
+            let takenOver = try #require(Self.won(fresh))
+            #expect(takenOver.handle == handle)
+            #expect(takenOver.renumberFrom != nil, "a run under a claim taken over numbers past the last run's")
         }
+    }
+
+    /// A won claim's handle and renumbering; nil for a claim another node holds.
+    static func won(_ claim: ClusterNode.Claim) -> (handle: UpstreamHandle?, renumberFrom: Int?)? {
+        guard case .won(let handle, let renumberFrom) = claim else { return nil }
+        return (handle, renumberFrom)
     }
 
     /// Waits until the claim on `hex` carries an origin's handle (`attached` goes through the write queue).
@@ -242,7 +260,7 @@ struct ClusterNodeTests {
             let key = RequestKey(digest: Digest128(high: 6, low: UInt64.random(in: 0...UInt64.max)))
             let first = try await a.lookupOrClaim(key)
             #expect(first.result == nil && !first.runningElsewhere, "a new key is claimed by the first node")
-            #expect(try await a.claim(key) == .won(handle: nil))
+            #expect(Self.won(try await a.claim(key))?.handle == .some(nil))
             let second = try await b.lookupOrClaim(key)
             #expect(second.result == nil && second.runningElsewhere, "the other node sees it run elsewhere")
             #expect(try await b.claim(key) == .heldBy(nodeID: "one-a", nodeURL: "http://127.0.0.1:1/one-a"))
@@ -259,7 +277,7 @@ struct ClusterNodeTests {
             a.start()
             defer { a.stop() }
             let key = RequestKey(digest: Digest128(high: 2, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won(handle: nil))
+            #expect(try await a.claim(key) == .won(handle: nil, renumberFrom: nil))
             let digest = Digest128(high: 0xABC, low: 0xDEF)
             let result = CachedResult(
                 modelID: "fal-ai/flux/schnell",
@@ -275,7 +293,7 @@ struct ClusterNodeTests {
             // Told once the write landed: b reads it at once, and b may claim the key (a released it after publishing).
             await withCheckedContinuation { continuation in a.stored(key, result) { continuation.resume() } }
             #expect(try await b.result(key) == result)
-            #expect(try await b.claim(key) == .won(handle: nil))
+            #expect(try await b.claim(key) == .won(handle: nil, renumberFrom: nil))
             #expect(try await b.holders(of: digest) == ["http://127.0.0.1:1/store-a"])
             // Another key's manifest is refused: the index's bytes are checked against the key asked for.
             let other = RequestKey(digest: Digest128(high: 3, low: 3))

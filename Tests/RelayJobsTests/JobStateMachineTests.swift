@@ -107,3 +107,38 @@ import Testing
         #expect(machine.replay(after: 102).map(\.sequence) == [103])
     }
 }
+
+@Suite struct JobStateMachineRenumberingTests {
+    let now = Timestamp(secondsSinceEpoch: 1)
+
+    /// A node that takes a fleet's job over numbers its run past every number the run before it gave out: a client
+    /// that resumes after any of those numbers, seen on whichever node, gets the new run from its first event.
+    @Test func numbersSkipAheadAndAResumeInsideTheGapGetsWhatFollowsIt() {
+        var machine = JobStateMachine(maxEvents: 16)
+        _ = machine.apply(.started, at: now)
+        _ = machine.apply(.log("step 1", level: .info), at: now)
+        #expect(machine.lastSequence == 2)
+        machine.numberFrom(1_000)
+        machine.numberFrom(10)  // never back
+        #expect(machine.apply(.log("again 1", level: .info), at: now)?.sequence == 1_000)
+        #expect(machine.apply(.log("again 2", level: .info), at: now)?.sequence == 1_001)
+        #expect(machine.events.map(\.sequence) == [1, 2, 1_000, 1_001])
+        // After a number the old run gave out that this node never heard of (5), and after this node's last one (2):
+        // the new run from its start either way.
+        for after in [2, 5, 999] {
+            #expect(machine.events(after: after).map(\.sequence) == [1_000, 1_001], "after \(after)")
+            #expect(machine.replay(after: after).map(\.sequence) == [1_000, 1_001], "after \(after)")
+        }
+        #expect(machine.events(after: 1_000).map(\.sequence) == [1_001])
+        #expect(machine.events(after: 1).map(\.sequence) == [2, 1_000, 1_001])
+        #expect(machine.events(after: 1_001).isEmpty)
+        // Past the bound, with the gap among the dropped events: numbers and the count dropped stay exact.
+        for step in 3...40 {
+            _ = machine.apply(.log("again \(step)", level: .info), at: now)
+        }
+        #expect(machine.lastSequence == 1_039)
+        #expect(machine.droppedEvents == 42 - machine.events.count)
+        #expect(machine.events(after: 2).first?.sequence == machine.events.first?.sequence)
+        #expect(machine.events(after: 1_030).map(\.sequence) == Array(1_031...1_039))
+    }
+}

@@ -71,6 +71,26 @@ def test_a_node_killed_mid_job_is_taken_over_within_the_lease(fleet):
                  "no surviving node took the job over")
         took_over = time.monotonic() - killed  # checked last: what the waiters saw tells more when it fails
 
+        # The run a survivor starts again ("step 1/100" a second time) numbers its events past every number node 0
+        # gave out. A client that saw node 0's last events, which no survivor heard of (as if node 0 had sent it 3
+        # more before it died), resumes by Last-Event-ID on either survivor and gets the new run from its first line.
+        def lines():
+            return [(event_id, log["message"]) for event_id, data in list(streamed) for log in data.get("logs") or []]
+
+        def started_again():
+            return [index for index, (_, message) in enumerate(lines()) if message == "step 1/100" and index > 0]
+
+        wait_for(lambda: started_again() or stream_errors, 10, "the watcher on node 2 never saw the run start again")
+        assert len(started_again()) == 1 and not stream_errors, (lines(), stream_errors)
+        seen_before = lines()[started_again()[0] - 1][0]
+        for node in survivors:
+            path = f"{fleet.node_http(node)}/{APP}/requests/{dead_id}/status/stream?logs=1"
+            resume = {**fleet.headers(), "Last-Event-ID": str(seen_before + 3)}
+            with httpx.stream("GET", path, headers=resume, timeout=30) as response:
+                resumed = [log["message"] for _, data in read_events(response, limit=4, timeout=30)
+                           for log in data.get("logs") or []]
+            assert resumed[:2] == ["step 1/100", "step 2/100"], (node, seen_before, resumed, lines())
+
         waited = wait_completed(fleet, 1, waiter_id, timeout=30)
         assert not waited.get("error"), waited
         output = result(fleet, 1, waiter_id)
