@@ -303,6 +303,10 @@ struct FreshClaims: Sendable {
         entries[key] = (claim, now)
     }
 
+    mutating func forget(_ key: RequestKey) {
+        entries[key] = nil
+    }
+
     /// The entry's claim, if there is a fresh entry.
     mutating func take(_ key: RequestKey, newerThan cutoff: ContinuousClock.Instant) -> ClusterNode.Claim? {
         guard let entry = entries.removeValue(forKey: key), entry.at > cutoff else { return nil }

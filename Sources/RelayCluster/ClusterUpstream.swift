@@ -25,8 +25,9 @@ public final class ClusterUpstream: Upstream {
     }
 
     public func start(_ job: Job) -> any UpstreamTask {
-        // Work that is never shared is never claimed.
-        if job.model.dedup == .never {
+        // Work that is never shared (a `no-cache` submission's, a model that never dedups) is never claimed: it is
+        // generated here, neither answered from the fleet's index nor following another node's run of the key.
+        if !job.shared {
             job.caughtUp()
             node.countGeneration()
             return local.start(job)

@@ -44,10 +44,12 @@ struct FleetResultTier: ResultTier {
     let registering: FleetRequest?
 
     func fill(_ key: RequestKey, input: ModelInput, into results: ResultIndex) async -> ResultTierAnswer {
-        // A database that does not answer is no reason to fail here: the submission goes on as a local miss (and
-        // is registered on its own then).
+        // A database that does not answer is no reason to fail here: the submission goes on as a local miss, under
+        // the id the failed statement may have registered all the same, registered again (idempotent).
         guard let (found, elsewhere) = try? await fleet.lookupOrClaim(key, registering: registering) else {
-            return ResultTierAnswer(found: false)
+            var inDoubt = registering
+            inDoubt?.registrationInDoubt = true
+            return ResultTierAnswer(found: false, registered: inDoubt)
         }
         if let found, found.modelID == input.model.id, found.canonicalInput == input.canonicalBytes {
             results.store(key, found)

@@ -38,6 +38,10 @@ public struct FleetRequest: Sendable, Hashable {
     public var nodeID: String
     /// `?fal_webhook=` of the submission: the fleet delivers it once, from the node that holds the request.
     public var webhookURL: String?
+    /// A registration whose statement failed on this side (a timeout, a lost connection) and may have committed all
+    /// the same: the submission keeps this id, and the job table registers it again (idempotent), so that the
+    /// registry never holds a request under an id nobody was given (its webhook would be delivered too).
+    public var registrationInDoubt = false
 
     public init(
         id: String,

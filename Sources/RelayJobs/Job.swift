@@ -76,6 +76,9 @@ public final class Job: Sendable {
     public let adoptedFrom: FleetRequest?
     /// fal's platform headers of the submission that started the job (an origin upstream forwards them).
     public let platform: PlatformHeaders
+    /// Whether other requests may share the job: false for a `no-cache` submission's and for a model that never
+    /// dedups. A fleet neither claims nor follows a job that is not shared: it is generated here.
+    public let shared: Bool
     private let state: Mutex<State>
     private let everAttached = Atomic<Int>(0)
 
@@ -87,9 +90,11 @@ public final class Job: Sendable {
         id: UInt64 = .random(in: 1 ... .max),
         maxEvents: Int = JobStateMachine.defaultMaxEvents,
         adoptedFrom: FleetRequest? = nil,
-        platform: PlatformHeaders = PlatformHeaders()
+        platform: PlatformHeaders = PlatformHeaders(),
+        shared: Bool = true
     ) {
         self.id = id
+        self.shared = shared && input.model.dedup != .never
         self.adoptedFrom = adoptedFrom
         self.platform = platform
         self.input = input

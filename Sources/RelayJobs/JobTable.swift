@@ -137,11 +137,11 @@ public final class JobTable: Sendable {
         mayStartWork: () -> Bool
     ) -> RelayRequest? {
         // A request the fleet's registry holds already (adopted from another node, or registered with its key's
-        // lookup on this node) keeps its id and age, and is not registered again.
+        // lookup on this node) keeps its id and age, and is not registered again unless that is in doubt.
         let identity =
             adopted.map { ($0.id, $0.createdAt, webhook, platform.tags, platform.storeIO ? input.fields : nil) }
             ?? (RequestID.make(), Timestamp.now(), webhook, platform.tags, platform.storeIO ? input.fields : nil)
-        let fleet = adopted == nil ? self.fleet : nil
+        let fleet = adopted == nil || adopted?.registrationInDoubt == true ? self.fleet : nil
         let cacheable = Self.isCacheable(input)
         let coalesce = !directives.noCache && input.model.dedup != .never
         let keyParameter = "key=\"\(key.digest.hex)\""
@@ -207,7 +207,14 @@ public final class JobTable: Sendable {
                 return (request, nil)
             }
             guard mayStartWork() else { return nil }
-            let job = Job(input: input, key: key, maxEvents: maxEvents, adoptedFrom: adopted, platform: platform)
+            let job = Job(
+                input: input,
+                key: key,
+                maxEvents: maxEvents,
+                adoptedFrom: adopted,
+                platform: platform,
+                shared: coalesce
+            )
             _ = job.attach()
             if coalesce {
                 state.inFlight[key] = job

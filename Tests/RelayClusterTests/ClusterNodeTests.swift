@@ -136,6 +136,14 @@ struct ClusterNodeTests {
             let takenOver = try #require(Self.won(fresh))
             #expect(takenOver.handle == handle)
             #expect(takenOver.renumberFrom != nil, "a run under a claim taken over numbers past the last run's")
+            // A claim won by a lookup whose submission then shared a job already running here is never taken. The
+            // next lookup forgets it: here b's claim lapsed and a took the key, so a job b starts must follow a.
+            _ = try await b.lookupOrClaim(key)
+            try await Self.ageClaim(database, hex: hex)
+            #expect(Self.won(try await a.claim(key)) != nil)
+            let elsewhere = try await b.lookupOrClaim(key)
+            #expect(elsewhere.runningElsewhere)
+            #expect(b.takeFreshClaim(key) == nil, "a claim from an earlier lookup was taken after a later one lost")
         }
     }
 

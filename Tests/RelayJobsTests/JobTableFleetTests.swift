@@ -1,5 +1,7 @@
+import Foundation
 import RelayCore
 import RelayJobs
+import RelayStore
 import Testing
 
 /// A job table as a node of a fleet sees it: requests adopted from the registry under their own ids, and requests in
@@ -70,5 +72,50 @@ import Testing
         #expect(table.forgetInterrupted() == 1)
         #expect(!table.holds(interrupted.id))
         #expect(table.holds(failed.id))
+    }
+
+    /// Records what the table tells the fleet.
+    final class RecordingFleet: Fleet, @unchecked Sendable {
+        private let lock = NSLock()
+        private var ids: [String] = []
+        var registered: [String] { lock.withLock { ids } }
+        func register(_ request: RelayRequest, done: @escaping @Sendable () -> Void) {
+            lock.withLock { ids.append(request.id) }
+            done()
+        }
+        func stored(_ key: RequestKey, _ result: CachedResult, done: @escaping @Sendable () -> Void) { done() }
+        func cancelled(_ request: RelayRequest) {}
+        func attached(_ key: RequestKey, _ handle: UpstreamHandle) {}
+    }
+
+    /// A submission registered with its key's lookup keeps that id and is not registered again; one whose lookup
+    /// failed on this side (it may have committed) keeps the id too, and is registered again: never a second id.
+    @Test func aRegistrationInDoubtIsMadeAgainUnderTheSameId() throws {
+        let fleet = RecordingFleet()
+        let table = JobTable(fleet: fleet) { _ in Manual() }
+        let endpoint = EndpointID(model.id)!
+        var mine = adopted("sure", key: RequestKey(digest: Digest128(high: 4, low: 1)))
+        mine.nodeID = "this-node"
+        let sure = table.submit(
+            try ModelInput(model: model, input: ["prompt": "sure"]),
+            endpoint: endpoint,
+            key: mine.key,
+            ownerKeyID: "k1",
+            registered: mine,
+            mayStartWork: { true }
+        )
+        #expect(sure?.id == "sure" && fleet.registered.isEmpty)
+        var doubt = adopted("in-doubt", key: RequestKey(digest: Digest128(high: 4, low: 2)))
+        doubt.registrationInDoubt = true
+        let inDoubt = table.submit(
+            try ModelInput(model: model, input: ["prompt": "doubt"]),
+            endpoint: endpoint,
+            key: doubt.key,
+            ownerKeyID: "k1",
+            registered: doubt,
+            mayStartWork: { true }
+        )
+        #expect(inDoubt?.id == "in-doubt")
+        #expect(fleet.registered == ["in-doubt"])
     }
 }

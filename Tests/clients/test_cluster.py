@@ -368,6 +368,26 @@ def test_a_result_made_on_one_node_is_a_hit_and_its_media_is_on_every_node(fleet
         [answer.status_code for answer in answers]
 
 
+def test_no_cache_generates_again_on_any_node(fleet):
+    # `Cache-Control: no-cache` asks for a generation of its own (README): in a fleet too, neither following the run
+    # another node has of the same input nor answered from the fleet's index.
+    body = {"prompt": unique("generate me again"), "image_size": "square", "seed": 33, "num_inference_steps": 40}
+    running = submit(fleet, 0, body)
+    assert running.status_code == 200 and running.headers["x-relay-cache"] == "miss", running.headers
+    wait_for(lambda: status(fleet, 0, running.json()["request_id"]).json()["status"] == "IN_PROGRESS", 20,
+             "the first job never started")
+    fresh = {**fleet.headers(), "Cache-Control": "no-cache"}
+    for node, reason in ((1, "while node 0 runs it"), (2, "once its result is in the fleet's index")):
+        if node == 2:
+            wait_completed(fleet, 0, running.json()["request_id"], timeout=30)
+        before = fleet.generations_started([node])
+        again = httpx.post(f"{fleet.node_http(node)}/fal-ai/flux/dev", json=body, headers=fresh, timeout=30)
+        assert again.status_code == 200 and again.headers["x-relay-cache"] == "bypass", (reason, again.headers)
+        done = wait_completed(fleet, node, again.json()["request_id"], timeout=30)
+        assert not done.get("error"), (reason, done)
+        assert fleet.generations_started([node]) == before + 1, f"no generation of its own {reason}"
+
+
 def test_status_stream_resumes_on_another_node_by_last_event_id(fleet):
     body = {"prompt": unique("resume me elsewhere"), "image_size": "square", "seed": 2024, "num_inference_steps": 40}
     submitted = submit(fleet, 0, body)

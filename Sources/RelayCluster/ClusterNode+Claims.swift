@@ -1,0 +1,90 @@
+import PostgresNIO
+public import RelayCore
+public import RelayJobs
+public import RelayStore
+
+/// Claims: which node runs the job of a key, under a lease its heartbeat renews (`relay_claims`).
+extension ClusterNode {
+    /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it
+    /// instead of two more round trips (a result lookup and a claim that would find the same). nil when there is
+    /// none, or it is older than a fifth of the lease (then the job asks the database again).
+    func takeFreshClaim(_ key: RequestKey) -> Claim? {
+        let limit = configuration.lease / 5
+        return freshClaims.withLock { $0.take(key, newerThan: .now - limit) }
+    }
+
+    struct ClaimedRow: Sendable {
+        let handle: String?
+        let renumberFrom: Int?
+    }
+
+    /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
+    public enum Claim: Sendable, Hashable {
+        /// This node does the work; `handle` names the job an upstream already accepted for the key under a node that
+        /// held the claim before (it is followed there, not submitted again). `renumberFrom`, when the claim replaced
+        /// one (a lapsed lease, or this node's own from before a restart): the number the run's events start from,
+        /// past every number a run under an earlier claim gave out, which other nodes' watchers may have seen.
+        case won(handle: UpstreamHandle?, renumberFrom: Int?)
+        case heldBy(nodeID: String, nodeURL: String)
+    }
+
+    /// Event numbers a run may give out per millisecond before the next takeover's numbers (which derive from the
+    /// database's clock) would reach them: far above any job's rate, and far below 2^53 for centuries (SSE and
+    /// JSON carry them as numbers).
+    public static let eventNumbersPerMillisecond = 1000
+
+    /// A claim statement's `renumber_from` column: for a claim that replaced a row (`xmax` is set on the row an
+    /// `ON CONFLICT DO UPDATE` wrote), the database's clock in milliseconds times `eventNumbersPerMillisecond`.
+    static let renumbering = """
+        CASE WHEN xmax <> 0
+        THEN floor(extract(epoch FROM now()) * 1000)::int8 * \(eventNumbersPerMillisecond) END AS renumber_from
+        """
+
+    /// Claims `key` for this node unless a live claim of another node holds it.
+    public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
+        let (hex, node) = (key.digest.hex, configuration.nodeID)
+        let lease = Self.seconds(configuration.lease)
+        return try await database.perform("claim", soft: true) { client -> Claim in
+            let rows = try await client.query(
+                """
+                INSERT INTO relay_claims AS c (request_key, node_id, lease_until)
+                VALUES (\(hex), \(node), now() + make_interval(secs => \(lease)))
+                ON CONFLICT (request_key) DO UPDATE
+                SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
+                WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
+                RETURNING handle, \(unescaped: Self.renumbering)
+                """
+            )
+            for try await (handle, renumberFrom) in rows.decode((String?, Int?).self) {
+                return .won(handle: Self.handle(handle), renumberFrom: renumberFrom)
+            }
+            let holder = try await client.query(
+                """
+                SELECT c.node_id, n.node_url FROM relay_claims c JOIN relay_nodes n ON n.node_id = c.node_id
+                WHERE c.request_key = \(hex)
+                """
+            )
+            for try await (nodeID, nodeURL) in holder.decode((String, String).self) {
+                return .heldBy(nodeID: nodeID, nodeURL: nodeURL)
+            }
+            // Released between the two statements: try again.
+            throw ClusterError.unavailable("claim changed hands while it was read; retry")
+        }
+    }
+
+    /// How long the live claim on `key` has left (zero once it lapsed; nil when nobody holds one): a follower that lost
+    /// the node running the job sleeps just that long before it claims the key, rather than polling.
+    public func leaseLeft(_ key: RequestKey) async throws(ClusterError) -> Duration? {
+        let hex = key.digest.hex
+        return try await database.perform("lease left", soft: true) { client -> Duration? in
+            let rows = try await client.query(
+                """
+                SELECT GREATEST(0, EXTRACT(EPOCH FROM lease_until - now()))::float8 FROM relay_claims
+                WHERE request_key = \(hex)
+                """
+            )
+            for try await seconds in rows.decode(Double.self) { return .milliseconds(Int(seconds * 1000)) }
+            return nil
+        }
+    }
+}
