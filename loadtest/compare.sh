@@ -213,26 +213,27 @@ def server_cpu():
         pids += open(f"/proc/{server_pid}/task/{server_pid}/children").read().split()
     except OSError:
         pass
-    total = 0.0
+    user = system = 0.0
     for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
         except OSError:
             pass
-    return total
+    return user, system
 
 def busy_cpu():
     fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / tick
 
-server0, busy0, wall0 = server_cpu(), busy_cpu(), time.monotonic()
+(user0, system0), busy0, wall0 = server_cpu(), busy_cpu(), time.monotonic()
 h2load = os.path.basename(command[0]) == "h2load" or "h2load" in command
 child = subprocess.Popen(command, stdout=subprocess.PIPE if h2load else subprocess.DEVNULL, text=True)
 h2_output = child.stdout.read() if h2load else ""
 _, status, usage = os.wait4(child.pid, 0)
-server1, busy1, wall1 = server_cpu(), busy_cpu(), time.monotonic()
+(user1, system1), busy1, wall1 = server_cpu(), busy_cpu(), time.monotonic()
+server0, server1 = user0 + system0, user1 + system1
 if status != 0:
     sys.exit(f"load generator failed: {command}")
 client = usage.ru_utime + usage.ru_stime
@@ -264,6 +265,7 @@ else:
 wall = wall1 - wall0
 report["run_wall_s"] = round(wall, 2)
 report["server_cpu_s_run"] = round(server1 - server0, 2)
+report["server_user_s_run"], report["server_system_s_run"] = round(user1 - user0, 2), round(system1 - system0, 2)
 report["client_cpu_s_run"] = round(client, 2)
 report["other_cpu_s_run"] = round(max(0.0, (busy1 - busy0) - (server1 - server0) - client), 2)
 report["load_average_before"] = float(load_avg)
@@ -401,7 +403,9 @@ for s in scenarios:
     )
     def cpu(x):
         wall = x.get("run_wall_s") or 1
-        return (f"{x['bytes_per_sec'] / 1048576:.1f} MiB/s, server {x.get('server_cpu_s_run', 0):.1f} s, "
+        split = (f" ({x['server_user_s_run']:.1f} user + {x['server_system_s_run']:.1f} kernel)"
+                 if "server_user_s_run" in x else "")
+        return (f"{x['bytes_per_sec'] / 1048576:.1f} MiB/s, server {x.get('server_cpu_s_run', 0):.1f} s{split}, "
                 f"relay-load {x.get('client_cpu_s_run', 0):.1f} s, others {x.get('other_cpu_s_run', 0):.1f} s "
                 f"({x.get('other_cpu_s_run', 0) / (wall * (os.cpu_count() or 1)) * 100:.0f}%)")
     cpu_rows.append(f"| {s} | {cpu(r)} | {cpu(n)} |")

@@ -179,30 +179,40 @@ publish() {  # channel body
 }
 
 # The publisher that plays "upstream" for nchan: after the same wait as the relay's queued job, a step every 0.2 s
-# for 100 steps, each message a status with one
-# log line stamped like the relay's (so relay-load measures lag the same way), then the terminal status.
+# for 100 steps, each message a status with one log line stamped like the relay's (so relay-load measures lag the
+# same way), then the terminal status. Each message has the relay's fields at the relay's lengths (a request id
+# shaped like a UUID, the three queue URLs, the log line's labels: about 560 bytes), so both servers copy, and
+# relay-load parses, the same bytes per event (with nchan's first messages of 150 bytes, relay-load spent 14.5 s of
+# CPU on nchan's stream against 22.6 s on the relay's, on the cores both servers share).
 nchan_publisher() {  # port channel steps interval delay
     python3 - "$@" <<'EOF'
 import datetime, http.client, json, sys, time
 port, channel, steps, interval, delay = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 time.sleep(delay)
 conn = http.client.HTTPConnection("127.0.0.1", port)
+request_id = "00000000-0000-4000-8000-" + channel.encode().hex().ljust(12, "0")[:12]
+base = f"http://127.0.0.1:{port}/fal-ai/ltx-video/requests/{request_id}"
+shape = {"request_id": request_id, "response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
 def post(body):
     conn.request("POST", f"/pub/{channel}", json.dumps(body, separators=(",", ":")), {"Content-Type": "application/json"})
     conn.getresponse().read()
 for step in range(1, steps + 1):
     time.sleep(interval)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-    post({"request_id": channel, "status": "IN_PROGRESS",
-          "logs": [{"message": f"step {step}/{steps}", "level": "INFO", "source": "USER", "timestamp": now}]})
-post({"request_id": channel, "status": "COMPLETED", "logs": [], "metrics": {}})
+    post({**shape, "status": "IN_PROGRESS",
+          "logs": [{"message": f"step {step}/{steps}", "level": "INFO", "labels": {"level": "INFO"}, "source": "USER",
+                    "timestamp": now}]})
+post({**shape, "status": "COMPLETED", "logs": [], "metrics": {}})
 EOF
 }
 
-server_cpu() {  # CPU seconds (user + system) of the server: the relay, or nginx's master and workers
-    local pids="$SERVER_PID $(cat "/proc/$SERVER_PID/task/$SERVER_PID/children" 2>/dev/null)" ticks=0 pid
-    for pid in $pids; do ticks=$((ticks + $(cut -d')' -f2 "/proc/$pid/stat" | awk '{print $12 + $13}'))); done
-    python3 -c "print($ticks / $(getconf CLK_TCK))"
+server_cpu() {  # CPU seconds of the server, "user,system": the relay, or nginx's master and workers
+    local pids="$SERVER_PID $(cat "/proc/$SERVER_PID/task/$SERVER_PID/children" 2>/dev/null)" user=0 system=0 pid
+    for pid in $pids; do
+        user=$((user + $(cut -d')' -f2 "/proc/$pid/stat" | awk '{print $12}')))
+        system=$((system + $(cut -d')' -f2 "/proc/$pid/stat" | awk '{print $13}')))
+    done
+    python3 -c "print(f'{$user / $(getconf CLK_TCK)},{$system / $(getconf CLK_TCK)}')"
 }
 busy_cpu() { awk '/^cpu / { print ($2 + $3 + $4 + $7 + $8) / 100 }' /proc/stat; }  # all CPUs, seconds
 
@@ -221,7 +231,9 @@ path, before, after, server0, server1, busy0, busy1, times = sys.argv[1:]
 user, system, wall = map(float, times.split()[-3:])
 report = json.load(open(path))
 report["load_average_before"], report["load_average_after"] = before, after
-report["server_cpu_s"] = round(float(server1) - float(server0), 2)
+(user0, system0), (user1, system1) = (map(float, server0.split(",")), map(float, server1.split(",")))
+report["server_user_s"], report["server_system_s"] = round(user1 - user0, 2), round(system1 - system0, 2)
+report["server_cpu_s"] = round(report["server_user_s"] + report["server_system_s"], 2)
 report["client_cpu_s"] = round(user + system, 2)
 report["other_cpu_s"] = round(max(0, float(busy1) - float(busy0) - report["server_cpu_s"] - report["client_cpu_s"]), 2)
 report["run_wall_s"] = wall
@@ -288,7 +300,7 @@ import glob, json, os, sys
 raw, out = sys.argv[1:]
 rows = []
 def ms(d, k): return f"{d.get(k, 0):.1f}" if d else "-"
-lines = ["| run | watchers | got terminal | first event p50 / p99 ms | attach s | lag p50 / p99 / max ms | lag after attach p50 / p99 / max ms | terminal spread ms | errors | CPU s server / relay-load / others | load avg before → after |",
+lines = ["| run | watchers | got terminal | first event p50 / p99 ms | attach s | lag p50 / p99 / max ms | lag after attach p50 / p99 / max ms | terminal spread ms | errors | CPU s server (user + kernel) / relay-load / others | load avg before → after |",
          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
 mem = ["| run | idle watchers attached | RSS before → attached → settled → closed (KiB) | bytes per connection | load avg before → after |",
        "| --- | ---: | --- | ---: | --- |"]
@@ -297,7 +309,8 @@ for path in sorted(glob.glob(os.path.join(raw, "*.json"))):
     watchers = sum(r["watchers"].values()); done = sum(r["completed"].values())
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
     load = f'{r["load_average_before"]} → {r["load_average_after"]}'
-    cpu = f'{r["server_cpu_s"]} / {r["client_cpu_s"]} / {r["other_cpu_s"]} in {r["run_wall_s"]:.0f} s'
+    split = f' ({r["server_user_s"]} + {r["server_system_s"]})' if "server_user_s" in r else ""
+    cpu = f'{r["server_cpu_s"]}{split} / {r["client_cpu_s"]} / {r["other_cpu_s"]} in {r["run_wall_s"]:.0f} s'
     if r.get("memory"):
         m = r["memory"]
         mem.append(f'| {name} | {m["attached"]} | {m["rss_before_kib"]} → {m["rss_attached_kib"]} → {m["rss_settled_kib"]} → {m["rss_after_close_kib"]} | **{m["bytes_per_connection"]:.0f}** | {load} |')
