@@ -15,30 +15,25 @@ extension ClusterNode {
 
     struct ClaimedRow: Sendable {
         let handle: String?
-        let renumberFrom: Int?
+        let numberFrom: Int
     }
 
     /// Who does the work for `key`: this node (the claim is new, expired, or already its own) or a live peer.
     public enum Claim: Sendable, Hashable {
         /// This node does the work; `handle` names the job an upstream already accepted for the key under a node that
-        /// held the claim before (it is followed there, not submitted again). `renumberFrom`, when the claim replaced
-        /// one (a lapsed lease, or this node's own from before a restart): the number the run's events start from,
-        /// past every number a run under an earlier claim gave out, which other nodes' watchers may have seen.
-        case won(handle: UpstreamHandle?, renumberFrom: Int?)
+        /// held the claim before (it is followed there, not submitted again). `numberFrom`: where the run's event
+        /// numbers start, from the database's clock, so that a run under a later claim (a lapsed lease taken over, a
+        /// row released or dropped on a drain and claimed again, a node restarted) numbers past every number an
+        /// earlier run gave out, which other nodes' watchers may have seen.
+        case won(handle: UpstreamHandle?, numberFrom: Int)
         case heldBy(nodeID: String, nodeURL: String)
     }
 
-    /// Event numbers a run may give out per millisecond before the next takeover's numbers (which derive from the
-    /// database's clock) would reach them: far above any job's rate, and far below 2^53 for centuries (SSE and
-    /// JSON carry them as numbers).
-    public static let eventNumbersPerMillisecond = 1000
-
-    /// A claim statement's `renumber_from` column: for a claim that replaced a row (`xmax` is set on the row an
-    /// `ON CONFLICT DO UPDATE` wrote), the database's clock in milliseconds times `eventNumbersPerMillisecond`.
-    static let renumbering = """
-        CASE WHEN xmax <> 0
-        THEN floor(extract(epoch FROM now()) * 1000)::int8 * \(eventNumbersPerMillisecond) END AS renumber_from
-        """
+    /// A claim statement's `number_from` column: the database's clock in microseconds (the time of the statement,
+    /// not of its transaction's start). A run would have to log more than one event per microsecond to reach the
+    /// numbers of a claim taken after it, and the numbers stay below 2^53 until the 23rd century (SSE and JSON carry
+    /// them as numbers).
+    static let numbering = "floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS number_from"
 
     /// Claims `key` for this node unless a live claim of another node holds it.
     public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
@@ -52,11 +47,11 @@ extension ClusterNode {
                 ON CONFLICT (request_key) DO UPDATE
                 SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                 WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                RETURNING handle, \(unescaped: Self.renumbering)
+                RETURNING handle, \(unescaped: Self.numbering)
                 """
             )
-            for try await (handle, renumberFrom) in rows.decode((String?, Int?).self) {
-                return .won(handle: Self.handle(handle), renumberFrom: renumberFrom)
+            for try await (handle, numberFrom) in rows.decode((String?, Int).self) {
+                return .won(handle: Self.handle(handle), numberFrom: numberFrom)
             }
             let holder = try await client.query(
                 """

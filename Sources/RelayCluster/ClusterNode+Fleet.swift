@@ -160,6 +160,10 @@ extension ClusterNode: Fleet {
             try await database.perform("webhook settled") { client in
                 try await client.query("UPDATE relay_requests SET webhook_done = true WHERE request_id = \(id)")
             }
+        case .withdrawn(let id):
+            try await database.perform("withdraw request") { client in
+                try await client.query("DELETE FROM relay_requests WHERE request_id = \(id)")
+            }
         case .cancelled(let id):
             let payload = "cancel:" + id
             try await database.perform("cancel request") { client in
@@ -304,6 +308,10 @@ extension ClusterNode: Fleet {
         let (owner, created, webhook, registers) = (
             entry.ownerKeyID, entry.createdAt.secondsSinceEpoch, entry.webhookURL, registering != nil
         )
+        // Only this lookup's outcome is kept: a claim an earlier lookup won and no job took (its submission shared a
+        // job that ran here) may have been released since, and another node may hold the key now. Forgotten before
+        // the statement, so that a lookup that fails leaves nothing stale either.
+        freshClaims.withLock { $0.forget(key) }
         let (manifest, elsewhere, claimed) = try await database.perform("look up or claim", soft: !registers) {
             client -> (ByteBuffer?, Bool, ClaimedRow?) in
             let rows = try await client.query(
@@ -327,32 +335,27 @@ extension ClusterNode: Fleet {
                     ON CONFLICT (request_key) DO UPDATE
                     SET node_id = EXCLUDED.node_id, lease_until = EXCLUDED.lease_until
                     WHERE c.lease_until < now() OR c.node_id = EXCLUDED.node_id
-                    RETURNING handle, \(unescaped: Self.renumbering))
+                    RETURNING handle, \(unescaped: Self.numbering))
                 SELECT (SELECT manifest FROM found),
                        EXISTS (SELECT 1 FROM held)
                        OR (NOT EXISTS (SELECT 1 FROM found) AND NOT EXISTS (SELECT 1 FROM claimed)),
                        EXISTS (SELECT 1 FROM claimed),
                        (SELECT handle FROM claimed),
-                       (SELECT renumber_from FROM claimed)
+                       (SELECT number_from FROM claimed)
                 """
             )
-            for try await (manifest, elsewhere, won, handle, renumberFrom) in rows.decode(
+            for try await (manifest, elsewhere, won, handle, numberFrom) in rows.decode(
                 (ByteBuffer?, Bool, Bool, String?, Int?).self
             ) {
-                return (manifest, elsewhere, won ? ClaimedRow(handle: handle, renumberFrom: renumberFrom) : nil)
+                return (manifest, elsewhere, won ? numberFrom.map { ClaimedRow(handle: handle, numberFrom: $0) } : nil)
             }
             return (nil, false, nil)
         }
         let result = manifest.flatMap { CachedResult(manifestBytes: Array($0.readableBytesView), key: key) }
-        // The job this submission starts in a moment needs neither to look for a result nor to claim again. Only
-        // this lookup's outcome is kept: a claim an earlier lookup won and no job took (its submission shared a job
-        // that ran here) may have been released since, and another node may hold the key now.
-        freshClaims.withLock { memo in
-            if result == nil, let claimed {
-                memo.note(key, .won(handle: Self.handle(claimed.handle), renumberFrom: claimed.renumberFrom), at: .now)
-            } else {
-                memo.forget(key)
-            }
+        if result == nil, let claimed {
+            // The job this submission starts in a moment needs neither to look for a result nor to claim again.
+            let claim = Claim.won(handle: Self.handle(claimed.handle), numberFrom: claimed.numberFrom)
+            freshClaims.withLock { $0.note(key, claim, at: .now) }
         }
         return (result, result == nil && elsewhere)
     }
@@ -360,13 +363,12 @@ extension ClusterNode: Fleet {
     /// Takes back a registration whose submission was refused after all (its key's lookup had registered it): no
     /// node may adopt it, nor deliver its webhook. The claim that lookup won goes too, unless a job took it: left, it
     /// would be renewed by every heartbeat, and other nodes would follow this one for a job it never started.
+    /// The deletion goes through the write queue, retried until the database takes it: a refusal often comes while
+    /// the database does not answer, and a registration left behind would have its webhook delivered by the node
+    /// that takes this one's over.
     public func withdraw(_ requestID: String, key: RequestKey) {
         let unused = freshClaims.withLock { $0.take(key, newerThan: .now - configuration.lease) } != nil
-        Task {
-            _ = try? await database.perform("withdraw request") { client in
-                try await client.query("DELETE FROM relay_requests WHERE request_id = \(requestID)")
-            }
-        }
+        writes.yield(.withdrawn(requestID: requestID))
         if unused { writes.yield(.release(key: key.digest.hex)) }
     }
 

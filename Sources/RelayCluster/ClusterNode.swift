@@ -53,6 +53,7 @@ public final class ClusterNode: Sendable {
         )
         case release(key: String)
         case cancelled(requestID: String)
+        case withdrawn(requestID: String)
         case webhookSettled(requestID: String)
         case attached(key: String, handle: String)
     }

@@ -97,15 +97,12 @@ final class ClusterJobRun: UpstreamTask, Sendable {
         // The submission that started this job claimed its key a moment ago, and found no result. (Only a job this
         // node's own submission started: an adopted request's job asks the database.)
         if job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true,
-            case .won(let handle, let renumberFrom) = node.takeFreshClaim(job.key)
+            case .won(let handle, let numberFrom) = node.takeFreshClaim(job.key)
         {
-            if let renumberFrom { job.numberFrom(renumberFrom) }
+            job.numberFrom(numberFrom)
             runHere(following: handle)
             return
         }
-        // Whether this job followed a peer's run that broke off: other nodes' watchers may have seen numbers this
-        // node never heard of, so a run here numbers its events past them even when the peer's claim row is gone.
-        var followedARun = false
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {
@@ -115,9 +112,8 @@ final class ClusterJobRun: UpstreamTask, Sendable {
                     return
                 }
                 switch try await node.claim(job.key) {
-                case .won(let handle, let renumberFrom):
-                    let fallback = followedARun ? Self.renumberFrom(.now()) : nil
-                    if let from = renumberFrom ?? fallback { job.numberFrom(from) }
+                case .won(let handle, let numberFrom):
+                    job.numberFrom(numberFrom)
                     runHere(following: handle)
                     return
                 case .heldBy(let nodeID, let nodeURL):
@@ -132,7 +128,6 @@ final class ClusterJobRun: UpstreamTask, Sendable {
                     case .finished:
                         return
                     case .lost(let reason):
-                        followedARun = true
                         upstream.logger.info(
                             "lost the peer that runs a job; waiting for its claim to lapse",
                             metadata: ["peer": "\(nodeID)", "reason": "\(reason)", "key": "\(job.key)"]
@@ -158,12 +153,6 @@ final class ClusterJobRun: UpstreamTask, Sendable {
                 try? await Task.sleep(for: .milliseconds(300))
             }
         }
-    }
-
-    /// Where a run's event numbers start at `time` when the database gave no number (as `ClusterNode.renumbering`
-    /// does, from this node's clock instead of the database's).
-    static func renumberFrom(_ time: Timestamp) -> Int {
-        Int(time.secondsSinceEpoch * 1000) * ClusterNode.eventNumbersPerMillisecond
     }
 
     /// This node holds the claim: the model's own upstream does the work. The claim is released when the job ends,

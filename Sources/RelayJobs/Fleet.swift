@@ -40,7 +40,7 @@ public struct FleetRequest: Sendable, Hashable {
     public var webhookURL: String?
     /// A registration whose statement failed on this side (a timeout, a lost connection) and may have committed all
     /// the same: the submission keeps this id, and the job table registers it again (idempotent), so that the
-    /// registry never holds a request under an id nobody was given (its webhook would be delivered too).
+    /// registry holds no second id for it (whose webhook would be delivered too); refused, it withdraws this id.
     public var registrationInDoubt = false
 
     public init(

@@ -59,14 +59,13 @@ struct ClusterNodeTests {
             let a = try await node(database, "claim-a")
             let b = try await node(database, "claim-b")
             let key = RequestKey(digest: Digest128(high: 1, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won(handle: nil, renumberFrom: nil), "a new claim renumbers nothing")
-            // A node's own claim is its own; claimed again (a restarted node), its run numbers events past the last
-            // run's, by the database's clock.
-            let start = Int(Timestamp.now().secondsSinceEpoch * 1000) - 60_000
+            // Every run numbers its events from the database's clock in microseconds (within a minute of this one's).
+            let start = Int(Timestamp.now().secondsSinceEpoch * 1_000_000) - 60_000_000
+            let first = try #require(Self.won(try await a.claim(key)))
+            #expect(first.handle == nil && first.numberFrom >= start, "\(first.numberFrom)")
+            // A node's own claim is its own; claimed again (a restarted node), its run numbers past the last run's.
             let again = try #require(Self.won(try await a.claim(key)))
-            #expect(again.handle == nil)
-            let renumbered = try #require(again.renumberFrom)
-            #expect(renumbered >= start * ClusterNode.eventNumbersPerMillisecond, "\(renumbered)")
+            #expect(again.handle == nil && again.numberFrom > first.numberFrom)
             #expect(try await b.claim(key) == .heldBy(nodeID: "claim-a", nodeURL: "http://127.0.0.1:1/claim-a"))
             // What a follower that lost a reads to know when to claim: the lease left, by the database's clock.
             let left = try #require(try await b.leaseLeft(key))
@@ -79,7 +78,7 @@ struct ClusterNodeTests {
             // Taken over: b's run numbers its events past a's, whatever numbers a gave out meanwhile.
             let takenOver = try #require(Self.won(try await b.claim(key)))
             #expect(takenOver.handle == nil)
-            #expect(try #require(takenOver.renumberFrom) > renumbered)
+            #expect(takenOver.numberFrom > again.numberFrom)
             #expect(try await a.claim(key) == .heldBy(nodeID: "claim-b", nodeURL: "http://127.0.0.1:1/claim-b"))
             // The job b runs was accepted by an origin under its own id: a node taking the key over gets that id.
             b.start()
@@ -111,7 +110,9 @@ struct ClusterNodeTests {
             let key = RequestKey(digest: Digest128(high: 7, low: UInt64.random(in: 0...UInt64.max)))
             #expect(a.takeFreshClaim(key) == nil)
             _ = try await a.lookupOrClaim(key)
-            #expect(a.takeFreshClaim(key) == .won(handle: nil, renumberFrom: nil))
+            let first = try #require(a.takeFreshClaim(key))
+            let fresh = try #require(Self.won(first))
+            #expect(fresh.handle == nil)
             #expect(a.takeFreshClaim(key) == nil, "taken once")
             // The node that found it held elsewhere has nothing to take: its job asks the database.
             _ = try await b.lookupOrClaim(key)
@@ -132,10 +133,13 @@ struct ClusterNodeTests {
             await a.stopped()
             try await Self.ageClaim(database, hex: hex)
             _ = try await b.lookupOrClaim(key)
-            let fresh = try #require(b.takeFreshClaim(key))
-            let takenOver = try #require(Self.won(fresh))
+            let taken = try #require(b.takeFreshClaim(key))
+            let takenOver = try #require(Self.won(taken))
             #expect(takenOver.handle == handle)
-            #expect(takenOver.renumberFrom != nil, "a run under a claim taken over numbers past the last run's")
+            #expect(
+                takenOver.numberFrom > fresh.numberFrom,
+                "a run under a claim taken over numbers past the last run's"
+            )
             // A claim won by a lookup whose submission then shared a job already running here is never taken. The
             // next lookup forgets it: here b's claim lapsed and a took the key, so a job b starts must follow a.
             _ = try await b.lookupOrClaim(key)
@@ -147,10 +151,10 @@ struct ClusterNodeTests {
         }
     }
 
-    /// A won claim's handle and renumbering; nil for a claim another node holds.
-    static func won(_ claim: ClusterNode.Claim) -> (handle: UpstreamHandle?, renumberFrom: Int?)? {
-        guard case .won(let handle, let renumberFrom) = claim else { return nil }
-        return (handle, renumberFrom)
+    /// A won claim's handle and first event number; nil for a claim another node holds.
+    static func won(_ claim: ClusterNode.Claim) -> (handle: UpstreamHandle?, numberFrom: Int)? {
+        guard case .won(let handle, let numberFrom) = claim else { return nil }
+        return (handle, numberFrom)
     }
 
     /// Waits until the claim on `hex` carries an origin's handle (`attached` goes through the write queue).
@@ -285,7 +289,7 @@ struct ClusterNodeTests {
             a.start()
             defer { a.stop() }
             let key = RequestKey(digest: Digest128(high: 2, low: UInt64.random(in: 0...UInt64.max)))
-            #expect(try await a.claim(key) == .won(handle: nil, renumberFrom: nil))
+            #expect(Self.won(try await a.claim(key))?.handle == .some(nil))
             let digest = Digest128(high: 0xABC, low: 0xDEF)
             let result = CachedResult(
                 modelID: "fal-ai/flux/schnell",
@@ -301,7 +305,7 @@ struct ClusterNodeTests {
             // Told once the write landed: b reads it at once, and b may claim the key (a released it after publishing).
             await withCheckedContinuation { continuation in a.stored(key, result) { continuation.resume() } }
             #expect(try await b.result(key) == result)
-            #expect(try await b.claim(key) == .won(handle: nil, renumberFrom: nil))
+            #expect(Self.won(try await b.claim(key))?.handle == .some(nil))
             #expect(try await b.holders(of: digest) == ["http://127.0.0.1:1/store-a"])
             // Another key's manifest is refused: the index's bytes are checked against the key asked for.
             let other = RequestKey(digest: Digest128(high: 3, low: 3))
@@ -412,6 +416,39 @@ struct ClusterNodeTests {
             #expect(try await keys.all().first { $0.id == id }?.revoked == true)
             #expect(try await keys.revoke(id: "missing") == false)
         }
+    }
+
+    /// A claim row can go before its run's numbers stop mattering (a drain drops its node's claims; a release after a
+    /// result): the next claim is a plain insert, and its run still numbers past every number the last run gave out.
+    @Test func aClaimAfterADrainDroppedTheRowNumbersPastTheLastRun() async throws {
+        let server = try Self.server.get()
+        try await server.withDatabase { database in
+            let a = try await node(database, "drop-a")
+            let b = try await node(database, "drop-b")
+            let key = RequestKey(digest: Digest128(high: 11, low: UInt64.random(in: 0...UInt64.max)))
+            let first = try #require(Self.won(try await a.claim(key)))
+            await a.leave()
+            let next = try #require(Self.won(try await b.claim(key)), "a drained node's claim is free at once")
+            #expect(next.numberFrom > first.numberFrom)
+        }
+    }
+
+    /// A lookup that fails leaves no claim an earlier lookup won for its key to be taken: the job it starts asks the
+    /// database (here one that does not answer), instead of running under a claim it may no longer hold.
+    @Test func aFailedLookupForgetsAnEarlierFreshClaim() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let database = try ClusterDatabase(url: "postgres://relay@127.0.0.1:1/x", logger: logger, timeout: .seconds(1))
+        let pool = Task { await database.run() }
+        defer { pool.cancel() }
+        // A long lease: the memo's entries stay fresh for a fifth of it, well past the failed statement's second.
+        var settings = ClusterNode.Configuration(nodeID: "gone", nodeURL: "http://127.0.0.1:1/gone")
+        settings.lease = .seconds(60)
+        let node = ClusterNode(database: database, configuration: settings, logger: logger)
+        let key = RequestKey(digest: Digest128(high: 12, low: 12))
+        node.freshClaims.withLock { $0.note(key, .won(handle: nil, numberFrom: 1), at: .now) }
+        await #expect(throws: ClusterError.self) { _ = try await node.lookupOrClaim(key) }
+        #expect(node.takeFreshClaim(key) == nil)
     }
 
     @Test func anUnreachableDatabaseFailsFastAndIsReported() async throws {
