@@ -79,10 +79,7 @@ struct PeerFollow: Sendable {
                         return .lost("sent an event this node cannot read")
                     }
                     // Replayed events this job already logged are skipped: the stream starts after them.
-                    guard sequence > job.status.lastSequence else { continue }
-                    // Under the owner's number, which skips ahead where a node took the job over.
-                    job.numberFrom(sequence)
-                    job.receive(update)
+                    guard job.receive(fromPeer: update, numbered: sequence) else { continue }
                     switch update {
                     case .succeeded, .failed:
                         caughtUpOnceEnded()

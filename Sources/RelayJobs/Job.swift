@@ -206,6 +206,16 @@ public final class Job: Sendable {
         if now { body() }
     }
 
+    /// Logs an event a peer that runs this job sent, under the peer's number; false when this job logged that number
+    /// already (a replay overlapping what it had).
+    public func receive(fromPeer update: JobUpdate, numbered sequence: Int) -> Bool {
+        guard sequence > status.lastSequence else { return false }
+        // Under the owner's number, which skips ahead where a node took the job over.
+        numberFrom(sequence)
+        receive(update)
+        return true
+    }
+
     /// Numbers the job's next event `sequence` at least (`JobStateMachine.numberFrom`): a follower takes the owner's
     /// numbers, and a node that takes a job over skips past every number the node before it gave out.
     public func numberFrom(_ sequence: Int) {
@@ -374,10 +384,10 @@ public final class Job: Sendable {
         state.withLock { $0.machine.replay(after: sequence) }
     }
 
-    /// Every retained event after `sequence`, superseded snapshots included: what a peer node that follows this job
-    /// logs, so that its numbers stay the same as this job's.
+    /// Every retained event after `sequence`, superseded snapshots included (and the latest one the bound dropped):
+    /// what a peer node that follows this job logs, so that its numbers stay the same as this job's.
     public func events(after sequence: Int) -> [JobEvent] {
-        state.withLock { Array($0.machine.events(after: sequence)) }
+        state.withLock { $0.machine.peerEvents(after: sequence) }
     }
 
     /// The replay a watcher of `kind` gets: peers get every event (`events(after:)`), clients the replay.

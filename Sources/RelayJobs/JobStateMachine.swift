@@ -113,6 +113,16 @@ public struct JobStateMachine: Sendable {
         return out
     }
 
+    /// Every retained event after `sequence`, superseded snapshots included, led by the latest snapshot the bound
+    /// dropped when it is newer than `sequence`: what a node that follows this job logs. Without that snapshot a
+    /// follower still queued would start itself on the first log line it got, under that line's number, and number
+    /// every later event one too high.
+    public func peerEvents(after sequence: Int) -> [JobEvent] {
+        let slice = events(after: sequence)
+        guard let dropped = droppedSnapshot, dropped.sequence > sequence else { return Array(slice) }
+        return [dropped] + slice
+    }
+
     /// Retained events after `sequence` (all of them for 0): found by bisection, as numbers may skip ahead.
     public func events(after sequence: Int) -> ArraySlice<JobEvent> {
         var (low, high) = (0, events.count)

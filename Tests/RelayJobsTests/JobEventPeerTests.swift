@@ -30,6 +30,35 @@ import Testing
         #expect(follower.status.phase == owner.status.phase)
     }
 
+    /// A follower that joins a long job late (its log bounded, the start dropped) and one that follows a run taken
+    /// over (numbers that skip) still number every event as the owner does, so `Last-Event-ID` means the same
+    /// event on every node.
+    @Test func aLateFollowerOfABoundedLogKeepsTheOwnersNumbers() throws {
+        let input = try ModelInput(model: model, input: ["prompt": "long"])
+        let key = RequestKey(digest: Digest128(high: 1, low: 3))
+        let owner = Job(input: input, key: key, maxEvents: 16)
+        owner.receive(.queued(position: 2))
+        owner.receive(.started)
+        for step in 1...60 { owner.receive(.log("step \(step)", level: .info)) }
+        owner.numberFrom(1_000)  // the run taken over by this node
+        for step in 1...5 { owner.receive(.log("again \(step)", level: .info)) }
+        let follower = Job(input: input, key: key, maxEvents: 16)
+        for event in owner.events(after: follower.status.lastSequence) {
+            let (sequence, update) = try #require(JobUpdate.fromPeer(event.peerJSON))
+            #expect(follower.receive(fromPeer: update, numbered: sequence))
+        }
+        // What the follower logged sits under the owner's numbers, event for event.
+        let owned = Dictionary(uniqueKeysWithValues: owner.events(after: 0).map { ($0.sequence, $0.kind) })
+        for event in follower.events(after: 0) where event.sequence > 2 {
+            #expect(owned[event.sequence]?.withoutTimestamps == event.kind.withoutTimestamps, "\(event.sequence)")
+        }
+        #expect(follower.status.lastSequence == owner.status.lastSequence)
+        // A replay of what it has is skipped.
+        let last = try #require(owner.events(after: 0).last)
+        let (sequence, update) = try #require(JobUpdate.fromPeer(last.peerJSON))
+        #expect(!follower.receive(fromPeer: update, numbered: sequence))
+    }
+
     @Test func failuresCrossWithTheirStatusAndType() throws {
         let cases: [FalError] = [
             .validation(.invalid("prompt", "too long")), .unavailable("gone", type: "cluster_unavailable"),
