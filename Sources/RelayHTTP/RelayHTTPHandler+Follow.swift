@@ -230,6 +230,32 @@ extension RelayHTTPHandler {
         }
     }
 
+    /// An answer that became ready after its client left (the connection or stream closed while the answer waited for
+    /// the result tiers or for its record to be durable): a run or `/stream` it would have followed takes its request
+    /// with it, as one whose client leaves while it follows does (`finish`), instead of a job running for nobody.
+    func abandon(_ answer: RouteAnswer) {
+        switch answer {
+        case .afterRecorded(_, let then):
+            abandon(then)
+        case .later(let future):
+            let bound = NIOLoopBound(self, eventLoop: future.eventLoop)
+            future.whenSuccess { bound.value.abandon($0) }
+        case .follow(let follow):
+            switch follow.kind {
+            case .run, .partialStream, .peerEvents(_, detachOnLeave: true):
+                let request = follow.request
+                _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
+            case .statusStream(let stream):
+                // Its watcher place goes back to the caller.
+                stream.lease?.release()
+            case .peerEvents:
+                break
+            }
+        default:
+            break
+        }
+    }
+
     /// Ends an exchange's subscriptions and timers. A client that leaves a run or stream detaches its request
     /// (the job goes on only if other requests wait on it).
     func finish(_ exchange: Exchange, context: ChannelHandlerContext, clientGone: Bool) {

@@ -267,7 +267,9 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 request.recorded.whenDone {
                     eventLoop.execute {
                         let (handler, context, then, facts) = bound.value
-                        guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
+                        guard case .exchanging(let exchange) = handler.state, exchange.number == number else {
+                            return handler.abandon(then)
+                        }
                         handler.state = .idle
                         handler.carryOut(then, facts: facts, context: context, keepAlive: keepAlive)
                     }
@@ -305,7 +307,10 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             future.whenComplete { result in
                 let (handler, context) = bound.value
-                guard case .exchanging(let exchange) = handler.state, exchange.number == number else { return }
+                guard case .exchanging(let exchange) = handler.state, exchange.number == number else {
+                    if case .success(let answer) = result { handler.abandon(answer) }
+                    return
+                }
                 handler.state = .idle
                 switch result {
                 case .success(let answer):
