@@ -12,6 +12,9 @@ extension ClusterNode: Fleet {
         )
         let (owner, created, node) = (request.ownerKeyID, request.createdAt.secondsSinceEpoch, configuration.nodeID)
         let webhook = request.webhookURL
+        // A `no-cache` request (served as a bypass): a node that takes it up runs or follows its own job, never a
+        // shared one.
+        let noCache = request.cacheOutcome == .bypass
         Task {
             do {
                 try await database.perform("register request") { client in
@@ -19,9 +22,9 @@ extension ClusterNode: Fleet {
                         """
                         INSERT INTO relay_requests
                             (request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at,
-                             webhook_url)
+                             webhook_url, no_cache)
                         VALUES (\(id), \(endpoint), \(model), \(key), \(input), \(owner), \(node), \(created),
-                                \(webhook))
+                                \(webhook), \(noCache))
                         ON CONFLICT (request_id) DO NOTHING
                         """
                     )
@@ -203,15 +206,17 @@ extension ClusterNode: Fleet {
     }
 
     /// The registry's columns, in the order `fleetRequest(_:)` reads them.
-    static let registryColumns =
-        "request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at, cancelled, webhook_url"
-    typealias RegistryRow = (String, String, String, String, ByteBuffer, String?, String, Double, Bool, String?)
+    static let registryColumns = """
+        request_id, endpoint, model_id, request_key, input, owner_key_id, node_id, created_at, cancelled, webhook_url, \
+        no_cache
+        """
+    typealias RegistryRow = (String, String, String, String, ByteBuffer, String?, String, Double, Bool, String?, Bool)
 
     /// A registry row as the job table takes it; nil for a key that is not a digest.
     static func fleetRequest(_ row: RegistryRow) -> FleetRequest? {
-        let (id, endpoint, model, key, input, owner, node, created, cancelled, _) = row
+        let (id, endpoint, model, key, input, owner, node, created, cancelled, _, noCache) = row
         guard let digest = Digest128(hex: key) else { return nil }
-        return FleetRequest(
+        var request = FleetRequest(
             id: id,
             endpoint: endpoint,
             modelID: model,
@@ -222,6 +227,8 @@ extension ClusterNode: Fleet {
             cancelled: cancelled,
             nodeID: node
         )
+        request.noCache = noCache
+        return request
     }
 
     /// The registry's entry for a request id, nil when no node took it.

@@ -87,6 +87,7 @@ enum ClusterSchema {
                 "ALTER TABLE relay_api_keys ADD COLUMN budget_monthly double precision",
             ]
         ),
+        (5, ["ALTER TABLE relay_requests ADD COLUMN no_cache boolean NOT NULL DEFAULT false"]),
     ]
 
     /// Applies every migration the database lacks, all in one transaction under the advisory lock; returns the

@@ -26,8 +26,9 @@ public final class ClusterUpstream: Upstream {
 
     public func start(_ job: Job) -> any UpstreamTask {
         // Work that is never shared (a `no-cache` submission's, a model that never dedups) is never claimed: it is
-        // generated here, neither answered from the fleet's index nor following another node's run of the key.
-        if !job.shared {
+        // generated here, neither answered from the fleet's index nor following another node's run of the key. A
+        // request another node took follows its own job there first (`ClusterJobRun`).
+        if !job.shared, job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true {
             job.caughtUp()
             node.countGeneration()
             return local.start(job)
@@ -106,7 +107,9 @@ final class ClusterJobRun: UpstreamTask, Sendable {
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {
-                if let cached = try await node.result(job.key), case .success(let result, let seconds) = cached.outcome
+                // (A `no-cache` request taken up here whose node died is generated again, not served from the index.)
+                if job.shared, let cached = try await node.result(job.key),
+                    case .success(let result, let seconds) = cached.outcome
                 {
                     job.receive(.succeeded(result: result, inferenceSeconds: seconds))
                     return

@@ -42,6 +42,8 @@ public struct FleetRequest: Sendable, Hashable {
     /// the same: the submission keeps this id, and the job table registers it again (idempotent), so that the
     /// registry holds no second id for it (whose webhook would be delivered too); refused, it withdraws this id.
     public var registrationInDoubt = false
+    /// Submitted with `Cache-Control: no-cache`: a node that takes it up never attaches it to a job it shares.
+    public var noCache = false
 
     public init(
         id: String,

@@ -15,6 +15,7 @@ extension JobTable {
                 endpoint: endpoint,
                 key: adopted.key,
                 ownerKeyID: adopted.ownerKeyID,
+                directives: CacheDirectives(noCache: adopted.noCache),
                 registered: adopted,
                 mayStartWork: { true }
             )

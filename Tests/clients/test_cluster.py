@@ -388,6 +388,26 @@ def test_no_cache_generates_again_on_any_node(fleet):
         assert fleet.generations_started([node]) == before + 1, f"no generation of its own {reason}"
 
 
+def test_a_no_cache_request_taken_up_by_another_node_keeps_its_own_run(fleet):
+    # No seed: each run of the input makes another output, so the run a request followed shows in its result.
+    body = {"prompt": unique("my own run"), "image_size": "square", "num_inference_steps": 30}
+    fresh = {**fleet.headers(), "Cache-Control": "no-cache"}
+    mine = httpx.post(f"{fleet.node_http(0)}/fal-ai/flux/dev", json=body, headers=fresh, timeout=30)
+    assert mine.status_code == 200 and mine.headers["x-relay-cache"] == "bypass", mine.headers
+    mine_id = mine.json()["request_id"]
+    shared = submit(fleet, 1, body)  # node 1 runs the same input for everyone else meanwhile
+    assert shared.status_code == 200 and shared.headers["x-relay-cache"] == "miss", shared.headers
+    # The no-cache request's next call lands on node 1 while node 1 runs the input: taken up there, it follows its
+    # own run on node 0 instead of joining node 1's.
+    assert status(fleet, 1, mine_id).status_code in (200, 202)
+    for node, request_id in ((1, mine_id), (0, mine_id), (1, shared.json()["request_id"])):
+        done = wait_completed(fleet, node, request_id, timeout=30)
+        assert not done.get("error"), done
+    own = result(fleet, 0, mine_id).json()
+    assert result(fleet, 1, shared.json()["request_id"]).json() != own, "both runs made one output: nothing shown"
+    assert result(fleet, 1, mine_id).json() == own, "node 1 answered the no-cache request with its own run"
+
+
 def test_status_stream_resumes_on_another_node_by_last_event_id(fleet):
     body = {"prompt": unique("resume me elsewhere"), "image_size": "square", "seed": 2024, "num_inference_steps": 40}
     submitted = submit(fleet, 0, body)
