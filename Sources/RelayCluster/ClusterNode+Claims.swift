@@ -35,6 +35,18 @@ extension ClusterNode {
     /// them as numbers).
     static let numbering = "floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS number_from"
 
+    /// The database's clock as `numbering` reads it: where a run that holds no claim starts its event numbers.
+    func eventNumberClock() async throws(ClusterError) -> Int {
+        try await database.perform("clock", soft: true) { client -> Int in
+            for try await value in try await client.query(
+                PostgresQuery(unsafeSQL: "SELECT \(Self.numbering)")
+            ).decode(Int.self) {
+                return value
+            }
+            throw ClusterError.unavailable("the clock query returned no row")
+        }
+    }
+
     /// Claims `key` for this node unless a live claim of another node holds it.
     public func claim(_ key: RequestKey) async throws(ClusterError) -> Claim {
         let (hex, node) = (key.digest.hex, configuration.nodeID)

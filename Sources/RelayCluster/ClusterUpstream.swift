@@ -95,6 +95,15 @@ final class ClusterJobRun: UpstreamTask, Sendable {
             if case .finished = await follow.run() { return }
         }
         job.caughtUp()
+        // A `no-cache` request taken up here whose own run could not be followed (its node died or restarted) is
+        // generated again here, under no claim: never a shared run's output, nor holding the key's claim for one.
+        if !job.shared {
+            // Numbered past the dead run's numbers all the same (the database's clock, as a claim's).
+            let clock = try? await node.eventNumberClock()
+            job.numberFrom(clock ?? Int(Timestamp.now().secondsSinceEpoch * 1_000_000))
+            runHere(claimed: false)
+            return
+        }
         // The submission that started this job claimed its key a moment ago, and found no result. (Only a job this
         // node's own submission started: an adopted request's job asks the database.)
         if job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true,
@@ -107,9 +116,7 @@ final class ClusterJobRun: UpstreamTask, Sendable {
         var failures = 0
         while !Task.isCancelled, !job.isTerminal {
             do {
-                // (A `no-cache` request taken up here whose node died is generated again, not served from the index.)
-                if job.shared, let cached = try await node.result(job.key),
-                    case .success(let result, let seconds) = cached.outcome
+                if let cached = try await node.result(job.key), case .success(let result, let seconds) = cached.outcome
                 {
                     job.receive(.succeeded(result: result, inferenceSeconds: seconds))
                     return
@@ -160,14 +167,17 @@ final class ClusterJobRun: UpstreamTask, Sendable {
 
     /// This node holds the claim: the model's own upstream does the work. The claim is released when the job ends,
     /// after its result (if stored) was published: the table publishes before its subscribers hear of the end.
-    private func runHere(following handle: UpstreamHandle? = nil) {
+    /// `claimed`: the job holds its key's claim (released as it ends); not so for work that is never shared.
+    private func runHere(following handle: UpstreamHandle? = nil, claimed: Bool = true) {
         let node = upstream.node
         let job = self.job
         let cacheable = JobTable.isCacheable(job.input)
-        _ = job.subscribe(after: job.status.lastSequence) { event in
-            guard case .completed(let outcome) = event.kind else { return }
-            if case .success = outcome, cacheable { return }
-            node.release(job.key)
+        if claimed {
+            _ = job.subscribe(after: job.status.lastSequence) { event in
+                guard case .completed(let outcome) = event.kind else { return }
+                if case .success = outcome, cacheable { return }
+                node.release(job.key)
+            }
         }
         // A job an origin accepted under a node that died is followed there by its id, not submitted again.
         let resumed = handle.flatMap { upstream.local.resume(job, from: $0, attachedAt: .now()) }

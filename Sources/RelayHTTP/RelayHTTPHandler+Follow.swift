@@ -233,13 +233,20 @@ extension RelayHTTPHandler {
     /// An answer that became ready after its client left (the connection or stream closed while the answer waited for
     /// the result tiers or for its record to be durable): a run or `/stream` it would have followed takes its request
     /// with it, as one whose client leaves while it follows does (`finish`), instead of a job running for nobody.
-    func abandon(_ answer: RouteAnswer) {
+    func abandon(_ answer: RouteAnswer, on eventLoop: any EventLoop) {
         switch answer {
-        case .afterRecorded(_, let then):
-            abandon(then)
+        case .afterRecorded(let request, let then):
+            // Once recorded: a cancel must not reach the fleet's registry before the registration does.
+            let bound = NIOLoopBound((self, then), eventLoop: eventLoop)
+            request.recorded.whenDone {
+                eventLoop.execute {
+                    let (handler, then) = bound.value
+                    handler.abandon(then, on: eventLoop)
+                }
+            }
         case .later(let future):
             let bound = NIOLoopBound(self, eventLoop: future.eventLoop)
-            future.whenSuccess { bound.value.abandon($0) }
+            future.whenSuccess { bound.value.abandon($0, on: future.eventLoop) }
         case .follow(let follow):
             switch follow.kind {
             case .run, .partialStream, .peerEvents(_, detachOnLeave: true):

@@ -268,7 +268,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                     eventLoop.execute {
                         let (handler, context, then, facts) = bound.value
                         guard case .exchanging(let exchange) = handler.state, exchange.number == number else {
-                            return handler.abandon(then)
+                            return handler.abandon(then, on: eventLoop)
                         }
                         handler.state = .idle
                         handler.carryOut(then, facts: facts, context: context, keepAlive: keepAlive)
@@ -308,7 +308,7 @@ final class RelayHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             future.whenComplete { result in
                 let (handler, context) = bound.value
                 guard case .exchanging(let exchange) = handler.state, exchange.number == number else {
-                    if case .success(let answer) = result { handler.abandon(answer) }
+                    if case .success(let answer) = result { handler.abandon(answer, on: context.eventLoop) }
                     return
                 }
                 handler.state = .idle

@@ -205,7 +205,8 @@ extension RelayServices {
     /// here, so the call is answered with it; the job's own end is waited for too, up to 5 s in all (a loaded fleet,
     /// a node draining, one restarting, was seen to take a job over in about a second).
     func endFromFleet(_ job: Job, request: RouteRequest) -> RouteAnswer {
-        guard let fleet else { return logReaches(.max, of: job, request: request, within: .seconds(5)) }
+        // A `no-cache` request's own run is waited for: the index holds another run's output.
+        guard let fleet, job.shared else { return logReaches(.max, of: job, request: request, within: .seconds(5)) }
         let promise = request.eventLoop.makePromise(of: Void.self)
         promise.completeWithTask {
             let deadline = ContinuousClock.now + .seconds(5)
