@@ -220,6 +220,11 @@ extension FastLane {
         headLength: Int,
         context: ChannelHandlerContext
     ) -> Bool {
+        // In a fleet a resume may first wait for this node's log to reach its point (a later answer): NIO's
+        // handlers carry that out.
+        if services.fleet != nil, head.lastEventID != nil || head.uri.utf8.contains("last_event_id=".utf8) {
+            return false
+        }
         let started = NIODeadline.now()
         guard accept(headLength: headLength) else { return true }
         var facts = facts

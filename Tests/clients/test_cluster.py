@@ -408,6 +408,25 @@ def test_a_no_cache_request_taken_up_by_another_node_keeps_its_own_run(fleet):
     assert result(fleet, 1, mine_id).json() == own, "node 1 answered the no-cache request with its own run"
 
 
+def test_a_resume_ahead_of_the_nodes_log_waits_instead_of_failing(fleet):
+    # In a fleet a resume point ahead of this node's log (its copy of the job still catching up) is waited for, a
+    # second at most, then streamed; over HTTP/1.1 the fast lane used to answer it 500 "unexpected answer".
+    body = {"prompt": unique("resume ahead"), "image_size": {"width": 1440, "height": 1440}, "seed": 41,
+            "num_inference_steps": 100}  # about 16 s: still running after the wait
+    made = submit(fleet, 1, body)
+    assert made.status_code == 200, made.text
+    request_id = made.json()["request_id"]
+    path = f"{fleet.node_http(1)}/{APP}/requests/{request_id}/status/stream?logs=1"
+    try:
+        for resume in ({"Last-Event-ID": str(2 ** 52)}, {}):
+            url = path if resume else path + f"&last_event_id={2 ** 52}"
+            with httpx.stream("GET", url, headers={**fleet.headers(), **resume}, timeout=30) as response:
+                assert response.status_code == 200, (resume, response.status_code, response.read()[:200])
+                assert response.headers["content-type"].startswith("text/event-stream")
+    finally:
+        httpx.put(f"{fleet.node_http(1)}/{APP}/requests/{request_id}/cancel", headers=fleet.headers(), timeout=30)
+
+
 def test_status_stream_resumes_on_another_node_by_last_event_id(fleet):
     body = {"prompt": unique("resume me elsewhere"), "image_size": "square", "seed": 2024, "num_inference_steps": 40}
     submitted = submit(fleet, 0, body)
