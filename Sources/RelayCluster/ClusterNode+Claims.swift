@@ -5,6 +5,12 @@ public import RelayStore
 
 /// Claims: which node runs the job of a key, under a lease its heartbeat renews (`relay_claims`).
 extension ClusterNode {
+    /// Whether `job` runs for a request another node of the fleet took (adopted from the registry): it follows its
+    /// own job there first, and never starts with a claim this node's lookup won.
+    func tookElsewhere(_ job: Job) -> Bool {
+        job.adoptedFrom.map { $0.nodeID != configuration.nodeID } ?? false
+    }
+
     /// The claim `lookupOrClaim` won for `key` a moment ago, taken once: the job it was won for starts with it
     /// instead of two more round trips (a result lookup and a claim that would find the same). nil when there is
     /// none, or it is older than a fifth of the lease (then the job asks the database again).

@@ -28,7 +28,7 @@ public final class ClusterUpstream: Upstream {
         // Work that is never shared (a `no-cache` submission's, a model that never dedups) is never claimed: it is
         // generated here, neither answered from the fleet's index nor following another node's run of the key. A
         // request another node took follows its own job there first (`ClusterJobRun`).
-        if !job.shared, job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true {
+        if !job.shared, !node.tookElsewhere(job) {
             job.caughtUp()
             node.countGeneration()
             return local.start(job)
@@ -106,7 +106,7 @@ final class ClusterJobRun: UpstreamTask, Sendable {
         }
         // The submission that started this job claimed its key a moment ago, and found no result. (Only a job this
         // node's own submission started: an adopted request's job asks the database.)
-        if job.adoptedFrom.map({ $0.nodeID == node.configuration.nodeID }) ?? true,
+        if !node.tookElsewhere(job),
             case .won(let handle, let numberFrom) = node.takeFreshClaim(job.key)
         {
             job.numberFrom(numberFrom)

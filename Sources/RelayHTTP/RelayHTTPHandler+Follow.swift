@@ -250,8 +250,7 @@ extension RelayHTTPHandler {
         case .follow(let follow):
             switch follow.kind {
             case .run, .partialStream, .peerEvents(_, detachOnLeave: true):
-                let request = follow.request
-                _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
+                clientLeft(follow.request)
             case .statusStream(let stream):
                 // Its watcher place goes back to the caller.
                 stream.lease?.release()
@@ -261,6 +260,12 @@ extension RelayHTTPHandler {
         default:
             break
         }
+    }
+
+    /// The client of a run, a `/stream` or a peer's follow of a key left: its request goes, and its job with it unless
+    /// other requests wait on it.
+    private func clientLeft(_ request: RelayRequest) {
+        _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
     }
 
     /// Ends an exchange's subscriptions and timers. A client that leaves a run or stream detaches its request
@@ -281,9 +286,7 @@ extension RelayHTTPHandler {
             // A client that leaves a run or a `/stream` takes its request with it (the job goes on for others); so
             // does a peer that leaves the request it made to follow a key, but not one that watched a client's.
             if case .peerEvents(_, detachOnLeave: false) = exchange.kind { return }
-            if clientGone {
-                _ = services.jobs.cancel(request.id, keyID: request.ownerKeyID, app: request.endpoint.app)
-            }
+            if clientGone { clientLeft(request) }
         case .statusStream(let stream):
             stream.lease?.release()
             if exchange.subscriptionToken != 0 {
