@@ -41,8 +41,7 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     private var mode = Mode.scanning
     /// Bytes of a head not yet complete.
     private var pending: ByteBuffer?
-    /// A `read` held back while the channel is not writable.
-    private var readHeld = false
+    private var readGate = ReadGate()
     /// A status stream took the connection over: this handler has left the pipeline.
     var handedOver = false
     /// Told when a status stream takes the connection over (it counts as an SSE connection from then on).
@@ -253,18 +252,11 @@ final class FastLane: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: - Back-pressure
 
     func read(context: ChannelHandlerContext) {
-        guard context.channel.isWritable else {
-            readHeld = true
-            return
-        }
-        context.read()
+        readGate.read(context: context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if readHeld, context.channel.isWritable {
-            readHeld = false
-            context.read()
-        }
+        readGate.writabilityChanged(context: context)
         context.fireChannelWritabilityChanged()
     }
 }
