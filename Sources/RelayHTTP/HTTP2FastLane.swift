@@ -4,29 +4,22 @@ import NIOHTTP1
 import NIOHTTP2
 import RelayCore
 
-/// The HTTP/2 fast lane: between NIO's HTTP/2 connection handler and its stream multiplexer, it answers the hottest
-/// reads (`RelayServices.fastRead`: health, a held request's status or result) straight from the HEADERS frame that
-/// asks for them, with one HEADERS and one DATA frame on the connection. No stream channel is made for them, and no
-/// handler added: a stream channel with its codec, access log and relay handler cost about two thirds of a cached
-/// read's time over HTTP/2. Everything else (bodies, streams, media, uploads, any other route) goes on to the
-/// multiplexer and the responders as before. Flow control, HPACK and stream state stay NIO's: it holds back DATA the
-/// peer's window cannot take.
-final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame
-    typealias InboundOut = HTTP2Frame
-    typealias OutboundOut = HTTP2Frame
+/// The HTTP/2 fast lane: `HTTP2Connection` asks it first for every complete bodiless GET or HEAD, and it answers the
+/// hottest reads (`RelayServices.fastRead`: health, a held request's status or result) with a header block and a body
+/// that the connection writes as one HEADERS and one DATA frame. No stream channel is made for them, and no handler
+/// runs: a stream channel with its codec, access log and relay handler cost about two thirds of a cached read's time
+/// over HTTP/2. Everything else (bodies, streams, media, uploads, any other route) goes on to NIO's multiplexer and
+/// the responders.
+final class HTTP2FastLane {
+    typealias Answer = (block: ByteBuffer, body: ByteBuffer)
 
     private let services: RelayServices
     private let scheme: String
     private var accessLog: LaneAccessLog
-    /// Streams this lane answered that NIO has not closed yet: their later frames (window updates, a reset) are
-    /// dropped here, since no stream channel exists to take them.
-    private var answered: Set<HTTP2StreamID> = []
-    private var wroteSinceFlush = false
     /// The last answer on this connection that can no longer change (a finished request's status or result), sent
     /// again to the same request while the key table and the request table are unchanged, as the HTTP/1.1 lane does:
-    /// no routing, lookup or header building, only the caller's rate budget charged.
-    private var settled: SettledRead<(fields: HPACKHeaders, body: ByteBuffer)>?
+    /// no routing, lookup or header encoding, only the caller's rate budget charged.
+    private var settled: SettledRead<Answer>?
 
     init(services: RelayServices, scheme: String) {
         self.services = services
@@ -36,38 +29,13 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
         )
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if !answered.isEmpty, answered.contains(frame.streamID) { return }
-        guard case .headers(let headers) = frame.payload, headers.endStream, frame.streamID != .rootStream,
-            answer(headers.headers, on: frame.streamID, context: context)
-        else {
-            context.fireChannelRead(data)
-            return
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if wroteSinceFlush {
-            wroteSinceFlush = false
-            context.flush()
-        }
-        context.fireChannelReadComplete()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let closed = event as? StreamClosedEvent, answered.remove(closed.streamID) != nil { return }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    /// Answers a bodiless request when it is a fast read; false leaves it to the multiplexer.
-    private func answer(_ headers: HPACKHeaders, on stream: HTTP2StreamID, context: ChannelHandlerContext) -> Bool {
-        guard let methodName = headers.first(name: ":method"), let method = Self.method(methodName),
-            method == .GET || method == .HEAD, let path = headers.first(name: ":path"),
+    /// The answer to a bodiless request when it is a fast read; nil leaves it to the multiplexer.
+    func answer(_ request: HTTP2RequestCheck.Request, channel: any Channel) -> Answer? {
+        guard let method = Self.method(request.method), let path = request.path,
             path.utf8.first == UInt8(ascii: "/")
-        else { return false }
-        let host = headers.first(name: ":authority") ?? headers.first(name: "host")
-        let authorization = headers.first(name: "authorization")
+        else { return nil }
+        let host = request.authority ?? request.host
+        let authorization = request.authorization
         let started = NIODeadline.now()
         let facts = RequestFacts(
             method: method,
@@ -75,19 +43,17 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
             host: host,
             authorization: authorization,
             scheme: scheme,
-            channel: context.channel
+            channel: channel
         )
         if let settled, settled.answers(method: method, uri: path, host: host, authorization: authorization) {
-            if replay(settled, facts: facts, on: stream, started: started, context: context) { return true }
+            if let answer = replay(settled, facts: facts, started: started) { return answer }
             self.settled = nil
         }
         let route = services.router.route(method: method, host: host, uri: path)
-        guard let read = services.fastRead(facts, route: route) else { return false }
+        guard let read = services.fastRead(facts, route: route) else { return nil }
         services.jobs.statistics.recordHTTPRequest()
         let response = read.response
-        let fields = Self.fields(response)
-        let body = method == .HEAD ? ByteBuffer() : response.body
-        send(fields, body: body, on: stream, context: context)
+        let answer = (block: Self.block(response), body: method == .HEAD ? ByteBuffer() : response.body)
         accessLog.record(
             method: method,
             uri: path,
@@ -99,26 +65,19 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
             requestID: response.field("x-fal-request-id"),
             cache: response.field("x-relay-cache")
         )
-        if let answer = SettledRead(read, facts: facts, route: route, payload: (fields: fields, body: body)) {
-            settled = answer
+        if let settledAnswer = SettledRead(read, facts: facts, route: route, payload: answer) {
+            settled = settledAnswer
         }
-        return true
+        return answer
     }
 
-    /// The settled answer again (or the 429 when the caller's budget is spent); false when something it depends on
+    /// The settled answer again (or the 429 when the caller's budget is spent); nil when something it depends on
     /// changed, and the request is answered anew.
-    private func replay(
-        _ answer: SettledRead<(fields: HPACKHeaders, body: ByteBuffer)>,
-        facts: RequestFacts,
-        on stream: HTTP2StreamID,
-        started: NIODeadline,
-        context: ChannelHandlerContext
-    ) -> Bool {
-        guard answer.stands(in: services) else { return false }
+    private func replay(_ answer: SettledRead<Answer>, facts: RequestFacts, started: NIODeadline) -> Answer? {
+        guard answer.stands(in: services) else { return nil }
         services.jobs.statistics.recordHTTPRequest()
         let charged = services.charge(facts, route: answer.route, principal: answer.principal)
         if let refusal = charged.refusal(isHead: facts.isHead) {
-            send(Self.fields(refusal), body: facts.isHead ? ByteBuffer() : refusal.body, on: stream, context: context)
             accessLog.record(
                 method: answer.method,
                 uri: answer.uri,
@@ -130,9 +89,8 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
                 requestID: refusal.field("x-fal-request-id"),
                 cache: nil
             )
-            return true
+            return (block: Self.block(refusal), body: facts.isHead ? ByteBuffer() : refusal.body)
         }
-        send(answer.payload.fields, body: answer.payload.body, on: stream, context: context)
         accessLog.record(
             method: answer.method,
             uri: answer.uri,
@@ -144,43 +102,28 @@ final class HTTP2FastLane: ChannelInboundHandler, RemovableChannelHandler {
             requestID: answer.requestID,
             cache: answer.cache
         )
-        return true
+        return answer.payload
     }
 
-    private func send(
-        _ fields: HPACKHeaders,
-        body: ByteBuffer,
-        on stream: HTTP2StreamID,
-        context: ChannelHandlerContext
-    ) {
-        let bodiless = body.readableBytes == 0
-        answered.insert(stream)
-        context.write(
-            wrapOutboundOut(
-                HTTP2Frame(streamID: stream, payload: .headers(.init(headers: fields, endStream: bodiless)))
-            ),
-            promise: nil
-        )
-        if !bodiless {
-            let data = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(body), endStream: true))
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: stream, payload: data)), promise: nil)
-        }
-        wroteSinceFlush = true
-    }
-
-    /// A response's fields as HTTP/2 sends them: `:status` first, the rest as prepared (lower case already), without
-    /// the connection-specific ones HTTP/2 forbids, and with `content-length` (also for HEAD).
-    private static func fields(_ response: PreparedResponse) -> HPACKHeaders {
-        var fields = HPACKHeaders()
-        fields.reserveCapacity(response.headers.count + 2)
-        fields.add(name: ":status", value: String(response.status.code))
+    /// A response's header block as HTTP/2 sends it: `:status` first, the rest as prepared (lower case already),
+    /// without the connection-specific ones HTTP/2 forbids, and with `content-length` (also for HEAD).
+    static func block(_ response: PreparedResponse) -> ByteBuffer {
+        var block = ByteBuffer()
+        block.reserveCapacity(64 + response.headers.count * 32)
+        HPACKResponseEncoder.writeStatus(response.status.code, into: &block)
         var hasLength = false
         for (name, value) in response.headers where !connectionSpecific(name) {
             hasLength = hasLength || name == "content-length"
-            fields.add(name: name, value: value)
+            HPACKResponseEncoder.writeField(name: name, value: value, into: &block)
         }
-        if !hasLength { fields.add(name: "content-length", value: String(response.body.readableBytes)) }
-        return fields
+        if !hasLength {
+            HPACKResponseEncoder.writeField(
+                name: "content-length",
+                value: String(response.body.readableBytes),
+                into: &block
+            )
+        }
+        return block
     }
 
     private static func method(_ name: String) -> HTTPMethod? {

@@ -173,35 +173,29 @@ public final class RelayHTTPServer: Service, Sendable {
                     h2ChannelConfigurator: { channel in
                         handshakeDeadline.cancel()
                         kind.opened(.http2)
-                        return channel.configureHTTP2Pipeline(mode: .server) { stream in
-                            // Registered too, so that shutdown reaches each stream's SSE (the connection's quiesce
-                            // event alone only sends GOAWAY).
-                            connections.add(stream)
-                            return stream.eventLoop.makeCompletedFuture {
-                                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                let accessLog = AccessLogHandler(
-                                    logger: services.accessLogger,
-                                    metrics: services.httpMetrics,
-                                    proto: "h2"
-                                )
-                                try stream.pipeline.syncOperations.addHandler(accessLog)
-                                try stream.pipeline.syncOperations.addHandler(
-                                    RelayHTTPHandler(
+                        return channel.eventLoop.makeCompletedFuture {
+                            // The relay's HTTP/2 connection, and NIO's multiplexer above it for the streams its fast
+                            // lane does not answer. No lane on a connection over the cap: every request there is
+                            // answered 503.
+                            let connection = HTTP2Connection(
+                                settings: .init(maxHeaderBytes: services.limits.connection.maxHeaderBytes),
+                                lane: refusal == nil ? HTTP2FastLane(services: services, scheme: spec.scheme) : nil
+                            )
+                            try channel.pipeline.syncOperations.addHandler(connection)
+                            let multiplexer = HTTP2StreamMultiplexer(mode: .server, channel: channel) { stream in
+                                // Registered too, so that shutdown reaches each stream's SSE (the connection's quiesce
+                                // event alone only sends GOAWAY).
+                                connections.add(stream)
+                                return stream.eventLoop.makeCompletedFuture {
+                                    try Self.configureHTTP2Stream(
+                                        stream,
                                         services: services,
                                         scheme: spec.scheme,
-                                        refusal: refusal,
-                                        accessLog: accessLog
+                                        refusal: refusal
                                     )
-                                )
+                                }
                             }
-                        }.flatMapThrowing { multiplexer in
-                            // Between the connection handler and the multiplexer: the hottest reads never become
-                            // stream channels. Not on a connection over the cap: every request there is answered 503.
-                            guard refusal == nil else { return }
-                            try channel.pipeline.syncOperations.addHandler(
-                                HTTP2FastLane(services: services, scheme: spec.scheme),
-                                position: .before(multiplexer)
-                            )
+                            try channel.pipeline.syncOperations.addHandler(multiplexer)
                         }
                     },
                     http1ChannelConfigurator: { channel in
@@ -219,6 +213,21 @@ public final class RelayHTTPServer: Service, Sendable {
                     }
                 )
             }
+    }
+
+    /// One HTTP/2 stream channel: NIO's frame-to-HTTP/1 codec, the access log and the relay's handler.
+    static func configureHTTP2Stream(
+        _ stream: any Channel,
+        services: RelayServices,
+        scheme: String,
+        refusal: FalError?
+    ) throws {
+        try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+        let accessLog = AccessLogHandler(logger: services.accessLogger, metrics: services.httpMetrics, proto: "h2")
+        try stream.pipeline.syncOperations.addHandler(accessLog)
+        try stream.pipeline.syncOperations.addHandler(
+            RelayHTTPHandler(services: services, scheme: scheme, refusal: refusal, accessLog: accessLog)
+        )
     }
 
     /// HTTP/1.1 with pipelining assistance, deadlines and head limits, fal-shaped protocol errors and WebSocket
