@@ -13,7 +13,7 @@ extension HTTP2Connection {
         }
         switch frame.payload {
         case .headers(let headers):
-            guard table[stream]?.localOpen == true else {
+            guard mayWrite(stream) else {
                 promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID))
                 return
             }
@@ -25,7 +25,7 @@ extension HTTP2Connection {
                 context: context
             )
         case .data(let data):
-            guard table[stream]?.localOpen == true else {
+            guard mayWrite(stream) else {
                 promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID))
                 return
             }
@@ -67,13 +67,18 @@ extension HTTP2Connection {
         }
     }
 
+    /// The stream is open for sending, and no END_STREAM of its own waits in its queue.
+    private func mayWrite(_ stream: Int32) -> Bool {
+        table[stream]?.localOpen == true && pending[stream]?.last?.endStream != true
+    }
+
     func flush(context: ChannelHandlerContext) {
         flushOutbound(context: context)
     }
 
-    /// Writes what this connection has buffered, with one write and one flush.
+    /// Writes what this connection has buffered, then flushes once.
     func flushOutbound(context: ChannelHandlerContext) {
-        guard outbound.readableBytes > 0 || !outboundPromises.isEmpty else { return }
+        guard outbound.readableBytes > 0 || !spilled.isEmpty || !outboundPromises.isEmpty else { return }
         let promise: EventLoopPromise<Void>?
         switch outboundPromises.count {
         case 0: promise = nil
@@ -87,9 +92,21 @@ extension HTTP2Connection {
             promise = all
         }
         outboundPromises.removeAll(keepingCapacity: true)
-        context.write(wrapOutboundOut(outbound), promise: promise)
-        outbound.clear()
+        // Swapped out first: whatever a write's failure adds meanwhile lands in the other buffer, not lost.
+        swap(&outbound, &spare)
+        let pieces = spilled
+        spilled.removeAll(keepingCapacity: true)
+        for piece in pieces {
+            context.write(wrapOutboundOut(piece), promise: nil)
+        }
+        context.write(wrapOutboundOut(spare), promise: promise)
         context.flush()
+        // The TLS handler has encrypted it by now: clearing reuses the storage, unless it was grown for a burst.
+        if spare.capacity > 64 * 1024 {
+            spare = context.channel.allocator.buffer(capacity: 4096)
+        } else {
+            spare.clear()
+        }
     }
 
     /// The fast lane's (or a refusal's) answer on a stream the client has finished sending on.
@@ -136,18 +153,32 @@ extension HTTP2Connection {
                     ? 0 : table.take(stream, wanted: write.bytes.readableBytes, maxFrame: peerMaxFrameSize)
                 guard length > 0 || write.bytes.readableBytes == 0 else { return false }
                 let last = length == write.bytes.readableBytes
-                HTTP2Wire.writeData(
+                HTTP2Wire.writeFrameHeader(
                     &outbound,
-                    stream: stream,
-                    bytes: &write.bytes,
                     length: length,
-                    endStream: write.endStream && last
+                    type: .data,
+                    flags: write.endStream && last ? HTTP2Wire.Flag.endStream : 0,
+                    stream: stream
                 )
+                var payload = write.bytes.readSlice(length: length)!
+                if length < 4096 {
+                    outbound.writeBuffer(&payload)
+                } else {
+                    // Not copied: the frames so far, then the payload as its own buffer.
+                    spilled.append(outbound)
+                    spilled.append(payload)
+                    outbound = context.channel.allocator.buffer(capacity: 1024)
+                }
             } while write.bytes.readableBytes > 0
         }
         if let promise = write.promise { outboundPromises.append(promise) }
-        if write.endStream, table.endLocal(stream) {
-            streamClosed(stream, reason: nil, context: context)
+        if write.endStream {
+            if table.endLocal(stream) {
+                streamClosed(stream, reason: nil, context: context)
+            } else if table[stream]?.hasChannel == false {
+                // Answered before the request's body ended (a 431): the rest is not wanted (RFC 9113 §8.1).
+                reset(stream, code: .noError, context: context)
+            }
         }
         return true
     }
@@ -163,11 +194,16 @@ extension HTTP2Connection {
         }
     }
 
-    /// Sends what waited on the connection's window (or on every stream's, after a SETTINGS change).
+    /// Sends what waited on the connection's window (or on every stream's, after a SETTINGS change), in turn: the
+    /// first stream served is the one after the stream served first last time, so a long download on one stream
+    /// cannot keep a small connection window from the others.
     func sendPending(context: ChannelHandlerContext) {
-        for stream in Array(pending.keys).sorted() where table.connectionSendWindow > 0 {
+        let waiting = pending.keys.sorted()
+        let start = waiting.firstIndex { $0 > servedFirst } ?? 0
+        for stream in waiting[start...] + waiting[..<start] where table.connectionSendWindow > 0 {
             sendPending(stream, context: context)
         }
+        if !waiting.isEmpty { servedFirst = waiting[start] }
     }
 
     /// Fails what was queued for a stream that ended.
@@ -190,7 +226,7 @@ extension HTTP2Connection {
 
     /// A stream closed both ways: its channel hears of it, and a connection going away may now close.
     func streamClosed(_ stream: Int32, reason: HTTP2ErrorCode?, context: ChannelHandlerContext) {
-        pending[stream] = nil
+        dropPending(stream, code: reason ?? .noError)
         // The lane's streams have no channel; the multiplexer ignores events for streams it does not hold.
         context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(stream), reason: reason))
         closeIfDone(context: context)

@@ -52,18 +52,31 @@ final class HTTP2Connection: ChannelDuplexHandler {
     /// Bytes of a frame not yet whole.
     private var held: ByteBuffer?
     /// A header block waiting for its CONTINUATION frames.
-    private var headerBlock: (stream: Int32, endStream: Bool, block: ByteBuffer)?
+    private var headerBlock: (stream: Int32, endStream: Bool, selfDependent: Bool, block: ByteBuffer)?
+    /// Frames not yet written. Bytes are copied in, except large DATA payloads, which go out as their own buffers
+    /// (`spilled`) between the frames around them.
     var outbound = ByteBuffer()
+    var spilled: [ByteBuffer] = []
+    /// The buffer the last flush wrote: cleared and used again once the TLS handler let go of it, so a connection
+    /// writes with two buffers and no allocation in its steady state.
+    var spare = ByteBuffer()
     var outboundPromises: [EventLoopPromise<Void>] = []
     /// Per stream, output its flow-control window cannot take yet, in order.
     var pending: [Int32: CircularBuffer<PendingWrite>] = [:]
+    /// The stream `sendPending` served first last time (round robin over streams waiting on the connection window).
+    var servedFirst: Int32 = 0
     /// Set once GOAWAY went out: the connection closes when its last stream does.
     var goingAway = false
     var readGate = ReadGate()
+    let now: () -> NIODeadline
+    /// Streams the client reset, and frames that carry nothing or earn a stream error (`HTTP2FloodGuard`).
+    var resets = HTTP2FloodGuard(limit: 200)
+    var glitches = HTTP2FloodGuard(limit: 1_000)
 
-    init(settings: Settings, lane: HTTP2FastLane?) {
+    init(settings: Settings, lane: HTTP2FastLane?, now: @escaping () -> NIODeadline = NIODeadline.now) {
         self.settings = settings
         self.lane = lane
+        self.now = now
         self.table = HTTP2StreamTable(maxConcurrentStreams: settings.maxConcurrentStreams)
         self.decoder = HPACKDecoder(
             allocator: ByteBufferAllocator(),
@@ -74,6 +87,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         outbound = context.channel.allocator.buffer(capacity: 4096)
+        spare = context.channel.allocator.buffer(capacity: 4096)
         if context.channel.isActive { start(context: context) }
     }
 
@@ -143,6 +157,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 try frame(header, payload: &payload, context: context)
             } catch .stream(let stream, let code) {
                 reset(stream, code: code, context: context)
+                try glitch()
             }
         }
     }
@@ -171,6 +186,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
         case .priority:
             guard header.stream != 0 else { throw .connection(.protocolError, "PRIORITY on stream 0") }
             guard header.length == 5 else { throw .stream(header.stream, .frameSizeError) }
+            let dependency = Int32(bitPattern: payload.readInteger(as: UInt32.self)! & 0x7FFF_FFFF)
+            guard dependency != header.stream else { throw .stream(header.stream, .protocolError) }
         case .rstStream: try clientReset(header, payload: &payload, context: context)
         case .settings: try peerSettings(header, payload: &payload, context: context)
         case .pushPromise: throw .connection(.protocolError, "PUSH_PROMISE from a client")
@@ -196,6 +213,13 @@ final class HTTP2Connection: ChannelDuplexHandler {
         }
     }
 
+    /// A frame that carried nothing or earned a stream error; too many of them end the connection.
+    private func glitch() throws(HTTP2Fault) {
+        guard glitches.allow(at: now()) else {
+            throw .connection(.enhanceYourCalm, "too many empty frames or stream errors")
+        }
+    }
+
     private func data(
         _ header: HTTP2Wire.FrameHeader,
         payload: inout ByteBuffer,
@@ -204,6 +228,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
         guard header.stream != 0 else { throw .connection(.protocolError, "DATA on stream 0") }
         try stripPadding(header, payload: &payload)
         let endStream = header.has(HTTP2Wire.Flag.endStream)
+        if payload.readableBytes == 0, !endStream { try glitch() }
+        let hasChannel = table[header.stream]?.hasChannel == true
         let verdict: HTTP2StreamTable.DataVerdict
         do {
             verdict = try table.receiveData(
@@ -219,6 +245,10 @@ final class HTTP2Connection: ChannelDuplexHandler {
         switch verdict {
         case .ignore:
             giveBackConnectionWindow(header.length)
+        case .deliver(let closed) where !hasChannel:
+            // The body of a request answered already (431): read and dropped.
+            giveBackConnectionWindow(header.length)
+            if closed { streamClosed(header.stream, reason: nil, context: context) }
         case .deliver(let closed):
             let stream = HTTP2StreamID(header.stream)
             let frame = HTTP2Frame(
@@ -266,21 +296,26 @@ final class HTTP2Connection: ChannelDuplexHandler {
     ) throws(HTTP2Fault) {
         guard header.stream != 0 else { throw .connection(.protocolError, "HEADERS on stream 0") }
         try stripPadding(header, payload: &payload)
+        var selfDependent = false
         if header.has(HTTP2Wire.Flag.priority) {
             guard let dependency = payload.readInteger(as: UInt32.self), payload.readInteger(as: UInt8.self) != nil
             else { throw .connection(.frameSizeError, "HEADERS too short for its priority") }
-            guard Int32(bitPattern: dependency & 0x7FFF_FFFF) != header.stream else {
-                throw .stream(header.stream, .protocolError)
-            }
+            selfDependent = Int32(bitPattern: dependency & 0x7FFF_FFFF) == header.stream
         }
         let endStream = header.has(HTTP2Wire.Flag.endStream)
         guard header.has(HTTP2Wire.Flag.endHeaders) else {
             var block = context.channel.allocator.buffer(capacity: payload.readableBytes * 2)
             block.writeBuffer(&payload)
-            headerBlock = (header.stream, endStream, block)
+            headerBlock = (header.stream, endStream, selfDependent, block)
             return
         }
-        try headerBlock(header.stream, endStream: endStream, block: &payload, context: context)
+        try headerBlock(
+            header.stream,
+            endStream: endStream,
+            selfDependent: selfDependent,
+            block: &payload,
+            context: context
+        )
     }
 
     private func continuation(
@@ -292,6 +327,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             throw .connection(.protocolError, "CONTINUATION without HEADERS")
         }
         headerBlock = nil
+        if payload.readableBytes == 0, !header.has(HTTP2Wire.Flag.endHeaders) { try glitch() }
         pendingBlock.block.writeBuffer(&payload)
         guard pendingBlock.block.readableBytes <= settings.hardHeaderListSize else {
             throw .connection(.enhanceYourCalm, "header block over \(settings.hardHeaderListSize) bytes")
@@ -303,6 +339,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         try headerBlock(
             pendingBlock.stream,
             endStream: pendingBlock.endStream,
+            selfDependent: pendingBlock.selfDependent,
             block: &pendingBlock.block,
             context: context
         )
@@ -312,6 +349,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private func headerBlock(
         _ stream: Int32,
         endStream: Bool,
+        selfDependent: Bool,
         block: inout ByteBuffer,
         context: ChannelHandlerContext
     ) throws(HTTP2Fault) {
@@ -321,6 +359,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
             fields = try decoder.decodeHeaders(from: &block)
         } catch {
             throw .connection(.compressionError, "header block: \(error)")
+        }
+        if selfDependent {
+            // A stream depending on itself (RFC 9113 §5.3.1): its stream is reset, once the block has been decoded.
+            if table[stream] == nil, try table.admit(stream) == .ignore { return }
+            throw .stream(stream, .protocolError)
         }
         if table[stream] != nil {
             guard HTTP2RequestCheck.trailers(fields) else { throw .stream(stream, .protocolError) }
@@ -351,8 +394,6 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 isHead: request.method == "HEAD"
             )
             respond(stream, block: HTTP2FastLane.block(refusal), body: refusal.body, context: context)
-            // The rest of the request is not wanted (§8.1).
-            if table[stream] != nil { reset(stream, code: .noError, context: context) }
             return
         }
         if endStream, let lane, let answer = lane.answer(request, channel: context.channel) {
@@ -367,8 +408,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(
             NIOHTTP2StreamCreatedEvent(
                 streamID: id,
-                localInitialWindowSize: UInt32(table.localInitialWindow),
-                remoteInitialWindowSize: UInt32(table.peerInitialWindow)
+                // NIO's names: "local" is the window this side sends into, "remote" the one it grants.
+                localInitialWindowSize: UInt32(max(table.peerInitialWindow, 0)),
+                remoteInitialWindowSize: UInt32(table.localInitialWindow)
             )
         )
     }
@@ -388,8 +430,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 StreamClosedEvent(streamID: HTTP2StreamID(header.stream), reason: code)
             )
         }
-        guard !table.resetsLookHostile else {
-            throw .connection(.enhanceYourCalm, "most streams reset before an answer")
+        guard resets.allow(at: now()) else {
+            throw .connection(.enhanceYourCalm, "too many streams reset")
         }
         closeIfDone(context: context)
     }

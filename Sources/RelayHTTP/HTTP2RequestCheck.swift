@@ -53,7 +53,9 @@ enum HTTP2RequestCheck {
             case "authorization":
                 authorization = value
             case "content-length":
-                guard let length = Int(value), length >= 0, contentLength == nil || contentLength == length else {
+                guard value.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                    let length = Int(value), contentLength == nil || contentLength == length
+                else {
                     return nil
                 }
                 contentLength = length

@@ -39,8 +39,6 @@ struct HTTP2StreamTable {
     let maxConcurrentStreams: Int
     /// Streams this side reset lately: frames the client had already sent on them are dropped, not faulted.
     private var recentlyReset: [Int32] = []
-    private(set) var opened = 0
-    private(set) var resetByClient = 0
 
     init(maxConcurrentStreams: Int) {
         self.maxConcurrentStreams = maxConcurrentStreams
@@ -71,7 +69,6 @@ struct HTTP2StreamTable {
     }
 
     mutating func open(_ stream: Int32, endStream: Bool, hasChannel: Bool, expectedBytes: Int?) {
-        opened += 1
         streams[stream] = Stream(
             remoteOpen: !endStream,
             sendWindow: peerInitialWindow,
@@ -182,7 +179,7 @@ struct HTTP2StreamTable {
     @discardableResult
     mutating func remove(_ stream: Int32, resetHere: Bool) -> Stream? {
         if resetHere {
-            if recentlyReset.count == 64 { recentlyReset.removeFirst() }
+            if recentlyReset.count == 256 { recentlyReset.removeFirst() }
             recentlyReset.append(stream)
         }
         return streams.removeValue(forKey: stream)
@@ -191,14 +188,8 @@ struct HTTP2StreamTable {
     /// The client reset a stream. Throws for a reset of a stream it never opened (§6.4); returns the stream, if open.
     mutating func clientReset(_ stream: Int32) throws(HTTP2Fault) -> Stream? {
         guard stream <= lastClientStream else { throw .connection(.protocolError, "RST_STREAM on idle stream") }
-        guard let state = streams.removeValue(forKey: stream) else { return nil }
-        resetByClient += 1
-        return state
+        return streams.removeValue(forKey: stream)
     }
-
-    /// Most streams reset by the client before they were answered: a rapid-reset attack (CVE-2023-44487), not a
-    /// browser cancelling some.
-    var resetsLookHostile: Bool { resetByClient > 1_000 && resetByClient * 2 > opened }
 
     private mutating func settle(_ stream: Int32, _ state: Stream) -> Bool {
         if state.remoteOpen || state.localOpen {

@@ -146,16 +146,4 @@ enum HTTP2Wire {
             flags = 0
         } while block.readableBytes > 0
     }
-
-    static func writeData(
-        _ buffer: inout ByteBuffer,
-        stream: Int32,
-        bytes: inout ByteBuffer,
-        length: Int,
-        endStream: Bool
-    ) {
-        writeFrameHeader(&buffer, length: length, type: .data, flags: endStream ? Flag.endStream : 0, stream: stream)
-        var piece = bytes.readSlice(length: length)!
-        buffer.writeBuffer(&piece)
-    }
 }

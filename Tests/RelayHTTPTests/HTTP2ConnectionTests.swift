@@ -43,11 +43,15 @@ import Testing
         private let opened = NIOLockedValueBox(0)
         var streamChannels: Int { opened.withLockedValue { $0 } }
 
-        init(clientSettings: HTTP2Settings = nioDefaultSettings, lane: HTTP2FastLane? = nil) throws {
+        init(
+            clientSettings: HTTP2Settings = nioDefaultSettings,
+            lane: HTTP2FastLane? = nil,
+            now: @escaping () -> NIODeadline = NIODeadline.now
+        ) throws {
             try client.pipeline.syncOperations.addHandler(
                 NIOHTTP2Handler(mode: .client, initialSettings: clientSettings, headerBlockValidation: .disabled)
             )
-            try server.pipeline.syncOperations.addHandler(HTTP2Connection(settings: .init(), lane: lane))
+            try server.pipeline.syncOperations.addHandler(HTTP2Connection(settings: .init(), lane: lane, now: now))
             try server.pipeline.syncOperations.addHandler(
                 HTTP2StreamMultiplexer(mode: .server, channel: server) { [opened] stream in
                     opened.withLockedValue { $0 += 1 }
@@ -231,5 +235,102 @@ import Testing
         try pair.send(Self.data(1, 3, endStream: true))
         #expect(Self.body(try pair.received()) == "got 3 bytes")
         #expect(!pair.server.isActive)
+    }
+
+    @Test func aStreamResetForItsPriorityStillKeepsTheHeaderTableInStep() throws {
+        let pair = try Pair()
+        // Raw frames from here on (NIO's client will not send a stream depending on itself).
+        var bytes = ByteBuffer()
+        var first = ByteBuffer(bytes: [0x82, 0x87, 0x84, 0x41, 9] + Array("127.0.0.1".utf8))
+        first.writeBytes([0x40, 3] + Array("x-a".utf8) + [1] + Array("b".utf8))  // both into the dynamic table
+        HTTP2Wire.writeFrameHeader(
+            &bytes,
+            length: 5 + first.readableBytes,
+            type: .headers,
+            flags: HTTP2Wire.Flag.endHeaders | HTTP2Wire.Flag.endStream | HTTP2Wire.Flag.priority,
+            stream: 1
+        )
+        bytes.writeInteger(UInt32(1))  // depends on itself
+        bytes.writeInteger(UInt8(15))
+        bytes.writeBuffer(&first)
+        let second: [UInt8] = [0x82, 0x87, 0x84, 0xBF, 0xBE]  // :authority and x-a from the dynamic table
+        HTTP2Wire.writeFrameHeader(
+            &bytes,
+            length: second.count,
+            type: .headers,
+            flags: HTTP2Wire.Flag.endHeaders | HTTP2Wire.Flag.endStream,
+            stream: 3
+        )
+        bytes.writeBytes(second)
+        try pair.server.writeInbound(bytes)
+        var out = ByteBuffer()
+        while var piece = try pair.server.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&piece) }
+        var seen: [(HTTP2Wire.FrameType?, Int32)] = []
+        while let header = HTTP2Wire.peekFrameHeader(out) {
+            out.moveReaderIndex(forwardBy: 9 + header.length)
+            seen.append((header.known, header.stream))
+        }
+        #expect(seen.contains { $0 == (.rstStream, 1) })
+        #expect(seen.contains { $0 == (.headers, 3) })
+        #expect(!seen.contains { $0.0 == .goAway })
+    }
+
+    @Test func manyResetsInAWindowEndTheConnectionAndSpreadOutTheyDoNot() throws {
+        let clock = NIOLockedValueBox(NIODeadline.uptimeNanoseconds(1_000_000_000))
+        let pair = try Pair(now: { clock.withLockedValue { $0 } })
+        var stream = 1
+        func openAndReset(_ count: Int) throws {
+            for _ in 0..<count {
+                pair.client.writeAndFlush(
+                    Self.headers(stream, Self.request("POST", "/upload"), endStream: false),
+                    promise: nil
+                )
+                pair.client.writeAndFlush(
+                    HTTP2Frame(streamID: HTTP2StreamID(stream), payload: .rstStream(.cancel)),
+                    promise: nil
+                )
+                stream += 2
+            }
+            try pair.exchange()
+        }
+        try openAndReset(150)
+        clock.withLockedValue { $0 = $0 + .seconds(31) }
+        try openAndReset(150)
+        #expect(!(try pair.received()).contains { if case .goAway = $0.payload { true } else { false } })
+        try openAndReset(60)
+        let frames = try pair.received()
+        guard
+            case .goAway(_, let code, _) = frames.last(where: { if case .goAway = $0.payload { true } else { false } })?
+                .payload
+        else {
+            Issue.record("no GOAWAY after 210 resets in a window")
+            return
+        }
+        #expect(code == .enhanceYourCalm)
+    }
+
+    @Test func streamsWaitingOnTheConnectionWindowAreServedInTurn() throws {
+        var settings = nioDefaultSettings
+        settings.append(HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20))
+        let pair = try Pair(clientSettings: settings)
+        for stream in [1, 3, 5] {
+            pair.client.writeAndFlush(Self.headers(stream, Self.request("GET", "/echo?size=40000")), promise: nil)
+        }
+        try pair.exchange()
+        func bytes(_ frames: [HTTP2Frame]) -> [Int: Int] {
+            var count: [Int: Int] = [:]
+            for frame in frames {
+                guard case .data(let data) = frame.payload else { continue }
+                count[Int(frame.streamID), default: 0] += data.data.readableBytes
+            }
+            return count
+        }
+        // The connection's 65,535 bytes: stream 1 whole, stream 3 the rest, stream 5 nothing yet.
+        #expect(bytes(try pair.received()) == [1: 40_000, 3: 25_535])
+        try pair.send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: 10_000)))
+        #expect(bytes(try pair.received()) == [3: 10_000])
+        // The next grant goes to stream 5 first, not to stream 3 again.
+        try pair.send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: 10_000)))
+        #expect(bytes(try pair.received()) == [5: 10_000])
     }
 }

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP2
 import Testing
 
@@ -125,32 +126,14 @@ import Testing
         }
     }
 
-    @Test func aConnectionWhoseStreamsAreMostlyResetLooksHostile() throws {
-        var table = HTTP2StreamTable(maxConcurrentStreams: 10)
-        var stream: Int32 = 1
-        for round in 0..<1_200 {
-            _ = try table.admit(stream)
-            table.open(stream, endStream: true, hasChannel: true, expectedBytes: nil)
-            if round % 10 == 0 {
-                _ = table.endLocal(stream)  // answered
-            } else {
-                let result15 = try table.clientReset(stream)
-                #expect(result15 != nil)
-            }
-            stream += 2
-        }
-        #expect(table.resetsLookHostile)
-        var browser = HTTP2StreamTable(maxConcurrentStreams: 10)
-        stream = 1
-        for round in 0..<3_000 {
-            _ = try browser.admit(stream)
-            browser.open(stream, endStream: true, hasChannel: true, expectedBytes: nil)
-            if round % 3 == 0 { _ = try browser.clientReset(stream) } else { _ = browser.endLocal(stream) }
-            stream += 2
-        }
-        #expect(!browser.resetsLookHostile)
-        try expectFault(HTTP2Fault.connection(.protocolError, "RST_STREAM on idle stream")) {
-            _ = try browser.clientReset(stream)
-        }
+    @Test func theFloodGuardCountsPerWindowOfTime() {
+        var guardian = HTTP2FloodGuard(limit: 3, window: .seconds(30))
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var allowed: [Bool] = []
+        for _ in 0..<3 { allowed.append(guardian.allow(at: start)) }
+        allowed.append(guardian.allow(at: start + .seconds(29)))
+        // A new window: a browser cancelling now and then is never cut off.
+        allowed.append(guardian.allow(at: start + .seconds(31)))
+        #expect(allowed == [true, true, true, false, true])
     }
 }

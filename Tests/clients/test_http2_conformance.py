@@ -943,6 +943,7 @@ STREAM_ERRORS = [
     fields_case("8.2.2-transfer-encoding", adding(("transfer-encoding", "chunked"))),
     fields_case("8.2.2-upgrade", adding(("upgrade", "h2c"))),
     fields_case("8.2.2-te-gzip", adding(("te", "gzip"))),
+    fields_case("8.1.1-content-length-with-a-sign", adding(("content-length", "+0"))),
     # §8.1.1: content-length must equal the DATA received.
     S("8.1.1-content-length-above-the-data", PROTOCOL, post_with_content_length(20, 10), malformed=True),
     S("8.1.1-content-length-below-the-data", PROTOCOL, post_with_content_length(10, 20), malformed=True),
@@ -956,6 +957,8 @@ STREAM_ERRORS = [
     # §6.3, §6.9, §6.9.1: frame rules scoped to a stream.
     S("6.3-priority-of-length-4", frozenset({FRAME_SIZE_ERROR}),
       with_open_post(lambda s: frame(PRIORITY, 0, s, b"\0\0\0\0"))),
+    S("5.3.1-priority-depending-on-itself", PROTOCOL,
+      with_open_post(lambda s: frame(PRIORITY, 0, s, struct.pack(">IB", s, 15)))),
     S("6.9-window-update-of-0-on-a-stream", PROTOCOL, with_open_post(lambda s: window_update(s, 0))),
     S("6.9.1-window-update-past-2^31-1-on-a-stream", frozenset({FLOW_CONTROL_ERROR}),
       with_open_post(lambda s: window_update(s, MAX_WINDOW))),
@@ -1063,6 +1066,18 @@ def test_response_waits_for_window_updates(relay, response_over_16_octets):
         read_with_small_grants(c, stream)
         assert stream.status == 200 and bytes(stream.body) == expected
         assert stream.updates_sent >= len(expected) - 16
+
+
+def test_a_431_waits_for_the_window_like_any_answer(relay):
+    """§6.9.1 and the relay's head limit: a request head over max_header_bytes is answered 431 in fal's error shape,
+    its body sent as the client's window allows (here 16 octets at a time), whole; the request's stream then ends."""
+    with H2(relay, {INITIAL_WINDOW_SIZE: 16}, auto_window=False) as c:
+        c.start()
+        stream = c.stream(c.request("GET", "/healthz", [("x-big", "a" * 40_000)]))
+        read_with_small_grants(c, stream)
+        assert stream.status == 431
+        assert "32768" in json.loads(bytes(stream.body))["detail"]
+        assert c.get("/healthz").status == 200
 
 
 def test_raising_initial_window_size_unblocks_a_stream(relay):
