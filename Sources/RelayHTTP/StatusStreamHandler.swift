@@ -31,6 +31,10 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     private let accessSink: AccessLogSink?
     private let connectionKind: ConnectionKindTracker?
     private var started = false
+    /// The channel's writability and allocator, kept here: a job with thousands of watchers asks for them once per
+    /// watcher per event, and through `context.channel` each ask costs an existential, a retain and an atomic load.
+    private var writable = true
+    private var allocator = ByteBufferAllocator()
 
     init(
         services: RelayServices,
@@ -66,6 +70,8 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.allocator = context.channel.allocator
+        self.writable = context.channel.isWritable
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -116,16 +122,16 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
         switch machine.deliver(
             sequence: event.sequence,
             terminal: event.isTerminal,
-            writable: context.channel.isWritable
+            writable: writable
         ) {
         case .drop, .wait:
             return
         case .end:
-            return end(context: context, last: context.channel.allocator.buffer(capacity: 0))
+            return end(context: context, last: allocator.buffer(capacity: 0))
         case .write:
             break
         }
-        let (frame, ends) = stream.frame(for: event, services: services, allocator: context.channel.allocator)
+        let (frame, ends) = stream.frame(for: event, services: services, allocator: allocator)
         guard frame.readableBytes > 0 else { return }
         if ends {
             end(context: context, last: frame)
@@ -135,7 +141,7 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     }
 
     func keepAlive() {
-        guard let context, machine.shouldPing(writable: context.channel.isWritable) else { return }
+        guard let context, machine.shouldPing(writable: writable) else { return }
         write(Self.ping, context: context, flush: true)
     }
 
@@ -197,7 +203,8 @@ final class StatusStreamHandler: ChannelInboundHandler, KeepAliveTarget {
     func channelReadComplete(context: ChannelHandlerContext) {}
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if let after = machine.writabilityChanged(writable: context.channel.isWritable) {
+        writable = context.channel.isWritable
+        if let after = machine.writabilityChanged(writable: writable) {
             for event in stream.request.job.replay(after: after) {
                 receive(event, flush: false)
                 guard case .streaming(_, false) = machine.state else { break }
