@@ -92,21 +92,21 @@ extension HTTP2Connection {
             promise = all
         }
         outboundPromises.removeAll(keepingCapacity: true)
-        // Swapped out first: whatever a write's failure adds meanwhile lands in the other buffer, not lost.
-        swap(&outbound, &spare)
+        // Taken out before writing: a write completed during the flush may write and flush again (a stream handler
+        // that ends its response when its body is out), and that nested flush must find only what came after.
+        var sending = outbound
+        outbound = spare ?? context.channel.allocator.buffer(capacity: 4096)
+        spare = nil
         let pieces = spilled
         spilled.removeAll(keepingCapacity: true)
         for piece in pieces {
             context.write(wrapOutboundOut(piece), promise: nil)
         }
-        context.write(wrapOutboundOut(spare), promise: promise)
+        context.write(wrapOutboundOut(sending), promise: promise)
         context.flush()
         // The TLS handler has encrypted it by now: clearing reuses the storage, unless it was grown for a burst.
-        if spare.capacity > 64 * 1024 {
-            spare = context.channel.allocator.buffer(capacity: 4096)
-        } else {
-            spare.clear()
-        }
+        sending.clear()
+        if spare == nil, sending.capacity <= 64 * 1024 { spare = sending }
     }
 
     /// The fast lane's (or a refusal's) answer on a stream the client has finished sending on.
@@ -198,6 +198,7 @@ extension HTTP2Connection {
     /// first stream served is the one after the stream served first last time, so a long download on one stream
     /// cannot keep a small connection window from the others.
     func sendPending(context: ChannelHandlerContext) {
+        guard table.connectionSendWindow > 0 else { return }  // nobody's turn is used up while nothing can go
         let waiting = pending.keys.sorted()
         let start = waiting.firstIndex { $0 > servedFirst } ?? 0
         for stream in waiting[start...] + waiting[..<start] where table.connectionSendWindow > 0 {

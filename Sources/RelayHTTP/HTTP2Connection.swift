@@ -59,7 +59,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     var spilled: [ByteBuffer] = []
     /// The buffer the last flush wrote: cleared and used again once the TLS handler let go of it, so a connection
     /// writes with two buffers and no allocation in its steady state.
-    var spare = ByteBuffer()
+    var spare: ByteBuffer?
     var outboundPromises: [EventLoopPromise<Void>] = []
     /// Per stream, output its flow-control window cannot take yet, in order.
     var pending: [Int32: CircularBuffer<PendingWrite>] = [:]
@@ -157,7 +157,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 try frame(header, payload: &payload, context: context)
             } catch .stream(let stream, let code) {
                 reset(stream, code: code, context: context)
-                try glitch()
+                // A refusal is the relay's own limit speaking (or its GOAWAY), not the client misbehaving.
+                if code != .refusedStream { try glitch() }
             }
         }
     }
@@ -365,9 +366,14 @@ final class HTTP2Connection: ChannelDuplexHandler {
             if table[stream] == nil, try table.admit(stream) == .ignore { return }
             throw .stream(stream, .protocolError)
         }
-        if table[stream] != nil {
+        if let state = table[stream] {
             guard HTTP2RequestCheck.trailers(fields) else { throw .stream(stream, .protocolError) }
             let closed = try table.receiveTrailers(stream, endStream: endStream)
+            guard state.hasChannel else {
+                // Trailers of a request answered already (431): read and dropped.
+                if closed { streamClosed(stream, reason: nil, context: context) }
+                return
+            }
             let frame = HTTP2Frame(
                 streamID: HTTP2StreamID(stream),
                 payload: .headers(.init(headers: fields, endStream: true))

@@ -31,8 +31,17 @@ import Testing
                 head.headers.add(name: "content-length", value: String(body.utf8.count))
                 head.headers.add(name: "x-Relay-Test", value: "yes")
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                guard uri.hasPrefix("/chained") else {
+                    context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+                    context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                    return
+                }
+                // The end written once the body is out, as the relay's media responses do: from inside the flush.
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                let end = wrapOutboundOut(.end(nil))
+                context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body))))).whenComplete { _ in
+                    bound.value.writeAndFlush(end, promise: nil)
+                }
             }
         }
     }
@@ -332,5 +341,55 @@ import Testing
         // The next grant goes to stream 5 first, not to stream 3 again.
         try pair.send(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: 10_000)))
         #expect(bytes(try pair.received()) == [5: 10_000])
+    }
+
+    @Test func anAnswerEndedFromInsideAFlushIsSentOnce() throws {
+        let pair = try Pair()
+        try pair.send(Self.headers(1, Self.request("GET", "/chained?size=7")))
+        let frames = try pair.received()
+        #expect(Self.body(frames) == "xxxxxxx")
+        #expect(frames.filter { if case .headers = $0.payload { true } else { false } }.count == 1)
+        // The connection goes on: the next request is answered, with nothing of the first sent again.
+        try pair.send(Self.headers(3, Self.request("GET", "/echo?size=2")))
+        let next = try pair.received()
+        #expect(Self.body(next) == "xx")
+        #expect(next.allSatisfy { $0.streamID == 3 })
+    }
+
+    @Test func trailersOfARequestAnswered431NeverReachTheMultiplexer() throws {
+        var settings = nioDefaultSettings
+        settings.append(HTTP2Setting(parameter: .initialWindowSize, value: 16))
+        let pair = try Pair(clientSettings: settings)
+        // Raw frames (NIO's client sends no CONTINUATION); the server's HPACK table is still empty.
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        var block = ByteBuffer()
+        let big = Self.request("POST", "/upload", extra: [("x-big", String(repeating: "a", count: 40_000))])
+        try encoder.encode(headers: big, to: &block)
+        var bytes = ByteBuffer()
+        HTTP2Wire.writeHeaders(&bytes, stream: 1, block: block, endStream: false, maxFrameSize: 16_384)
+        var trailers = ByteBuffer()
+        try encoder.encode(headers: HPACKHeaders([("x-trailer", "1")]), to: &trailers)
+        HTTP2Wire.writeHeaders(&bytes, stream: 1, block: trailers, endStream: true, maxFrameSize: 16_384)
+        HTTP2Wire.writeWindowUpdate(&bytes, stream: 1, increment: 1_000)
+        try pair.server.writeInbound(bytes)
+        var out = ByteBuffer()
+        while var piece = try pair.server.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&piece) }
+        var headers = ByteBuffer()
+        var body = ByteBuffer()
+        var ended = false
+        while let header = HTTP2Wire.peekFrameHeader(out) {
+            out.moveReaderIndex(forwardBy: 9)
+            var payload = out.readSlice(length: header.length)!
+            guard header.stream == 1 else { continue }
+            if header.known == .headers { headers.writeBuffer(&payload) }
+            if header.known == .data {
+                body.writeBuffer(&payload)
+                ended = ended || header.has(HTTP2Wire.Flag.endStream)
+            }
+        }
+        #expect(String(buffer: headers).contains("431"))
+        #expect(String(buffer: body).contains("32768"))
+        #expect(ended)
+        #expect(pair.streamChannels == 0)
     }
 }
