@@ -66,7 +66,8 @@ final class PrivatePostgres: Sendable {
     }
 
     /// posix_spawn and waitpid: Foundation's `Process` was seen never to reap `pg_ctl start` (its server inherits
-    /// the descriptor `Process` watches), hanging the test.
+    /// the descriptor `Process` watches), hanging the test. For the same reason the child gets no descriptor but the
+    /// three standard ones.
     private func run(_ program: String, _ arguments: [String], asPostgres: Bool) throws {
         let argv =
             asPostgres && asRoot
@@ -77,6 +78,10 @@ final class PrivatePostgres: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        // Nothing else of this process reaches the server pg_ctl leaves running: another test's Foundation `Process`
+        // waits for its child by a descriptor, and a copy held by postgres made that wait last until postgres quit
+        // (seen: a JSON differential test's `node`, exited and unreaped, hung a CI run).
+        Self.closeFromThree(&actions)
         var pid: pid_t = 0
         let cArguments = argv.map { strdup($0) } + [nil]
         defer { for argument in cArguments { free(argument) } }
@@ -86,6 +91,20 @@ final class PrivatePostgres: Sendable {
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         guard status == 0 else {
             throw Failure("\(program) \(arguments.joined(separator: " ")) exited with status \(status)")
+        }
+    }
+
+    /// `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34), which Swift's Glibc module does not import; else a
+    /// close action for each descriptor open now.
+    private static func closeFromThree(_ actions: inout posix_spawn_file_actions_t) {
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+            return
+        }
+        let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        for descriptor in open.compactMap({ Int32($0) }) where descriptor > 2 {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
         }
     }
 
