@@ -97,10 +97,12 @@ extension HTTP2Connection {
         var sending = outbound
         outbound = spare ?? context.channel.allocator.buffer(capacity: 4096)
         spare = nil
-        let pieces = spilled
-        spilled.removeAll(keepingCapacity: true)
-        for piece in pieces {
-            context.write(wrapOutboundOut(piece), promise: nil)
+        if !spilled.isEmpty {
+            var pieces: [ByteBuffer] = []
+            swap(&pieces, &spilled)  // no copy of the array, and none at all in a flush with nothing spilled
+            for piece in pieces {
+                context.write(wrapOutboundOut(piece), promise: nil)
+            }
         }
         context.write(wrapOutboundOut(sending), promise: promise)
         context.flush()
@@ -173,9 +175,10 @@ extension HTTP2Connection {
         }
         if let promise = write.promise { outboundPromises.append(promise) }
         if write.endStream {
+            let hasChannel = table[stream]?.hasChannel == true
             if table.endLocal(stream) {
-                streamClosed(stream, reason: nil, context: context)
-            } else if table[stream]?.hasChannel == false {
+                streamClosed(stream, hadChannel: hasChannel, context: context)
+            } else if !hasChannel, table[stream] != nil {
                 // Answered before the request's body ended (a 431): the rest is not wanted (RFC 9113 §8.1).
                 reset(stream, code: .noError, context: context)
             }
@@ -225,11 +228,13 @@ extension HTTP2Connection {
         closeIfDone(context: context)
     }
 
-    /// A stream closed both ways: its channel hears of it, and a connection going away may now close.
-    func streamClosed(_ stream: Int32, reason: HTTP2ErrorCode?, context: ChannelHandlerContext) {
-        dropPending(stream, code: reason ?? .noError)
-        // The lane's streams have no channel; the multiplexer ignores events for streams it does not hold.
-        context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(stream), reason: reason))
+    /// A stream closed both ways: its channel, if it had one, hears of it, and a connection going away may now close.
+    /// The fast lane's streams have none: their close costs no trip to the multiplexer.
+    func streamClosed(_ stream: Int32, hadChannel: Bool, context: ChannelHandlerContext) {
+        dropPending(stream, code: .noError)
+        if hadChannel {
+            context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(stream), reason: nil))
+        }
         closeIfDone(context: context)
     }
 

@@ -249,7 +249,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         case .deliver(let closed) where !hasChannel:
             // The body of a request answered already (431): read and dropped.
             giveBackConnectionWindow(header.length)
-            if closed { streamClosed(header.stream, reason: nil, context: context) }
+            if closed { streamClosed(header.stream, hadChannel: false, context: context) }
         case .deliver(let closed):
             let stream = HTTP2StreamID(header.stream)
             let frame = HTTP2Frame(
@@ -271,7 +271,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                     outboundWindowSize: table.connectionSendWindow
                 )
             )
-            if closed { streamClosed(header.stream, reason: nil, context: context) }
+            if closed { streamClosed(header.stream, hadChannel: true, context: context) }
         }
     }
 
@@ -371,7 +371,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             let closed = try table.receiveTrailers(stream, endStream: endStream)
             guard state.hasChannel else {
                 // Trailers of a request answered already (431): read and dropped.
-                if closed { streamClosed(stream, reason: nil, context: context) }
+                if closed { streamClosed(stream, hadChannel: false, context: context) }
                 return
             }
             let frame = HTTP2Frame(
@@ -379,7 +379,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 payload: .headers(.init(headers: fields, endStream: true))
             )
             context.fireChannelRead(wrapInboundOut(frame))
-            if closed { streamClosed(stream, reason: nil, context: context) }
+            if closed { streamClosed(stream, hadChannel: true, context: context) }
             return
         }
         switch try table.admit(stream) {

@@ -1,7 +1,5 @@
 import NIOCore
-import NIOHPACK
 import NIOHTTP1
-import NIOHTTP2
 import RelayCore
 
 /// The HTTP/2 fast lane: `HTTP2Connection` asks it first for every complete bodiless GET or HEAD, and it answers the

@@ -392,4 +392,26 @@ import Testing
         #expect(ended)
         #expect(pair.streamChannels == 0)
     }
+
+    @Test func aFloodOfEmptyFramesEndsTheConnection() throws {
+        let pair = try Pair()
+        try pair.send(Self.headers(1, Self.request("POST", "/upload"), endStream: false))
+        // Raw: 1,001 empty DATA frames, each free for the client and a frame to pass on for the relay.
+        var bytes = ByteBuffer()
+        for _ in 0...1_000 { HTTP2Wire.writeFrameHeader(&bytes, length: 0, type: .data, stream: 1) }
+        try pair.server.writeInbound(bytes)
+        var out = ByteBuffer()
+        while var piece = try pair.server.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&piece) }
+        var goAway: UInt32?
+        while let header = HTTP2Wire.peekFrameHeader(out) {
+            out.moveReaderIndex(forwardBy: 9)
+            var payload = out.readSlice(length: header.length)!
+            if header.known == .goAway {
+                _ = payload.readInteger(as: UInt32.self)
+                goAway = payload.readInteger(as: UInt32.self)
+            }
+        }
+        #expect(goAway == UInt32(HTTP2ErrorCode.enhanceYourCalm.networkCode))
+        #expect(!pair.server.isActive)
+    }
 }
